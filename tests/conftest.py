@@ -1,0 +1,3 @@
+"""Shared pytest set-up: each area contributes fixtures as a plugin module listed here."""
+
+pytest_plugins = ["tests.db_fixtures", "tests.telephony_fixtures"]
