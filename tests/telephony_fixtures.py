@@ -1,0 +1,284 @@
+"""Fixtures and helpers for the telephony tests (loaded through ``pytest_plugins`` in conftest).
+
+- Twilio-side builders: messages in the documented Media Streams format, request signatures.
+- ``speechlike`` / ``synthetic_call``: harmonic, amplitude-modulated bursts webrtcvad treats as speech.
+- ``tel_engine`` / ``tel_sessions``: PostgreSQL (the shared session database from db_fixtures),
+  migrated to head, emptied after each test.
+- ``rq_queue``: a real Redis queue with a unique name and a job-key namespace of its own (job ids such
+  as ``score-utterance-1`` are global in RQ and other areas' tests use them too); deleted afterwards.
+- ``telephony_app`` / ``live_server``: a minimal Flask app carrying only the telephony blueprint, and
+  the same app served by werkzeug in a thread for real WebSocket clients.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+from flask import Flask
+from flask_sock import Sock
+from redis import Redis
+from rq import Queue
+from rq.job import Job
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from twilio.request_validator import RequestValidator
+from werkzeug.serving import make_server
+
+from analysis.channel import mulaw_encode
+from painline.config import Settings
+from schema.db import make_engine, session_factory
+from schema.migrate import upgrade
+from schema.models import Base
+from telephony.blueprint import init_app
+
+DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/0"
+PUBLIC_URL = "https://painline.example"
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+HMAC_KEY = "test-hmac-key-for-telephony"
+STREAM_WSS_URL = "wss://painline.example/twilio/stream"
+
+
+def new_sid(prefix: str) -> str:
+    return prefix + secrets.token_hex(16)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Twilio side
+
+
+def sign(url: str, params: dict[str, str] | None = None, token: str = AUTH_TOKEN) -> str:
+    return RequestValidator(token).compute_signature(url, params or {})
+
+
+def connected_msg() -> str:
+    return json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+
+
+def start_msg(
+    stream_sid: str,
+    call_sid: str,
+    account_sid: str,
+    parameters: dict[str, str] | None = None,
+    *,
+    sequence: int = 1,
+    encoding: str = "audio/x-mulaw",
+    sample_rate: int = 8000,
+) -> str:
+    return json.dumps({
+        "event": "start",
+        "sequenceNumber": str(sequence),
+        "start": {
+            "accountSid": account_sid,
+            "streamSid": stream_sid,
+            "callSid": call_sid,
+            "tracks": ["inbound"],
+            "mediaFormat": {"encoding": encoding, "sampleRate": sample_rate, "channels": 1},
+            "customParameters": parameters or {},
+        },
+        "streamSid": stream_sid,
+    })
+
+
+def media_msg(stream_sid: str, chunk: int, timestamp_ms: int, payload: bytes, *, sequence: int,
+              track: str = "inbound") -> str:
+    return json.dumps({
+        "event": "media",
+        "sequenceNumber": str(sequence),
+        "media": {
+            "track": track,
+            "chunk": str(chunk),
+            "timestamp": str(timestamp_ms),
+            "payload": base64.b64encode(payload).decode("ascii"),
+        },
+        "streamSid": stream_sid,
+    })
+
+
+def stop_msg(stream_sid: str, call_sid: str, account_sid: str, *, sequence: int) -> str:
+    return json.dumps({
+        "event": "stop",
+        "sequenceNumber": str(sequence),
+        "stop": {"accountSid": account_sid, "callSid": call_sid},
+        "streamSid": stream_sid,
+    })
+
+
+@dataclass
+class TwilioStream:
+    """One simulated Twilio stream: ids plus message builders keeping sequence numbers right."""
+
+    call_sid: str
+    token: str
+    stream_sid: str = ""
+    account_sid: str = ""
+
+    def __post_init__(self) -> None:
+        self.stream_sid = self.stream_sid or new_sid("MZ")
+        self.account_sid = self.account_sid or new_sid("AC")
+
+    def messages(self, audio: bytes, *, chunk_bytes: int = 160, order: list[int] | None = None,
+                 duplicates: tuple[int, ...] = (), drop: tuple[int, ...] = ()) -> list[str]:
+        """connected, start, media chunks (optionally reordered/duplicated/dropped), stop."""
+        chunks = [audio[i : i + chunk_bytes] for i in range(0, len(audio), chunk_bytes)]
+        indices = order if order is not None else list(range(len(chunks)))
+        out = [connected_msg(), start_msg(self.stream_sid, self.call_sid, self.account_sid,
+                                          {"token": self.token})]
+        seq = 2
+        for i in indices:
+            if i in drop:
+                continue
+            for _ in range(2 if i in duplicates else 1):
+                out.append(media_msg(self.stream_sid, i + 1, i * chunk_bytes // 8, chunks[i], sequence=seq))
+                seq += 1
+        out.append(stop_msg(self.stream_sid, self.call_sid, self.account_sid, sequence=seq))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# audio
+
+
+def speechlike(duration_s: float, sr: int = 8000, f0: float = 140.0) -> np.ndarray:
+    """A voiced-speech stand-in: harmonics of a wobbling f0, amplitude-modulated at a syllable rate."""
+    t = np.arange(int(duration_s * sr)) / sr
+    freq = f0 * (1 + 0.05 * np.sin(2 * np.pi * 3 * t))
+    phase = 2 * np.pi * np.cumsum(freq) / sr
+    x = np.zeros_like(t)
+    for k in range(1, int(3600 // f0) + 1):
+        x += np.sin(k * phase) / k * (1.0 if k * f0 < 1000 else 0.5)
+    x *= 0.55 + 0.45 * np.sin(2 * np.pi * 4 * t - np.pi / 2)
+    return 0.5 * x / np.max(np.abs(x))
+
+
+def synthetic_call(bursts: list[tuple[float, float]], total_s: float, sr: int = 8000) -> bytes:
+    """Mu-law audio of ``total_s`` seconds: faint noise, with speech-like bursts at (start_s, dur_s)."""
+    rng = np.random.default_rng(1)
+    y = rng.normal(0.0, 0.002, int(total_s * sr))
+    for start, dur in bursts:
+        burst = speechlike(dur, sr)
+        i = int(start * sr)
+        n = min(len(burst), len(y) - i)  # a burst may run past the end: the caller was cut off
+        y[i : i + n] += burst[:n]
+    return mulaw_encode(np.clip(y, -1.0, 1.0))
+
+
+# ---------------------------------------------------------------------------------------------------
+# settings, database, queue, app
+
+
+@pytest.fixture
+def tel_settings() -> Settings:
+    return Settings(
+        public_url=PUBLIC_URL,
+        twilio_auth_token=AUTH_TOKEN,
+        hmac_key=HMAC_KEY,
+        next_dial="+15550100",
+        stream_token_ttl_s=120,
+    )
+
+
+@pytest.fixture(scope="session")
+def _tel_pg_migrated(pg_url: str) -> str:
+    upgrade(pg_url)
+    return pg_url
+
+
+@pytest.fixture
+def tel_engine(_tel_pg_migrated: str) -> Iterator[Engine]:
+    engine = make_engine(_tel_pg_migrated)
+    try:
+        yield engine
+    finally:
+        with engine.begin() as conn:
+            for table in reversed(Base.metadata.sorted_tables):
+                conn.execute(table.delete())
+        engine.dispose()
+
+
+@pytest.fixture
+def tel_sessions(tel_engine: Engine) -> sessionmaker[Session]:
+    return session_factory(tel_engine)
+
+
+@pytest.fixture
+def down_sessions() -> Iterator[sessionmaker[Session]]:
+    """A session factory whose database refuses connections (nothing listens on port 1)."""
+    url = "postgresql+psycopg://postgres@127.0.0.1:1/none"
+    engine = make_engine(url, connect_args={"connect_timeout": 2})
+    try:
+        yield session_factory(engine)
+    finally:
+        engine.dispose()
+
+
+def redis_url() -> str:
+    return os.environ.get("PAINLINE_TEST_REDIS_URL") or DEFAULT_TEST_REDIS_URL
+
+
+@pytest.fixture
+def rq_queue() -> Iterator[Queue]:
+    name = f"painline-test-telephony-{secrets.token_hex(6)}"
+    connection = Redis.from_url(redis_url())
+    isolated_job = type("IsolatedJob", (Job,), {"redis_job_namespace_prefix": f"rq:job:{name}:"})
+    queue = Queue(name, connection=connection, job_class=isolated_job)
+    try:
+        yield queue
+    finally:
+        keys = list(connection.scan_iter(match=f"*{name}*"))
+        if keys:
+            connection.delete(*keys)
+        connection.srem("rq:queues", queue.key)
+        connection.close()
+
+
+@pytest.fixture
+def down_queue() -> Iterator[Queue]:
+    """An rq queue whose Redis refuses connections."""
+    connection = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5, socket_timeout=0.5)
+    yield Queue("painline-test-down", connection=connection)
+    connection.close()
+
+
+def make_app(settings: Settings, sessions: Any, queue: Queue | None) -> Flask:
+    """The smallest app the telephony blueprint runs in, shaped like painline's own factory."""
+    app = Flask("painline-telephony-test")
+    app.config["PAINLINE"] = settings
+    app.extensions["painline.sessions"] = sessions
+    app.extensions["painline.queue"] = queue
+    sock = Sock(app)
+    init_app(app, sock)
+    return app
+
+
+@pytest.fixture
+def telephony_app(tel_settings: Settings, tel_sessions: sessionmaker[Session], rq_queue: Queue) -> Flask:
+    return make_app(tel_settings, tel_sessions, rq_queue)
+
+
+@dataclass
+class LiveServer:
+    http_url: str
+    ws_url: str
+    app: Flask
+
+
+@pytest.fixture
+def live_server(telephony_app: Flask) -> Iterator[LiveServer]:
+    server = make_server("127.0.0.1", 0, telephony_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="telephony-live-server", daemon=True)
+    thread.start()
+    port = server.server_port
+    try:
+        yield LiveServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", telephony_app)
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
