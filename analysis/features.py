@@ -1,0 +1,101 @@
+"""Clip features through the telephone channel, cached on disk.
+
+Extraction dominates every experiment, so each clip's vector is cached under a key made of the
+clip (path, size, modification time), the embedder (its description) and the channel settings.
+Changing any of them misses the cache; nothing stale is ever reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from analysis.audio import load_audio, resample, rms_normalise
+from analysis.channel import TELEPHONE_RATE, telephone
+from analysis.dataset import Clip
+from analysis.embedders.base import Embedder
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """How a corpus clip is turned into what the live product hears."""
+
+    telephone: bool = True
+    rms_normalise: bool = False
+    gain_db: float = 0.0  # test-time gain, for the gain-invariance check
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def prepare(path: Path, channel: ChannelConfig) -> np.ndarray:
+    """Load one clip and pass it through the channel: 8 kHz mu-law float32.
+
+    The order mirrors a real call: the caller's level (gain, clipped as a phone would) goes in
+    before the codec; level normalisation is what painline itself does after decoding.
+    """
+    x, sr = load_audio(path)
+    if channel.gain_db:
+        x = np.clip(x * 10 ** (channel.gain_db / 20), -1.0, 1.0)
+    x = telephone(x, sr) if channel.telephone else resample(x, sr, TELEPHONE_RATE)
+    return rms_normalise(x) if channel.rms_normalise else x
+
+
+class FeatureCache:
+    """A folder of ``.npy`` vectors, one per (clip, embedder, channel)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def _key(self, clip_path: Path, embedder: Embedder, channel: ChannelConfig) -> Path:
+        st = clip_path.stat()
+        ident = json.dumps(
+            [str(clip_path.resolve()), st.st_size, st.st_mtime_ns, embedder.describe(), channel.key()],
+            sort_keys=True,
+        )
+        digest = hashlib.sha1(ident.encode()).hexdigest()
+        return self.root / embedder.name / digest[:2] / f"{digest}.npy"
+
+    def get(self, clip_path: Path, embedder: Embedder, channel: ChannelConfig) -> np.ndarray | None:
+        path = self._key(clip_path, embedder, channel)
+        return np.load(path) if path.exists() else None
+
+    def put(self, clip_path: Path, embedder: Embedder, channel: ChannelConfig, vec: np.ndarray) -> None:
+        path = self._key(clip_path, embedder, channel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, vec.astype(np.float32))
+        tmp.replace(path)
+
+
+def extract(
+    clips: Sequence[Clip],
+    embedder: Embedder,
+    channel: ChannelConfig = ChannelConfig(),
+    cache: FeatureCache | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> np.ndarray:
+    """Embed every clip (through the channel), reusing cached vectors. Returns ``(n, dim)``."""
+    out: list[np.ndarray | None] = [cache.get(c.path, embedder, channel) if cache else None for c in clips]
+    todo = [i for i, v in enumerate(out) if v is None]
+    bar = tqdm(
+        total=len(todo), desc=f"{embedder.name} features", unit="clip", disable=not progress or not todo
+    )
+    for start in range(0, len(todo), batch_size):
+        idx = todo[start : start + batch_size]
+        audio = [prepare(clips[i].path, channel) for i in idx]
+        vecs = embedder.embed(audio, TELEPHONE_RATE)
+        for i, v in zip(idx, vecs, strict=True):
+            out[i] = v
+            if cache:
+                cache.put(clips[i].path, embedder, channel, v)
+        bar.update(len(idx))
+    bar.close()
+    return np.vstack([v for v in out if v is not None]).astype(np.float32)

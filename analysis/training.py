@@ -1,0 +1,269 @@
+"""Fitting a :class:`~analysis.model.PainModel`: hyper-parameters, blend weights, calibration, threshold.
+
+Every choice is made on *grouped* out-of-fold predictions over the training speakers (no speaker on
+both sides of an inner split), because a choice made on a random split rewards memorising voices.
+
+The caller path is trained the way it is used: for each training speaker, a baseline is enrolled
+from ``k`` of their normal-state clips (several random draws, ``k`` from ``enrol_k``) and their
+clips are expressed relative to it. Held-out speakers get the same treatment with the enrolment
+clips removed from what is scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold
+from sklearn.svm import SVC
+
+from analysis.aggregate import logit
+from analysis.baseline import RunningStats, TwoLevelNormaliser
+from analysis.metrics import roc_auc, threshold_for_specificity
+from analysis.model import PainModel, Platt, model_version
+
+# eGeMAPS columns that measure absolute level: the recording-level confound (see the model card)
+LEVEL_FEATURE_PREFIXES = ("loudness_sma3_", "equivalentSoundLevel_dBp")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    classifier: str = "svm"  # svm | logreg | gboost
+    c_grid: tuple[float, ...] = (0.3, 1.0)
+    enrol_k: tuple[int, ...] = (1, 3, 5)
+    draws: int = 2
+    tau: float = 2.0
+    inner_folds: int = 3
+    blend_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    target_specificity: float = 0.9
+    drop_level_features: bool = False
+    seed: int = 0
+
+
+@dataclass
+class Enrolled:
+    """Clips of held-out speakers scored relative to a baseline enrolled from other clips."""
+
+    index: np.ndarray  # rows of X that were scored
+    k: np.ndarray  # how many enrolment clips each row's baseline had
+    offsets: np.ndarray  # (rows, dim) caller offsets in standardised units
+    baselines: list[RunningStats] = field(default_factory=list)  # one per row (shared objects)
+
+
+def make_classifier(kind: str, c: float, seed: int = 0) -> Any:
+    """The estimator family by name; inputs are already standardised."""
+    if kind == "svm":
+        return SVC(C=c, kernel="rbf", gamma="scale", random_state=seed)
+    if kind == "logreg":
+        return LogisticRegression(C=c / 10.0, max_iter=5000)
+    if kind == "gboost":
+        return HistGradientBoostingClassifier(learning_rate=0.05, max_iter=int(100 * c), random_state=seed)
+    raise ValueError(f"unknown classifier {kind!r}: use svm, logreg or gboost")
+
+
+def feature_mask(feature_names: list[str], drop_level: bool) -> np.ndarray:
+    if not drop_level:
+        return np.ones(len(feature_names), dtype=bool)
+    return np.array([not n.startswith(LEVEL_FEATURE_PREFIXES) for n in feature_names])
+
+
+def enrolment_draws(
+    groups: np.ndarray,
+    normal: np.ndarray,
+    k_values: tuple[int, ...],
+    draws: int,
+    rng: np.random.Generator,
+    remove_enrolled: bool,
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Yield ``(enrolment_rows, scored_rows, k)`` per speaker, k and draw.
+
+    Speakers without normal-state clips cannot be enrolled and are skipped; ``k`` is capped at the
+    clips available (leaving at least one clip to score when ``remove_enrolled``).
+    """
+    for speaker in np.unique(groups):
+        rows = np.flatnonzero(groups == speaker)
+        normal_rows = rows[normal[rows]]
+        for k in k_values:
+            cap = len(normal_rows) - (1 if remove_enrolled and len(rows) == len(normal_rows) else 0)
+            kk = min(k, cap)
+            if kk < 1:
+                continue
+            for _ in range(draws):
+                enrol = rng.choice(normal_rows, kk, replace=False)
+                scored = np.setdiff1d(rows, enrol) if remove_enrolled else rows
+                if len(scored):
+                    yield enrol, scored, k
+
+
+def caller_training_set(
+    norm: TwoLevelNormaliser,
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    normal: np.ndarray,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Caller-relative features for training speakers, one copy per enrolment draw."""
+    rel, labels = [], []
+    for enrol, scored, _ in enrolment_draws(
+        groups, normal, cfg.enrol_k, cfg.draws, rng, remove_enrolled=False
+    ):
+        offset = norm.caller_offset(RunningStats.from_array(X[enrol]))
+        rel.append(norm.relative(X[scored], offset))
+        labels.append(y[scored])
+    if not rel:
+        return np.zeros((0, X.shape[1])), np.zeros(0, dtype=int)
+    return np.vstack(rel), np.concatenate(labels)
+
+
+def _fit(kind: str, c: float, Z: np.ndarray, y: np.ndarray, seed: int) -> Any | None:
+    if len(np.unique(y)) < 2:
+        return None
+    return make_classifier(kind, c, seed).fit(Z, y)
+
+
+def _decision(clf: Any, Z: np.ndarray) -> np.ndarray:
+    if hasattr(clf, "decision_function"):
+        return np.asarray(clf.decision_function(Z), dtype=np.float64)
+    return logit(clf.predict_proba(Z)[:, 1])
+
+
+@dataclass
+class _OOF:
+    pop: dict[float, np.ndarray]  # C -> out-of-fold population logits per clip
+    caller_rows: list[np.ndarray]  # per enrolment draw, rows scored
+    caller_k: list[int]
+    caller: dict[float, list[np.ndarray]]  # C -> per draw, caller logits
+
+
+def _inner_oof(X, y, groups, normal, mask, cfg: TrainConfig) -> _OOF:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(cfg.seed)
+    n_splits = min(cfg.inner_folds, len(np.unique(groups)))
+    oof = _OOF({c: np.zeros(len(y)) for c in cfg.c_grid}, [], [], {c: [] for c in cfg.c_grid})
+    for tr, te in GroupKFold(n_splits).split(X, y, groups):
+        norm = TwoLevelNormaliser(tau=cfg.tau).fit(X[tr], groups[tr])
+        z_tr, z_te = norm.standardise(X[tr])[:, mask], norm.standardise(X[te])[:, mask]
+        R, yr = caller_training_set(norm, X[tr], y[tr], groups[tr], normal[tr], cfg, rng)
+        held = list(enrolment_draws(groups[te], normal[te], cfg.enrol_k, 1, rng, remove_enrolled=True))
+        for c in cfg.c_grid:
+            clf = _fit(cfg.classifier, c, z_tr, y[tr], cfg.seed)
+            oof.pop[c][te] = _decision(clf, z_te) if clf is not None else 0.0
+            cclf = _fit(cfg.classifier, c, R[:, mask], yr, cfg.seed) if held else None
+            for enrol, scored, _ in held:
+                offset = norm.caller_offset(RunningStats.from_array(X[te][enrol]))
+                rel = norm.relative(X[te][scored], offset)[:, mask]
+                oof.caller[c].append(_decision(cclf, rel) if cclf is not None else np.zeros(len(scored)))
+        for _, scored, k in held:
+            oof.caller_rows.append(te[scored])
+            oof.caller_k.append(k)
+    return oof
+
+
+def _best(scores: dict[float, float]) -> float:
+    """The arg-max, preferring the smaller (more regularised, or less baseline-reliant) value on ties."""
+    best = max(scores.values())
+    return min(k for k, v in scores.items() if v >= best - 1e-9)
+
+
+def _platt(z: np.ndarray, y: np.ndarray) -> Platt:
+    lr = LogisticRegression(C=1e4, max_iter=1000).fit(z.reshape(-1, 1), y)
+    return Platt(float(lr.coef_[0, 0]), float(lr.intercept_[0]))
+
+
+def fit_model(
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    normal: np.ndarray,
+    *,
+    feature_names: list[str],
+    embedder: dict[str, Any],
+    channel: dict[str, Any],
+    task: dict[str, Any],
+    training_data: dict[str, Any],
+    cfg: TrainConfig | None = None,
+) -> PainModel:
+    """Fit both paths, choose C, blend weights, calibration and threshold; return the model.
+
+    ``normal`` marks clips in the speaker's normal state (the enrolment pool); ``y`` is 1 for pain.
+    """
+    cfg = cfg or TrainConfig()
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y).astype(int)
+    mask = feature_mask(feature_names, cfg.drop_level_features)
+    oof = _inner_oof(X, y, groups, normal, mask, cfg)
+
+    c_pop = _best({c: roc_auc(y, v) for c, v in oof.pop.items()})
+    rows = np.concatenate(oof.caller_rows) if oof.caller_rows else np.zeros(0, dtype=int)
+    ks = np.concatenate(
+        [np.full(len(r), k) for r, k in zip(oof.caller_rows, oof.caller_k, strict=True)] or [[]]
+    )
+    has_caller = len(rows) > 0 and len(np.unique(y[rows])) == 2
+    blend: list[tuple[int, float]] = [(1, 0.0)]
+    blended_cal = Platt()
+    c_caller = cfg.c_grid[0]
+    if has_caller:
+        c_caller = _best({c: roc_auc(y[rows], np.concatenate(v)) for c, v in oof.caller.items()})
+        lb = np.concatenate(oof.caller[c_caller])
+        lp = oof.pop[c_pop][rows]
+        blend = []
+        for k in sorted(set(cfg.enrol_k)):
+            sel = ks == k
+            if sel.any() and len(np.unique(y[rows][sel])) == 2:
+                w = _best({w: roc_auc(y[rows][sel], w * lb[sel] + (1 - w) * lp[sel]) for w in cfg.blend_grid})
+                blend.append((k, w))
+        weights = np.array([dict(blend).get(int(k), 0.0) for k in ks])
+        blended_cal = _platt(weights * lb + (1 - weights) * lp, y[rows])
+
+    population_cal = _platt(oof.pop[c_pop], y)
+    threshold = threshold_for_specificity(
+        y, 1 / (1 + np.exp(-population_cal(oof.pop[c_pop]))), cfg.target_specificity
+    )
+
+    norm = TwoLevelNormaliser(tau=cfg.tau).fit(X, groups)
+    pop_clf = make_classifier(cfg.classifier, c_pop, cfg.seed).fit(norm.standardise(X)[:, mask], y)
+    caller_clf = None
+    if has_caller:
+        R, yr = caller_training_set(norm, X, y, groups, normal, cfg, np.random.default_rng(cfg.seed + 1))
+        caller_clf = clone(make_classifier(cfg.classifier, c_caller, cfg.seed)).fit(R[:, mask], yr)
+
+    card: dict[str, Any] = {
+        "format": "painline-model/1",
+        "embedder": embedder,
+        "channel": channel,
+        "task": task,
+        "training_data": training_data,
+        "training": {**asdict(cfg), "c_population": c_pop, "c_caller": c_caller},
+        "features_used": int(mask.sum()),
+        "levels": {
+            "population": "standardise by the deployment population's running statistics "
+            "(training population until the live one has enough utterances)",
+            "caller": {"blend_weights_by_baseline_size": blend, "shrinkage_tau": cfg.tau},
+        },
+        "threshold": {
+            "value": float(threshold),
+            "method": f"lowest probability reaching {cfg.target_specificity:.0%} specificity on grouped "
+            "out-of-fold predictions of the training speakers (no baseline)",
+        },
+        "label_mapping": task.get("classes", {}),
+        "intended_use": "Decision support for triage nurses: flags calls whose voice suggests pain relative "
+        "to the caller's own normal voice. Not a diagnosis; trained on acted and performed speech, not "
+        "clinical pain.",
+    }
+    card["model_version"] = model_version(card)
+    return PainModel(
+        card=card,
+        normaliser=norm,
+        population_clf=pop_clf,
+        caller_clf=caller_clf,
+        feature_mask=mask,
+        blend=blend,
+        population_cal=population_cal,
+        blended_cal=blended_cal,
+    )

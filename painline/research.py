@@ -1,0 +1,224 @@
+"""``painline train`` and ``painline evaluate``: the research commands over dataset manifests.
+
+Both read tasks from ``painline/tasks.toml`` (or ``--tasks``), corpora from the data directory
+(``PAINLINE_DATA_DIR``), and cache features under ``PAINLINE_CACHE_DIR``. ``evaluate`` prints the
+protocol table (random split beside person-level ones, so the speaker gap is visible) and writes
+JSON and plots; ``train`` fits on whole corpora and writes the artifact with its model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis.dataset import Dataset, load_manifest
+from analysis.embedders.base import Embedder, get_embedder
+from analysis.features import ChannelConfig, FeatureCache, extract
+from analysis.model import PainModel
+from analysis.protocols import Scored, cross_corpus, person_level, random_split
+from analysis.tasks import Task, bind, load_tasks
+from analysis.training import TrainConfig, fit_model
+from painline.config import Settings
+
+TASKS_FILE = Path(__file__).with_name("tasks.toml")
+DEFAULT_CHANNEL = ChannelConfig(telephone=True, rms_normalise=True)
+
+
+@dataclass
+class TaskData:
+    """One task's clips embedded: features, pain labels, speakers, normal-state mask."""
+
+    task: Task
+    dataset: Dataset
+    X: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    normal: np.ndarray
+
+
+def load_task_data(
+    task_name: str,
+    embedder: Embedder,
+    settings: Settings,
+    channel: ChannelConfig = DEFAULT_CHANNEL,
+    tasks_file: Path = TASKS_FILE,
+    max_speakers: int | None = None,
+) -> TaskData:
+    tasks = load_tasks(tasks_file)
+    if task_name not in tasks:
+        raise SystemExit(f"unknown task {task_name!r}; defined: {', '.join(tasks)}")
+    task = tasks[task_name]
+    ds = load_manifest(settings.data_dir / task.corpus, name=task.corpus)
+    task = bind(task, ds)
+    keep = task.select(ds)
+    if max_speakers:  # for quick runs and tests: the first speakers, in manifest order
+        chosen = list(dict.fromkeys(ds.speakers[keep].tolist()))[:max_speakers]
+        keep &= np.isin(ds.speakers, chosen)
+    clips = [c for c, k in zip(ds.clips, keep, strict=True) if k]
+    X = extract(clips, embedder, channel, FeatureCache(settings.cache_dir / "features"))
+    labels = np.array([c.label for c in clips])
+    return TaskData(
+        task, ds, X, task.pain(labels), np.array([c.speaker_id for c in clips]), task.normal_mask(labels)
+    )
+
+
+def make_fit(data: TaskData, embedder: Embedder, channel: ChannelConfig, cfg: TrainConfig):  # type: ignore[no-untyped-def]
+    """A closure fitting a model on a subset, with the card filled from the task and data."""
+
+    def fit(X: np.ndarray, y: np.ndarray, g: np.ndarray, normal: np.ndarray) -> PainModel:
+        return fit_model(
+            X,
+            y,
+            g,
+            normal,
+            feature_names=embedder.feature_names,
+            embedder=embedder.describe(),
+            channel={"telephone": channel.telephone, "rms_normalise": channel.rms_normalise},
+            task={"name": data.task.name, "classes": data.task.classes, "normal": data.task.normal},
+            training_data={"corpus": data.dataset.name, "manifest_sha256": data.dataset.manifest_sha256},
+            cfg=cfg,
+        )
+
+    return fit
+
+
+def evaluate_task(
+    data: TaskData,
+    embedder: Embedder,
+    channel: ChannelConfig,
+    cfg: TrainConfig,
+    cross: list[TaskData] | None = None,
+    n_boot: int = 1000,
+    draws: int = 3,
+) -> dict[str, Any]:
+    """Every protocol for one task; returns a JSON-serialisable result."""
+    fit = make_fit(data, embedder, channel, cfg)
+    started = time.time()
+    results: dict[str, Scored] = {"random": random_split(data.X, data.y, data.groups, fit)}
+    person, thresholds = person_level(data.X, data.y, data.groups, data.normal, fit, draws=draws)
+    results.update(person)
+    threshold = float(np.median(thresholds))
+    out: dict[str, Any] = {"task": data.task.name, "n_clips": len(data.y), "threshold": threshold}
+    if cross:
+        model = fit(data.X, data.y, data.groups, data.normal)
+        for target in cross:
+            for name, scored in cross_corpus(model, target.X, target.y, target.groups, target.normal).items():
+                results[f"{name}->{target.task.name}"] = scored
+    out["protocols"] = {name: s.summary(threshold, n_boot) for name, s in results.items()}
+    out["seconds"] = round(time.time() - started, 1)
+    return out
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"task {result['task']}  ({result['n_clips']} clips; threshold {result['threshold']:.3f})",
+        f"{'protocol':<44} {'AUC':>6} {'95% CI':>15} {'bal.acc':>8} {'95% CI':>15} "
+        f"{'sens@90spec':>11} {'ECE':>6} {'n':>6}",
+    ]
+    for name, s in result["protocols"].items():
+        if s is None:
+            continue
+        lines.append(
+            f"{name:<44} {_f(s['auc']):>6} {_ci(s['auc_ci']):>15} {_f(s['balanced_accuracy']):>8} "
+            f"{_ci(s['balanced_accuracy_ci']):>15} {_f(s['sens_at_90spec']):>11} {_f(s['ece']):>6} {s['n_clips']:>6}"
+        )
+    return "\n".join(lines)
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _ci(ci: list[float | None] | None) -> str:
+    if not ci or ci[0] is None or ci[1] is None:
+        return "-"
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--embedder", default="egemaps", help="embedder name (default: egemaps)")
+    p.add_argument("--tasks", type=Path, default=TASKS_FILE, help="tasks TOML file")
+    p.add_argument("--data-dir", type=Path, help="folder of corpora (default: PAINLINE_DATA_DIR)")
+    p.add_argument("--no-rms", action="store_true", help="keep recording level (no RMS normalisation)")
+    p.add_argument(
+        "--gain-db", type=float, default=0.0, help="scale all audio by this gain before the channel"
+    )
+    p.add_argument("--classifier", default="svm", choices=["svm", "logreg", "gboost"])
+    p.add_argument("--drop-level-features", action="store_true", help="drop absolute-level features")
+    p.add_argument("--max-speakers", type=int, help="use only the first N speakers (quick runs)")
+
+
+def _setup(args: argparse.Namespace) -> tuple[Settings, Embedder, ChannelConfig, TrainConfig]:
+    settings = Settings.from_env()
+    if args.data_dir:
+        settings = settings.with_(data_dir=args.data_dir)
+    embedder = get_embedder(args.embedder)
+    channel = ChannelConfig(telephone=True, rms_normalise=not args.no_rms, gain_db=args.gain_db)
+    cfg = replace(TrainConfig(), classifier=args.classifier, drop_level_features=args.drop_level_features)
+    return settings, embedder, channel, cfg
+
+
+def evaluate_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="painline evaluate", description="Run every protocol for a task.")
+    p.add_argument("--task", required=True)
+    p.add_argument(
+        "--cross", action="append", default=[], help="also test on this task's corpus (repeatable)"
+    )
+    p.add_argument("--out", type=Path, default=Path("var/evaluation"), help="folder for JSON and plots")
+    p.add_argument("--boot", type=int, default=1000, help="bootstrap replicates for CIs")
+    _common_args(p)
+    args = p.parse_args(argv)
+    settings, embedder, channel, cfg = _setup(args)
+    data = load_task_data(args.task, embedder, settings, channel, args.tasks, args.max_speakers)
+    cross = [
+        load_task_data(t, embedder, settings, channel, args.tasks, args.max_speakers) for t in args.cross
+    ]
+    result = evaluate_task(data, embedder, channel, cfg, cross, n_boot=args.boot)
+    print(format_table(result))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.task}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.out / (args.task + '.json')}")
+    return 0
+
+
+def train_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="painline train", description="Train the model artifact on whole corpora."
+    )
+    p.add_argument("--task", action="append", required=True, help="task(s) to train on (repeatable: pooled)")
+    p.add_argument("--out", type=Path, default=Path("painline/models/default.joblib"))
+    _common_args(p)
+    args = p.parse_args(argv)
+    settings, embedder, channel, cfg = _setup(args)
+    parts = [load_task_data(t, embedder, settings, channel, args.tasks, args.max_speakers) for t in args.task]
+    X = np.vstack([d.X for d in parts])
+    y = np.concatenate([d.y for d in parts])
+    groups = np.concatenate([np.char.add(f"{d.dataset.name}:", d.groups.astype(str)) for d in parts])
+    normal = np.concatenate([d.normal for d in parts])
+    model = fit_model(
+        X,
+        y,
+        groups,
+        normal,
+        feature_names=embedder.feature_names,
+        embedder=embedder.describe(),
+        channel={"telephone": channel.telephone, "rms_normalise": channel.rms_normalise},
+        task={"name": "+".join(args.task), "classes": {d.task.name: d.task.classes for d in parts}},
+        training_data={
+            "corpora": [
+                {"corpus": d.dataset.name, "manifest_sha256": d.dataset.manifest_sha256, "clips": len(d.y)}
+                for d in parts
+            ],
+            "reproduce": "painline train " + " ".join(f"--task {t}" for t in args.task),
+        },
+        cfg=cfg,
+    )
+    model.save(args.out)
+    print(f"wrote {args.out} (model {model.version}, threshold {model.threshold:.3f}, blend {model.blend})")
+    return 0
