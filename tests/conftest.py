@@ -1,3 +1,8 @@
 """Shared pytest set-up: each area contributes fixtures as a plugin module listed here."""
 
-pytest_plugins = ["tests.db_fixtures", "tests.telephony_fixtures"]
+pytest_plugins = [
+    "tests.db_fixtures",
+    "tests.telephony_fixtures",
+    "tests.worker_fixtures",
+    "tests.app_fixtures",
+]

@@ -1,0 +1,385 @@
+"""The RQ jobs, plus the baseline library functions the CLI and web UI call directly.
+
+Jobs take database ids only and read their resources from :func:`worker.context.current`. Each is
+safe to run twice: RQ retries a job that raised, and the outbox sweep may re-enqueue one whose
+first run died with its worker.
+
+``score_utterance`` in three steps, so no database transaction stays open while audio is embedded:
+
+1. read: skip if this model already scored the utterance; load audio, patient, voiceprint, the
+   live population statistics and the patient's baseline;
+2. compute (no transaction): decode mu-law, RMS-normalise if the model card says so, embed, compute
+   eGeMAPS evidence measures, check the speaker, predict;
+3. write, in one transaction: insert the Score, fold the raw embedding into the population
+   statistics (row-locked), mark the utterance scored and delete its audio, refresh the call's
+   running score and raise or upgrade its flag. Flag notifications go out after the commit.
+
+Idempotency rests on the unique constraint on ``scores (utterance_id, model_version)``: step 1
+exits if a Score exists; two runs racing past step 1 both reach the insert, the loser gets an
+IntegrityError and rolls back everything, population statistics and flag included.
+
+Speaker check at scoring time: the speaker d-vector is computed only when the patient has a
+voiceprint to compare with, and never stored; only the similarity is (``Score.speaker_similarity``).
+An utterance that is clearly someone else is scored against the population alone, not the patient's
+baseline. Without resemblyzer the check is skipped and the similarity left empty.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from analysis.audio import rms_normalise
+from analysis.baseline import RunningStats
+from analysis.channel import mulaw_decode
+from analysis.embedders.base import EmbedderUnavailable
+from analysis.embedders.speaker import cosine_similarity
+from analysis.evidence import EVIDENCE_VERSION, measures_from_vector
+from analysis.model import PainModel
+from schema.audit import record
+from schema.db import session_scope
+from schema.models import (
+    Baseline,
+    Call,
+    CallStatus,
+    PopulationStats,
+    Score,
+    Utterance,
+    UtteranceAudio,
+    UtteranceStatus,
+    Voiceprint,
+    utcnow,
+)
+from worker import baselines
+from worker.baselines import CallNotReady, EnrolmentResult, GrowthResult
+from worker.calls import pending_utterances, update_running_score, verdict_and_evidence
+from worker.context import WorkerContext, current
+from worker.flags import FlagChange, announce, raise_or_update_flag
+from worker.rows import from_bytes, get_or_create_locked, to_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Inputs:
+    """What step 1 read: plain values, so step 2 runs with no session open."""
+
+    utterance_id: int
+    call_id: int
+    patient_id: int | None
+    speech_s: float
+    mulaw: bytes
+    population: RunningStats | None
+    baseline: RunningStats | None
+    voiceprint: np.ndarray | None
+    voiceprint_embedder: str | None
+
+
+# ---------------------------------------------------------------------------------------------------
+# score_utterance
+
+
+def score_utterance(utterance_id: int) -> str:
+    """Score one utterance with the process's model; see the module docstring. Returns an outcome word."""
+    ctx = current()
+    inputs = _read_inputs(ctx, utterance_id)
+    if isinstance(inputs, str):
+        return inputs
+    model = ctx.model
+    x = mulaw_decode(inputs.mulaw)
+    clip = rms_normalise(x) if model.rms_normalise else x
+    embedding = ctx.embedder.embed([clip])[0]
+    if ctx.evidence_embedder is ctx.embedder and not model.rms_normalise:
+        functionals = embedding
+    else:
+        # evidence uses the level as heard: normalising would erase "louder than usual"
+        functionals = ctx.evidence_embedder.embed([x])[0]
+    measures = measures_from_vector(functionals, ctx.evidence_embedder.feature_names)
+    similarity = _speaker_similarity(ctx, inputs, x)
+
+    same_speaker = similarity is None or similarity >= ctx.speaker_threshold
+    baseline = (
+        inputs.baseline if same_speaker and inputs.baseline is not None and inputs.baseline.n > 0 else None
+    )
+    probability = float(
+        model.predict_proba(embedding[None, :], population=inputs.population, baseline=baseline)[0]
+    )
+    applied = baseline is not None and model.caller_weight(baseline.n) > 0
+
+    change: FlagChange | None = None
+    try:
+        with session_scope(ctx.sessions) as session:
+            session.add(
+                Score(
+                    utterance_id=utterance_id,
+                    model_version=model.version,
+                    probability=min(max(probability, 0.0), 1.0),
+                    baseline_applied=applied,
+                    baseline_n=baseline.n if applied and baseline is not None else 0,
+                    speaker_similarity=similarity,
+                    embedding=to_bytes(embedding),
+                    features={"evidence_version": EVIDENCE_VERSION, "measures": measures},
+                    created_at=utcnow(),
+                )
+            )
+            session.flush()  # a duplicate fails here, before anything shared is touched
+            _fold_into_population(session, model, embedding)
+            utterance = session.get(Utterance, utterance_id)
+            if utterance is not None:
+                utterance.status = UtteranceStatus.SCORED.value
+            session.execute(delete(UtteranceAudio).where(UtteranceAudio.utterance_id == utterance_id))
+            call = session.scalars(
+                select(Call).where(Call.id == inputs.call_id).with_for_update()
+            ).one_or_none()
+            if call is not None and call.status != CallStatus.FINALISED.value:
+                change = update_running_score(session, ctx, call)
+    except IntegrityError:
+        if _already_scored(ctx, utterance_id, model.version):
+            log.info("utterance %s: scored concurrently by another job", utterance_id)
+            return "already scored"
+        raise
+    if change is not None:
+        _announce(ctx, change)
+    log.info("utterance %s scored (baseline %s)", utterance_id, "applied" if applied else "not applied")
+    return "scored"
+
+
+def _read_inputs(ctx: WorkerContext, utterance_id: int) -> _Inputs | str:
+    model = ctx.model
+    with session_scope(ctx.sessions) as session:
+        if _score_exists(session, utterance_id, model.version):
+            return "already scored"
+        utterance = session.get(Utterance, utterance_id)
+        if utterance is None:
+            log.warning("utterance %s: gone before scoring", utterance_id)
+            return "missing"
+        audio = session.get(UtteranceAudio, utterance_id)
+        if audio is None:
+            if utterance.status == UtteranceStatus.PENDING.value:
+                utterance.status = UtteranceStatus.FAILED.value
+            log.warning("utterance %s: no audio to score", utterance_id)
+            return "no audio"
+        call = session.get(Call, utterance.call_id)
+        patient_id = call.patient_id if call is not None else None
+        pop_row = session.scalars(
+            select(PopulationStats).where(
+                PopulationStats.embedder == model.embedder_name,
+                PopulationStats.model_version == model.version,
+            )
+        ).one_or_none()
+        baseline: RunningStats | None = None
+        voiceprint: np.ndarray | None = None
+        voiceprint_embedder: str | None = None
+        if patient_id is not None:
+            row = session.scalars(
+                select(Baseline).where(
+                    Baseline.patient_id == patient_id,
+                    Baseline.embedder == model.embedder_name,
+                    Baseline.model_version == model.version,
+                )
+            ).one_or_none()
+            if row is not None and row.count > 0:
+                baseline = RunningStats.from_dict(row.stats)
+            vp = session.scalars(select(Voiceprint).where(Voiceprint.patient_id == patient_id)).one_or_none()
+            if vp is not None and vp.count > 0:
+                voiceprint, voiceprint_embedder = from_bytes(vp.vector), vp.embedder
+        return _Inputs(
+            utterance_id=utterance_id,
+            call_id=utterance.call_id,
+            patient_id=patient_id,
+            speech_s=float(utterance.speech_s),
+            mulaw=bytes(audio.mulaw),
+            population=RunningStats.from_dict(pop_row.stats) if pop_row is not None else None,
+            baseline=baseline,
+            voiceprint=voiceprint,
+            voiceprint_embedder=voiceprint_embedder,
+        )
+
+
+def _speaker_similarity(ctx: WorkerContext, inputs: _Inputs, x: np.ndarray) -> float | None:
+    speaker = ctx.speaker_embedder
+    if inputs.voiceprint is None or speaker is None or inputs.voiceprint_embedder != speaker.name:
+        return None
+    try:
+        d_vector = speaker.embed([x])[0]
+    except EmbedderUnavailable as exc:
+        log.warning("utterance %s: speaker check skipped (%s)", inputs.utterance_id, type(exc).__name__)
+        return None
+    return cosine_similarity(d_vector, inputs.voiceprint)
+
+
+def _fold_into_population(session: Any, model: PainModel, embedding: np.ndarray) -> None:
+    """Unlabelled traffic adapts the population statistics: one more utterance, under a row lock."""
+    row = get_or_create_locked(
+        session,
+        PopulationStats,
+        {"embedder": model.embedder_name, "model_version": model.version},
+        {"stats": RunningStats.empty(model.dim).to_dict(), "count": 0, "updated_at": utcnow()},
+    )
+    stats = RunningStats.from_dict(row.stats).update(np.asarray(embedding, dtype=np.float64))
+    row.stats = stats.to_dict()
+    row.count = stats.n
+    row.updated_at = utcnow()
+
+
+def _score_exists(session: Any, utterance_id: int, model_version: str) -> bool:
+    return (
+        session.scalar(
+            select(Score.id).where(Score.utterance_id == utterance_id, Score.model_version == model_version)
+        )
+        is not None
+    )
+
+
+def _already_scored(ctx: WorkerContext, utterance_id: int, model_version: str) -> bool:
+    with session_scope(ctx.sessions) as session:
+        return _score_exists(session, utterance_id, model_version)
+
+
+def _announce(ctx: WorkerContext, change: FlagChange) -> None:
+    announce(
+        change,
+        ctx.redis,
+        channel=ctx.flag_channel,
+        webhook_url=ctx.flag_webhook_url,
+        webhook_secret=ctx.flag_webhook_secret,
+        webhook_timeout_s=ctx.webhook_timeout_s,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# finalise_call
+
+
+def finalise_call(call_id: int) -> str:
+    """Give an ended call its verdict, score and evidence; status ``finalised``. Idempotent.
+
+    While utterances are still pending it raises :class:`CallNotReady`, which RQ's Retry turns into a
+    later attempt (enqueue with ``Retry(max=5, interval=[5, 15, 60, 300])`` and run the worker with
+    the scheduler). Once ``finalise_grace_s`` has passed since hang-up it stops waiting and finalises
+    on what was scored, recording how many utterances were left out.
+    """
+    ctx = current()
+    change: FlagChange | None = None
+    with session_scope(ctx.sessions) as session:
+        call = session.scalars(select(Call).where(Call.id == call_id).with_for_update()).one_or_none()
+        if call is None:
+            log.warning("call %s: gone before finalisation", call_id)
+            return "missing"
+        if call.status == CallStatus.FINALISED.value:
+            return "already finalised"
+        if call.status == CallStatus.STREAMING.value:
+            # a new stream on the same call: its own end enqueues finalisation again
+            log.info("call %s: streaming again, not finalised", call_id)
+            return "streaming"
+        pending = pending_utterances(session, call_id)
+        if pending:
+            ended = call.ended_at or call.started_at
+            if utcnow() - ended < timedelta(seconds=ctx.finalise_grace_s):
+                raise CallNotReady(f"call {call_id}: {pending} utterances not scored yet")
+            log.warning("call %s: finalising with %d utterances unscored", call_id, pending)
+        verdict, probability, speech_s, evidence = verdict_and_evidence(session, ctx, call, unscored=pending)
+        call.verdict = verdict.value
+        call.call_score = probability
+        call.speech_s = speech_s
+        call.evidence = evidence
+        call.status = CallStatus.FINALISED.value
+        if verdict.value == "pain_likely" and probability is not None:
+            change = raise_or_update_flag(session, call, probability, ctx.threshold)
+        record(
+            session,
+            "worker",
+            "call.finalise",
+            "call",
+            call_id,
+            verdict=verdict.value,
+            utterances=evidence["utterances_scored"],
+            unscored=pending,
+            model_version=ctx.model.version,
+        )
+    if change is not None:
+        _announce(ctx, change)
+    log.info("call %s finalised: %s", call_id, verdict.value)
+    return verdict.value
+
+
+# ---------------------------------------------------------------------------------------------------
+# baselines
+
+
+def grow_baseline_from_call(call_id: int) -> str:
+    """RQ job, enqueued when a nurse resolves a flag: apply the baseline policy to the call.
+
+    See :mod:`worker.baselines`; only calls resolved with label ``no_pain`` add anything.
+    Raises :class:`CallNotReady` while the call is not finalised.
+    """
+    ctx = current()
+    with session_scope(ctx.sessions) as session:
+        result = baselines.grow_from_call(session, ctx, call_id)
+    if result.reason:
+        log.info("call %s: baseline unchanged (%s)", call_id, result.reason)
+        return "unchanged"
+    log.info("call %s: %d utterances added to baseline %s", call_id, result.added, result.baseline_id)
+    return f"added {result.added}"
+
+
+def grow_baseline(call_id: int, *, ctx: WorkerContext | None = None) -> GrowthResult:
+    """Library form of :func:`grow_baseline_from_call`, returning the details."""
+    ctx = ctx or current()
+    with session_scope(ctx.sessions) as session:
+        return baselines.grow_from_call(session, ctx, call_id)
+
+
+def enroll(
+    patient_id: int,
+    clips_8k: Sequence[np.ndarray],
+    actor: str,
+    *,
+    ctx: WorkerContext | None = None,
+    check_speaker: bool = True,
+) -> EnrolmentResult:
+    """Enrol normal-voice clips for a patient (library function for the CLI and API, not a job)."""
+    return baselines.enroll(patient_id, clips_8k, actor, ctx=ctx or current(), check_speaker=check_speaker)
+
+
+def rebuild_baseline(baseline_id: int, *, ctx: WorkerContext | None = None) -> int:
+    """Re-derive a baseline after an admin excluded or re-included a contribution; returns its count.
+
+    The caller writes the audit event (it knows who decided and why).
+    """
+    ctx = ctx or current()
+    with session_scope(ctx.sessions) as session:
+        return baselines.rebuild(session, baseline_id).n
+
+
+def derive_baseline_for_model(
+    patient_id: int, new_model: PainModel, *, ctx: WorkerContext | None = None
+) -> int | None:
+    """Start ``new_model``'s baseline for a patient from their baseline under an older model.
+
+    Returns the new baseline's id, or None if the patient has no baseline in the same embedder's
+    space (then they must re-enrol). See :func:`worker.baselines.derive_for_model`.
+    """
+    ctx = ctx or current()
+    with session_scope(ctx.sessions) as session:
+        baseline = baselines.derive_for_model(session, patient_id, new_model)
+        return baseline.id if baseline is not None else None
+
+
+__all__ = [
+    "CallNotReady",
+    "derive_baseline_for_model",
+    "enroll",
+    "finalise_call",
+    "grow_baseline",
+    "grow_baseline_from_call",
+    "rebuild_baseline",
+    "score_utterance",
+]
