@@ -1,0 +1,146 @@
+"""The Flask application factory: where settings become an engine, a queue and the telephony routes.
+
+Nothing below this module reads the environment. :func:`create_app` takes a
+:class:`~painline.config.Settings` (from ``PAINLINE_*`` by default), builds the process-wide
+resources once and puts them where the blueprints look for them:
+
+- ``app.config["PAINLINE"]``: the settings;
+- ``app.extensions["painline.engine"]`` / ``["painline.sessions"]``: the SQLAlchemy engine and
+  session factory (PostgreSQL connects with a 3 s timeout, so a database outage fails a request
+  quickly and the voice webhook can still hand the call back to the hotline);
+- ``app.extensions["painline.redis"]`` / ``["painline.queue"]``: a Redis connection with one-second
+  timeouts and the ``rq.Queue`` the telephony layer enqueues job ids on;
+- ``app.extensions["painline.sock"]``: the flask-sock instance the Media Stream socket is on.
+
+``/healthz`` answers 200 only when the database (at the shipped schema revision) and Redis both
+answer; load balancers and ``docker compose`` use it to keep traffic off a process that cannot work.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any
+
+from alembic.runtime.migration import MigrationContext
+from flask import Blueprint, Flask, current_app, jsonify
+from flask.typing import ResponseReturnValue
+from flask_sock import Sock
+from redis.exceptions import RedisError
+from rq import Queue
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from painline import redis_conn
+from painline.config import Settings
+from schema.db import is_sqlite, make_engine, session_factory
+from schema.migrate import head_revision
+from telephony.blueprint import init_app as init_telephony
+
+log = logging.getLogger(__name__)
+
+PG_CONNECT_TIMEOUT_S = 3
+
+
+def make_app_engine(settings: Settings) -> Engine:
+    """The web process's engine: painline's defaults plus a short connect timeout on PostgreSQL."""
+    url = settings.resolved_database_url
+    if is_sqlite(url):
+        return make_engine(url)
+    return make_engine(url, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S})
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the painline web application (see the module docstring for what it holds)."""
+    settings = settings or Settings.from_env()
+    app = Flask("painline")
+    if settings.secret_key:
+        app.secret_key = settings.secret_key
+    else:
+        # fine for the demo and tests; in production sessions would not survive a restart or be
+        # shared between gunicorn workers, hence the warning
+        log.warning("PAINLINE_SECRET_KEY is not set: using a random key for this process")
+        app.secret_key = secrets.token_hex(32)
+    app.config["PAINLINE"] = settings
+
+    engine = make_app_engine(settings)
+    app.extensions["painline.engine"] = engine
+    app.extensions["painline.sessions"] = session_factory(engine)
+
+    connection = redis_conn.connect(settings)
+    app.extensions["painline.redis"] = connection
+    app.extensions["painline.queue"] = Queue(settings.queue_name, connection=connection)
+
+    sock = Sock(app)
+    app.extensions["painline.sock"] = sock
+    init_telephony(app, sock)
+    app.register_blueprint(health_blueprint())
+    return app
+
+
+def close_app(app: Flask) -> None:
+    """Release the app's database pool and Redis connections (tests, the demo, a clean shutdown)."""
+    engine: Engine | None = app.extensions.get("painline.engine")
+    if engine is not None:
+        engine.dispose()
+    connection = app.extensions.get("painline.redis")
+    if connection is not None:
+        connection.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# health
+
+
+def check_database(engine: Engine, expected_revision: str | None) -> str:
+    """``"ok"``, ``"not migrated"`` (reachable but not at the shipped head) or ``"unavailable"``."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+            revision = MigrationContext.configure(connection).get_current_revision()
+    except SQLAlchemyError as exc:
+        log.warning("health: database unavailable (%s)", type(exc).__name__)
+        return "unavailable"
+    if expected_revision is not None and revision != expected_revision:
+        return "not migrated"
+    return "ok"
+
+
+def check_redis(connection: Any) -> str:
+    try:
+        connection.ping()
+    except (RedisError, OSError) as exc:
+        log.warning("health: Redis unavailable (%s)", type(exc).__name__)
+        return "unavailable"
+    return "ok"
+
+
+def health_blueprint() -> Blueprint:
+    """``GET /healthz``: JSON with each dependency's state; 200 if all are ``ok``, else 503."""
+    bp = Blueprint("health", __name__)
+    expected = head_revision()
+
+    @bp.get("/healthz")
+    def healthz() -> ResponseReturnValue:
+        started = time.monotonic()
+        checks = {
+            "database": check_database(current_app.extensions["painline.engine"], expected),
+            "redis": check_redis(current_app.extensions["painline.redis"]),
+        }
+        healthy = all(state == "ok" for state in checks.values())
+        body = {
+            "status": "ok" if healthy else "unavailable",
+            "checks": checks,
+            "elapsed_ms": round((time.monotonic() - started) * 1000),
+        }
+        response = jsonify(body)
+        response.status_code = 200 if healthy else 503
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    return bp
+
+
+__all__ = ["PG_CONNECT_TIMEOUT_S", "check_database", "check_redis", "close_app", "create_app",
+           "health_blueprint", "make_app_engine"]

@@ -1,0 +1,424 @@
+"""The ``painline`` command: one entry point for every process a deployment runs.
+
+::
+
+    painline migrate                      create or upgrade the database schema
+    painline serve [--gunicorn]           the web app (Twilio webhooks, Media Stream socket, /healthz)
+    painline worker [--simple] [--burst]  an RQ worker: model loaded once, then jobs
+    painline sweep [--every N]            re-enqueue work a Redis outage left in the database
+    painline replay AUDIO [--wait]        play an audio file into a server exactly as Twilio would
+    painline demo                         everything above on this machine, one sample call, then exit
+    painline baseline enroll REF AUDIO... enrol a patient's normal voice
+    painline train ... / evaluate ...     research commands (painline.research)
+
+Settings come from the environment (``PAINLINE_*``, ``TWILIO_AUTH_TOKEN``; see
+:mod:`painline.config`); options here only cover what differs between invocations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from painline.config import Settings
+
+log = logging.getLogger("painline")
+
+RESEARCH_COMMANDS = {"train": "train_main", "evaluate": "evaluate_main"}
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ---------------------------------------------------------------------------------------------------
+# migrate
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from schema.migrate import current_revision, upgrade
+
+    settings = _settings()
+    url = settings.resolved_database_url
+    upgrade(url, args.revision)
+    print(f"database at revision {current_revision(url)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# serve
+
+
+def gunicorn_command(host: str, port: int, workers: int, threads: int) -> list[str]:
+    """The production server: gthread workers, one thread per open Media Stream (see painline.wsgi)."""
+    from painline.devserver import ACCESS_LOG_FORMAT
+
+    return [
+        sys.executable, "-m", "gunicorn",
+        "--worker-class", "gthread",
+        "--workers", str(workers),
+        "--threads", str(threads),
+        "--bind", f"{host}:{port}",
+        # gthread workers heartbeat from their main loop, so a socket open for a whole call does not
+        # trip --timeout; on SIGTERM, calls still streaming get this long before the worker exits
+        "--graceful-timeout", "30",
+        "--access-logfile", "-",
+        "--access-logformat", ACCESS_LOG_FORMAT,  # no query strings: they may carry a patient reference
+        "painline.wsgi:app",
+    ]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    if args.gunicorn:
+        command = gunicorn_command(args.host, args.port, args.workers, args.threads)
+        print("exec:", " ".join(command[1:]), flush=True)
+        os.execv(command[0], command)
+    from painline.app import close_app, create_app
+    from painline.devserver import make_dev_server
+
+    app = create_app(_settings())
+    server = make_dev_server(args.host, args.port, app)
+    log.info("painline (development server) on http://%s:%d; Ctrl-C stops", args.host, server.server_port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        close_app(app)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# worker and sweep
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from painline.workers import run_worker
+
+    try:
+        run_worker(
+            _settings(),
+            simple=args.simple,
+            burst=args.burst,
+            with_scheduler=not args.no_scheduler,
+            speaker=not args.no_speaker,
+            name=args.name,
+            logging_level=args.log_level.upper(),
+        )
+    except FileNotFoundError as exc:
+        print(f"painline worker: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rq import Queue
+
+    from painline import redis_conn
+    from painline.app import make_app_engine
+    from schema.db import session_factory
+    from telephony.outbox import JobOptions, sweep
+
+    settings = _settings()
+    engine = make_app_engine(settings)
+    sessions = session_factory(engine)
+    connection = redis_conn.connect(settings)
+    queue = Queue(settings.queue_name, connection=connection)
+    options = JobOptions.from_settings(settings)
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            try:
+                counts = sweep(sessions, queue, older_than_s=args.older_than, options=options)
+                if any(counts.values()) or not args.every:
+                    log.info("sweep re-enqueued %d utterance(s), %d call(s)", counts["utterances"],
+                             counts["calls"])
+            except Exception:
+                if not args.every:
+                    raise
+                log.exception("sweep failed; trying again in %s s", args.every)
+            if not args.every or stopping:
+                return 0
+            deadline = time.monotonic() + args.every
+            while time.monotonic() < deadline and not stopping:
+                time.sleep(min(0.5, args.every))
+            if stopping:
+                return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        engine.dispose()
+        connection.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# replay
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from painline.replay import ReplayError, load_call_audio, replay_call
+
+    settings = _settings()
+    public_url = args.public_url or settings.public_url
+    auth_token = settings.twilio_auth_token
+    try:
+        mulaw = load_call_audio(args.audio)
+        result = replay_call(
+            mulaw,
+            base_url=args.url,
+            public_url=public_url,
+            auth_token=auth_token,
+            from_number=args.from_number,
+            to_number=args.to_number,
+            patient_ref=args.patient_ref,
+            speed=args.speed,
+        )
+    except (ReplayError, ValueError) as exc:
+        print(f"painline replay: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"replayed {result.audio_s:.1f} s of audio as call {result.call_sid} "
+          f"({result.media_messages} media messages in {result.elapsed_s:.1f} s)")
+    if not args.wait:
+        return 0
+    return _print_outcome(settings, result.call_sid, args.timeout)
+
+
+def _print_outcome(settings: Settings, call_sid: str, timeout_s: float) -> int:
+    from painline.app import make_app_engine
+    from painline.call_report import format_report, wait_for_verdict
+    from schema.db import session_factory
+
+    engine = make_app_engine(settings)
+    try:
+        report = wait_for_verdict(session_factory(engine), call_sid, timeout_s=timeout_s)
+    finally:
+        engine.dispose()
+    if report is None:
+        print("the call never reached this database: is PAINLINE_DATABASE_URL the server's?", file=sys.stderr)
+        return EXIT_FAILED
+    print(format_report(report))
+    if not report.finished:
+        print(f"\nnot finalised after {timeout_s:.0f} s: is a worker running on queue "
+              f"'{settings.queue_name}'?", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from painline.demo import DemoError, run_demo
+
+    try:
+        return run_demo(
+            model_path=args.model,
+            audio=args.audio,
+            var_dir=args.var_dir,
+            speed=args.speed,
+            speaker=args.speaker,
+            timeout_s=args.timeout,
+        )
+    except DemoError as exc:
+        print(f"painline demo: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+# ---------------------------------------------------------------------------------------------------
+# baseline
+
+
+def cmd_baseline_enroll(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from analysis.audio import AudioLoadError, load_audio
+    from analysis.channel import mulaw_decode, mulaw_encode, telephone
+    from painline import redis_conn
+    from painline.workers import build_context
+    from schema import audit
+    from schema.db import session_scope
+    from schema.identity import patient_ref_key
+    from schema.models import Patient
+    from worker.jobs import enroll
+
+    try:
+        key = patient_ref_key(args.patient_ref)
+    except ValueError as exc:
+        print(f"painline baseline enroll: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    clips = []
+    for path in args.audio:
+        try:
+            samples, rate = load_audio(path)
+        except AudioLoadError as exc:
+            print(f"painline baseline enroll: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        # exactly what a call would deliver: 8 kHz through the mu-law codec
+        clips.append(mulaw_decode(mulaw_encode(telephone(samples, rate))))
+    settings = _settings()
+    actor = args.actor or f"cli:{getpass.getuser()}"
+    connection = redis_conn.connect(settings)
+    ctx = build_context(settings, connection, speaker=not args.no_speaker)
+    try:
+        with session_scope(ctx.sessions) as session:
+            patient_id = session.scalar(select(Patient.id).where(Patient.key == key))
+            if patient_id is None:
+                patient = Patient(key=key)
+                session.add(patient)
+                session.flush()
+                patient_id = patient.id
+                audit.record(session, actor, "patient.create", "patient", patient_id, source="enrolment")
+        result = enroll(patient_id, clips, actor, ctx=ctx, check_speaker=not args.no_speaker_check)
+    finally:
+        ctx.engine.dispose()
+        connection.close()
+    print(f"patient {patient_id}: {result.accepted} clip(s) enrolled, baseline now {result.baseline_n} "
+          f"utterance(s) (model {ctx.model.version})")
+    if result.rejected_speaker:
+        refused = ", ".join(str(args.audio[i]) for i in result.rejected_speaker)
+        print(f"refused (another speaker than the enrolled voice): {refused}", file=sys.stderr)
+    return 0 if result.accepted else EXIT_FAILED
+
+
+# ---------------------------------------------------------------------------------------------------
+# research
+
+
+def run_research(command: str, argv: Sequence[str]) -> int:
+    """Hand ``painline train|evaluate ...`` to :mod:`painline.research` (imported only when used)."""
+    import importlib
+
+    try:
+        research = importlib.import_module("painline.research")
+    except ModuleNotFoundError as exc:
+        if exc.name != "painline.research":
+            raise  # the module exists but one of its own imports is missing: show that
+        print(f"painline {command}: the research commands are not part of this installation",
+              file=sys.stderr)
+        return EXIT_FAILED
+    entry = getattr(research, RESEARCH_COMMANDS[command])
+    result = entry(list(argv))
+    return int(result or 0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="painline", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default=os.environ.get("PAINLINE_LOG_LEVEL", "INFO"),
+                        help="logging level (default: INFO, or PAINLINE_LOG_LEVEL)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("migrate", help="create or upgrade the database schema")
+    p.add_argument("--revision", default="head", help="target revision (default: head)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("serve", help="run the web app",
+                       description="Development server by default; --gunicorn for production "
+                                   "(gunicorn -k gthread --threads N 'painline.wsgi:app').")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--gunicorn", action="store_true", help="exec gunicorn with gthread workers")
+    p.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default: 2)")
+    p.add_argument("--threads", type=int, default=64,
+                   help="threads per gunicorn worker; each open call holds one (default: 64)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run an RQ worker (model loaded once per process)")
+    p.add_argument("--simple", action="store_true", help="run jobs in-process (SimpleWorker), no fork")
+    p.add_argument("--burst", action="store_true", help="quit when the queue is empty")
+    p.add_argument("--no-scheduler", action="store_true",
+                   help="do not run RQ's scheduler (interval retries then wait for a worker that does)")
+    p.add_argument("--no-speaker", action="store_true", help="skip speaker verification (no resemblyzer)")
+    p.add_argument("--name", help="worker name (default: RQ's random name)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("sweep", help="re-enqueue pending work left in the database by a Redis outage")
+    p.add_argument("--every", type=float, default=0.0, metavar="SECONDS",
+                   help="repeat forever at this interval")
+    p.add_argument("--older-than", type=float, default=60.0, metavar="SECONDS",
+                   help="only work older than this (default: 60)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("replay", help="play an audio file into a painline server exactly as Twilio would",
+                       description="Signs with TWILIO_AUTH_TOKEN over PAINLINE_PUBLIC_URL (or --public-url), "
+                                   "which must equal the server's; requests go to --url.")
+    p.add_argument("audio", type=Path, help="any audio file (resampled to the 8 kHz telephone channel)")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="where the server is reached")
+    p.add_argument("--public-url", default="",
+                   help="the URL Twilio would sign (default: PAINLINE_PUBLIC_URL)")
+    p.add_argument("--speed", type=float, default=1.0, help="1.0 real time, 0 as fast as possible")
+    p.add_argument("--from", dest="from_number", default="+15551234567", help="caller number to present")
+    p.add_argument("--to", dest="to_number", default="+15557654321", help="hotline number to present")
+    p.add_argument("--patient-ref", default=None, help="the hotline's patient reference (webhook query)")
+    p.add_argument("--wait", action="store_true",
+                   help="poll the database (PAINLINE_DATABASE_URL) for the scores and the verdict")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the verdict")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("demo", help="run one sample call end to end on this machine, offline")
+    p.add_argument("--model", type=Path, default=None, help="model artifact (default: PAINLINE_MODEL_PATH)")
+    p.add_argument("--audio", type=Path, default=None, help="audio to replay (default: the bundled sample)")
+    p.add_argument("--var-dir", type=Path, default=None,
+                   help="keep the demo's database and Redis here (default: a temporary directory)")
+    p.add_argument("--speed", type=float, default=4.0, help="replay speed (1.0 real time, 0 no pacing)")
+    p.add_argument("--speaker", action="store_true", help="load the speaker-verification model too")
+    p.add_argument("--timeout", type=float, default=40.0, help="seconds to wait for the verdict")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("baseline", help="patient baselines")
+    baseline = p.add_subparsers(dest="baseline_command", required=True, metavar="ACTION")
+    e = baseline.add_parser("enroll", help="enrol recordings of a patient's normal voice")
+    e.add_argument("patient_ref", help="the hotline's patient reference")
+    e.add_argument("audio", nargs="+", type=Path, help="recordings of the patient's normal voice")
+    e.add_argument("--actor", default=None,
+                   help="who is enrolling, for the audit trail (default: cli:<user>)")
+    e.add_argument("--no-speaker", action="store_true", help="do not load speaker verification")
+    e.add_argument("--no-speaker-check", action="store_true",
+                   help="accept clips even if they do not match the patient's voiceprint")
+    e.set_defaults(func=cmd_baseline_enroll)
+
+    for name, summary in (("train", "train a model (painline.research)"),
+                          ("evaluate", "evaluate a model (painline.research)")):
+        sub.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    configure_logging(args.log_level)
+    if args.command in RESEARCH_COMMANDS:
+        # research commands own their options: everything after the command name is passed through
+        return run_research(args.command, extras)
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
