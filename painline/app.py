@@ -32,6 +32,7 @@ from rq import Queue
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from dashboard import init_app as init_dashboard
 from painline import redis_conn
 from painline.config import Settings
 from schema.db import is_sqlite, make_engine, session_factory
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["painline.sock"] = sock
     init_telephony(app, sock)
     app.register_blueprint(health_blueprint())
+    init_dashboard(app)
     return app
 
 

@@ -1,0 +1,18 @@
+"""The nurse and admin web UI and the JSON API (server-rendered Flask blueprints, no build step).
+
+It reads and changes the database through ``schema`` and listens to the worker's flags on the
+Redis channel; it never imports ``telephony`` or ``worker`` (work for workers is enqueued by name).
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def init_app(app: Flask) -> None:
+    """Register every UI blueprint on an app built by :func:`painline.app.create_app`."""
+    from dashboard import admin, api, auth, nurse
+
+    auth.init_app(app)
+    for module in (auth, nurse, admin, api):
+        app.register_blueprint(module.bp)
