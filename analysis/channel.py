@@ -55,9 +55,9 @@ def mulaw_encode(x: np.ndarray) -> bytes:
     """Float samples in [-1, 1] to G.711 mu-law bytes."""
     pcm = np.clip(np.round(np.asarray(x, dtype=np.float64) * 32768.0), -32768, 32767).astype(np.int32)
     sign = np.where(pcm < 0, 0x80, 0x00)
-    # G.711 works on 14-bit magnitudes: floor-shift first, so negative values round away from zero
-    quarter = pcm >> 2
-    mag = np.minimum(np.where(pcm < 0, -quarter, quarter) << 2, _CLIP)
+    # G.711 (ITU-T G.191 reference) works on 14-bit magnitudes; negative samples take the one's
+    # complement first, so the code is symmetric about zero
+    mag = np.minimum(np.where(pcm < 0, (~pcm) >> 2, pcm >> 2) << 2, _CLIP)
     return (~(sign | _ENCODE_MAG[mag]) & 0xFF).astype(np.uint8).tobytes()
 
 

@@ -61,23 +61,41 @@ def load_tasks(path: str | Path) -> dict[str, Task]:
     return {name: _parse(name, spec) for name, spec in raw.items()}
 
 
+def _labels(task: str, key: str, value: object) -> tuple[str, ...]:
+    """A list of label strings; a bare string is a mistake (it would be split into letters)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TaskError(f"task {task!r}: {key} must be a list of labels, got {value!r}")
+    return tuple(value)
+
+
 def _parse(name: str, spec: dict) -> Task:
     try:
         corpus = spec["corpus"]
         if "classes" in spec:
-            classes = {k: tuple(v) for k, v in spec["classes"].items()}
+            classes = {k: _labels(name, f"classes.{k}", v) for k, v in spec["classes"].items()}
             positive_class = spec["positive_class"]
         else:
-            positive = tuple(spec["positive"])
-            classes = {"no_pain": tuple(spec.get("negative", ())), "pain": positive}
+            classes = {
+                "no_pain": _labels(name, "negative", spec.get("negative", [])),
+                "pain": _labels(name, "positive", spec["positive"]),
+            }
             positive_class = "pain"
     except KeyError as exc:
         raise TaskError(f"task {name!r} lacks {exc.args[0]!r}") from None
     if positive_class not in classes:
         raise TaskError(f"task {name!r}: positive_class {positive_class!r} is not one of {list(classes)}")
+    seen: dict[str, str] = {}
+    for cls, labels in classes.items():
+        for label in labels:
+            if label in seen:
+                raise TaskError(f"task {name!r}: label {label!r} is in both {seen[label]!r} and {cls!r}")
+            seen[label] = cls
     normal_spec = spec.get("normal", "negative")
     # "negative" (the default): a speaker's normal state is any of their non-pain clips; bind() fills it
-    normal = () if normal_spec == "negative" else tuple(normal_spec)
+    normal = () if normal_spec == "negative" else _labels(name, "normal", normal_spec)
+    painful = set(classes[positive_class]) & set(normal)
+    if painful:
+        raise TaskError(f"task {name!r}: pain label(s) {sorted(painful)} cannot be a speaker's normal state")
     return Task(name, corpus, classes, positive_class, normal)
 
 
@@ -89,7 +107,7 @@ def bind(task: Task, ds: Dataset) -> Task:
         if not labels:
             others = {lab for c, labs in classes.items() if c != cls for lab in labs}
             classes[cls] = tuple(sorted(known - others))
-    missing = {lab for labs in classes.values() for lab in labs} - known
+    missing = ({lab for labs in classes.values() for lab in labs} | set(task.normal)) - known
     if missing:
         raise TaskError(f"task {task.name!r}: labels {sorted(missing)} do not occur in corpus {ds.name!r}")
     normal = task.normal or tuple(

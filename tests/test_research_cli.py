@@ -1,0 +1,69 @@
+"""`painline evaluate` and `painline train` end to end on a few RAVDESS speakers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis.model import PainModel, card_path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = (REPO / ".." / "shared" / "data").resolve()
+
+pytestmark = [
+    pytest.mark.corpus,
+    pytest.mark.slow,
+    pytest.mark.skipif(not (DATA_DIR / "ravdess").is_dir(), reason=f"RAVDESS not found under {DATA_DIR}"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _shared_feature_cache(monkeypatch) -> None:
+    """Reuse the repository's feature cache (extraction dominates) wherever pytest is started from."""
+    monkeypatch.setenv("PAINLINE_CACHE_DIR", str(REPO / ".cache"))
+    monkeypatch.setenv("PAINLINE_DATA_DIR", str(DATA_DIR))
+
+
+def test_evaluate_prints_protocol_table_and_writes_json(tmp_path: Path, capsys) -> None:
+    from painline.research import evaluate_main
+
+    out = tmp_path / "eval"
+    rc = evaluate_main(["--task", "ravdess-distress", "--max-speakers", "6", "--boot", "50", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    rows = {line.split()[0] for line in printed.splitlines() if line.strip()}
+    assert {"random", "person", "baseline_3", "call_3"} <= rows, printed
+    assert "task ravdess-distress" in printed
+    result = json.loads((out / "ravdess-distress.json").read_text())
+    assert result["task"] == "ravdess-distress"
+    protocols = result["protocols"]
+    for name in ("random", "person", "baseline_3", "call_3", "call_none", "oracle"):
+        assert protocols[name] is not None, name
+        assert 0.0 <= protocols[name]["auc"] <= 1.0
+    # 6 speakers x ~60 clips; the person protocol scores every clip exactly once
+    assert protocols["person"]["n_clips"] == result["n_clips"] and 300 < result["n_clips"] < 400
+    # baselines score the same clips as their no-baseline twin (3 draws, enrolment clips removed)
+    assert protocols["baseline_3"]["n_clips"] == protocols["person_same_clips_3"]["n_clips"]
+    assert result["n_clips"] < protocols["baseline_3"]["n_clips"] < 3 * result["n_clips"]
+    lo, hi = protocols["person"]["auc_ci"]
+    assert lo <= protocols["person"]["auc"] <= hi
+
+
+def test_train_writes_an_artifact_the_loader_accepts(tmp_path: Path, capsys) -> None:
+    from painline.research import train_main
+
+    out = tmp_path / "models" / "ravdess.joblib"
+    rc = train_main(["--task", "ravdess-distress", "--max-speakers", "6", "--out", str(out)])
+    assert rc == 0
+    model = PainModel.load(out, expect_embedder="egemaps", expect_dim=88)
+    assert model.embedder_name == "egemaps" and model.dim == 88
+    card = json.loads(card_path(out).read_text())
+    assert card["model_version"] == model.version
+    assert card["channel"] == {"telephone": True, "rms_normalise": True}
+    assert card["training_data"]["corpora"][0]["corpus"] == "ravdess"
+    assert model.version in capsys.readouterr().out
+    p = model.predict_proba(np.zeros((2, 88)) + model.normaliser.population.mean)  # type: ignore[union-attr]
+    assert p.shape == (2,) and np.all((p > 0) & (p < 1))
