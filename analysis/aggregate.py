@@ -38,9 +38,7 @@ def call_probability(probs: Sequence[float], speech_s: Sequence[float] | None = 
     return float(sigmoid(np.average(logit(probs), weights=w)))
 
 
-def call_verdict(
-    probability: float, total_speech_s: float, threshold: float, min_speech_s: float
-) -> CallVerdict:
+def call_verdict(probability: float, total_speech_s: float, threshold: float, min_speech_s: float) -> CallVerdict:
     if total_speech_s < min_speech_s or not np.isfinite(probability):
         return CallVerdict.INCONCLUSIVE
     return CallVerdict.PAIN_LIKELY if probability >= threshold else CallVerdict.NO_PAIN

@@ -90,9 +90,7 @@ class RunningStats:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunningStats:
-        return cls(
-            int(d["n"]), np.asarray(d["mean"], dtype=np.float64), np.asarray(d["m2"], dtype=np.float64)
-        )
+        return cls(int(d["n"]), np.asarray(d["mean"], dtype=np.float64), np.asarray(d["m2"], dtype=np.float64))
 
 
 def shrunk_mean(caller: RunningStats, prior_mean: np.ndarray, tau: float) -> np.ndarray:
@@ -151,9 +149,7 @@ class TwoLevelNormaliser:
         z_mean = self.standardise(caller.mean[None, :], population)[0]
         return shrunk_mean(RunningStats(caller.n, z_mean, caller.m2), np.zeros_like(z_mean), self.tau)
 
-    def relative(
-        self, X: np.ndarray, offset: np.ndarray, population: RunningStats | None = None
-    ) -> np.ndarray:
+    def relative(self, X: np.ndarray, offset: np.ndarray, population: RunningStats | None = None) -> np.ndarray:
         """Utterances relative to the caller: standardised, minus the caller's offset, rescaled."""
         assert self.within_scale is not None
         return (self.standardise(X, population) - offset) / self.within_scale

@@ -121,9 +121,7 @@ def measures_from_functionals(values: Mapping[str, float]) -> dict[str, float | 
     return out
 
 
-def measures_from_vector(
-    vector: Sequence[float] | np.ndarray, feature_names: Sequence[str]
-) -> dict[str, float | None]:
+def measures_from_vector(vector: Sequence[float] | np.ndarray, feature_names: Sequence[str]) -> dict[str, float | None]:
     """As :func:`measures_from_functionals`, for a row of the ``egemaps`` embedder's output."""
     row = np.asarray(vector, dtype=np.float64).ravel()
     if len(row) != len(feature_names):

@@ -20,6 +20,7 @@ from analysis.audio import load_audio, resample, rms_normalise
 from analysis.channel import TELEPHONE_RATE, telephone
 from analysis.dataset import Clip
 from analysis.embedders.base import Embedder
+from analysis.embedders.fusion import ConcatEmbedder
 
 
 @dataclass(frozen=True)
@@ -82,12 +83,16 @@ def extract(
     batch_size: int = 16,
     progress: bool = True,
 ) -> np.ndarray:
-    """Embed every clip (through the channel), reusing cached vectors. Returns ``(n, dim)``."""
+    """Embed every clip (through the channel), reusing cached vectors. Returns ``(n, dim)``.
+
+    A concatenated embedder is extracted part by part, so each part's cache is shared with runs
+    that use that part alone.
+    """
+    if isinstance(embedder, ConcatEmbedder):
+        return np.hstack([extract(clips, p, channel, cache, batch_size, progress) for p in embedder.parts])
     out: list[np.ndarray | None] = [cache.get(c.path, embedder, channel) if cache else None for c in clips]
     todo = [i for i, v in enumerate(out) if v is None]
-    bar = tqdm(
-        total=len(todo), desc=f"{embedder.name} features", unit="clip", disable=not progress or not todo
-    )
+    bar = tqdm(total=len(todo), desc=f"{embedder.name} features", unit="clip", disable=not progress or not todo)
     for start in range(0, len(todo), batch_size):
         idx = todo[start : start + batch_size]
         audio = [prepare(clips[i].path, channel) for i in idx]

@@ -136,9 +136,7 @@ def roc_auc(y: ArrayLike, p: ArrayLike, sample_weight: ArrayLike | None = None) 
 # --------------------------------------------------------------------------- thresholded metrics
 
 
-def balanced_accuracy_batch(
-    y: ArrayLike, p: ArrayLike, weights: ArrayLike, threshold: float = 0.5
-) -> FloatArray:
+def balanced_accuracy_batch(y: ArrayLike, p: ArrayLike, weights: ArrayLike, threshold: float = 0.5) -> FloatArray:
     """Weighted balanced accuracy for many weight vectors at once (see :func:`balanced_accuracy`)."""
     yb = _binary_labels(y)
     s = _scores(p, yb.size)
@@ -351,9 +349,7 @@ def _group_counts(groups: ArrayLike, n: int, n_boot: int, seed: int) -> tuple[Fl
     return counts.astype(np.float64), inverse.reshape(-1)
 
 
-def _replicate_values(
-    metric: Metric, y: Any, p: Any, counts: FloatArray, inverse: NDArray[np.intp]
-) -> FloatArray:
+def _replicate_values(metric: Metric, y: Any, p: Any, counts: FloatArray, inverse: NDArray[np.intp]) -> FloatArray:
     """Metric value of every bootstrap replicate (nan where undefined)."""
     n = inverse.size
     batched = _batched_form(metric)

@@ -105,9 +105,7 @@ class PainModel:
         z = self.normaliser.standardise(self._check(X), self._population(population))[:, self.feature_mask]
         return _decision(self.population_clf, z)
 
-    def caller_logit(
-        self, X: np.ndarray, baseline: RunningStats, population: RunningStats | None = None
-    ) -> np.ndarray:
+    def caller_logit(self, X: np.ndarray, baseline: RunningStats, population: RunningStats | None = None) -> np.ndarray:
         assert self.caller_clf is not None
         pop = self._population(population)
         offset = self.normaliser.caller_offset(baseline, pop)
@@ -139,9 +137,7 @@ class PainModel:
         return path
 
     @classmethod
-    def load(
-        cls, path: str | Path, expect_embedder: str | None = None, expect_dim: int | None = None
-    ) -> PainModel:
+    def load(cls, path: str | Path, expect_embedder: str | None = None, expect_dim: int | None = None) -> PainModel:
         """Load an artifact, refusing one trained for another embedder or dimension."""
         path = Path(path)
         if not path.exists():
@@ -157,9 +153,7 @@ class PainModel:
                 f"'{model.embedder_name}'"
             )
         if expect_dim is not None and expect_dim != model.dim:
-            raise ModelMismatchError(
-                f"{path} expects {model.dim}-d features but the embedder produces {expect_dim}-d"
-            )
+            raise ModelMismatchError(f"{path} expects {model.dim}-d features but the embedder produces {expect_dim}-d")
         return model
 
 

@@ -37,9 +37,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return out
 
 
-def roc_plot(
-    curves: Mapping[str, tuple[ArrayLike, ArrayLike]], path: str | Path, title: str = "ROC curves"
-) -> Path:
+def roc_plot(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], path: str | Path, title: str = "ROC curves") -> Path:
     """One ROC curve per named model on shared axes, AUC in the legend; returns the PNG path."""
     if not curves:
         raise ValueError("roc_plot needs at least one curve")
@@ -155,9 +153,7 @@ def per_speaker_plot(
     return _save(fig, path)
 
 
-def confusion_plot(
-    cm: ArrayLike, labels: Sequence[Any], path: str | Path, title: str = "Confusion matrix"
-) -> Path:
+def confusion_plot(cm: ArrayLike, labels: Sequence[Any], path: str | Path, title: str = "Confusion matrix") -> Path:
     """Confusion matrix heat map, coloured by row share (recall) and annotated with counts and %.
 
     Colouring by row share keeps a rare class readable: its recall is as visible as the common

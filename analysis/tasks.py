@@ -110,7 +110,5 @@ def bind(task: Task, ds: Dataset) -> Task:
     missing = ({lab for labs in classes.values() for lab in labs} | set(task.normal)) - known
     if missing:
         raise TaskError(f"task {task.name!r}: labels {sorted(missing)} do not occur in corpus {ds.name!r}")
-    normal = task.normal or tuple(
-        lab for c, labs in classes.items() if c != task.positive_class for lab in labs
-    )
+    normal = task.normal or tuple(lab for c, labs in classes.items() if c != task.positive_class for lab in labs)
     return Task(task.name, task.corpus, classes, task.positive_class, normal)

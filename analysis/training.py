@@ -22,9 +22,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 from sklearn.svm import SVC
 
-from analysis.aggregate import logit
+from analysis.aggregate import logit, sigmoid
 from analysis.baseline import RunningStats, TwoLevelNormaliser
-from analysis.metrics import roc_auc, threshold_for_specificity
+from analysis.metrics import roc_auc, summarise, threshold_for_specificity
 from analysis.model import PainModel, Platt, model_version
 
 # eGeMAPS columns that measure absolute level: the recording-level confound (see the model card)
@@ -111,9 +111,7 @@ def caller_training_set(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Caller-relative features for training speakers, one copy per enrolment draw."""
     rel, labels = [], []
-    for enrol, scored, _ in enrolment_draws(
-        groups, normal, cfg.enrol_k, cfg.draws, rng, remove_enrolled=False
-    ):
+    for enrol, scored, _ in enrolment_draws(groups, normal, cfg.enrol_k, cfg.draws, rng, remove_enrolled=False):
         offset = norm.caller_offset(RunningStats.from_array(X[enrol]))
         rel.append(norm.relative(X[scored], offset))
         labels.append(y[scored])
@@ -172,8 +170,16 @@ def _best(scores: dict[float, float]) -> float:
 
 
 def _platt(z: np.ndarray, y: np.ndarray) -> Platt:
+    """Logistic calibration of out-of-fold scores, never allowed to invert the ranking.
+
+    A negative slope would mean the held-out scores ran *against* the labels (no real signal, e.g.
+    a device confound); flipping them would fake skill, so the model then says the base rate.
+    """
     lr = LogisticRegression(C=1e4, max_iter=1000).fit(z.reshape(-1, 1), y)
-    return Platt(float(lr.coef_[0, 0]), float(lr.intercept_[0]))
+    a = float(lr.coef_[0, 0])
+    if a <= 0:
+        return Platt(0.0, float(logit([np.mean(y)])[0]))
+    return Platt(a, float(lr.intercept_[0]))
 
 
 def fit_model(
@@ -201,9 +207,7 @@ def fit_model(
 
     c_pop = _best({c: roc_auc(y, v) for c, v in oof.pop.items()})
     rows = np.concatenate(oof.caller_rows) if oof.caller_rows else np.zeros(0, dtype=int)
-    ks = np.concatenate(
-        [np.full(len(r), k) for r, k in zip(oof.caller_rows, oof.caller_k, strict=True)] or [[]]
-    )
+    ks = np.concatenate([np.full(len(r), k) for r, k in zip(oof.caller_rows, oof.caller_k, strict=True)] or [[]])
     has_caller = len(rows) > 0 and len(np.unique(y[rows])) == 2
     blend: list[tuple[int, float]] = [(1, 0.0)]
     blended_cal = Platt()
@@ -222,9 +226,16 @@ def fit_model(
         blended_cal = _platt(weights * lb + (1 - weights) * lp, y[rows])
 
     population_cal = _platt(oof.pop[c_pop], y)
-    threshold = threshold_for_specificity(
-        y, 1 / (1 + np.exp(-population_cal(oof.pop[c_pop]))), cfg.target_specificity
-    )
+    p_pop = sigmoid(population_cal(oof.pop[c_pop]))
+    threshold = threshold_for_specificity(y, p_pop, cfg.target_specificity)
+    metrics: dict[str, Any] = {"population_path": summarise(y, p_pop, groups, threshold, n_boot=500)}
+    if has_caller:
+        p_blend = sigmoid(blended_cal(weights * lb + (1 - weights) * lp))
+        for k, _w in blend:
+            sel = ks == k
+            metrics[f"with_baseline_{k}"] = summarise(
+                y[rows][sel], p_blend[sel], groups[rows][sel], threshold, n_boot=500
+            )
 
     norm = TwoLevelNormaliser(tau=cfg.tau).fit(X, groups)
     pop_clf = make_classifier(cfg.classifier, c_pop, cfg.seed).fit(norm.standardise(X)[:, mask], y)
@@ -252,6 +263,12 @@ def fit_model(
             "out-of-fold predictions of the training speakers (no baseline)",
         },
         "label_mapping": task.get("classes", {}),
+        "metrics": {
+            "protocol": "person-level: grouped inner cross-validation over the training speakers, the same "
+            "out-of-fold predictions that chose C, the blend and the threshold (so slightly optimistic); "
+            "held-out and cross-corpus figures are in bench/results/detection.json",
+            **metrics,
+        },
         "intended_use": "Decision support for triage nurses: flags calls whose voice suggests pain relative "
         "to the caller's own normal voice. Not a diagnosis; trained on acted and performed speech, not "
         "clinical pain.",

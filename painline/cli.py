@@ -9,6 +9,8 @@
     painline replay AUDIO [--wait]        play an audio file into a server exactly as Twilio would
     painline demo                         everything above on this machine, one sample call, then exit
     painline baseline enroll REF AUDIO... enrol a patient's normal voice
+    painline users add --role admin NAME  create an account (password prompted, or one line on stdin);
+                                          also: password, token, revoke-tokens, deactivate, activate
     painline train ... / evaluate ...     research commands (painline.research)
 
 Settings come from the environment (``PAINLINE_*``, ``TWILIO_AUTH_TOKEN``; see
@@ -326,6 +328,18 @@ def run_research(command: str, argv: Sequence[str]) -> int:
 # parser
 
 
+def cmd_users(args: argparse.Namespace) -> int:
+    from dashboard.users import run_command
+    from painline.app import make_app_engine
+    from schema.db import session_factory
+
+    engine = make_app_engine(_settings())
+    try:
+        return run_command(session_factory(engine), args)
+    finally:
+        engine.dispose()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="painline", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default=os.environ.get("PAINLINE_LOG_LEVEL", "INFO"),
@@ -401,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept clips even if they do not match the patient's voiceprint")
     e.set_defaults(func=cmd_baseline_enroll)
 
+    from dashboard.users import add_cli_parser
+
+    add_cli_parser(sub).set_defaults(func=cmd_users)
     for name, summary in (("train", "train a model (painline.research)"),
                           ("evaluate", "evaluate a model (painline.research)")):
         sub.add_parser(name, help=summary, add_help=False)

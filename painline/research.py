@@ -21,7 +21,7 @@ from analysis.dataset import Dataset, load_manifest
 from analysis.embedders.base import Embedder, get_embedder
 from analysis.features import ChannelConfig, FeatureCache, extract
 from analysis.model import PainModel
-from analysis.protocols import Scored, cross_corpus, person_level, random_split
+from analysis.protocols import Scored, cross_corpus, multiclass_person_level, person_level, random_split
 from analysis.tasks import Task, bind, load_tasks
 from analysis.training import TrainConfig, fit_model
 from painline.config import Settings
@@ -63,9 +63,7 @@ def load_task_data(
     clips = [c for c, k in zip(ds.clips, keep, strict=True) if k]
     X = extract(clips, embedder, channel, FeatureCache(settings.cache_dir / "features"))
     labels = np.array([c.label for c in clips])
-    return TaskData(
-        task, ds, X, task.pain(labels), np.array([c.speaker_id for c in clips]), task.normal_mask(labels)
-    )
+    return TaskData(task, ds, X, task.pain(labels), np.array([c.speaker_id for c in clips]), task.normal_mask(labels))
 
 
 def make_fit(data: TaskData, embedder: Embedder, channel: ChannelConfig, cfg: TrainConfig):  # type: ignore[no-untyped-def]
@@ -111,6 +109,11 @@ def evaluate_task(
             for name, scored in cross_corpus(model, target.X, target.y, target.groups, target.normal).items():
                 results[f"{name}->{target.task.name}"] = scored
     out["protocols"] = {name: s.summary(threshold, n_boot) for name, s in results.items()}
+    if not data.task.is_binary:
+        labels = np.array([c.label for c in data.dataset.clips if c.label in data.task.label_mapping])
+        out["multiclass_person"] = multiclass_person_level(
+            data.X, data.task.class_index(labels), data.groups, list(data.task.classes), n_boot=n_boot
+        )
     out["seconds"] = round(time.time() - started, 1)
     return out
 
@@ -127,6 +130,13 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"{name:<44} {_f(s['auc']):>6} {_ci(s['auc_ci']):>15} {_f(s['balanced_accuracy']):>8} "
             f"{_ci(s['balanced_accuracy_ci']):>15} {_f(s['sens_at_90spec']):>11} {_f(s['ece']):>6} {s['n_clips']:>6}"
+        )
+    mc = result.get("multiclass_person")
+    if mc:
+        lines.append(
+            f"multi-class person-level ({'/'.join(mc['classes'])}): macro AUC {_f(mc['macro_auc_ovr'])} "
+            f"{_ci(mc['macro_auc_ovr_ci'])}, balanced accuracy {_f(mc['balanced_accuracy'])} "
+            f"{_ci(mc['balanced_accuracy_ci'])}, confusion {mc['confusion']}"
         )
     return "\n".join(lines)
 
@@ -146,9 +156,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", type=Path, default=TASKS_FILE, help="tasks TOML file")
     p.add_argument("--data-dir", type=Path, help="folder of corpora (default: PAINLINE_DATA_DIR)")
     p.add_argument("--no-rms", action="store_true", help="keep recording level (no RMS normalisation)")
-    p.add_argument(
-        "--gain-db", type=float, default=0.0, help="scale all audio by this gain before the channel"
-    )
+    p.add_argument("--gain-db", type=float, default=0.0, help="scale all audio by this gain before the channel")
     p.add_argument("--classifier", default="svm", choices=["svm", "logreg", "gboost"])
     p.add_argument("--drop-level-features", action="store_true", help="drop absolute-level features")
     p.add_argument("--max-speakers", type=int, help="use only the first N speakers (quick runs)")
@@ -167,18 +175,14 @@ def _setup(args: argparse.Namespace) -> tuple[Settings, Embedder, ChannelConfig,
 def evaluate_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="painline evaluate", description="Run every protocol for a task.")
     p.add_argument("--task", required=True)
-    p.add_argument(
-        "--cross", action="append", default=[], help="also test on this task's corpus (repeatable)"
-    )
+    p.add_argument("--cross", action="append", default=[], help="also test on this task's corpus (repeatable)")
     p.add_argument("--out", type=Path, default=Path("var/evaluation"), help="folder for JSON and plots")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap replicates for CIs")
     _common_args(p)
     args = p.parse_args(argv)
     settings, embedder, channel, cfg = _setup(args)
     data = load_task_data(args.task, embedder, settings, channel, args.tasks, args.max_speakers)
-    cross = [
-        load_task_data(t, embedder, settings, channel, args.tasks, args.max_speakers) for t in args.cross
-    ]
+    cross = [load_task_data(t, embedder, settings, channel, args.tasks, args.max_speakers) for t in args.cross]
     result = evaluate_task(data, embedder, channel, cfg, cross, n_boot=args.boot)
     print(format_table(result))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -188,9 +192,7 @@ def evaluate_main(argv: list[str]) -> int:
 
 
 def train_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="painline train", description="Train the model artifact on whole corpora."
-    )
+    p = argparse.ArgumentParser(prog="painline train", description="Train the model artifact on whole corpora.")
     p.add_argument("--task", action="append", required=True, help="task(s) to train on (repeatable: pooled)")
     p.add_argument("--out", type=Path, default=Path("painline/models/default.joblib"))
     _common_args(p)

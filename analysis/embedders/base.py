@@ -48,9 +48,7 @@ class Embedder(ABC):
             return np.zeros((0, self.dim), dtype=np.float32)
         out = np.asarray(self._embed_native(native), dtype=np.float32)
         if out.shape != (len(native), self.dim):
-            raise RuntimeError(
-                f"{self.name} returned shape {out.shape}, expected ({len(native)}, {self.dim})"
-            )
+            raise RuntimeError(f"{self.name} returned shape {out.shape}, expected ({len(native)}, {self.dim})")
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -77,14 +75,19 @@ def available() -> list[str]:
 
 
 def get_embedder(name: str, **options: Any) -> Embedder:
-    """Build the embedder registered as ``name``: egemaps, compare, speaker, clap or hear."""
+    """Build the embedder registered as ``name``: egemaps, compare, speaker, clap or hear.
+
+    ``a+b`` concatenates embedders (e.g. ``egemaps+speaker``); options go to every part.
+    """
     _import_builtin()
+    if "+" in name:
+        from analysis.embedders.fusion import ConcatEmbedder
+
+        return ConcatEmbedder([get_embedder(part, **options) for part in name.split("+")])
     try:
         factory = _REGISTRY[name]
     except KeyError:
-        raise EmbedderUnavailable(
-            f"unknown embedder {name!r}; known: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+        raise EmbedderUnavailable(f"unknown embedder {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
     return factory(**options)
 
 

@@ -28,9 +28,7 @@ DEFAULT_MODEL = "laion/clap-htsat-unfused"
 
 def _looks_like_path(model: str) -> bool:
     """A hub id is ``org/name``; anything absolute, relative or home-based is meant as a folder."""
-    return (
-        model.startswith(("/", "./", "../", "~", "\\")) or Path(model).is_absolute() or model.count("/") > 1
-    )
+    return model.startswith(("/", "./", "../", "~", "\\")) or Path(model).is_absolute() or model.count("/") > 1
 
 
 def _l2_rows(x: np.ndarray) -> np.ndarray:

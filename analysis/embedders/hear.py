@@ -83,15 +83,11 @@ class HearEmbedder(Embedder):
                 f"the 'hear' embedder needs the HeAR SavedModel folder: pass path= or set {PATH_ENV}"
             )
         if not (self.path / "saved_model.pb").is_file():
-            raise EmbedderUnavailable(
-                f"no HeAR SavedModel at {self.path} (expected {self.path}/saved_model.pb)"
-            )
+            raise EmbedderUnavailable(f"no HeAR SavedModel at {self.path} (expected {self.path}/saved_model.pb)")
         try:
             import tensorflow as tf
         except ImportError as exc:
-            raise EmbedderUnavailable(
-                "the 'hear' embedder needs TensorFlow: pip install 'painline[hear]'"
-            ) from exc
+            raise EmbedderUnavailable("the 'hear' embedder needs TensorFlow: pip install 'painline[hear]'") from exc
         try:
             loaded = tf.saved_model.load(str(self.path))
         except Exception as exc:  # corrupt or incompatible SavedModel
@@ -136,9 +132,7 @@ class HearEmbedder(Embedder):
         frames = [_frame(np.asarray(c, dtype=np.float32), WINDOW_SAMPLES, self.hop) for c in clips]
         counts = [len(f) for f in frames]
         stacked = np.concatenate(frames, axis=0)
-        outputs = [
-            self._run(stacked[i : i + self.batch_size]) for i in range(0, len(stacked), self.batch_size)
-        ]
+        outputs = [self._run(stacked[i : i + self.batch_size]) for i in range(0, len(stacked), self.batch_size)]
         per_window = np.concatenate(outputs, axis=0).astype(np.float64)
         owner = np.repeat(np.arange(len(clips)), counts)
         pooled = np.zeros((len(clips), per_window.shape[1]), dtype=np.float64)

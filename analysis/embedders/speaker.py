@@ -101,9 +101,7 @@ class SpeakerEmbedder(Embedder):
             try:
                 self._encoder = VoiceEncoder(device="cpu", verbose=False)
             except Exception as exc:  # resemblyzer raises a bare Exception when pretrained.pt is missing
-                raise EmbedderUnavailable(
-                    f"resemblyzer could not load its voice encoder weights: {exc}"
-                ) from exc
+                raise EmbedderUnavailable(f"resemblyzer could not load its voice encoder weights: {exc}") from exc
         return self._encoder
 
     @property
