@@ -1,9 +1,176 @@
-"""Placeholder being written: the api blueprint."""
+"""The JSON API under ``/api/v1``: the pages' data and actions for the hotline's own systems.
 
-from flask import Blueprint, Flask
+Every route is a thin shell over :class:`dashboard.queries.Store`, the same methods the pages call,
+so the API cannot show or do anything the pages would not (and writes the same audit events).
+Authentication is a bearer token (``Authorization: Bearer pl_...``, issued by ``painline users token``)
+or a signed-in browser session (then state-changing calls need the ``X-CSRF-Token`` header); see
+:mod:`dashboard.auth`. Errors are JSON: ``{"error": code, "message": text}`` with 400, 401, 403, 404,
+409 or 429. The OpenAPI 3.1 description is served, without authentication, at
+``/api/v1/openapi.json`` (:mod:`dashboard.openapi`).
+"""
 
-bp = Blueprint("api", __name__)
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from dashboard.auth import ACTORS, ADMIN, AUDITOR, VIEWERS, current_user, json_error, require_api_role
+from dashboard.openapi import openapi_document
+from dashboard.queries import Conflict, Invalid, NotFound, Store, isoformat
+
+PREFIX = "/api/v1"
+
+bp = Blueprint("api", __name__, url_prefix=PREFIX)
+
+REVIEWERS = (ADMIN, AUDITOR)
+"""Patients, baselines and the audit log: admins, and auditors read-only."""
 
 
 def init_app(app: Flask) -> None:
-    """Nothing yet."""
+    """Nothing app-wide: the blueprint carries its own error handlers."""
+
+
+def _store() -> Store:
+    return Store.for_app()
+
+
+def _actor() -> str:
+    user = current_user()
+    assert user is not None  # every route below is guarded
+    return user.username
+
+
+def _ok(doc: Any, status: int = 200) -> ResponseReturnValue:
+    response = jsonify(isoformat(doc))
+    response.status_code = status
+    return response
+
+
+def _body() -> dict[str, Any]:
+    """The request's JSON object, or its form fields (so a plain HTML form can call the API too)."""
+    data = request.get_json(silent=True)
+    if isinstance(data, dict):
+        return data
+    if request.is_json:
+        raise Invalid("the request body must be a JSON object")
+    return request.form.to_dict()
+
+
+@bp.errorhandler(NotFound)
+def _not_found(exc: NotFound) -> ResponseReturnValue:
+    return json_error(404, "not_found", str(exc))
+
+
+@bp.errorhandler(Conflict)
+def _conflict(exc: Conflict) -> ResponseReturnValue:
+    return json_error(409, "conflict", str(exc))
+
+
+@bp.errorhandler(Invalid)
+def _invalid(exc: Invalid) -> ResponseReturnValue:
+    return json_error(400, "invalid", str(exc))
+
+
+# ---------------------------------------------------------------------------------------------------
+# routes
+
+
+@bp.get("/openapi.json")
+def openapi() -> ResponseReturnValue:
+    """The API description; public, like any API's documentation (it holds no data)."""
+    return jsonify(openapi_document())
+
+
+@bp.get("/me")
+@require_api_role(*VIEWERS)
+def me() -> ResponseReturnValue:
+    user = current_user()
+    assert user is not None
+    return _ok({"username": user.username, "role": user.role, "via_token": user.via_token})
+
+
+@bp.get("/queue")
+@require_api_role(*VIEWERS)
+def queue() -> ResponseReturnValue:
+    return _ok({"rows": _store().queue_rows(_actor())})
+
+
+@bp.get("/calls/<int:call_id>")
+@require_api_role(*VIEWERS)
+def call(call_id: int) -> ResponseReturnValue:
+    return _ok(_store().call(call_id, _actor()))
+
+
+@bp.post("/flags/<int:flag_id>/acknowledge")
+@require_api_role(*ACTORS)
+def acknowledge(flag_id: int) -> ResponseReturnValue:
+    return _ok(_store().acknowledge_flag(flag_id, _actor()))
+
+
+@bp.post("/flags/<int:flag_id>/resolve")
+@require_api_role(*ACTORS)
+def resolve(flag_id: int) -> ResponseReturnValue:
+    body = _body()
+    label = body.get("label")
+    note = body.get("note")
+    if not isinstance(label, str):
+        raise Invalid("label is required")
+    if note is not None and not isinstance(note, str):
+        raise Invalid("note must be a string")
+    return _ok(_store().resolve_flag(flag_id, _actor(), label, note))
+
+
+@bp.get("/patients")
+@require_api_role(*REVIEWERS)
+def patients() -> ResponseReturnValue:
+    return _ok({"patients": _store().search_patients(request.args.get("q", ""), _actor())})
+
+
+@bp.get("/patients/<int:patient_id>/baseline")
+@require_api_role(*REVIEWERS)
+def baseline(patient_id: int) -> ResponseReturnValue:
+    return _ok(_store().baseline(patient_id, _actor()))
+
+
+@bp.post("/patients/<int:patient_id>/baseline/reset")
+@require_api_role(ADMIN)
+def reset_baseline(patient_id: int) -> ResponseReturnValue:
+    return _ok(_store().reset_baseline(patient_id, _actor()), 202)
+
+
+@bp.post("/contributions/<int:contribution_id>/exclude")
+@require_api_role(ADMIN)
+def exclude_contribution(contribution_id: int) -> ResponseReturnValue:
+    return _ok(_store().set_contribution_included(contribution_id, False, _actor()), 202)
+
+
+@bp.post("/contributions/<int:contribution_id>/include")
+@require_api_role(ADMIN)
+def include_contribution(contribution_id: int) -> ResponseReturnValue:
+    return _ok(_store().set_contribution_included(contribution_id, True, _actor()), 202)
+
+
+@bp.get("/audit")
+@require_api_role(*REVIEWERS)
+def audit() -> ResponseReturnValue:
+    args = request.args
+    try:
+        before_id = int(args["before_id"]) if args.get("before_id") else None
+        limit = int(args.get("limit", 100))
+    except ValueError as exc:
+        raise Invalid("before_id and limit must be integers") from exc
+    doc = _store().audit_log(
+        _actor(),
+        by=args.get("actor") or None,
+        action=args.get("action") or None,
+        object_type=args.get("object_type") or None,
+        object_id=args.get("object_id") or None,
+        before_id=before_id,
+        limit=limit,
+    )
+    return _ok(doc)
+
+
+__all__ = ["PREFIX", "REVIEWERS", "bp", "init_app"]

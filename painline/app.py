@@ -64,6 +64,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         log.warning("PAINLINE_SECRET_KEY is not set: using a random key for this process")
         app.secret_key = secrets.token_hex(32)
     app.config["PAINLINE"] = settings
+    # enrolment uploads are the largest requests; refuse anything bigger before parsing it
+    app.config["MAX_CONTENT_LENGTH"] = 32 * 1024 * 1024
 
     engine = make_app_engine(settings)
     app.extensions["painline.engine"] = engine

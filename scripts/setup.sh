@@ -7,6 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 extras=${PAINLINE_EXTRAS:-speaker,clap,hear,dev}
+# the browser tests drive Debian's Chromium (a test tool's own browser download cannot work offline)
+if [[ ",${extras}," == *",dev,"* ]] && [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: /usr/bin/chromium is missing (apt-get install chromium); browser tests will be skipped" >&2
+  fi
+fi
 $PY -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 $PY -m pip install --quiet --disable-pip-version-check --no-deps "resemblyzer==0.1.4"
 $PY -m pip install --quiet --disable-pip-version-check -e ".[${extras}]"

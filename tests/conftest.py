@@ -5,4 +5,7 @@ pytest_plugins = [
     "tests.telephony_fixtures",
     "tests.worker_fixtures",
     "tests.app_fixtures",
+    "tests.dashboard_fixtures",
+    "tests.pages_fixtures",
+    "tests.e2e_fixtures",
 ]

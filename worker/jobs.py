@@ -349,6 +349,31 @@ def enroll(
     return baselines.enroll(patient_id, clips_8k, actor, ctx=ctx or current(), check_speaker=check_speaker)
 
 
+# where the dashboard leaves uploaded enrolment audio (8 kHz mu-law, one clip per list item)
+ENROL_UPLOAD_KEY = "painline:enrol-upload:{token}"
+
+
+def enroll_uploaded(patient_id: int, token: str, actor: str) -> str:
+    """RQ job: enrol clips an admin uploaded, read from (and then removed from) Redis.
+
+    The audio is passed through Redis rather than job arguments or the database, and kept there
+    at most for the upload's expiry; if it has expired the job says so and does nothing.
+    """
+    ctx = current()
+    if ctx.redis is None:
+        raise RuntimeError("enroll_uploaded needs the worker's Redis connection")
+    key = ENROL_UPLOAD_KEY.format(token=token)
+    pipe = ctx.redis.pipeline()
+    pipe.lrange(key, 0, -1)
+    pipe.delete(key)
+    payloads, _ = pipe.execute()
+    if not payloads:
+        return "expired"
+    clips = [mulaw_decode(bytes(p)) for p in payloads]
+    result = enroll(patient_id, clips, actor, ctx=ctx)
+    return f"enrolled {result.accepted} clip(s), {len(result.rejected_speaker)} refused by the speaker check"
+
+
 def rebuild_baseline(baseline_id: int, *, ctx: WorkerContext | None = None) -> int:
     """Re-derive a baseline after an admin excluded or re-included a contribution; returns its count.
 

@@ -1,0 +1,164 @@
+"""Server-Sent Events: the worker's flag messages, relayed from Redis to the nurse's browser.
+
+Each open ``GET /events`` holds its own Redis ``SUBSCRIBE`` to the flag channel, so it works with any
+number of web processes: the worker publishes once and every process's subscribers receive it. The
+browser's script (``static/live.js``) only treats an event as "something changed" and re-fetches the
+queue fragment, so nothing a nurse sees comes from the event itself and a lost event costs nothing
+but a late refresh (the script also refreshes when it reconnects).
+
+What a stream holds and for how long:
+
+- no database session: authorisation happens before the response starts (auth's ``before_request``
+  reads the user and closes its session), and the generator below touches only Redis;
+- one thread of the web server. Under gunicorn ``gthread`` that is one of ``--threads`` per worker
+  process for as long as the tab is open, like a Media Stream socket; size ``--threads`` for calls
+  plus open nurse screens;
+- it ends when the client goes away: a comment line is written at least every ``heartbeat_s``
+  (15 s), a write to a closed connection fails, and the WSGI server then closes the generator,
+  whose ``finally`` unsubscribes. It also ends after ``max_stream_s`` (5 min) so that a signed-out or
+  deactivated user is noticed when the browser reconnects, and straight away if Redis goes down
+  (the browser retries after ``retry`` ms).
+
+Only the fields of :func:`worker.flags.flag_message` that are ids, levels and scores are forwarded,
+after parsing, so a malformed or unexpected publish can never inject text into the stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from flask import Response, current_app
+from redis import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+FLAG_CHANNEL = "painline:flags"
+"""Same value as ``worker.flags.FLAG_CHANNEL`` (the dashboard may not import ``worker``; a test
+checks the two agree). ``app.config["PAINLINE_FLAG_CHANNEL"]`` overrides it (tests isolate theirs)."""
+
+HEARTBEAT_S = 15.0
+POLL_S = 1.0
+MAX_STREAM_S = 300.0
+RETRY_MS = 3000
+
+FORWARDED = {
+    "event": str,
+    "flag_id": int,
+    "call_id": int,
+    "level": str,
+    "severity": float,
+    "probability": float,
+    "status": str,
+    "sent_at": int,
+}
+"""The flag message fields relayed to browsers, with the type each must have."""
+
+
+def clean_message(raw: bytes | str) -> dict[str, Any] | None:
+    """The forwardable part of one published flag message, or None if it is not one."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    out: dict[str, Any] = {}
+    for key, kind in FORWARDED.items():
+        value = doc.get(key)
+        if isinstance(value, bool) or value is None:
+            continue
+        if kind is float and isinstance(value, int | float):
+            out[key] = float(value)
+        elif (kind is int and isinstance(value, int)) or (kind is str and isinstance(value, str) and len(value) <= 64):
+            out[key] = value
+    return out if "call_id" in out else None
+
+
+def sse(data: dict[str, Any], event: str = "flag") -> str:
+    """One SSE event; JSON never contains a raw newline, so one ``data:`` line suffices."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def flag_events(
+    redis: Redis,
+    channel: str,
+    *,
+    heartbeat_s: float = HEARTBEAT_S,
+    poll_s: float = POLL_S,
+    max_stream_s: float = MAX_STREAM_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[str]:
+    """The event stream's chunks: a ``retry`` line, then flag events and heartbeat comments.
+
+    Subscribes before the first chunk is produced, so a message published after a reader has seen
+    the first chunk is always delivered (tests rely on this). Unsubscribes however it ends.
+    """
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    try:
+        try:
+            pubsub.subscribe(channel)
+        except (RedisError, OSError) as exc:
+            log.warning("live events: cannot subscribe (%s)", type(exc).__name__)
+            yield f"retry: {RETRY_MS * 5}\n: live updates unavailable\n\n"
+            return
+        yield f"retry: {RETRY_MS}\n: connected\n\n"
+        started = last_write = clock()
+        while clock() - started < max_stream_s:
+            try:
+                message = pubsub.get_message(timeout=poll_s)
+            except (RedisError, OSError) as exc:
+                log.warning("live events: Redis lost (%s)", type(exc).__name__)
+                yield ": live updates interrupted\n\n"
+                return
+            if message is not None and message.get("type") == "message":
+                doc = clean_message(message.get("data") or b"")
+                if doc is not None:
+                    yield sse(doc)
+                    last_write = clock()
+                    continue
+            if clock() - last_write >= heartbeat_s:
+                yield ": heartbeat\n\n"
+                last_write = clock()
+        yield ": reconnect\n\n"
+    finally:
+        with contextlib.suppress(RedisError, OSError):
+            pubsub.unsubscribe()
+        pubsub.close()
+
+
+def events_response() -> Response:
+    """The ``/events`` response for the current app: the stream, unbuffered and uncached.
+
+    Everything the generator needs is read here, in the request, because the generator runs after
+    the request context is gone (deliberately not ``stream_with_context``: that would keep the
+    request, and whatever its teardown closes, alive for the life of the stream).
+    """
+    app = current_app
+    redis: Redis = app.extensions["painline.redis"]
+    stream = flag_events(
+        redis,
+        app.config.get("PAINLINE_FLAG_CHANNEL", FLAG_CHANNEL),
+        heartbeat_s=float(app.config.get("PAINLINE_SSE_HEARTBEAT_S", HEARTBEAT_S)),
+        max_stream_s=float(app.config.get("PAINLINE_SSE_MAX_STREAM_S", MAX_STREAM_S)),
+    )
+    response = Response(stream, mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass events through as they come
+    return response
+
+
+__all__ = [
+    "FLAG_CHANNEL",
+    "HEARTBEAT_S",
+    "MAX_STREAM_S",
+    "clean_message",
+    "events_response",
+    "flag_events",
+    "sse",
+]

@@ -1,0 +1,395 @@
+"""The dashboard in a real browser: Debian's headless chromium, driven by Playwright, against the real
+server (werkzeug in a thread), PostgreSQL and Redis.
+
+Playwright's own browser download is never used (``playwright install`` needs the network): chromium
+comes from the Debian package, at ``/usr/bin/chromium``. The tests skip when either is missing.
+
+Flags are created in the database and announced on the Redis channel exactly as the worker's
+``worker.flags.announce`` does, rather than by replaying a whole call through the media stream:
+the browser-side path (Redis -> ``/events`` -> script -> ``/queue/rows``) is the same, in seconds.
+
+Screenshots of every page go to ``tests/artifacts/`` (git-ignored); the two the README shows are also
+written to ``docs/img/``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from analysis.baseline import RunningStats
+from analysis.evidence import MEASURE_KEYS
+from schema.db import session_scope
+from schema.models import (
+    AuditEvent,
+    Baseline,
+    BaselineContribution,
+    Call,
+    CallStatus,
+    ContributionSource,
+    Flag,
+    FlagStatus,
+    Patient,
+    Score,
+    Utterance,
+    UtteranceStatus,
+    Verdict,
+    utcnow,
+)
+from tests.app_fixtures import AppServer
+from tests.dashboard_fixtures import PASSWORD, DashUsers
+from worker.flags import FlagChange, encode, flag_message
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+README_IMAGES = ROOT / "docs" / "img"
+MODEL_VERSION = "3f9c2a71d0be"
+TIMEOUT_MS = 15_000
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+
+
+# ---------------------------------------------------------------------------------------------------
+# data: a small, plausible deployment
+
+
+def _measures(rng: np.random.Generator, centre: dict[str, float], n: int) -> np.ndarray:
+    spread = {"pitch": 1.2, "pitch_range": 0.8, "loudness": 2.0, "jitter": 0.25, "shimmer": 0.15, "hnr": 1.0,
+              "syllable_rate": 0.3, "voiced_rate": 0.2}
+    return np.array([[rng.normal(centre[k], spread[k]) for k in MEASURE_KEYS] for _ in range(n)])
+
+
+def _centre(pitch: float, loudness: float, jitter: float, shimmer: float, hnr: float) -> dict[str, float]:
+    return {"pitch": pitch, "pitch_range": 4.0, "loudness": loudness, "jitter": jitter, "shimmer": shimmer,
+            "hnr": hnr, "syllable_rate": 4.0, "voiced_rate": 2.2}
+
+
+def _add_patient(s, ref: str) -> Patient:  # type: ignore[no-untyped-def]
+    patient = Patient(key=f"ref:{ref}")
+    s.add(patient)
+    s.flush()
+    return patient
+
+
+def _add_call(s, patient: Patient, *, minutes_ago: float, probabilities: list[float], status: str,  # type: ignore[no-untyped-def]
+              verdict: str, threshold: float = 0.6) -> Call:
+    started = utcnow() - timedelta(minutes=minutes_ago)
+    speech = 2.5 * len(probabilities)
+    score = float(np.mean(probabilities)) if probabilities else None
+    evidence = None
+    if status == CallStatus.FINALISED.value:
+        evidence = {
+            "version": 1, "model_version": MODEL_VERSION, "threshold": threshold, "min_speech_s": 3.0,
+            "speech_s": speech, "utterances_scored": len(probabilities), "utterances_unscored": 0,
+            "speaker_mismatches": 0,
+            "top_utterances": [
+                {"utterance_id": 0, "seq": i, "start_ms": i * 6000, "end_ms": i * 6000 + 2500, "speech_s": 2.5,
+                 "probability": p}
+                for i, p in sorted(enumerate(probabilities), key=lambda ip: -ip[1])[:3]
+            ],
+            "measures": [],
+            "baseline": {"n": 9},
+            "moved": [
+                {"measure": "pitch", "label": "pitch", "unit": "semitones", "value": 35.1, "baseline": 32.6,
+                 "delta": 2.5, "z": 2.1, "text": "pitch +2.5 semitones"},
+                {"measure": "loudness", "label": "loudness", "unit": "dB", "value": 71.0, "baseline": 65.2,
+                 "delta": 5.8, "z": 1.9, "text": "loudness +5.8 dB"},
+                {"measure": "hnr", "label": "harmonics-to-noise ratio", "unit": "dB", "value": 6.1,
+                 "baseline": 8.4, "delta": -2.3, "z": -1.5, "text": "harmonics-to-noise ratio -2.3 dB"},
+            ],
+        }
+    call = Call(call_sid="CA" + secrets.token_hex(16), patient_id=patient.id, started_at=started,
+                ended_at=started + timedelta(seconds=6 * len(probabilities) + 5)
+                if status != CallStatus.STREAMING.value else None,
+                status=status, verdict=verdict, call_score=score, speech_s=speech, consent=True, evidence=evidence)
+    s.add(call)
+    s.flush()
+    rng = np.random.default_rng(call.id)
+    for i, p in enumerate(probabilities):
+        u = Utterance(call_id=call.id, seq=i, start_ms=i * 6000, end_ms=i * 6000 + 2500, speech_s=2.5,
+                      status=UtteranceStatus.SCORED.value)
+        s.add(u)
+        s.flush()
+        s.add(Score(utterance_id=u.id, model_version=MODEL_VERSION, probability=p, baseline_applied=True,
+                    baseline_n=9, speaker_similarity=float(rng.uniform(0.78, 0.92)),
+                    embedding=rng.normal(size=8).astype("<f4").tobytes()))
+    s.flush()
+    return call
+
+
+def _add_flag(s, call: Call, level: str, severity: float, minutes_ago: float) -> Flag:  # type: ignore[no-untyped-def]
+    flag = Flag(call_id=call.id, patient_id=call.patient_id, severity=severity, level=level,
+                status=FlagStatus.OPEN.value, raised_at=utcnow() - timedelta(minutes=minutes_ago))
+    s.add(flag)
+    s.flush()
+    return flag
+
+
+def _add_baseline(s, patient: Patient, rng: np.random.Generator, centre: dict[str, float],  # type: ignore[no-untyped-def]
+                  calls: list[Call]) -> tuple[Baseline, list[int]]:
+    """A model baseline and its evidence twin: two enrolment clips plus every utterance of ``calls``."""
+    items: list[tuple[int | None, int | None]] = [(None, None), (None, None)]
+    for call in calls:
+        for u in s.scalars(select(Utterance).where(Utterance.call_id == call.id).order_by(Utterance.seq)):
+            items.append((u.id, call.id))
+    model_vectors = rng.normal(size=(len(items), 8))
+    measure_vectors = _measures(rng, centre, len(items))
+    model = Baseline(patient_id=patient.id, embedder="egemaps", model_version=MODEL_VERSION,
+                     stats=RunningStats.from_array(model_vectors).to_dict(), count=len(items))
+    evidence = Baseline(patient_id=patient.id, embedder="evidence-measures", model_version="evidence-v1",
+                        stats=RunningStats.from_array(measure_vectors).to_dict(), count=len(items))
+    s.add_all([model, evidence])
+    s.flush()
+    base_time = utcnow() - timedelta(days=20)
+    ids = []
+    for i, (utterance_id, call_id) in enumerate(items):
+        at = base_time + timedelta(days=i, microseconds=i)
+        source = ContributionSource.ENROLMENT.value if utterance_id is None else ContributionSource.RESOLVED_CALL.value
+        row = BaselineContribution(baseline_id=model.id, utterance_id=utterance_id, call_id=call_id, source=source,
+                                   embedding=model_vectors[i].astype("<f4").tobytes(), created_at=at)
+        s.add(row)
+        s.add(BaselineContribution(baseline_id=evidence.id, utterance_id=utterance_id, call_id=call_id,
+                                   source=source, embedding=measure_vectors[i].astype("<f4").tobytes(),
+                                   created_at=at))
+        s.flush()
+        ids.append(row.id)
+    return model, ids
+
+
+@dataclass
+class Deployment:
+    patient_id: int
+    patient_ref: str
+    baseline_id: int
+    contribution_ids: list[int]
+    queued_call_ids: list[int]
+
+
+@pytest.fixture
+def deployment(pages_app: Flask) -> Deployment:
+    rng = np.random.default_rng(4)
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        main = _add_patient(s, "HL-20417")
+        old_calls = [
+            _add_call(s, main, minutes_ago=60 * 24 * d, probabilities=list(rng.uniform(0.1, 0.4, 3)),
+                      status=CallStatus.FINALISED.value, verdict=Verdict.NO_PAIN.value)
+            for d in (9, 4)
+        ]
+        model, contribution_ids = _add_baseline(s, main, rng, _centre(32.5, 65.0, 1.6, 1.2, 8.5), old_calls)
+        others = []
+        for ref, centre in (("HL-18822", _centre(28.0, 68.0, 1.9, 1.4, 7.5)),
+                            ("HL-31007", _centre(36.0, 63.0, 1.3, 1.0, 9.5)),
+                            ("HL-27150", _centre(30.5, 70.0, 2.2, 1.6, 7.0))):
+            other = _add_patient(s, ref)
+            _add_baseline(s, other, rng, centre, [])
+            others.append(other)
+        queued = []
+        high = _add_call(s, others[0], minutes_ago=14, probabilities=[0.55, 0.81, 0.88, 0.92, 0.86],
+                         status=CallStatus.FINALISED.value, verdict=Verdict.PAIN_LIKELY.value)
+        _add_flag(s, high, "high", 0.89, 9)
+        medium = _add_call(s, others[1], minutes_ago=6, probabilities=[0.62, 0.74, 0.79],
+                           status=CallStatus.STREAMING.value, verdict=Verdict.PENDING.value)
+        _add_flag(s, medium, "medium", 0.72, 2)
+        live = _add_call(s, others[2], minutes_ago=1, probabilities=[0.22, 0.31],
+                         status=CallStatus.STREAMING.value, verdict=Verdict.PENDING.value)
+        queued += [high.id, medium.id, live.id]
+        return Deployment(main.id, "HL-20417", model.id, contribution_ids, queued)
+
+
+# ---------------------------------------------------------------------------------------------------
+# browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def new_page(browser):  # type: ignore[no-untyped-def]
+    contexts = []
+
+    def make():  # type: ignore[no-untyped-def]
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-GB")
+        context.set_default_timeout(TIMEOUT_MS)
+        contexts.append(context)
+        return context.new_page()
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+def _shot(page, name: str, *, readme: bool = False) -> None:  # type: ignore[no-untyped-def]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    if readme:
+        README_IMAGES.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(README_IMAGES / f"{name}.png"), full_page=True)
+
+
+def _sign_in(page, server: AppServer, username: str, path: str = "/") -> None:  # type: ignore[no-untyped-def]
+    page.goto(server.url + path)
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_load_state()
+
+
+def _publish_new_flag(app: Flask, deployment: Deployment) -> int:
+    """What the worker does when a call crosses the threshold: write the flag, then announce it."""
+    with session_scope(app.extensions["painline.sessions"]) as s:
+        patient = s.get(Patient, deployment.patient_id)
+        call = _add_call(s, patient, minutes_ago=3, probabilities=[0.48, 0.71, 0.9, 0.94, 0.91, 0.88],
+                         status=CallStatus.FINALISED.value, verdict=Verdict.PAIN_LIKELY.value)
+        flag = _add_flag(s, call, "high", 0.93, 0)
+        change = FlagChange(event="flag.raised", flag_id=flag.id, call_id=call.id, level="high", severity=0.93,
+                            probability=0.93, status="open")
+    app.extensions["painline.redis"].publish(app.config["PAINLINE_FLAG_CHANNEL"], encode(flag_message(change)))
+    return call.id
+
+
+# ---------------------------------------------------------------------------------------------------
+# tests
+
+
+def test_nurse_sees_a_flag_arrive_live_opens_the_call_and_resolves_it_as_no_pain(
+    app_server: AppServer, pages_app: Flask, dash_users: DashUsers, deployment: Deployment, new_page,  # type: ignore[no-untyped-def]
+) -> None:
+    page = new_page()
+    _sign_in(page, app_server, "nurse1")
+    expect = playwright_api.expect
+    expect(page.get_by_role("heading", name="Triage queue")).to_be_visible()
+    rows = page.locator("#queue-rows tr[data-call-id]")
+    expect(rows).to_have_count(len(deployment.queued_call_ids))
+    expect(page.locator("#live-status")).to_have_text("Live updates on.")
+    _shot(page, "nurse-queue-before")
+
+    call_id = _publish_new_flag(pages_app, deployment)
+    new_row = page.locator(f'#queue-rows tr[data-call-id="{call_id}"]')
+    expect(new_row).to_be_visible()  # arrived without a reload
+    expect(rows.first).to_have_attribute("data-call-id", str(call_id))  # most severe first
+    expect(page.locator("#live-status")).to_contain_text("New flag: high")
+    page.wait_for_timeout(4200)  # let the highlight fade before the README picture
+    _shot(page, "nurse-queue", readme=True)
+
+    new_row.get_by_role("link").click()
+    expect(page.get_by_role("heading", name=f"Call {call_id}")).to_be_visible()
+    chart = page.locator("svg.probability-chart")
+    expect(chart).to_be_visible()
+    expect(chart.locator("circle.utterance")).to_have_count(6)
+    expect(chart.locator("line.threshold")).to_have_count(1)
+    expect(page.locator("table.evidence tbody tr").first).to_contain_text("+2.5 semitones")
+    _shot(page, "call-page")
+
+    page.get_by_label("no pain").check()
+    page.get_by_label("Note").fill("Calm, pain from earlier fall resolved.")
+    page.get_by_role("button", name="Resolve").click()
+    expect(page.get_by_text("Flag resolved: no pain.")).to_be_visible()
+    expect(page.locator("#flag-status")).to_have_text("resolved")
+    expect(page.locator("form.resolve-form")).to_have_count(0)
+    _shot(page, "call-resolved")
+    job = app_server.queue.fetch_job(f"grow-baseline-{call_id}")
+    assert job is not None and job.func_name == "worker.jobs.grow_baseline_from_call"
+
+
+def _rebuild(app: Flask, baseline_id: int) -> None:
+    """Run what the enqueued ``worker.jobs.rebuild_baseline`` job runs (no worker process here)."""
+    from worker.baselines import rebuild
+
+    with session_scope(app.extensions["painline.sessions"]) as s:
+        rebuild(s, baseline_id)
+
+
+def test_admin_excludes_a_contribution_and_resets_a_baseline_both_in_the_audit_log(
+    app_server: AppServer, pages_app: Flask, dash_users: DashUsers, deployment: Deployment, new_page,  # type: ignore[no-untyped-def]
+) -> None:
+    expect = playwright_api.expect
+    page = new_page()
+    _sign_in(page, app_server, "admin1", f"/admin/patients/{deployment.patient_id}")
+    expect(page.get_by_role("heading", name=f"Baseline of {deployment.patient_ref}")).to_be_visible()
+    expect(page.locator("svg.measures-plot g.measure-row")).to_have_count(5)
+    contributions = page.locator("table.contributions tbody tr")
+    expect(contributions).to_have_count(len(deployment.contribution_ids))
+    _shot(page, "baseline", readme=True)
+
+    target = deployment.contribution_ids[-1]
+    page.get_by_role("button", name=f"Exclude contribution {target}").click()
+    expect(page.get_by_text(f"Contribution {target} excluded.")).to_be_visible()
+    expect(page.locator(f'tr[data-contribution-id="{target}"]')).to_have_class("excluded")
+    _rebuild(pages_app, deployment.baseline_id)
+    page.reload()
+    expect(page.locator("#baseline-count")).to_have_text(str(len(deployment.contribution_ids) - 1))
+    _shot(page, "baseline-excluded")
+
+    page.get_by_label("I want to reset the baseline").check()
+    page.get_by_role("button", name="Reset baseline").click()
+    expect(page.get_by_text("Baseline reset:")).to_be_visible()
+    _rebuild(pages_app, deployment.baseline_id)
+    page.reload()
+    expect(page.locator("#baseline-count")).to_have_text("0")
+    expect(page.locator("table.contributions tr.included")).to_have_count(0)
+
+    page.get_by_role("link", name="Audit log").click()
+    expect(page.get_by_role("heading", name="Audit log")).to_be_visible()
+    expect(page.locator('tr[data-action="baseline.exclude"]')).to_have_count(1)
+    expect(page.locator('tr[data-action="baseline.reset"]')).to_have_count(1)
+    page.get_by_label("Action").select_option("baseline.reset")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("table.audit tbody tr")).to_have_count(1)
+    expect(page.locator('tr[data-action="baseline.reset"]')).to_contain_text("admin1")
+    _shot(page, "audit-log")
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        actions = set(s.scalars(select(AuditEvent.action).where(AuditEvent.actor == "admin1")))
+    assert {"baseline.view", "baseline.exclude", "baseline.reset", "audit.view"} <= actions
+
+
+def test_a_nurse_is_refused_admin_pages_and_api_and_forms_need_a_csrf_token(
+    app_server: AppServer, pages_app: Flask, dash_users: DashUsers, deployment: Deployment, new_page,  # type: ignore[no-untyped-def]
+) -> None:
+    expect = playwright_api.expect
+    page = new_page()
+    _sign_in(page, app_server, "nurse1")
+    expect(page.get_by_role("link", name="Patients")).to_have_count(0)
+    for path in ("/admin/patients", f"/admin/patients/{deployment.patient_id}", "/admin/audit"):
+        response = page.goto(app_server.url + path)
+        assert response is not None and response.status == 403, path
+    _shot(page, "nurse-refused-admin")
+    api = page.goto(app_server.url + f"/api/v1/patients/{deployment.patient_id}/baseline")
+    assert api is not None and api.status == 403
+    page.goto(app_server.url + "/")
+    flag_call = deployment.queued_call_ids[0]
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        flag_id = s.scalar(select(Flag.id).where(Flag.call_id == flag_call))
+    status = page.evaluate(
+        """async (url) => (await fetch(url, {method: "POST", body: new URLSearchParams({label: "no_pain"}),
+                                              redirect: "manual"})).status""",
+        f"{app_server.url}/flags/{flag_id}/resolve",
+    )
+    assert status == 400
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        assert s.get(Flag, flag_id).status == FlagStatus.OPEN.value

@@ -1,0 +1,125 @@
+"""The live queue: ``GET /events`` relays the worker's Redis flag messages as Server-Sent Events."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.cookiejar import CookieJar
+
+from flask import Flask
+from flask.testing import FlaskClient
+from redis import Redis
+
+from dashboard import live, nurse
+from tests.app_fixtures import AppServer
+from tests.dashboard_fixtures import PASSWORD, DashUsers
+from worker.context import DEFAULT_SPEAKER_THRESHOLD
+from worker.flags import FLAG_CHANNEL, FlagChange, encode, flag_message
+
+ClientAs = Callable[[str], FlaskClient]
+
+
+def _subscribers(redis: Redis, channel: str) -> int:
+    return int(dict(redis.pubsub_numsub(channel)).get(channel.encode(), 0))
+
+
+def _read_until(chunks: Iterator[bytes], needle: str, timeout_s: float = 10.0) -> str:
+    """Read stream chunks until one contains ``needle`` (the stream's heartbeat bounds each read)."""
+    seen = ""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        seen += next(chunks).decode()
+        if needle in seen:
+            return seen
+    raise AssertionError(f"{needle!r} not seen in {timeout_s} s; got {seen!r}")
+
+
+def _change(call_id: int = 42) -> FlagChange:
+    return FlagChange(event="flag.raised", flag_id=7, call_id=call_id, level="high", severity=0.91,
+                      probability=0.91, status="open")
+
+
+def test_the_dashboard_spells_the_worker_constants_the_same() -> None:
+    assert live.FLAG_CHANNEL == FLAG_CHANNEL
+    assert nurse.SPEAKER_THRESHOLD == DEFAULT_SPEAKER_THRESHOLD
+
+
+def test_events_relays_a_published_flag_and_unsubscribes_when_closed(pages_app: Flask, client_as: ClientAs) -> None:
+    redis: Redis = pages_app.extensions["painline.redis"]
+    channel = pages_app.config["PAINLINE_FLAG_CHANNEL"]
+    response = client_as("nurse").get("/events", buffered=False)
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream" and response.headers["Cache-Control"] == "no-store"
+    chunks = iter(response.response)
+    assert "retry:" in next(chunks).decode()  # subscribed before this first chunk
+    assert _subscribers(redis, channel) == 1
+    redis.publish(channel, b"not json")
+    redis.publish(channel, json.dumps({"event": "x", "note": "no call id"}))
+    redis.publish(channel, encode(flag_message(_change(42))))
+    seen = _read_until(chunks, "event: flag")
+    event = re.search(r"event: flag\ndata: (.+)\n\n", seen)
+    assert event is not None
+    data = json.loads(event.group(1))
+    assert data["call_id"] == 42 and data["level"] == "high" and data["severity"] == 0.91
+    assert seen.count("event: flag") == 1  # the malformed messages were dropped, not relayed
+    response.close()
+    assert _subscribers(redis, channel) == 0
+
+
+def test_events_sends_heartbeats_while_nothing_happens(pages_app: Flask, client_as: ClientAs) -> None:
+    response = client_as("auditor").get("/events", buffered=False)
+    chunks = iter(response.response)
+    next(chunks)
+    assert ": heartbeat" in _read_until(chunks, ": heartbeat", timeout_s=5.0)
+    response.close()
+
+
+def test_the_stream_ends_by_itself_after_its_maximum_life() -> None:
+    redis = Redis.from_url("redis://127.0.0.1:6379/0")
+    channel = f"painline-test-flags:{secrets.token_hex(6)}"
+    try:
+        started = time.monotonic()
+        chunks = list(live.flag_events(redis, channel, heartbeat_s=0.2, poll_s=0.1, max_stream_s=0.6))
+        assert time.monotonic() - started < 5
+        assert chunks[0].startswith("retry:") and chunks[-1] == ": reconnect\n\n"
+        assert _subscribers(redis, channel) == 0
+    finally:
+        redis.close()
+
+
+def test_clean_message_forwards_only_known_typed_fields() -> None:
+    raw = json.dumps({"call_id": 3, "level": "low", "severity": 1, "patient": "ref:X", "flag_id": "7",
+                      "status": True})
+    assert live.clean_message(raw) == {"call_id": 3, "level": "low", "severity": 1.0}
+    assert live.clean_message("[1, 2]") is None
+    assert live.clean_message(json.dumps({"level": "high"})) is None
+
+
+def test_a_closed_browser_connection_ends_the_subscription_on_the_real_server(
+    app_server: AppServer, pages_app: Flask, dash_users: DashUsers
+) -> None:
+    redis: Redis = pages_app.extensions["painline.redis"]
+    channel = pages_app.config["PAINLINE_FLAG_CHANNEL"]
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+    with browser.open(f"{app_server.url}/login", timeout=10) as page:
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.read().decode()).group(1)  # type: ignore[union-attr]
+    form = urllib.parse.urlencode({"username": "nurse1", "password": PASSWORD, "csrf_token": token}).encode()
+    with browser.open(f"{app_server.url}/login", data=form, timeout=10) as signed_in:
+        assert signed_in.url == f"{app_server.url}/"  # redirected to the queue: signed in
+    stream = browser.open(f"{app_server.url}/events", timeout=10)
+    assert stream.readline().startswith(b"retry:")
+    assert _subscribers(redis, channel) == 1
+    redis.publish(channel, encode(flag_message(_change(5))))
+    while not (line := stream.readline()).startswith(b"data:"):
+        assert line, "the stream ended before the event arrived"
+    assert json.loads(line[5:])["call_id"] == 5
+    stream.close()
+    deadline = time.monotonic() + 10
+    while _subscribers(redis, channel) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _subscribers(redis, channel) == 0, "the server kept listening for a browser that left"

@@ -1,0 +1,370 @@
+"""The nurse and admin pages on the real app, PostgreSQL and Redis, through Flask's test client."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from datetime import timedelta
+
+import numpy as np
+import pytest
+import soundfile as sf
+from flask import Flask
+from flask.testing import FlaskClient
+from rq import Queue
+from sqlalchemy import select
+
+from dashboard import admin as admin_pages
+from schema.db import session_scope
+from schema.models import Baseline, BaselineContribution, Flag, FlagStatus, Score, Utterance, utcnow
+from tests.dashboard_fixtures import Seed
+from tests.pages_fixtures import QueueSeed, audit_actions, form_csrf, make_flagged_call, queue_order
+
+ClientAs = Callable[[str], FlaskClient]
+
+
+def _queue(app: Flask) -> Queue:
+    return app.extensions["painline.queue"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# access
+
+
+@pytest.mark.parametrize("path", ["/", "/queue/rows", "/calls/1", "/admin/patients", "/admin/audit", "/events"])
+def test_pages_send_anonymous_visitors_to_sign_in(pages_app: Flask, path: str) -> None:
+    response = pages_app.test_client().get(path)
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/login?next=")
+
+
+@pytest.mark.parametrize("role", ["nurse", "admin", "auditor"])
+def test_queue_and_call_pages_render_for_every_role(client_as: ClientAs, dash_seed: Seed, role: str) -> None:
+    client = client_as(role)
+    page = client.get("/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "PT-100" in html and f'data-call-id="{dash_seed.call_id}"' in html
+    assert f'data-call-id="{dash_seed.live_call_id}"' in html  # the live, unflagged call
+    call = client.get(f"/calls/{dash_seed.call_id}")
+    assert call.status_code == 200
+    forms = 'class="resolve-form"' in call.get_data(as_text=True)
+    assert forms is (role != "auditor")
+
+
+def test_a_nurse_is_refused_every_admin_page(client_as: ClientAs, dash_seed: Seed) -> None:
+    nurse = client_as("nurse")
+    for path in ("/admin/patients", f"/admin/patients/{dash_seed.patient_id}", "/admin/audit"):
+        assert nurse.get(path).status_code == 403, path
+    token = form_csrf(nurse.get("/").get_data(as_text=True))
+    refused = nurse.post(f"/admin/contributions/{dash_seed.contribution_ids[0]}/exclude", data={"csrf_token": token})
+    assert refused.status_code == 403
+    assert "/admin/patients" not in nurse.get("/").get_data(as_text=True)  # not even offered in the menu
+
+
+def test_an_auditor_reads_admin_pages_without_forms_and_cannot_post(
+    pages_app: Flask, client_as: ClientAs, dash_seed: Seed
+) -> None:
+    auditor = client_as("auditor")
+    page = auditor.get(f"/admin/patients/{dash_seed.patient_id}")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "/exclude" not in html and "Reset baseline" not in html and 'type="file"' not in html
+    assert auditor.get("/admin/audit").status_code == 200
+    token = form_csrf(html)  # the sign-out form's token
+    response = auditor.post(f"/admin/contributions/{dash_seed.contribution_ids[0]}/exclude", data={"csrf_token": token})
+    assert response.status_code == 403
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        assert s.get(BaselineContribution, dash_seed.contribution_ids[0]).included is True
+
+
+def test_layout_is_accessible_and_served_without_a_cdn(client_as: ClientAs, dash_seed: Seed) -> None:
+    client = client_as("nurse")
+    html = client.get("/").get_data(as_text=True)
+    assert 'class="skip-link" href="#main"' in html and '<main id="main"' in html
+    assert '<nav aria-label="Main">' in html and 'aria-current="page"' in html
+    assert 'role="status"' in html  # the live region the script announces updates in
+    assert "<caption>" in html and 'scope="col"' in html
+    assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
+    for asset in ("/ui/live.js", "/ui/painline.css"):
+        response = client.get(asset)
+        assert response.status_code == 200 and len(response.data) > 500, asset
+
+
+# ---------------------------------------------------------------------------------------------------
+# the queue
+
+
+def test_queue_is_ordered_by_severity_then_recency(client_as: ClientAs, queue_seed: QueueSeed) -> None:
+    html = client_as("nurse").get("/queue/rows").get_data(as_text=True)
+    order = queue_order(html)
+    assert order == [queue_seed.severe_old, queue_seed.mild_new, queue_seed.mild_old, queue_seed.live]
+    assert queue_seed.resolved not in order
+    assert "<html" not in html  # a fragment, not a page
+
+
+def test_queue_rows_show_reference_verdict_probability_speech_and_baseline(
+    client_as: ClientAs, dash_seed: Seed
+) -> None:
+    html = client_as("nurse").get("/queue/rows").get_data(as_text=True)
+    row = html.split(f'data-call-id="{dash_seed.call_id}"', 1)[1].split("</tr>", 1)[0]
+    assert "PT-100" in row and "pain likely" in row and "0.81" in row and "12 s" in row
+    assert "2 utterances over 1 call" in row  # the seed's model baseline: enrolment clip + one call utterance
+    assert "badge-high" in row
+
+
+def test_opening_the_queue_is_audited_but_its_live_refresh_is_not(pages_app: Flask, client_as: ClientAs,
+                                                                   dash_seed: Seed) -> None:
+    client = client_as("nurse")
+    client.get("/")
+    client.get("/queue/rows")
+    client.get("/queue/rows")
+    views = audit_actions(pages_app, "queue.view")
+    assert [v.actor for v in views] == ["nurse1"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# the call page
+
+
+def test_call_page_shows_chart_verdict_evidence_and_speaker_check(
+    pages_app: Flask, client_as: ClientAs, dash_seed: Seed
+) -> None:
+    html = client_as("nurse").get(f"/calls/{dash_seed.call_id}").get_data(as_text=True)
+    assert html.count('<circle class="utterance') == 3
+    assert 'class="threshold"' in html and 'data-threshold="0.6000"' in html
+    assert "pain likely" in html and "threshold 0.60" in html
+    assert "pitch" in html and "+2.3 semitones" in html
+    assert "All 3 checked utterances matched the enrolled voice" in html
+    views = audit_actions(pages_app, "call.view")
+    assert [(v.actor, v.object_id) for v in views] == [("nurse1", str(dash_seed.call_id))]
+
+
+def test_call_page_flags_utterances_that_failed_the_speaker_check(pages_app: Flask, client_as: ClientAs) -> None:
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        call_id = make_flagged_call(s, ref="SPK", severity=0.8, started_at=utcnow() - timedelta(minutes=3),
+                                    probabilities=(0.5, 0.9))
+        scores = s.scalars(select(Score).join(Utterance).where(Utterance.call_id == call_id)).all()
+        scores[0].speaker_similarity = 0.4
+        scores[1].speaker_similarity = 0.85
+    html = client_as("nurse").get(f"/calls/{call_id}").get_data(as_text=True)
+    assert "1 of 2 checked utterances did not match" in html
+    assert html.count("other-speaker") == 1  # one hollow point on the chart
+    assert "other voice?" in html
+
+
+def test_missing_call_is_404(client_as: ClientAs) -> None:
+    assert client_as("nurse").get("/calls/999999").status_code == 404
+
+
+def test_resolving_as_no_pain_enqueues_the_grow_baseline_job(
+    pages_app: Flask, client_as: ClientAs, dash_seed: Seed
+) -> None:
+    client = client_as("nurse")
+    page = client.get(f"/calls/{dash_seed.call_id}").get_data(as_text=True)
+    response = client.post(
+        f"/flags/{dash_seed.flag_id}/resolve",
+        data={"csrf_token": form_csrf(page), "label": "no_pain", "note": "spoke calmly", "call_id": dash_seed.call_id},
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"] == f"/calls/{dash_seed.call_id}"
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        flag = s.get(Flag, dash_seed.flag_id)
+        assert (flag.status, flag.label, flag.note, flag.resolved_by) == ("resolved", "no_pain", "spoke calmly",
+                                                                          "nurse1")
+    job = _queue(pages_app).fetch_job(f"grow-baseline-{dash_seed.call_id}")
+    assert job is not None
+    assert job.func_name == "worker.jobs.grow_baseline_from_call" and job.args == (dash_seed.call_id,)
+    after = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "Flag resolved: no pain." in after and 'class="resolve-form"' not in after
+    [event] = audit_actions(pages_app, "flag.resolve")
+    assert event.detail["label"] == "no_pain" and "spoke calmly" not in str(event.detail)
+
+
+@pytest.mark.parametrize("label", ["pain_confirmed", "unsure"])
+def test_other_labels_do_not_grow_the_baseline(
+    pages_app: Flask, client_as: ClientAs, dash_seed: Seed, label: str
+) -> None:
+    client = client_as("nurse")
+    token = form_csrf(client.get(f"/calls/{dash_seed.call_id}").get_data(as_text=True))
+    response = client.post(f"/flags/{dash_seed.flag_id}/resolve", data={"csrf_token": token, "label": label})
+    assert response.status_code == 302
+    assert _queue(pages_app).fetch_job(f"grow-baseline-{dash_seed.call_id}") is None
+
+
+def test_resolve_without_a_csrf_token_or_label_is_refused(
+    pages_app: Flask, client_as: ClientAs, dash_seed: Seed
+) -> None:
+    client = client_as("nurse")
+    assert client.post(f"/flags/{dash_seed.flag_id}/resolve", data={"label": "no_pain"}).status_code == 400
+    token = form_csrf(client.get(f"/calls/{dash_seed.call_id}").get_data(as_text=True))
+    no_label = client.post(
+        f"/flags/{dash_seed.flag_id}/resolve", data={"csrf_token": token, "call_id": dash_seed.call_id}
+    )
+    assert no_label.status_code == 302
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        assert s.get(Flag, dash_seed.flag_id).status == FlagStatus.OPEN.value
+
+
+def test_acknowledge_then_resolve_twice_is_a_polite_refusal(
+    pages_app: Flask, client_as: ClientAs, dash_seed: Seed
+) -> None:
+    client = client_as("nurse")
+    token = form_csrf(client.get(f"/calls/{dash_seed.call_id}").get_data(as_text=True))
+    assert client.post(f"/flags/{dash_seed.flag_id}/acknowledge", data={"csrf_token": token}).status_code == 302
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        flag = s.get(Flag, dash_seed.flag_id)
+        assert (flag.status, flag.acknowledged_by) == ("acknowledged", "nurse1")
+    assert "acknowledged" in client.get("/queue/rows").get_data(as_text=True)
+    data = {"csrf_token": token, "label": "unsure", "call_id": dash_seed.call_id}
+    assert client.post(f"/flags/{dash_seed.flag_id}/resolve", data=data).status_code == 302
+    again = client.post(f"/flags/{dash_seed.flag_id}/resolve", data=data, follow_redirects=True)
+    assert "already resolved" in again.get_data(as_text=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# admin: patients and baselines
+
+
+def test_patients_search_finds_by_reference_and_is_audited(pages_app: Flask, client_as: ClientAs,
+                                                            dash_seed: Seed) -> None:
+    client = client_as("admin")
+    html = client.get("/admin/patients?q=pt-1").get_data(as_text=True)
+    assert f'data-patient-id="{dash_seed.patient_id}"' in html
+    none = client.get("/admin/patients?q=nobody").get_data(as_text=True)
+    assert "No patient found." in none
+    searches = audit_actions(pages_app, "patient.search")
+    assert len(searches) == 2 and "pt-1" not in str(searches[0].detail)
+
+
+def test_baseline_page_shows_contributions_measures_plot_and_model(
+    pages_app: Flask, client_as: ClientAs, dash_seed: Seed
+) -> None:
+    html = client_as("admin").get(f"/admin/patients/{dash_seed.patient_id}").get_data(as_text=True)
+    for cid in dash_seed.contribution_ids:
+        assert f'data-contribution-id="{cid}"' in html
+    assert "test-model-1" in html and "2 utterances over 1 call" in html
+    assert 'class="chart measures-plot"' in html
+    for key in ("pitch", "loudness", "jitter", "shimmer", "hnr"):
+        assert f'data-measure="{key}"' in html
+    assert html.count('class="patient-dot') >= 5
+    views = audit_actions(pages_app, "baseline.view")
+    assert [(v.actor, v.object_id) for v in views] == [("admin1", str(dash_seed.patient_id))]
+
+
+def _run_rebuild(app: Flask, baseline_id: int) -> None:
+    """What the enqueued ``worker.jobs.rebuild_baseline`` job does, run here without a worker process."""
+    from worker.baselines import rebuild
+
+    with session_scope(app.extensions["painline.sessions"]) as s:
+        rebuild(s, baseline_id)
+
+
+def test_exclude_include_and_reset_change_the_baseline_and_are_audited(
+    pages_app: Flask, client_as: ClientAs, dash_seed: Seed
+) -> None:
+    client = client_as("admin")
+    page = client.get(f"/admin/patients/{dash_seed.patient_id}").get_data(as_text=True)
+    token = form_csrf(page)
+    target = dash_seed.contribution_ids[1]
+
+    response = client.post(f"/admin/contributions/{target}/exclude", data={"csrf_token": token})
+    assert response.status_code == 302 and "#contributions" in response.headers["Location"]
+    job = _queue(pages_app).fetch_job(f"rebuild-baseline-{dash_seed.baseline_id}")
+    assert job is not None and job.func_name == "worker.jobs.rebuild_baseline"
+    assert job.args == (dash_seed.baseline_id,)
+    stale = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert 'id="rebuild-pending"' in stale and "1 utterance from enrolment" in stale
+    _run_rebuild(pages_app, dash_seed.baseline_id)
+    rebuilt = client.get(f"/admin/patients/{dash_seed.patient_id}").get_data(as_text=True)
+    assert 'id="rebuild-pending"' not in rebuilt
+    assert f'data-contribution-id="{target}" class="excluded"' in rebuilt
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        assert s.get(Baseline, dash_seed.baseline_id).count == 1
+
+    client.post(f"/admin/contributions/{target}/include", data={"csrf_token": token})
+    _run_rebuild(pages_app, dash_seed.baseline_id)
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        assert s.get(Baseline, dash_seed.baseline_id).count == 2
+
+    refused = client.post(f"/admin/patients/{dash_seed.patient_id}/reset", data={"csrf_token": token})
+    assert refused.status_code == 302  # without the confirmation box nothing happens
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        assert s.get(BaselineContribution, target).included is True
+    client.post(f"/admin/patients/{dash_seed.patient_id}/reset", data={"csrf_token": token, "confirm": "yes"})
+    _run_rebuild(pages_app, dash_seed.baseline_id)
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        assert s.get(Baseline, dash_seed.baseline_id).count == 0
+        assert not any(
+            s.scalars(select(BaselineContribution.included).where(
+                BaselineContribution.baseline_id == dash_seed.baseline_id))
+        )
+        # the evidence twin follows the model baseline's decisions through the worker's rebuild
+        assert s.get(Baseline, dash_seed.evidence_baseline_id).count == 0
+
+    assert [e.actor for e in audit_actions(pages_app, "baseline.exclude")] == ["admin1"]
+    assert [e.actor for e in audit_actions(pages_app, "baseline.include")] == ["admin1"]
+    [reset] = audit_actions(pages_app, "baseline.reset")
+    assert reset.actor == "admin1" and reset.object_id == str(dash_seed.patient_id) and reset.detail["excluded"] == 2
+
+
+def _wav(seconds: float, rate: int = 16000) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    buffer = io.BytesIO()
+    sf.write(buffer, (0.2 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def test_enrol_upload_stores_telephone_audio_in_redis_and_enqueues_the_job(
+    pages_app: Flask, client_as: ClientAs, dash_seed: Seed
+) -> None:
+    client = client_as("admin")
+    token = form_csrf(client.get(f"/admin/patients/{dash_seed.patient_id}").get_data(as_text=True))
+    data = {"csrf_token": token, "audio": [(io.BytesIO(_wav(2.0)), "a.wav"), (io.BytesIO(_wav(1.5)), "b.wav")]}
+    response = client.post(f"/admin/patients/{dash_seed.patient_id}/enrol", data=data,
+                           content_type="multipart/form-data")
+    assert response.status_code == 302
+    [event] = audit_actions(pages_app, "baseline.enrol_upload")
+    assert event.actor == "admin1" and event.detail["clips"] == 2 and event.detail["seconds"] == pytest.approx(3.5)
+    upload_token = event.detail["job_id"].removeprefix("enrol-upload-")
+    redis = pages_app.extensions["painline.redis"]
+    key = admin_pages.upload_key(upload_token)
+    try:
+        clips = redis.lrange(key, 0, -1)
+        assert [len(c) for c in clips] == [16000, 12000]  # 8 kHz mu-law, one byte a sample
+        assert 0 < redis.ttl(key) <= admin_pages.UPLOAD_TTL_S
+        job = _queue(pages_app).fetch_job(event.detail["job_id"])
+        assert job.func_name == "worker.jobs.enroll_uploaded"
+        assert job.args == (dash_seed.patient_id, upload_token, "admin1")
+    finally:
+        redis.delete(key)
+
+
+def test_enrol_upload_refuses_what_is_not_audio(pages_app: Flask, client_as: ClientAs, dash_seed: Seed) -> None:
+    client = client_as("admin")
+    token = form_csrf(client.get(f"/admin/patients/{dash_seed.patient_id}").get_data(as_text=True))
+    data = {"csrf_token": token, "audio": [(io.BytesIO(b"not audio at all" * 100), "x.wav")]}
+    response = client.post(f"/admin/patients/{dash_seed.patient_id}/enrol", data=data,
+                           content_type="multipart/form-data", follow_redirects=True)
+    assert "Recording 1 refused: not a readable audio file" in response.get_data(as_text=True)
+    assert audit_actions(pages_app, "baseline.enrol_upload") == []
+
+
+def test_audit_page_filters_by_actor_action_type_and_date(
+    pages_app: Flask, client_as: ClientAs, dash_seed: Seed
+) -> None:
+    admin = client_as("admin")
+    nurse = client_as("nurse")
+    nurse.get(f"/calls/{dash_seed.call_id}")
+    admin.get(f"/admin/patients/{dash_seed.patient_id}")
+    by_action = admin.get("/admin/audit?action=call.view").get_data(as_text=True)
+    assert by_action.count('data-action="call.view"') == 1 and 'data-action="baseline.view"' not in by_action
+    by_actor = admin.get("/admin/audit?actor=admin1&object_type=patient").get_data(as_text=True)
+    assert 'data-action="baseline.view"' in by_actor and 'data-action="call.view"' not in by_actor
+    today = utcnow().date()
+    future = admin.get(f"/admin/audit?from={today + timedelta(days=1)}").get_data(as_text=True)
+    assert "No event matches." in future
+    current = admin.get(f"/admin/audit?from={today}&to={today}&action=call.view").get_data(as_text=True)
+    assert 'data-action="call.view"' in current
+    last = audit_actions(pages_app, "audit.view")[-1].detail["filters"]
+    assert last == {"action": "call.view", "since": today.isoformat(), "until": today.isoformat()}
