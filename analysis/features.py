@@ -48,16 +48,29 @@ def prepare(path: Path, channel: ChannelConfig) -> np.ndarray:
     return rms_normalise(x) if channel.rms_normalise else x
 
 
+def channel_fingerprint() -> str:
+    """A digest of what the channel code does to a fixed test signal.
+
+    Part of every cache key, so a change to the resampler or the codec (not just to the settings)
+    misses the cache instead of silently reusing features the current code would not produce.
+    """
+    t = np.arange(16000, dtype=np.float64) / 16000
+    probe = 0.5 * np.sin(2 * np.pi * 220 * t) * np.linspace(0, 1, t.size) + 1e-4 * np.cos(2 * np.pi * 3100 * t)
+    out = telephone(probe.astype(np.float32), 16000)
+    return hashlib.sha1(np.concatenate([out, rms_normalise(out)]).tobytes()).hexdigest()[:16]
+
+
 class FeatureCache:
-    """A folder of ``.npy`` vectors, one per (clip, embedder, channel)."""
+    """A folder of ``.npy`` vectors, one per (clip, embedder, channel, channel code)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.code = channel_fingerprint()
 
     def _key(self, clip_path: Path, embedder: Embedder, channel: ChannelConfig) -> Path:
         st = clip_path.stat()
         ident = json.dumps(
-            [str(clip_path.resolve()), st.st_size, st.st_mtime_ns, embedder.describe(), channel.key()],
+            [str(clip_path.resolve()), st.st_size, st.st_mtime_ns, embedder.describe(), channel.key(), self.code],
             sort_keys=True,
         )
         digest = hashlib.sha1(ident.encode()).hexdigest()

@@ -40,6 +40,7 @@ from analysis.audio import rms_normalise
 from analysis.baseline import RunningStats
 from analysis.channel import mulaw_decode
 from analysis.embedders.base import EmbedderUnavailable
+from analysis.embedders.fusion import ConcatEmbedder
 from analysis.embedders.speaker import cosine_similarity
 from analysis.evidence import EVIDENCE_VERSION, measures_from_vector
 from analysis.model import PainModel
@@ -102,7 +103,7 @@ def score_utterance(utterance_id: int) -> str:
         # evidence uses the level as heard: normalising would erase "louder than usual"
         functionals = ctx.evidence_embedder.embed([x])[0]
     measures = measures_from_vector(functionals, ctx.evidence_embedder.feature_names)
-    similarity = _speaker_similarity(ctx, inputs, x)
+    similarity = _speaker_similarity(ctx, inputs, x, embedding)
 
     same_speaker = similarity is None or similarity >= ctx.speaker_threshold
     baseline = (
@@ -203,10 +204,20 @@ def _read_inputs(ctx: WorkerContext, utterance_id: int) -> _Inputs | str:
         )
 
 
-def _speaker_similarity(ctx: WorkerContext, inputs: _Inputs, x: np.ndarray) -> float | None:
+def _speaker_similarity(
+    ctx: WorkerContext, inputs: _Inputs, x: np.ndarray, embedding: np.ndarray
+) -> float | None:
+    """Cosine similarity to the patient's voiceprint, or None when there is nothing to compare.
+
+    When the model's own features already contain the d-vector (``egemaps+speaker``) that slice is
+    reused: the speaker embedder normalises level itself, so it is the same vector, computed once.
+    """
     speaker = ctx.speaker_embedder
     if inputs.voiceprint is None or speaker is None or inputs.voiceprint_embedder != speaker.name:
         return None
+    parts = ctx.embedder.part_slices() if isinstance(ctx.embedder, ConcatEmbedder) else {}
+    if speaker.name in parts:
+        return cosine_similarity(embedding[parts[speaker.name]], inputs.voiceprint)
     try:
         d_vector = speaker.embed([x])[0]
     except EmbedderUnavailable as exc:
