@@ -12,7 +12,7 @@ Job arguments are database ids only: nothing about the caller ever sits in Redis
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -105,14 +105,7 @@ def requeue_pending(
             .where(Utterance.status == UtteranceStatus.PENDING.value, Utterance.created_at < cutoff)
             .order_by(Utterance.id)
         ).all()
-    enqueued = 0
-    for utterance_id in ids:
-        if _job_exists(queue, score_job_id(utterance_id)):
-            continue
-        if not enqueue_score_utterance(queue, utterance_id, options):
-            break  # Redis is down again: the next sweep carries on
-        enqueued += 1
-    return enqueued
+    return _enqueue_missing(queue, ids, score_job_id, enqueue_score_utterance, options)
 
 
 def requeue_unfinalised(
@@ -132,12 +125,23 @@ def requeue_unfinalised(
             .where(Call.status == CallStatus.ENDED.value, Call.ended_at < cutoff)
             .order_by(Call.id)
         ).all()
+    return _enqueue_missing(queue, ids, finalise_job_id, enqueue_finalise_call, options)
+
+
+def _enqueue_missing(
+    queue: Queue,
+    ids: Sequence[int],
+    job_id: Callable[[int], str],
+    enqueue: Callable[[Queue, int, JobOptions], bool],
+    options: JobOptions,
+) -> int:
+    """Enqueue the jobs whose deterministic id is not in Redis; stop at the first failed enqueue."""
     enqueued = 0
-    for call_id in ids:
-        if _job_exists(queue, finalise_job_id(call_id)):
+    for object_id in ids:
+        if _job_exists(queue, job_id(object_id)):
             continue
-        if not enqueue_finalise_call(queue, call_id, options):
-            break
+        if not enqueue(queue, object_id, options):
+            break  # Redis is down again: the next sweep carries on
         enqueued += 1
     return enqueued
 
