@@ -11,6 +11,7 @@ clips removed from what is scored.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -272,6 +273,11 @@ def fit_model(
         "intended_use": "Decision support for triage nurses: flags calls whose voice suggests pain relative "
         "to the caller's own normal voice. Not a diagnosis; trained on acted and performed speech, not "
         "clinical pain.",
+    }
+    # the version must change when the features do (a codec fix, a new extractor), not only the settings
+    card["training_data"] = {
+        **training_data,
+        "features_sha256": hashlib.sha256(np.ascontiguousarray(X).tobytes()).hexdigest()[:16],
     }
     card["model_version"] = model_version(card)
     return PainModel(

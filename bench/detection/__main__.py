@@ -116,6 +116,25 @@ def write_doc(results: dict, doc: Path = DOC) -> None:
     )
 
 
+def assemble(parts: list[Path], out: Path, doc: Path) -> int:
+    """Merge partial runs (e.g. one process per task on a multi-core machine) into one result."""
+    results: dict = {"run": {}, "tasks": []}
+    for part in parts:
+        data = json.loads(part.read_text())
+        results["run"] = {**data["run"], **results["run"]}
+        results["tasks"].extend(data["tasks"])
+        for key in ("embedder", "gain_invariance", "embedder_speed_audio_s_per_cpu_s"):
+            if key in data:
+                results[key] = data[key]
+    order = {name: i for i, name in enumerate(TASKS)}
+    results["tasks"].sort(key=lambda t: order.get(t["task"], len(order)))
+    results["run"]["assembled_from"] = [p.name for p in parts]
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_doc(results, doc)
+    print(f"wrote {out} and {doc}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.detection")
     p.add_argument("--quick", action="store_true")
@@ -126,7 +145,10 @@ def main() -> int:
     p.add_argument("--skip-speed", action="store_true", help="do not measure embedder speed")
     p.add_argument("--skip-gain", action="store_true", help="do not run the gain-invariance check")
     p.add_argument("--merge", action="store_true", help="replace only these tasks' rows in --out")
+    p.add_argument("--assemble", nargs="+", type=Path, help="combine partial result files (run in parallel) into --out")
     args = p.parse_args()
+    if args.assemble:
+        return assemble(args.assemble, args.out, args.doc)
     settings = Settings.from_env()
     max_speakers = 8 if args.quick else None
     n_boot = 200 if args.quick else 1000

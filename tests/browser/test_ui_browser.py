@@ -4,17 +4,25 @@ server (werkzeug in a thread), PostgreSQL and Redis.
 Playwright's own browser download is never used (``playwright install`` needs the network): chromium
 comes from the Debian package, at ``/usr/bin/chromium``. The tests skip when either is missing.
 
-Flags are created in the database and announced on the Redis channel exactly as the worker's
-``worker.flags.announce`` does, rather than by replaying a whole call through the media stream:
-the browser-side path (Redis -> ``/events`` -> script -> ``/queue/rows``) is the same, in seconds.
+The nurse scenario is the real thing end to end
+(:func:`test_nurse_sees_a_replayed_call_flag_live_resolves_it_as_no_pain_and_the_baseline_grows`): a
+distressed RAVDESS call (the clips chosen as ``tests/test_e2e_corpus.py`` chooses them) is replayed in
+real time through the signed webhook and the Media Stream socket while a real RQ worker with the
+shipped model scores it, and the nurse's open queue shows the flag the worker raises before the caller
+hangs up. It needs the shared corpora (marked ``corpus``; skipped with the reason when
+``../shared/data`` is missing). A corpus-free twin publishes a synthetic flag on the channel exactly as
+``worker.flags.announce`` does, so the browser-side path (Redis -> ``/events`` -> script ->
+``/queue/rows``) and the call page's evidence are still covered without the corpora.
 
 Screenshots of every page go to ``tests/artifacts/`` (git-ignored); the two the README shows are also
-written to ``docs/img/``.
+written to ``docs/img/`` (the queue by the corpus scenario, showing a real replayed call's flag).
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,11 +31,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from analysis.baseline import RunningStats
 from analysis.evidence import MEASURE_KEYS
+from painline.replay import ReplayResult
 from schema.db import session_scope
+from schema.identity import patient_ref_key
 from schema.models import (
     AuditEvent,
     Baseline,
@@ -46,6 +56,9 @@ from schema.models import (
 )
 from tests.app_fixtures import AppServer
 from tests.dashboard_fixtures import PASSWORD, DashUsers
+from tests.e2e_fixtures import CallFile, OfflineScorer, aggregate, replay_wav, run_worker, write_call_wav
+from tests.test_e2e_corpus import needs_ravdess, strongest_distressed_actor
+from worker.context import WorkerContext
 from worker.flags import FlagChange, encode, flag_message
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -64,6 +77,8 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 README_IMAGES = ROOT / "docs" / "img"
 MODEL_VERSION = "3f9c2a71d0be"
 TIMEOUT_MS = 15_000
+REPLAY_CLIPS = 5  # distressed clips in the replayed call: about 20 s in real time, several utterances
+REPLAY_SPEED = 1.0  # real time, as Twilio streams: the worker scores the call while it is still live
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
 
@@ -277,9 +292,153 @@ def _publish_new_flag(app: Flask, deployment: Deployment) -> int:
 # tests
 
 
-def test_nurse_sees_a_flag_arrive_live_opens_the_call_and_resolves_it_as_no_pain(
+@pytest.mark.corpus
+@pytest.mark.slow
+@needs_ravdess
+def test_nurse_sees_a_replayed_call_flag_live_resolves_it_as_no_pain_and_the_baseline_grows(
+    app_server: AppServer, pages_app: Flask, dash_users: DashUsers, deployment: Deployment,  # type: ignore[no-untyped-def]
+    shipped_context: WorkerContext, offline: OfflineScorer, new_page, tmp_path: Path,
+) -> None:
+    """Issue 4's nurse scenario on a real call: replayed distressed speech, the shipped model, a real worker."""
+    expect = playwright_api.expect
+    threshold = shipped_context.threshold
+    pick = strongest_distressed_actor(offline, n=REPLAY_CLIPS)
+    if aggregate(pick.probs) < threshold:
+        pytest.fail(f"the shipped model {offline.model.version} scores even the most distressed-sounding RAVDESS "
+                    f"actor's top clips below its threshold ({aggregate(pick.probs):.3f} < {threshold:.3f}): "
+                    "no corpus call can raise a flag for the nurse")
+    call_file = write_call_wav(pick.clips, tmp_path / "distressed.wav")
+    # the worker announces on this app's flag channel, the one the queue page's /events listens to
+    shipped_context.flag_channel = pages_app.config["PAINLINE_FLAG_CHANNEL"]
+    ref = f"HL-{secrets.randbelow(90000) + 10000}"
+
+    page = new_page()
+    _sign_in(page, app_server, "nurse1")
+    expect(page.get_by_role("heading", name="Triage queue")).to_be_visible()
+    expect(page.locator("#queue-rows tr[data-call-id]")).to_have_count(len(deployment.queued_call_ids))
+    expect(page.locator("#live-status")).to_have_text("Live updates on.")
+
+    # the call streams in real time in the background; a real worker scores it here as it arrives
+    replay = _BackgroundReplay(app_server, call_file, ref)
+    replay.start()
+    call_id, patient_id, seen_live = _work_until_flag_shows(page, app_server, replay, ref)
+    assert seen_live, "the flag reached the queue only after the caller hung up"
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        flag = s.scalars(select(Flag).where(Flag.call_id == call_id)).one()
+        call = s.get(Call, call_id)
+        assert call.status == CallStatus.STREAMING.value or (call.ended_at and flag.raised_at < call.ended_at)
+    row = page.locator(f'#queue-rows tr[data-call-id="{call_id}"]')
+    expect(row).to_contain_text(ref)
+    expect(row.locator(".live-dot")).to_be_visible()  # still on the line
+    expect(page.locator("#live-status")).to_contain_text("New flag")
+    page.wait_for_timeout(4200)  # let the highlight fade before the README picture
+    _shot(page, "nurse-queue", readme=True)
+
+    # the caller hangs up; the worker finalises the call (verdict and evidence)
+    replay.join(timeout=120)
+    assert not replay.is_alive(), "the replay did not finish"
+    if replay.error is not None:
+        raise replay.error
+    run_worker(app_server)
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        call = s.get(Call, call_id)
+        assert call.status == CallStatus.FINALISED.value
+        n_utterances = s.scalar(select(func.count()).select_from(Score).join(Utterance)
+                                .where(Utterance.call_id == call_id))
+        assert n_utterances >= len(pick.clips)
+        print(f"\nactor {pick.speaker}: call {call_id}, {n_utterances} utterances, call score {call.call_score:.3f} "
+              f"(threshold {threshold:.3f}), verdict {call.verdict}")
+
+    page.reload()
+    row.get_by_role("link").click()
+    expect(page.get_by_role("heading", name=f"Call {call_id}")).to_be_visible()
+    chart = page.locator("svg.probability-chart")
+    expect(chart).to_be_visible()
+    expect(chart.locator("circle.utterance")).to_have_count(n_utterances)  # one point per utterance
+    expect(chart.locator("line.threshold")).to_have_count(1)
+    expect(page.locator("table tr[data-utterance-id]")).to_have_count(n_utterances)
+    _shot(page, "call-page-replayed")
+
+    before = _baseline_count(pages_app, patient_id, shipped_context)
+    page.get_by_label("no pain").check()
+    page.get_by_label("Note").fill("Raised voice, not pain: caller was upset about a delivery.")
+    page.get_by_role("button", name="Resolve").click()
+    expect(page.get_by_text("Flag resolved: no pain.")).to_be_visible()
+    expect(page.locator("#flag-status")).to_have_text("resolved")
+    _shot(page, "call-resolved-replayed")
+
+    # the worker runs the growth job the resolution queued: every utterance joins the caller's baseline
+    job_id = f"grow-baseline-{call_id}"
+    assert app_server.queue.fetch_job(job_id) is not None
+    run_worker(app_server)
+    job = app_server.queue.fetch_job(job_id)
+    assert job is not None and job.get_status() == "finished", job and job.get_status()
+    assert job.return_value() == f"added {n_utterances}"
+    after = _baseline_count(pages_app, patient_id, shipped_context)
+    assert after == before + n_utterances, (before, after)
+
+    admin = new_page()
+    _sign_in(admin, app_server, "admin1", f"/admin/patients/{patient_id}")
+    expect(admin.get_by_role("heading", name=f"Baseline of {ref}")).to_be_visible()
+    expect(admin.locator("#baseline-count")).to_have_text(str(after))
+    grown = admin.locator("table.contributions tbody tr.included", has_text=f"call {call_id}")
+    expect(grown).to_have_count(n_utterances)
+    expect(grown.first).to_contain_text("resolved call")
+    expect(admin.locator("svg.measures-plot g.measure-row")).to_have_count(5)
+    _shot(admin, "baseline-grown")
+
+
+class _BackgroundReplay(threading.Thread):
+    """``replay_wav`` in real time on a thread, so the test can run the worker and watch the page meanwhile."""
+
+    def __init__(self, server: AppServer, call: CallFile, patient_ref: str) -> None:
+        super().__init__(name="replay", daemon=True)
+        self.server, self.call, self.patient_ref = server, call, patient_ref
+        self.result: ReplayResult | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result, _ = replay_wav(self.server, self.call, self.patient_ref, speed=REPLAY_SPEED)
+        except BaseException as exc:  # re-raised by the test
+            self.error = exc
+
+
+def _call_of(server: AppServer, patient_ref: str) -> tuple[int, int] | None:
+    with session_scope(server.app.extensions["painline.sessions"]) as s:
+        row = s.execute(select(Call.id, Call.patient_id).join(Patient, Patient.id == Call.patient_id)
+                        .where(Patient.key == patient_ref_key(patient_ref))).first()
+    return (int(row.id), int(row.patient_id)) if row else None
+
+
+def _work_until_flag_shows(page, server: AppServer, replay: _BackgroundReplay,  # type: ignore[no-untyped-def]
+                           patient_ref: str) -> tuple[int, int, bool]:
+    """Run the worker in bursts until the page shows the call flagged; ``(call, patient, call still live)``."""
+    deadline = time.monotonic() + 120
+    found: tuple[int, int] | None = None
+    while time.monotonic() < deadline:
+        run_worker(server, drained=False)
+        found = found or _call_of(server, patient_ref)
+        if found and page.locator(f'#queue-rows tr[data-call-id="{found[0]}"]:not([data-level="none"])').count():
+            return found[0], found[1], replay.is_alive()
+        if replay.error is not None:
+            raise replay.error
+        page.wait_for_timeout(250)
+    pytest.fail(f"no flag reached the queue within 120 s (call {found})")
+
+
+def _baseline_count(app: Flask, patient_id: int, ctx: WorkerContext) -> int:
+    """The patient's model baseline count for the shipped model (0 when it has none yet)."""
+    with session_scope(app.extensions["painline.sessions"]) as s:
+        return int(s.scalar(select(Baseline.count).where(
+            Baseline.patient_id == patient_id, Baseline.embedder == ctx.model.embedder_name,
+            Baseline.model_version == ctx.model.version)) or 0)
+
+
+def test_nurse_sees_a_published_flag_arrive_live_and_the_evidence_on_the_call_page(
     app_server: AppServer, pages_app: Flask, dash_users: DashUsers, deployment: Deployment, new_page,  # type: ignore[no-untyped-def]
 ) -> None:
+    """Corpus-free: a synthetic flag announced as the worker announces one; evidence in plain units."""
     page = new_page()
     _sign_in(page, app_server, "nurse1")
     expect = playwright_api.expect
@@ -294,8 +453,7 @@ def test_nurse_sees_a_flag_arrive_live_opens_the_call_and_resolves_it_as_no_pain
     expect(new_row).to_be_visible()  # arrived without a reload
     expect(rows.first).to_have_attribute("data-call-id", str(call_id))  # most severe first
     expect(page.locator("#live-status")).to_contain_text("New flag: high")
-    page.wait_for_timeout(4200)  # let the highlight fade before the README picture
-    _shot(page, "nurse-queue", readme=True)
+    _shot(page, "nurse-queue-synthetic")
 
     new_row.get_by_role("link").click()
     expect(page.get_by_role("heading", name=f"Call {call_id}")).to_be_visible()
