@@ -84,6 +84,45 @@ def embedder_speed(seconds_of_audio: float = 60.0) -> dict[str, float | str]:
     return out
 
 
+# the analysis issue's targets: (task, protocol, minimum AUC)
+TARGETS = [
+    ("ravdess-distress", "baseline_3", 0.85),
+    ("nemo-distress", "baseline_3", 0.85),
+    ("ravdess-distress", "call_3", 0.95),
+    ("nemo-distress", "call_3", 0.95),
+    ("ravdess-distress", "cross->nemo-distress", 0.80),
+    ("nemo-distress", "cross->ravdess-distress", 0.80),
+    ("nonverbal-distress", "person", 0.97),
+]
+
+
+def targets_table(results: dict) -> str:
+    """Each target against what this run measured, plus the baseline-never-worse check."""
+    by_task = {t["task"]: t["protocols"] for t in results["tasks"]}
+    lines = ["| target | measured AUC | met? |", "|---|---|---|"]
+    for task, protocol, minimum in TARGETS:
+        s = by_task.get(task, {}).get(protocol)
+        if s is None or s.get("auc") is None:
+            continue
+        lines.append(f"| {task} {protocol} >= {minimum} | {s['auc']:.3f} | {'yes' if s['auc'] >= minimum else 'no'} |")
+    for task, protocols in by_task.items():
+        for k in (1, 3, 5):
+            b, n = protocols.get(f"baseline_{k}"), protocols.get(f"person_same_clips_{k}")
+            if b and n and b.get("auc") is not None and n.get("auc") is not None:
+                ok = "yes" if b["auc"] >= n["auc"] else "no"
+                lines.append(
+                    f"| {task} baseline_{k} >= no baseline on the same clips | {b['auc']:.3f} vs "
+                    f"{n['auc']:.3f} | {ok} |"
+                )
+    gain = results.get("gain_invariance", {})
+    if gain:
+        shift = max(abs(v - gain["auc_+0dB"]) for v in gain.values())
+        lines.append(
+            f"| gain +-12 dB moves person-level AUC <= 0.01 | {shift:.4f} | {'yes' if shift <= 0.01 else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
 def write_doc(results: dict, doc: Path = DOC) -> None:
     rows = [
         "| task | protocol | AUC [95% CI] | balanced accuracy [95% CI] | sens@90%spec | n |",
@@ -98,6 +137,15 @@ def write_doc(results: dict, doc: Path = DOC) -> None:
             bas = f"{s['balanced_accuracy']:.3f} [{ba[0]:.3f}, {ba[1]:.3f}]" if ba[0] is not None else "-"
             sens = "-" if s["sens_at_90spec"] is None else f"{s['sens_at_90spec']:.3f}"
             rows.append(f"| {task['task']} | {name} | {auc} | {bas} | {sens} | {s['n_clips']} |")
+    for task in results["tasks"]:
+        mc = task.get("multiclass_person")
+        if mc:
+            rows.append(
+                f"\nMulti-class, person-level ({task['task']}: {' / '.join(mc['classes'])}): macro one-vs-rest AUC "
+                f"{mc['macro_auc_ovr']:.3f} [{mc['macro_auc_ovr_ci'][0]:.3f}, {mc['macro_auc_ovr_ci'][1]:.3f}], "
+                f"balanced accuracy {mc['balanced_accuracy']:.3f}; confusion (rows true) {mc['confusion']}"
+            )
+    rows.append("\n" + targets_table(results))
     gain = ", ".join(f"{k}: {v:.3f}" for k, v in results.get("gain_invariance", {}).items())
     speed = ", ".join(f"{k}: {v}" for k, v in results.get("embedder_speed_audio_s_per_cpu_s", {}).items())
     doc.write_text(
