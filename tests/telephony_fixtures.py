@@ -27,7 +27,6 @@ from flask import Flask
 from flask_sock import Sock
 from redis import Redis
 from rq import Queue
-from rq.job import Job
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from twilio.request_validator import RequestValidator
@@ -39,6 +38,7 @@ from schema.db import make_engine, session_factory
 from schema.migrate import upgrade
 from schema.models import Base
 from telephony.blueprint import init_app
+from tests.app_fixtures import cleanup_queue, isolated_job_class
 
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/0"
 PUBLIC_URL = "https://painline.example"
@@ -228,15 +228,11 @@ def redis_url() -> str:
 def rq_queue() -> Iterator[Queue]:
     name = f"painline-test-telephony-{secrets.token_hex(6)}"
     connection = Redis.from_url(redis_url())
-    isolated_job = type("IsolatedJob", (Job,), {"redis_job_namespace_prefix": f"rq:job:{name}:"})
-    queue = Queue(name, connection=connection, job_class=isolated_job)
+    queue = Queue(name, connection=connection, job_class=isolated_job_class(name))
     try:
         yield queue
     finally:
-        keys = list(connection.scan_iter(match=f"*{name}*"))
-        if keys:
-            connection.delete(*keys)
-        connection.srem("rq:queues", queue.key)
+        cleanup_queue(connection, name)
         connection.close()
 
 

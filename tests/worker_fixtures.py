@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 from redis import Redis
 from rq import Queue, SimpleWorker
-from rq.job import Job
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -33,6 +32,7 @@ from analysis.embedders.base import Embedder, EmbedderUnavailable, get_embedder
 from analysis.model import PainModel
 from schema.db import session_factory
 from schema.models import Call, CallStatus, Patient, Utterance, UtteranceAudio, UtteranceStatus, utcnow
+from tests.app_fixtures import cleanup_queue, isolated_job_class
 from worker import context
 
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -170,15 +170,11 @@ def worker_redis() -> Iterator[Redis]:
 @pytest.fixture
 def worker_queue(worker_redis: Redis) -> Iterator[Queue]:
     name = f"painline-test-worker-{secrets.token_hex(6)}"
-    isolated_job = type("IsolatedJob", (Job,), {"redis_job_namespace_prefix": f"rq:job:{name}:"})
-    queue = Queue(name, connection=worker_redis, job_class=isolated_job)
+    queue = Queue(name, connection=worker_redis, job_class=isolated_job_class(name))
     try:
         yield queue
     finally:
-        keys = list(worker_redis.scan_iter(match=f"*{name}*"))
-        if keys:
-            worker_redis.delete(*keys)
-        worker_redis.srem("rq:queues", queue.key)
+        cleanup_queue(worker_redis, name)
 
 
 @pytest.fixture
