@@ -181,9 +181,11 @@ def test_flag_raised_and_published(worker_ctx: WorkerContext, worker_queue: Queu
         "severity",
         "probability",
         "status",
+        "utterance_id",
         "sent_at",
     }
     assert first["flag_id"] == flag.id and first["call_id"] == call_id
+    assert first["utterance_id"] == ids[1]  # the utterance whose score pushed the call over
     raw = json.dumps(messages).lower()
     for forbidden in ("audio", "mulaw", "patient", "phone", "number", "caller", "+1"):
         assert forbidden not in raw

@@ -76,6 +76,7 @@ class FlagChange:
     severity: float
     probability: float
     status: str
+    utterance_id: int | None = None  # the utterance whose score caused the change (latency tracing)
 
 
 def raise_or_update_flag(
@@ -137,6 +138,7 @@ def flag_message(change: FlagChange) -> dict[str, Any]:
         "severity": change.severity,
         "probability": change.probability,
         "status": change.status,
+        "utterance_id": change.utterance_id,
         "sent_at": int(time.time()),
     }
 

@@ -26,6 +26,7 @@ baseline. Without resemblyzer the check is skipped and the similarity left empty
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -147,7 +148,7 @@ def score_utterance(utterance_id: int) -> str:
             return "already scored"
         raise
     if change is not None:
-        _announce(ctx, change)
+        _announce(ctx, dataclasses.replace(change, utterance_id=utterance_id))
     log.info("utterance %s scored (baseline %s)", utterance_id, "applied" if applied else "not applied")
     return "scored"
 
