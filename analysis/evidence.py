@@ -13,6 +13,13 @@ the comparison needs nothing but this module. Measures that only exist on voiced
 jitter, shimmer, HNR) are ``None`` for an utterance openSMILE found no voicing in, rather than a
 misleading zero.
 
+Level. Since version 2 the functionals are taken on the RMS-normalised clip, the same clip the
+model sees, so the worker runs openSMILE once per utterance instead of twice. openSMILE's voicing
+decisions depend on the input level, so measures from normalised audio are also steadier across
+phones and line levels (recording level is a confound in this project's data). Only loudness is
+about level itself; it is restored by the normalisation gain (``level_offset_db``), which is exact
+for ``equivalentSoundLevel_dBp`` because that functional is a level in dB.
+
 Pure functions, no I/O: the worker computes, the database stores the dicts these return.
 """
 
@@ -26,8 +33,10 @@ import numpy as np
 
 from analysis.baseline import RunningStats
 
-EVIDENCE_VERSION = 1
-"""Bumped whenever a measure's definition changes, so stored measures can be told apart."""
+EVIDENCE_VERSION = 2
+"""Bumped whenever a measure's definition changes, so stored measures can be told apart.
+
+1: functionals of the clip as heard. 2: functionals of the RMS-normalised clip, loudness restored."""
 
 PITCH_FUNCTIONAL = "F0semitoneFrom27.5Hz_sma3nz_amean"
 
@@ -49,6 +58,7 @@ class Measure:
     voiced_only: bool = False
     floor: float = 0.5
     decimals: int = 1
+    level: bool = False  # a level in dB: shifted back by the normalisation gain
 
     def format_delta(self, delta: float) -> str:
         return f"{self.label} {delta:+.{self.decimals}f} {self.unit}"
@@ -64,7 +74,7 @@ MEASURES: tuple[Measure, ...] = (
         voiced_only=True,
         floor=0.5,
     ),
-    Measure("loudness", "loudness", "dB", "equivalentSoundLevel_dBp", floor=1.0),
+    Measure("loudness", "loudness", "dB", "equivalentSoundLevel_dBp", floor=1.0, level=True),
     Measure(
         "jitter",
         "jitter",
@@ -105,8 +115,12 @@ def _is_voiced(values: Mapping[str, float]) -> bool:
     return np.isfinite(f0) and f0 > 0.0
 
 
-def measures_from_functionals(values: Mapping[str, float]) -> dict[str, float | None]:
-    """Plain-unit measures from one utterance's eGeMAPSv02 functionals (name -> value)."""
+def measures_from_functionals(values: Mapping[str, float], level_offset_db: float = 0.0) -> dict[str, float | None]:
+    """Plain-unit measures from one utterance's eGeMAPSv02 functionals (name -> value).
+
+    ``level_offset_db`` is added to level measures: pass minus the gain the clip was normalised by,
+    so "louder than usual" survives normalisation.
+    """
     missing = [m.functional for m in MEASURES if m.functional not in values]
     if missing:
         raise MissingFunctional(f"not eGeMAPSv02 functionals: missing {', '.join(missing)}")
@@ -117,16 +131,18 @@ def measures_from_functionals(values: Mapping[str, float]) -> dict[str, float | 
         if (m.voiced_only and not voiced) or not np.isfinite(raw):
             out[m.key] = None
         else:
-            out[m.key] = m.scale * raw
+            out[m.key] = m.scale * raw + (level_offset_db if m.level else 0.0)
     return out
 
 
-def measures_from_vector(vector: Sequence[float] | np.ndarray, feature_names: Sequence[str]) -> dict[str, float | None]:
+def measures_from_vector(
+    vector: Sequence[float] | np.ndarray, feature_names: Sequence[str], level_offset_db: float = 0.0
+) -> dict[str, float | None]:
     """As :func:`measures_from_functionals`, for a row of the ``egemaps`` embedder's output."""
     row = np.asarray(vector, dtype=np.float64).ravel()
     if len(row) != len(feature_names):
         raise ValueError(f"{len(row)} values for {len(feature_names)} feature names")
-    return measures_from_functionals(dict(zip(feature_names, row.tolist(), strict=True)))
+    return measures_from_functionals(dict(zip(feature_names, row.tolist(), strict=True)), level_offset_db)
 
 
 def measure_vector(measures: Mapping[str, float | None]) -> np.ndarray | None:

@@ -44,11 +44,10 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from analysis.audio import rms_normalise
 from analysis.baseline import RunningStats
 from analysis.embedders.base import EmbedderUnavailable
 from analysis.embedders.speaker import cosine_similarity
-from analysis.evidence import EVIDENCE_VERSION, MEASURE_KEYS, measure_vector, measures_from_vector
+from analysis.evidence import EVIDENCE_VERSION, MEASURE_KEYS, measure_vector
 from analysis.model import PainModel
 from schema.audit import record
 from schema.db import session_scope
@@ -68,6 +67,7 @@ from schema.models import (
     utcnow,
 )
 from worker.context import WorkerContext
+from worker.featurize import featurize
 from worker.rows import from_bytes, get_or_create_locked, to_bytes
 
 log = logging.getLogger(__name__)
@@ -208,14 +208,9 @@ def enroll(
         raise ValueError("enrolment needs at least one clip")
     model = ctx.model
     raw = [np.asarray(c, dtype=np.float32) for c in clips_8k]
-    model_clips = [rms_normalise(c) for c in raw] if model.rms_normalise else raw
-    X = ctx.embedder.embed(model_clips)
-    if ctx.evidence_embedder is ctx.embedder and not model.rms_normalise:
-        E = X
-    else:
-        E = ctx.evidence_embedder.embed(raw)
-    names = ctx.evidence_embedder.feature_names
-    measure_rows = [measure_vector(measures_from_vector(e, names)) for e in E]
+    featurized = featurize(ctx, raw)
+    X = featurized.features
+    measure_rows = [measure_vector(m) for m in featurized.measures]
     D: np.ndarray | None = None
     if ctx.speaker_embedder is not None:
         try:
@@ -395,7 +390,9 @@ def grow_from_call(session: Session, ctx: WorkerContext, call_id: int) -> Growth
                 call_id=call_id,
             )
             added += 1
-        measures = (r.features or {}).get("measures") or {}
+        stored = r.features or {}
+        # measures of an older evidence definition would skew this version's baseline: skip them
+        measures = stored.get("measures") if stored.get("evidence_version") == EVIDENCE_VERSION else None
         vec = measure_vector(measures) if measures else None
         if vec is not None and r.id not in have_ev:
             _add_contribution(

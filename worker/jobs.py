@@ -37,13 +37,12 @@ import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from analysis.audio import rms_normalise
 from analysis.baseline import RunningStats
 from analysis.channel import mulaw_decode
 from analysis.embedders.base import EmbedderUnavailable
 from analysis.embedders.fusion import ConcatEmbedder
 from analysis.embedders.speaker import cosine_similarity
-from analysis.evidence import EVIDENCE_VERSION, measures_from_vector
+from analysis.evidence import EVIDENCE_VERSION
 from analysis.model import PainModel
 from schema.audit import record
 from schema.db import session_scope
@@ -63,6 +62,7 @@ from worker import baselines
 from worker.baselines import CallNotReady, EnrolmentResult, GrowthResult
 from worker.calls import pending_utterances, update_running_score, verdict_and_evidence
 from worker.context import WorkerContext, current
+from worker.featurize import featurize
 from worker.flags import FlagChange, announce, raise_or_update_flag
 from worker.rows import from_bytes, get_or_create_locked, to_bytes
 
@@ -96,14 +96,8 @@ def score_utterance(utterance_id: int) -> str:
         return inputs
     model = ctx.model
     x = mulaw_decode(inputs.mulaw)
-    clip = rms_normalise(x) if model.rms_normalise else x
-    embedding = ctx.embedder.embed([clip])[0]
-    if ctx.evidence_embedder is ctx.embedder and not model.rms_normalise:
-        functionals = embedding
-    else:
-        # evidence uses the level as heard: normalising would erase "louder than usual"
-        functionals = ctx.evidence_embedder.embed([x])[0]
-    measures = measures_from_vector(functionals, ctx.evidence_embedder.feature_names)
+    featurized = featurize(ctx, [x])
+    embedding, measures = featurized.features[0], featurized.measures[0]
     similarity = _speaker_similarity(ctx, inputs, x, embedding)
 
     same_speaker = similarity is None or similarity >= ctx.speaker_threshold
@@ -365,11 +359,15 @@ def enroll(
 ENROL_UPLOAD_KEY = "painline:enrol-upload:{token}"
 
 
-def enroll_uploaded(patient_id: int, token: str, actor: str) -> str:
+def enroll_uploaded(patient_id: int, token: str, actor: int | str) -> str:
     """RQ job: enrol clips an admin uploaded, read from (and then removed from) Redis.
 
     The audio is passed through Redis rather than job arguments or the database, and kept there
     at most for the upload's expiry; if it has expired the job says so and does nothing.
+
+    ``actor`` is the uploading user's id, resolved to a username here for the audit trail: job
+    arguments are stored in Redis and printed in RQ's log lines, so they carry ids, never names.
+    (A username string, from a job queued before this changed, is still accepted.)
     """
     ctx = current()
     if ctx.redis is None:
@@ -382,8 +380,19 @@ def enroll_uploaded(patient_id: int, token: str, actor: str) -> str:
     if not payloads:
         return "expired"
     clips = [mulaw_decode(bytes(p)) for p in payloads]
-    result = enroll(patient_id, clips, actor, ctx=ctx)
+    result = enroll(patient_id, clips, _actor_name(ctx, actor), ctx=ctx)
     return f"enrolled {result.accepted} clip(s), {len(result.rejected_speaker)} refused by the speaker check"
+
+
+def _actor_name(ctx: WorkerContext, actor: int | str) -> str:
+    """The username for a user id (``user:<id>`` if the account is gone); strings pass through."""
+    if isinstance(actor, str):
+        return actor
+    from schema.models import User
+
+    with session_scope(ctx.sessions) as session:
+        name = session.scalar(select(User.username).where(User.id == actor))
+    return name or f"user:{actor}"
 
 
 def rebuild_baseline(baseline_id: int, *, ctx: WorkerContext | None = None) -> int:
