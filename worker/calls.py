@@ -58,7 +58,13 @@ def update_running_score(session: Session, ctx: WorkerContext, call: Call) -> Fl
     The caller holds the call's row lock, so concurrent scoring jobs of one call take turns here and
     the last one sees every committed score.
     """
-    rows = _scored(session, call.id, ctx.model.version)
+    # only the two numbers the running score needs: this runs on every utterance of a call, so
+    # loading each score's evidence JSON here would make a long call quadratic in parsing
+    rows = session.execute(
+        select(Utterance.speech_s, Score.probability)
+        .join(Score, Score.utterance_id == Utterance.id)
+        .where(Utterance.call_id == call.id, Score.model_version == ctx.model.version)
+    ).all()
     if not rows:
         return None
     speech = [float(r.speech_s) for r in rows]
