@@ -24,7 +24,7 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from analysis.baseline import RunningStats
-from analysis.evidence import MEASURE_KEYS
+from analysis.evidence import EVIDENCE_VERSION, MEASURE_KEYS
 from dashboard.auth import require_role
 from dashboard.queries import EVIDENCE_BASELINE_EMBEDDER
 from dashboard.users import add_user, create_api_token
@@ -158,7 +158,7 @@ def dash_seed(dash_app: Flask) -> Seed:
                             stats=RunningStats.from_array(model_vectors.astype(np.float64)).to_dict(), count=2)
         ev_vectors = _vectors(2, len(MEASURE_KEYS), 8) + 10
         evidence = Baseline(patient_id=patient.id, embedder=EVIDENCE_BASELINE_EMBEDDER,
-                            model_version="evidence-v1",
+                            model_version=f"evidence-v{EVIDENCE_VERSION}",
                             stats=RunningStats.from_array(ev_vectors.astype(np.float64)).to_dict(), count=2)
         s.add_all([baseline, evidence])
         s.flush()
