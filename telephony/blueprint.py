@@ -11,6 +11,7 @@ from flask import Blueprint, Flask
 from flask_sock import Sock
 
 from telephony import stream_socket, webhooks
+from telephony.inline_socket import NoReaderThread
 from telephony.messages import MAX_MESSAGE_BYTES
 
 BLUEPRINT_NAME = "telephony"
@@ -27,10 +28,14 @@ def create_blueprint(sock: Sock) -> Blueprint:
 def init_app(app: Flask, sock: Sock) -> Blueprint:
     """Register the telephony blueprint on ``app``; returns it.
 
-    Also caps WebSocket message size in simple-websocket (unless the app set its own options), so an
-    oversized frame is refused before it is buffered whole.
+    Also sets simple-websocket's options (unless the app set its own): a message size cap, so an
+    oversized frame is refused before it is buffered whole, and no reader thread per socket (the
+    stream route reads in its own thread, see :mod:`telephony.inline_socket`). The stream is this
+    app's only WebSocket route; another one would have to read through ``InlineReader`` too.
     """
-    app.config.setdefault("SOCK_SERVER_OPTIONS", {"max_message_size": MAX_MESSAGE_BYTES})
+    app.config.setdefault(
+        "SOCK_SERVER_OPTIONS", {"max_message_size": MAX_MESSAGE_BYTES, "thread_class": NoReaderThread}
+    )
     bp = create_blueprint(sock)
     app.register_blueprint(bp)
     return bp

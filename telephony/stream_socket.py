@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 from flask import Blueprint, Response, current_app, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
+from telephony.inline_socket import InlineReader
 from telephony.messages import CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, ProtocolError
 from telephony.session import StreamConfig, StreamSession
 from telephony.signatures import SIGNATURE_HEADER, is_valid, public_ws_url
@@ -101,5 +102,5 @@ def register(bp: Blueprint, sock: Sock) -> None:
         return check_handshake()
 
     @sock.route(STREAM_PATH, bp=bp)
-    def stream(ws: WebSocketLike) -> None:
-        serve(ws, new_session())
+    def stream(ws: Any) -> None:
+        serve(InlineReader(ws), new_session())
