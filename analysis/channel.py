@@ -7,9 +7,20 @@ bandwidth or quantisation the live product cannot hear. The live decoder uses th
 
 from __future__ import annotations
 
+import sys
+import warnings
+
 import numpy as np
 
 from analysis.audio import resample
+
+with warnings.catch_warnings():
+    # the stdlib module is deprecated in 3.11-3.12 and provided by audioop-lts from 3.13 on
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        import audioop as _audioop
+    except ImportError:  # pragma: no cover - a Python without either
+        _audioop = None
 
 TELEPHONE_RATE = 8000
 _BIAS = 0x84
@@ -49,6 +60,19 @@ def mulaw_decode(payload: bytes) -> np.ndarray:
 def mulaw_decode_pcm16(payload: bytes) -> np.ndarray:
     """G.711 mu-law bytes to int16 PCM, the form webrtcvad wants."""
     return _DECODE[np.frombuffer(payload, dtype=np.uint8)]
+
+
+def mulaw_to_pcm16_bytes(payload: bytes) -> bytes:
+    """G.711 mu-law bytes to little-endian 16-bit PCM bytes, for webrtcvad, once per 20 ms frame.
+
+    This runs for every frame of every live call, so it uses the C decoder of ``audioop`` (about
+    twenty times faster than the table lookup through numpy on a 160-byte frame); a test checks it
+    gives the reference table's value for all 256 codes.
+    """
+    if _audioop is not None:
+        pcm = _audioop.ulaw2lin(payload, 2)
+        return pcm if sys.byteorder == "little" else _audioop.byteswap(pcm, 2)
+    return mulaw_decode_pcm16(payload).astype("<i2").tobytes()
 
 
 def mulaw_encode(x: np.ndarray) -> bytes:

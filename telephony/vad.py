@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import webrtcvad
 
-from analysis.channel import mulaw_decode_pcm16
+from analysis.channel import mulaw_to_pcm16_bytes
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class UtteranceSegmenter:
         """Add one frame; return any utterances it completed (normally none)."""
         if len(mulaw) != self._frame_bytes:
             raise ValueError(f"expected {self._frame_bytes}-byte frames, got {len(mulaw)}")
-        pcm = mulaw_decode_pcm16(mulaw).astype("<i2").tobytes()
+        pcm = mulaw_to_pcm16_bytes(mulaw)
         frame = _Frame(timestamp_ms, bytes(mulaw), self._vad.is_speech(pcm, self._rate))
         if self._current is None:
             return self._idle(frame)

@@ -8,7 +8,14 @@ import pytest
 import soundfile as sf
 
 from analysis.audio import AudioLoadError, load_audio, rms_dbfs, rms_normalise
-from analysis.channel import TELEPHONE_RATE, mulaw_decode, mulaw_decode_pcm16, mulaw_encode, telephone
+from analysis.channel import (
+    TELEPHONE_RATE,
+    mulaw_decode,
+    mulaw_decode_pcm16,
+    mulaw_encode,
+    mulaw_to_pcm16_bytes,
+    telephone,
+)
 
 # --------------------------------------------------------------------------- G.711 reference
 # Written from ITU-T G.711 (mu-law, Table 2a) as realised by the ITU's own reference software (G.191,
@@ -217,3 +224,11 @@ def test_rms_normalise_hits_its_target(target: float, amp: float) -> None:
 def test_rms_normalise_default_is_minus_23_dbfs() -> None:
     y = rms_normalise(_tone(500, 8000, amp=0.01))
     assert abs(rms_dbfs(y) - (-23.0)) < 0.01
+
+
+def test_fast_frame_decoder_matches_the_table_for_every_code() -> None:
+    """The per-frame decoder the VAD uses gives the G.711 table's value for all 256 codes, in order."""
+    codes = bytes(range(256))
+    expected = mulaw_decode_pcm16(codes).astype("<i2").tobytes()
+    assert mulaw_to_pcm16_bytes(codes) == expected
+    assert mulaw_to_pcm16_bytes(codes[::-1]) == mulaw_decode_pcm16(codes[::-1]).astype("<i2").tobytes()
