@@ -19,8 +19,9 @@ Enrolment from upload needs the embedders, which only workers load, and the dash
 ``worker``. So the upload is decoded here (``analysis.audio.load_audio``), put through the telephone
 channel exactly as ``painline baseline enroll`` does, and stored as 8 kHz mu-law bytes in Redis under
 ``painline:enrol-upload:<token>`` (a list, one clip per item) for :data:`UPLOAD_TTL_S` seconds; then
-``worker.jobs.enroll_uploaded(patient_id, token, actor)`` is enqueued by name with job id
-``enrol-upload-<token>``. Job arguments stay ids and a username; the audio never touches the database
+``worker.jobs.enroll_uploaded(patient_id, token, user_id)`` is enqueued by name with job id
+``enrol-upload-<token>``. Job arguments are ids only (Redis holds them and RQ logs them, so not even the
+admin's username: the worker looks it up for the audit trail); the audio never touches the database
 or disk (temporary files are deleted as soon as they are decoded), and the job deletes the key when
 it has read it. Redis is the one store every web and worker process shares, so this works with web
 and workers on different hosts.
@@ -255,7 +256,8 @@ def enrol(patient_id: int) -> ResponseReturnValue:
         pipe.rpush(upload_key(token), *clips)
         pipe.expire(upload_key(token), UPLOAD_TTL_S)
         pipe.execute()
-        queue.enqueue(ENROL_UPLOAD_JOB, patient_id, token, _actor(), job_id=enrol_job_id(token))
+        # the user id, not the name: job arguments sit in Redis and appear in RQ's log lines
+        queue.enqueue(ENROL_UPLOAD_JOB, patient_id, token, g.current_user.id, job_id=enrol_job_id(token))
     except (RedisError, OSError) as exc:
         log.warning("patient %s: enrolment upload not queued (%s)", patient_id, type(exc).__name__)
         with contextlib.suppress(RedisError, OSError):

@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dashboard import init_app as init_dashboard
 from painline import redis_conn
 from painline.config import Settings
+from painline.datakeys import install_data_keys
 from schema.db import is_sqlite, make_engine, session_factory
 from schema.migrate import head_revision
 from telephony.blueprint import init_app as init_telephony
@@ -45,7 +46,12 @@ PG_CONNECT_TIMEOUT_S = 3
 
 
 def make_app_engine(settings: Settings) -> Engine:
-    """The web process's engine: painline's defaults plus a short connect timeout on PostgreSQL."""
+    """The web process's engine: painline's defaults plus a short connect timeout on PostgreSQL.
+
+    Installs the data key ring first (:mod:`painline.datakeys`): every process that reads or writes
+    the encrypted columns gets its engine here or from the worker context, which does the same.
+    """
+    install_data_keys(settings)
     url = settings.resolved_database_url
     if is_sqlite(url):
         return make_engine(url)

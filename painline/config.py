@@ -52,6 +52,13 @@ class Settings:
     flag_webhook_secret: str = ""
     job_retries: int = 5
     failure_ttl_s: int = 24 * 3600
+    # encryption at rest (schema.crypto): comma-separated Fernet keys, newest first; empty stores the
+    # biometric columns unencrypted (marked "plain:") with a warning at start-up: the demo and tests only
+    data_keys: str = ""
+    # retention (worker.retention): unscored audio older than this is deleted, and scores and
+    # utterances of calls older than score_retention_days (flags and the audit trail are kept)
+    audio_retention_hours: float = 24.0
+    score_retention_days: float = 365.0
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -7,8 +7,9 @@ PostgreSQL enums, so SQLite and PostgreSQL migrate the same way and adding a val
 migration; the :class:`enum.StrEnum` classes below are the Python spelling of those vocabularies.
 
 Privacy shapes the schema: patients are keyed by an HMAC of the caller number (see
-:mod:`schema.identity`), never the number itself, and call audio lives only in
-:class:`UtteranceAudio` until the utterance is scored.
+:mod:`schema.identity`), never the number itself, call audio lives only in
+:class:`UtteranceAudio` until the utterance is scored, and audio, embeddings, voice measures,
+baselines and voiceprints are encrypted at rest (:mod:`schema.crypto`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     String,
     Text,
@@ -38,6 +38,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from schema.crypto import EncryptedBytes, EncryptedJSON
 
 # ---------------------------------------------------------------------------------------------------
 # portable column types
@@ -282,7 +284,7 @@ class UtteranceAudio(Base):
     utterance_id: Mapped[int] = mapped_column(
         ForeignKey("utterances.id", ondelete="CASCADE"), primary_key=True
     )
-    mulaw: Mapped[bytes] = mapped_column(LargeBinary)
+    mulaw: Mapped[bytes] = mapped_column(EncryptedBytes)
 
     utterance: Mapped[Utterance] = relationship(back_populates="audio")
 
@@ -303,8 +305,8 @@ class Score(Base):
     baseline_applied: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     baseline_n: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     speaker_similarity: Mapped[float | None] = mapped_column(Float)
-    embedding: Mapped[bytes] = mapped_column(LargeBinary)
-    features: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    embedding: Mapped[bytes] = mapped_column(EncryptedBytes)
+    features: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     utterance: Mapped[Utterance] = relationship(back_populates="scores")
@@ -329,7 +331,7 @@ class Baseline(Base):
     patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"))
     embedder: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(128))
-    stats: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    stats: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON)
     count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -355,7 +357,7 @@ class BaselineContribution(Base):
     )
     call_id: Mapped[int | None] = mapped_column(ForeignKey("calls.id", ondelete="SET NULL"), index=True)
     source: Mapped[str] = mapped_column(String(16))
-    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    embedding: Mapped[bytes] = mapped_column(EncryptedBytes)
     included: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -394,7 +396,7 @@ class Voiceprint(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), unique=True)
     embedder: Mapped[str] = mapped_column(String(128))
-    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    vector: Mapped[bytes] = mapped_column(EncryptedBytes)
     count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from dashboard import admin as admin_pages
 from schema.db import session_scope
 from schema.models import Baseline, BaselineContribution, Flag, FlagStatus, Score, Utterance, utcnow
-from tests.dashboard_fixtures import Seed
+from tests.dashboard_fixtures import DashUsers, Seed
 from tests.pages_fixtures import QueueSeed, audit_actions, form_csrf, make_flagged_call, queue_order
 
 ClientAs = Callable[[str], FlaskClient]
@@ -316,7 +316,7 @@ def _wav(seconds: float, rate: int = 16000) -> bytes:
 
 
 def test_enrol_upload_stores_telephone_audio_in_redis_and_enqueues_the_job(
-    pages_app: Flask, client_as: ClientAs, dash_seed: Seed
+    pages_app: Flask, client_as: ClientAs, dash_seed: Seed, dash_users: DashUsers
 ) -> None:
     client = client_as("admin")
     token = form_csrf(client.get(f"/admin/patients/{dash_seed.patient_id}").get_data(as_text=True))
@@ -335,7 +335,8 @@ def test_enrol_upload_stores_telephone_audio_in_redis_and_enqueues_the_job(
         assert 0 < redis.ttl(key) <= admin_pages.UPLOAD_TTL_S
         job = _queue(pages_app).fetch_job(event.detail["job_id"])
         assert job.func_name == "worker.jobs.enroll_uploaded"
-        assert job.args == (dash_seed.patient_id, upload_token, "admin1")
+        # the admin's id, not their name: job arguments are stored in Redis and logged by RQ
+        assert job.args == (dash_seed.patient_id, upload_token, dash_users.ids["admin"])
     finally:
         redis.delete(key)
 
