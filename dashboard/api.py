@@ -14,7 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Flask, jsonify, request
+from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
+from werkzeug.routing import IntegerConverter, Map
 
 from dashboard.auth import ACTORS, ADMIN, AUDITOR, VIEWERS, current_user, json_error, require_api_role
 from dashboard.openapi import openapi_document
@@ -26,6 +28,22 @@ bp = Blueprint("api", __name__, url_prefix=PREFIX)
 
 REVIEWERS = (ADMIN, AUDITOR)
 """Patients, baselines and the audit log: admins, and auditors read-only."""
+
+MAX_ID = 2**31 - 1
+"""Row ids are PostgreSQL ``integer``s: a larger id names no row, and binding one makes the query fail (a 500)."""
+
+
+class RowIdConverter(IntegerConverter):
+    """``<id:name>``: a row id in 1..MAX_ID; anything else is a 404 at routing, before any query runs."""
+
+    def __init__(self, url_map: Map) -> None:
+        super().__init__(url_map, min=1, max=MAX_ID)
+
+
+@bp.record_once
+def _register_id_converter(state: BlueprintSetupState) -> None:
+    """Runs before the routes below are added (deferred functions run in definition order)."""
+    state.app.url_map.converters.setdefault("id", RowIdConverter)
 
 
 def init_app(app: Flask) -> None:
@@ -46,6 +64,14 @@ def _ok(doc: Any, status: int = 200) -> ResponseReturnValue:
     response = jsonify(isoformat(doc))
     response.status_code = status
     return response
+
+
+def _text_arg(name: str) -> str | None:
+    """A query parameter, or None if empty; a NUL is refused (PostgreSQL text cannot hold one: a 500)."""
+    value = request.args.get(name) or None
+    if value is not None and "\x00" in value:
+        raise Invalid(f"{name} must not contain NUL characters")
+    return value
 
 
 def _body() -> dict[str, Any]:
@@ -97,19 +123,19 @@ def queue() -> ResponseReturnValue:
     return _ok({"rows": _store().queue_rows(_actor())})
 
 
-@bp.get("/calls/<int:call_id>")
+@bp.get("/calls/<id:call_id>")
 @require_api_role(*VIEWERS)
 def call(call_id: int) -> ResponseReturnValue:
     return _ok(_store().call(call_id, _actor()))
 
 
-@bp.post("/flags/<int:flag_id>/acknowledge")
+@bp.post("/flags/<id:flag_id>/acknowledge")
 @require_api_role(*ACTORS)
 def acknowledge(flag_id: int) -> ResponseReturnValue:
     return _ok(_store().acknowledge_flag(flag_id, _actor()))
 
 
-@bp.post("/flags/<int:flag_id>/resolve")
+@bp.post("/flags/<id:flag_id>/resolve")
 @require_api_role(*ACTORS)
 def resolve(flag_id: int) -> ResponseReturnValue:
     body = _body()
@@ -119,34 +145,36 @@ def resolve(flag_id: int) -> ResponseReturnValue:
         raise Invalid("label is required")
     if note is not None and not isinstance(note, str):
         raise Invalid("note must be a string")
+    if "\x00" in label or (note is not None and "\x00" in note):
+        raise Invalid("label and note must not contain NUL characters")
     return _ok(_store().resolve_flag(flag_id, _actor(), label, note))
 
 
 @bp.get("/patients")
 @require_api_role(*REVIEWERS)
 def patients() -> ResponseReturnValue:
-    return _ok({"patients": _store().search_patients(request.args.get("q", ""), _actor())})
+    return _ok({"patients": _store().search_patients(_text_arg("q") or "", _actor())})
 
 
-@bp.get("/patients/<int:patient_id>/baseline")
+@bp.get("/patients/<id:patient_id>/baseline")
 @require_api_role(*REVIEWERS)
 def baseline(patient_id: int) -> ResponseReturnValue:
     return _ok(_store().baseline(patient_id, _actor()))
 
 
-@bp.post("/patients/<int:patient_id>/baseline/reset")
+@bp.post("/patients/<id:patient_id>/baseline/reset")
 @require_api_role(ADMIN)
 def reset_baseline(patient_id: int) -> ResponseReturnValue:
     return _ok(_store().reset_baseline(patient_id, _actor()), 202)
 
 
-@bp.post("/contributions/<int:contribution_id>/exclude")
+@bp.post("/contributions/<id:contribution_id>/exclude")
 @require_api_role(ADMIN)
 def exclude_contribution(contribution_id: int) -> ResponseReturnValue:
     return _ok(_store().set_contribution_included(contribution_id, False, _actor()), 202)
 
 
-@bp.post("/contributions/<int:contribution_id>/include")
+@bp.post("/contributions/<id:contribution_id>/include")
 @require_api_role(ADMIN)
 def include_contribution(contribution_id: int) -> ResponseReturnValue:
     return _ok(_store().set_contribution_included(contribution_id, True, _actor()), 202)
@@ -161,16 +189,18 @@ def audit() -> ResponseReturnValue:
         limit = int(args.get("limit", 100))
     except ValueError as exc:
         raise Invalid("before_id and limit must be integers") from exc
+    if before_id is not None and not 1 <= before_id <= MAX_ID:
+        raise Invalid(f"before_id must be between 1 and {MAX_ID}")
     doc = _store().audit_log(
         _actor(),
-        by=args.get("actor") or None,
-        action=args.get("action") or None,
-        object_type=args.get("object_type") or None,
-        object_id=args.get("object_id") or None,
+        by=_text_arg("actor"),
+        action=_text_arg("action"),
+        object_type=_text_arg("object_type"),
+        object_id=_text_arg("object_id"),
         before_id=before_id,
         limit=limit,
     )
     return _ok(doc)
 
 
-__all__ = ["PREFIX", "REVIEWERS", "bp", "init_app"]
+__all__ = ["MAX_ID", "PREFIX", "REVIEWERS", "RowIdConverter", "bp", "init_app"]

@@ -17,7 +17,7 @@ _NULLABLE_NUMBER = {"type": ["number", "null"]}
 _NULLABLE_STRING = {"type": ["string", "null"]}
 _NULLABLE_DATETIME = {"type": ["string", "null"], "format": "date-time"}
 _DATETIME = {"type": "string", "format": "date-time"}
-_ID = {"type": "integer", "minimum": 1}
+_ID = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}  # PostgreSQL integer ids
 _NULLABLE_ID = {"type": ["integer", "null"]}
 
 
@@ -37,9 +37,13 @@ def _path_id(name: str, description: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "description": description, "schema": _ID}
 
 
+_TEXT = {"type": "string", "pattern": "^[^\\u0000]*$"}
+"""Free-text query parameters: anything but NUL, which PostgreSQL text cannot hold (the API answers 400)."""
+
+
 def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "description": description,
-            "schema": schema or {"type": "string"}}
+            "schema": schema or _TEXT}
 
 
 def _roles_note(roles: str, changes: bool) -> str:
@@ -400,6 +404,7 @@ def _paths() -> dict[str, Any]:
                 "patients", "Search patients by hotline reference (or id)", "admin, auditor",
                 _json(_ref("Patients"), "Matching patients, most recent call first. Audited."),
                 parameters=[_query("q", "part of the hotline reference, or a patient id")],
+                extra={"400": _error("q contains a NUL character.")},
             )
         },
         "/api/v1/patients/{patient_id}/baseline": {
@@ -439,11 +444,12 @@ def _paths() -> dict[str, Any]:
                     _query("action", "exact action, e.g. flag.resolve"),
                     _query("object_type", "call, flag, patient, user, ..."),
                     _query("object_id", "exact object id"),
-                    _query("before_id", "page: events with a smaller id", {"type": "integer"}),
+                    _query("before_id", "page: events with a smaller id", _ID),
                     _query("limit", "page size (1-500, default 100)",
                            {"type": "integer", "minimum": 1, "maximum": 500}),
                 ],
-                extra={"400": _error("before_id or limit is not an integer.")},
+                extra={"400": _error("before_id or limit is not an integer, before_id is out of range, or a filter "
+                                     "contains a NUL character.")},
             )
         },
     }

@@ -496,7 +496,8 @@ class Store:
             if q:
                 escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
                 conditions = [Patient.key.ilike(f"ref:%{escaped}%", escape="\\")]
-                if q.isdigit():
+                # isdecimal: int() refuses digits like "²" that isdigit() accepts; ids are PostgreSQL integers
+                if len(q) <= 10 and q.isdecimal() and int(q) < 2**31:
                     conditions.append(Patient.id == int(q))
                 stmt = stmt.where(or_(*conditions))
             rows = session.execute(

@@ -255,6 +255,9 @@ def _parse_media(obj: Mapping[str, Any], max_payload: int) -> Media:
         payload = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError("media.payload is not valid base64") from None
+    # the length check above rounds up to whole base64 quanta, so up to 2 bytes over the cap get past it
+    if len(payload) > max_payload:
+        raise ProtocolError("media payload too big", CLOSE_TOO_BIG)
     return Media(
         sequence_number=_opt_int(obj, "sequenceNumber"),
         stream_sid=_sid(obj, "streamSid"),

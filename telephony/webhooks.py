@@ -36,6 +36,12 @@ _STREAM_EVENTS = {
     "stream-error": StreamStatus.ERROR.value,
 }
 _MAX_ERROR_CHARS = 1000
+MAX_WEBHOOK_BYTES = 64 * 1024
+"""Twilio's webhook bodies are a few kilobytes; anything bigger is refused (413) before it is parsed."""
+# characters XML 1.0 cannot carry at all: one in a value echoed into TwiML would make Twilio reject it
+_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# what PostgreSQL text cannot hold (NUL) and what has no business in a log-like error text
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def settings() -> Any:
@@ -53,6 +59,9 @@ def twiml(body: str) -> Response:
 def require_signature() -> None:
     """Abort with 403 unless the request is signed by Twilio for the configured public URL."""
     cfg = settings()
+    # before request.form is first read: the cap only applies to bodies not yet parsed
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    request.max_content_length = MAX_WEBHOOK_BYTES if limit is None else min(limit, MAX_WEBHOOK_BYTES)
     url = public_http_url(cfg.public_url, request.path, request.query_string)
     if not is_valid(cfg.twilio_auth_token, url, request.form, request.headers.get(SIGNATURE_HEADER)):
         log.warning("refused unsigned or mis-signed request to %s", request.path)
@@ -70,10 +79,10 @@ def voice() -> Response:
     if not _SID.fullmatch(call_sid):
         abort(400)
     consent_message = cfg.consent_message or ""
+    ref = _patient_ref()
     try:
         with session_scope(sessions()) as session:
-            patient_id = _patient_id(session, cfg.hmac_key, request.values.get(PATIENT_REF_PARAM),
-                                     request.form.get("From"))
+            patient_id = _patient_id(session, cfg.hmac_key, ref, request.form.get("From"))
             _ensure_call(session, call_sid, patient_id, consent=bool(consent_message))
             issued = tokens.issue(call_sid, cfg.hmac_key, cfg.stream_token_ttl_s)
             tokens.record(session, issued)
@@ -83,7 +92,6 @@ def voice() -> Response:
         return twiml(continue_only(next_step))
     stream_url = public_ws_url(cfg.public_url, STREAM_PATH)
     status_url = public_http_url(cfg.public_url, STATUS_PATH)
-    ref = request.values.get(PATIENT_REF_PARAM) or None
     return twiml(stream_response(
         stream_url=stream_url,
         status_callback_url=status_url,
@@ -92,6 +100,28 @@ def voice() -> Response:
         consent_message=consent_message,
         patient_ref=ref,
     ))
+
+
+def _patient_ref() -> str | None:
+    """The hotline's patient reference (query or form), trimmed, or None if absent or unusable.
+
+    It is both a patient key and echoed to Twilio as a stream ``<Parameter>``, so a reference that
+    cannot be a key (empty, over-long, control characters) or cannot be written in XML at all
+    (U+FFFE, U+FFFF) is ignored here, once: echoing it would make the whole TwiML unparseable and
+    Twilio would drop the caller, where ignoring it only loses the patient link for this call.
+    """
+    ref = request.values.get(PATIENT_REF_PARAM)
+    if not ref:
+        return None
+    try:
+        patient_ref_key(ref)
+    except ValueError:
+        log.warning("voice webhook: ignoring an invalid patient reference")
+        return None
+    if _NOT_XML.search(ref):
+        log.warning("voice webhook: ignoring a patient reference that XML cannot carry")
+        return None
+    return ref.strip()
 
 
 def _patient_id(session: Session, hmac_key: str, ref: str | None, number: str | None) -> int | None:
@@ -146,7 +176,8 @@ def stream_status() -> Response:
     status = _STREAM_EVENTS.get(request.form.get("StreamEvent", ""))
     if not _SID.fullmatch(call_sid) or status is None:
         return Response(status=204)
-    error = (request.form.get("StreamError") or "")[:_MAX_ERROR_CHARS] or None
+    # Twilio's own text, but a NUL in it would make PostgreSQL refuse the whole update (a 503)
+    error = _CONTROL.sub("", request.form.get("StreamError") or "")[:_MAX_ERROR_CHARS] or None
     try:
         with session_scope(sessions()) as session:
             call = session.scalars(select(Call).where(Call.call_sid == call_sid)).one_or_none()
