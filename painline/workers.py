@@ -4,11 +4,16 @@ A worker process loads the model and its embedders once (:func:`build_context`),
 context (``worker.context.install``) and only then starts taking jobs, so no job pays for a model
 load. Which RQ worker class runs the jobs:
 
-- :class:`rq.Worker` (the default where ``os.fork`` exists): every job runs in a forked child, so a
-  job that crashes or leaks cannot take the worker down; the child inherits the loaded model
-  copy-on-write, and ``worker.context`` gives it fresh database connections after the fork;
-- :class:`rq.SimpleWorker` (``--simple``): jobs run in the worker process itself; faster per job,
-  and the only choice where there is no ``fork``;
+- :class:`rq.SimpleWorker` (the default): jobs run in the worker process itself, reusing its
+  database and Redis connections. Measured by ``python -m bench.worker`` (``docs/scaling.md``):
+  RQ's bookkeeping costs about 10% of a scoring job this way;
+- :class:`rq.Worker` (``--fork``): every job runs in a forked child, so a job that crashes or
+  leaks cannot take the worker down; the child inherits the loaded model copy-on-write and opens
+  fresh database connections. Forking a process that holds torch and the models, and reconnecting,
+  cost about three times the job itself (77% overhead in the same bench), so it is opt-in. Without
+  it a crashed worker process is restarted by its supervisor (docker-compose ``restart``, systemd)
+  and its interrupted job is recovered, as with a killed work-horse: RQ moves abandoned jobs to the
+  failed registry and ``painline sweep`` re-enqueues any utterance still pending;
 - :class:`ThreadWorker`: a SimpleWorker that can run in a non-main thread (the demo and the tests
   run one next to the web server): no signal handlers, and job timeouts by timer instead of SIGALRM.
 
@@ -22,9 +27,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 from rq.timeouts import TimerDeathPenalty
@@ -44,11 +51,11 @@ class ThreadWorker(SimpleWorker):
         """Leave signals to the main thread; stop this worker through :class:`BackgroundWorker`."""
 
 
-def default_worker_class(simple: bool = False) -> type[Worker] | type[SimpleWorker]:
-    """The forking :class:`rq.Worker` where the platform can fork, else :class:`rq.SimpleWorker`."""
-    if simple or not hasattr(os, "fork"):
-        return SimpleWorker
-    return Worker
+def default_worker_class(fork: bool = False) -> type[Worker] | type[SimpleWorker]:
+    """:class:`rq.SimpleWorker`, or the forking :class:`rq.Worker` when asked and the platform can fork."""
+    if fork and hasattr(os, "fork"):
+        return Worker
+    return SimpleWorker
 
 
 def build_context(settings: Settings, connection: Redis | None, *, speaker: bool = True) -> Any:
@@ -57,8 +64,10 @@ def build_context(settings: Settings, connection: Redis | None, *, speaker: bool
     Raises ``FileNotFoundError`` (with a hint to train) if the model artifact is missing and
     ``analysis.model.ModelMismatchError`` if it does not fit the configured embedder.
     """
+    from painline.datakeys import install_data_keys
     from worker.context import WorkerContext
 
+    install_data_keys(settings)  # before the engine: jobs read and write the encrypted columns
     return WorkerContext.build(
         database_url=settings.resolved_database_url,
         redis=connection,
@@ -81,26 +90,56 @@ def install_context(ctx: Any) -> Any:
 def run_worker(
     settings: Settings,
     *,
-    simple: bool = False,
+    fork: bool = False,
     burst: bool = False,
     with_scheduler: bool = True,
     speaker: bool = True,
     name: str | None = None,
     logging_level: str = "INFO",
 ) -> bool:
-    """Build and install the context, then work the configured queue; True if any job ran."""
+    """Build and install the context, then work the configured queue; True if any job ran.
+
+    RQ's worker quits when Redis goes away under it (a restart, a failover). Exiting would make the
+    supervisor restart the process and reload the model, and a SimpleWorker's interrupted job would
+    wait out its lease, so instead this waits for Redis to answer again and starts a fresh RQ worker
+    on the same loaded context. It returns only for a burst run or a requested stop (SIGTERM).
+    """
     connection = redis_conn.connect(settings, for_worker=True)
     ctx = build_context(settings, connection, speaker=speaker)
     install_context(ctx)
-    worker_class = default_worker_class(simple)
+    worker_class = default_worker_class(fork)
     queue = Queue(settings.queue_name, connection=connection)
-    worker = worker_class([queue], connection=connection, name=name)
-    log.info("worker %s (%s) on queue %s, model %s", worker.name, worker_class.__name__,
-             settings.queue_name, ctx.model.version)
+    worked = False
     try:
-        return worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=logging_level)
+        while True:
+            worker = worker_class([queue], connection=connection, name=name)
+            name = None  # a restarted worker takes a new name: the lost one may still be registered
+            log.info("worker %s (%s) on queue %s, model %s", worker.name, worker_class.__name__,
+                     settings.queue_name, ctx.model.version)
+            try:
+                worked = worker.work(burst=burst, with_scheduler=with_scheduler,
+                                     logging_level=logging_level) or worked
+            except (RedisError, OSError) as exc:  # raised from RQ's teardown while Redis is down
+                log.warning("worker %s: Redis unavailable (%s)", worker.name, type(exc).__name__)
+            if burst or worker._stop_requested:
+                return worked
+            _wait_for_redis(connection)
     finally:
         ctx.engine.dispose()
+
+
+def _wait_for_redis(connection: Redis, *, max_wait_s: float = 30.0) -> None:
+    """Block until Redis answers PING, backing off from 0.5 s to ``max_wait_s`` between tries."""
+    delay = 0.5
+    time.sleep(delay)  # also paces restarts if the worker quit for a reason other than Redis
+    while True:
+        try:
+            connection.ping()
+            log.warning("Redis is back: starting a new RQ worker")
+            return
+        except (RedisError, OSError):
+            time.sleep(delay)
+            delay = min(delay * 2, max_wait_s)
 
 
 class BackgroundWorker:

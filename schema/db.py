@@ -71,6 +71,10 @@ def make_engine(url: str | URL, **options: Any) -> Engine:
         event.listen(engine, "connect", _on_sqlite_connect(foreign_keys=True))
         return engine
     options.setdefault("pool_pre_ping", True)
+    if parsed.get_backend_name() == "postgresql":
+        # an unreachable server (not a refused connection) would otherwise hold a socket's thread
+        # for the kernel's TCP timeout; a stream must keep reading, so give up after a few seconds
+        options.setdefault("connect_args", {"connect_timeout": 5})
     return create_engine(parsed, **options)
 
 

@@ -6,7 +6,36 @@ then enqueued, so a Redis outage can delay scoring but never lose audio. Job ids
 so the live path and the sweeper can both try without a job ever running twice side by side.
 Job arguments are database ids only: nothing about the caller ever sits in Redis.
 
-:func:`sweep` is meant to run periodically (the CLI or a scheduler calls it).
+:func:`sweep` runs periodically (``painline sweep --every 30``, a process of its own next to the
+workers). It treats as pending work every row the database still calls unfinished (a ``pending``
+utterance, an ``ended`` call) whose job is no longer *live* in Redis:
+
+- the job is gone (Redis was down at enqueue, or restarted without persistence);
+- the job is dead: ``failed`` (it ran out of retries, e.g. through a long database outage, or its
+  worker was killed with ``kill -9`` and RQ gave up on it), ``stopped`` or ``canceled``, or
+  ``finished`` while the row is still unfinished. The dead job is deleted and a fresh one enqueued
+  under the same id, with a fresh set of retries.
+
+A job whose worker was SIGKILLed together with its work-horse stays ``started`` in RQ's
+StartedJobRegistry until its heartbeat lease runs out (about 90 s for a forking rq.Worker, which
+renews it; job timeout + 60 s, ~4 minutes, for an rq.SimpleWorker, which cannot); RQ only
+notices at a worker's maintenance pass, every 10 minutes. So each sweep first runs RQ's own
+abandoned-job cleanup (:meth:`rq.registry.StartedJobRegistry.cleanup`): an expired entry is
+retried if it has retries left, otherwise moved to the failed registry, where this sweep finds it.
+A job that is merely slow keeps renewing its lease and is never touched. Re-running a job that did
+complete is harmless: every job is idempotent (``worker/jobs.py``).
+
+Interval retries wait in RQ's ScheduledJobRegistry until a worker's scheduler moves them back to the
+queue. Only one scheduler per queue runs (a Redis lock); if its worker was SIGKILLed, the lock
+lingers for a minute and a new worker only tries to take it again at its maintenance pass, up to 10
+minutes later. Meanwhile retries would sit there. So the sweep also promotes scheduled jobs that are
+more than ``scheduler_grace_s`` overdue (a live scheduler moves them within a second): each is
+claimed by removing it from the registry, so a scheduler coming back cannot enqueue it a second time.
+
+A stream that ends while the database is down cannot mark its call ``ended`` (the socket handler
+logs it and gives up), so the call would stay ``streaming`` forever and never be finalised. The
+sweep ends such calls: ``streaming``, started more than ``stale_stream_s`` ago and with no utterance
+saved for as long (the default is longer than any stream may last, ``StreamConfig.max_stream_s``).
 """
 
 from __future__ import annotations
@@ -18,8 +47,10 @@ from datetime import UTC, datetime, timedelta
 
 from redis.exceptions import RedisError
 from rq import Queue, Retry
-from rq.exceptions import DuplicateJobError
-from sqlalchemy import select
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import JobStatus
+from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from schema.db import session_scope
@@ -80,8 +111,60 @@ def enqueue_finalise_call(queue: Queue | None, call_id: int, options: JobOptions
     return _enqueue(queue, FINALISE_CALL, call_id, finalise_job_id(call_id), options)
 
 
-def _job_exists(queue: Queue, job_id: str) -> bool:
-    return bool(queue.job_class.exists(job_id, connection=queue.connection))
+# a job in one of these states will still run (or is running): the sweep leaves it alone
+LIVE_STATES = frozenset({JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED})
+
+
+def _job_is_live(queue: Queue, job_id: str) -> bool:
+    """True if the job exists and will still run; a dead job (failed, stopped...) is deleted here.
+
+    Deleting before re-enqueueing is what lets ``unique=True`` accept the fresh job. If another
+    sweep races us, the worst case is one extra run of an idempotent job.
+    """
+    try:
+        job = queue.job_class.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
+    except NoSuchJobError:
+        return False
+    status = job.get_status(refresh=False)
+    if status in LIVE_STATES:
+        return True
+    log.warning("job %s is %s but its work is unfinished; re-enqueueing it", job_id,
+                status.value if status is not None else "without status")
+    job.delete(remove_from_queue=True)
+    return False
+
+
+def reap_abandoned(queue: Queue, now: datetime | None = None) -> None:
+    """Run RQ's cleanup of the started registry: jobs whose worker died (lease expired) are retried or
+    failed now, instead of at some worker's next maintenance pass (every 10 minutes)."""
+    registry = StartedJobRegistry(queue.name, connection=queue.connection, job_class=queue.job_class,
+                                  serializer=queue.serializer)
+    registry.cleanup(timestamp=(now or datetime.now(UTC)).timestamp())
+
+
+def promote_overdue(queue: Queue, grace_s: float, now: datetime | None = None) -> int:
+    """Enqueue scheduled jobs due more than ``grace_s`` ago (no scheduler is running); returns how many.
+
+    Removing the job id from the registry is the claim: whoever removes it (this sweep, another sweep
+    or a returning scheduler) is the only one that enqueues it.
+    """
+    registry = ScheduledJobRegistry(queue.name, connection=queue.connection, job_class=queue.job_class,
+                                    serializer=queue.serializer)
+    cutoff = (now or datetime.now(UTC)).timestamp() - grace_s
+    promoted = 0
+    for job_id in registry.get_jobs_to_schedule(int(cutoff)):
+        if not queue.connection.zrem(registry.key, job_id):
+            continue  # a scheduler got there first
+        try:
+            job = queue.job_class.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
+        except NoSuchJobError:
+            continue
+        queue.enqueue_job(job)
+        promoted += 1
+    if promoted:
+        log.warning("outbox sweep: %d scheduled job(s) overdue by more than %s s (no RQ scheduler running?); "
+                    "enqueued", promoted, grace_s)
+    return promoted
 
 
 def requeue_pending(
@@ -92,10 +175,10 @@ def requeue_pending(
     options: JobOptions | None = None,
     now: datetime | None = None,
 ) -> int:
-    """Enqueue scoring for every pending utterance older than ``older_than_s`` whose job is gone.
+    """Enqueue scoring for every pending utterance older than ``older_than_s`` whose job is not live.
 
     Returns how many jobs were enqueued. Safe to run concurrently with the live path and with
-    itself: a job id that already exists is left alone.
+    itself: a queued, scheduled or running job is left alone; a missing or dead one is replaced.
     """
     options = options or JobOptions()
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=older_than_s)
@@ -116,7 +199,8 @@ def requeue_unfinalised(
     options: JobOptions | None = None,
     now: datetime | None = None,
 ) -> int:
-    """Enqueue finalisation for ended calls whose finalise job is gone (a Redis outage at hang-up)."""
+    """Enqueue finalisation for ended calls whose finalise job is gone or dead (a Redis outage at
+    hang-up, a killed worker, retries exhausted while utterances were pending)."""
     options = options or JobOptions()
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=older_than_s)
     with session_scope(session_factory) as session:
@@ -128,6 +212,39 @@ def requeue_unfinalised(
     return _enqueue_missing(queue, ids, finalise_job_id, enqueue_finalise_call, options)
 
 
+def end_stale_streams(
+    session_factory: Callable[[], Session],
+    stale_after_s: float,
+    *,
+    now: datetime | None = None,
+) -> int:
+    """Mark ``ended`` the calls still ``streaming`` with no activity for ``stale_after_s``; returns how many.
+
+    ``ended_at`` is set to the call's last activity (its last utterance, else its start), so the
+    finalisation pass that follows picks the call up at once.
+    """
+    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=stale_after_s)
+    last_utterance = (
+        select(func.max(Utterance.created_at)).where(Utterance.call_id == Call.id).scalar_subquery()
+    )
+    with session_scope(session_factory) as session:
+        rows = session.execute(
+            select(Call, last_utterance)
+            .where(
+                Call.status == CallStatus.STREAMING.value,
+                Call.started_at < cutoff,
+                or_(last_utterance.is_(None), last_utterance < cutoff),
+            )
+            .with_for_update(of=Call, skip_locked=True)
+        ).all()
+        for call, last in rows:
+            call.status = CallStatus.ENDED.value
+            call.ended_at = last or call.started_at
+            log.warning("call %s: still streaming after %s s without activity; marked ended", call.id,
+                        stale_after_s)
+        return len(rows)
+
+
 def _enqueue_missing(
     queue: Queue,
     ids: Sequence[int],
@@ -135,11 +252,15 @@ def _enqueue_missing(
     enqueue: Callable[[Queue, int, JobOptions], bool],
     options: JobOptions,
 ) -> int:
-    """Enqueue the jobs whose deterministic id is not in Redis; stop at the first failed enqueue."""
+    """Enqueue the jobs whose deterministic id is not live in Redis; stop at the first Redis error."""
     enqueued = 0
     for object_id in ids:
-        if _job_exists(queue, job_id(object_id)):
-            continue
+        try:
+            if _job_is_live(queue, job_id(object_id)):
+                continue
+        except (RedisError, OSError) as exc:
+            log.warning("outbox sweep: Redis unavailable (%s); the next sweep carries on", type(exc).__name__)
+            break
         if not enqueue(queue, object_id, options):
             break  # Redis is down again: the next sweep carries on
         enqueued += 1
@@ -153,9 +274,22 @@ def sweep(
     older_than_s: float = 60.0,
     options: JobOptions | None = None,
     now: datetime | None = None,
+    scheduler_grace_s: float = 30.0,
+    stale_stream_s: float = 4 * 3600 + 600,
 ) -> dict[str, int]:
-    """One outbox pass: re-enqueue pending scoring, then pending finalisation."""
+    """One outbox pass: reap abandoned jobs, promote overdue retries, end stale streams, then re-enqueue
+    pending scoring and pending finalisation. Returns the counts (``promoted``, ``stale_streams``,
+    ``utterances``, ``calls``).
+
+    Raises :class:`redis.exceptions.RedisError` if Redis is down at the start (the CLI loop logs it and
+    tries again at the next interval).
+    """
+    reap_abandoned(queue, now)
+    promoted = promote_overdue(queue, scheduler_grace_s, now)
+    stale = end_stale_streams(session_factory, stale_stream_s, now=now)
     return {
+        "promoted": promoted,
+        "stale_streams": stale,
         "utterances": requeue_pending(session_factory, queue, older_than_s, options=options, now=now),
         "calls": requeue_unfinalised(session_factory, queue, older_than_s, options=options, now=now),
     }

@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.dashboard_fixtures",
     "tests.pages_fixtures",
     "tests.e2e_fixtures",
+    "tests.fault_fixtures",
 ]

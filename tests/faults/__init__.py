@@ -1,0 +1,1 @@
+"""Fault-injection tests against real services (issue 6): each records a row in the reliability table."""

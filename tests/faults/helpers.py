@@ -1,0 +1,191 @@
+"""Helpers shared by the fault tests: seeding work, holding a row lock, watching a job mid-flight."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import websocket
+from flask import Flask
+from redis import Redis
+from rq import Queue
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.pool import NullPool
+from twilio.request_validator import RequestValidator
+
+from bench.soak.services import PainlineProcess, painline_environment, start_worker, wait_worker_ready
+from painline.app import close_app, create_app
+from painline.config import Settings
+from painline.devserver import make_dev_server
+from painline.replay import (
+    CHUNK_MS,
+    StreamMessages,
+    chunks,
+    connect_url,
+    new_sid,
+    parse_twiml,
+    voice_webhook_params,
+)
+from schema.db import make_engine, session_factory, session_scope
+from tests.worker_fixtures import add_utterance, calm, make_call, make_patient
+
+QUEUE = "painline"  # the private Redis is ours alone: the production queue name is fine
+
+
+def seed_pending_utterances(database_url: str, count: int, *, ended: bool = True) -> tuple[int, list[int]]:
+    """One call (ended, not finalised) with ``count`` pending utterances and their audio."""
+    from schema.models import CallStatus
+
+    engine = make_engine(database_url)
+    try:
+        with session_scope(session_factory(engine)) as session:
+            patient = make_patient(session)
+            call = make_call(session, patient, CallStatus.ENDED if ended else CallStatus.STREAMING)
+            ids = [add_utterance(session, call, seq, calm(130.0 + 7 * seq, seed=seq)) for seq in range(count)]
+            return call.id, ids
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def call_row_locked(database_url: str, call_id: int) -> Iterator[Connection]:
+    """Hold ``SELECT ... FOR UPDATE`` on the call row until the block ends.
+
+    ``score_utterance`` locks the call row in its write transaction, after the Score insert: a job
+    blocked here is as deep inside its job as it gets (a Score written but not committed), which is
+    where a ``kill -9`` hurts most. It makes "mid-job" a state the test can wait for, with no hook
+    in production code.
+    """
+    engine = create_engine(database_url, poolclass=NullPool)
+    conn = engine.connect()
+    try:
+        conn.execute(text("SELECT id FROM calls WHERE id = :id FOR UPDATE"), {"id": call_id})
+        yield conn
+    finally:
+        try:
+            conn.rollback()
+            conn.close()
+        finally:
+            engine.dispose()
+
+
+def backends_waiting_on_locks(database_url: str) -> int:
+    """How many sessions of this database wait on a lock (the blocked job)."""
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return int(conn.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )) or 0)
+    finally:
+        engine.dispose()
+
+
+def worker(database_url: str, redis_url: str, model_path: Path, log_dir: Path, connection: Redis,
+           name: str, *, fork: bool = True) -> PainlineProcess:
+    """A real ``painline worker`` subprocess on the private services, registered and ready
+    (forking rq.Worker unless ``fork`` is False: then painline's default class)."""
+    env = painline_environment(database_url=database_url, redis_url=redis_url, queue_name=QUEUE,
+                               model_path=model_path, var_dir=log_dir / "var", PAINLINE_LOG_LEVEL="INFO")
+    process = start_worker(env, log_dir / f"{name}.log", name=name, fork=fork)
+    wait_worker_ready(connection, QUEUE, process)
+    return process
+
+
+def queue_on(connection: Redis) -> Queue:
+    return Queue(QUEUE, connection=connection)
+
+
+# ---------------------------------------------------------------------------------------------------
+# a real server and the Twilio side of a call
+
+AUTH_TOKEN = "fault-test-auth-token-0123456789"
+HMAC_KEY = "fault-test-hmac-key"
+
+
+@dataclass
+class RunningApp:
+    url: str
+    app: Flask
+    settings: Settings
+
+
+@contextmanager
+def serve_app(database_url: str, redis_url: str, var_dir: Path) -> Iterator[RunningApp]:
+    """The real painline app (``create_app``) on a free port, in a thread, on the given services."""
+    settings = Settings(
+        var_dir=var_dir, database_url=database_url, redis_url=redis_url, public_url="http://127.0.0.1:1",
+        twilio_auth_token=AUTH_TOKEN, hmac_key=HMAC_KEY, secret_key="fault-test", queue_name=QUEUE,
+        next_enqueue="nurses",
+    )
+    app = create_app(settings)
+    server = make_dev_server("127.0.0.1", 0, app)
+    url = f"http://127.0.0.1:{server.server_port}"
+    settings = settings.with_(public_url=url)
+    app.config["PAINLINE"] = settings
+    thread = threading.Thread(target=server.serve_forever, name="fault-test-server", daemon=True)
+    thread.start()
+    try:
+        yield RunningApp(url, app, settings)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+        close_app(app)
+
+
+def voice_webhook(base_url: str, call_sid: str, *, timeout_s: float = 10.0) -> tuple[int, str]:
+    """POST Twilio's signed incoming-call webhook; returns the HTTP status and the TwiML."""
+    params = voice_webhook_params(new_sid("AC"), call_sid, "+15551234567", "+15557654321")
+    url = base_url + "/twilio/voice"
+    request = urllib.request.Request(url, data=urllib.parse.urlencode(params).encode(), method="POST", headers={
+        "X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(url, params),
+        "Content-Type": "application/x-www-form-urlencoded",
+    })
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@dataclass
+class OpenStream:
+    """A Media Stream socket opened exactly as Twilio opens one, for tests that end it their own way."""
+
+    ws: websocket.WebSocket
+    messages: StreamMessages
+    sent_ms: int = 0
+
+    def send_audio(self, mulaw: bytes) -> None:
+        for payload in chunks(mulaw):
+            self.ws.send(json.dumps(self.messages.media(payload, self.sent_ms)))
+            self.sent_ms += CHUNK_MS
+
+    def drop(self) -> None:
+        """Vanish without ``stop`` and without a close frame: the TCP connection just ends."""
+        self.ws.sock.shutdown(socket.SHUT_RDWR)
+        self.ws.sock.close()
+
+
+def open_stream(base_url: str) -> OpenStream:
+    call_sid = new_sid("CA")
+    status, twiml = voice_webhook(base_url, call_sid)
+    assert status == 200, twiml
+    instruction = parse_twiml(twiml)
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(instruction.url, {})
+    ws = websocket.create_connection(connect_url(instruction.url, base_url),
+                                     header=[f"X-Twilio-Signature: {signature}"], timeout=10)
+    messages = StreamMessages(account_sid=new_sid("AC"), call_sid=call_sid)
+    ws.send(json.dumps(messages.connected()))
+    ws.send(json.dumps(messages.start(instruction.parameters)))
+    return OpenStream(ws, messages)
