@@ -7,8 +7,9 @@ turns a :class:`~telephony.messages.ProtocolError` into a close frame.
 
 It does no ML and never waits on a worker: each utterance is committed together with its audio,
 then its scoring job is enqueued by id. If Redis is down the utterance stays ``pending`` for the
-outbox sweep; if the database is down mid-call the utterance is dropped and counted, and the call
-carries on (the stream must keep being read or Twilio discards audio).
+outbox sweep; if the database is down mid-call the utterance waits in memory and is saved once the
+database answers again (retried every few seconds, and for up to a minute after the stream ends),
+while the call carries on (the stream must keep being read or Twilio discards audio).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from rq import Queue
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -43,6 +45,7 @@ from telephony.messages import (
     parse_message,
 )
 from telephony.outbox import JobOptions, enqueue_finalise_call, enqueue_score_utterance
+from telephony.stream_stats import StreamStats, log_stream_end
 from telephony.twiml import TOKEN_PARAMETER
 from telephony.vad import SegmentedUtterance, UtteranceSegmenter, VadConfig
 
@@ -68,6 +71,17 @@ class StreamConfig:
     # after a failed enqueue, leave jobs to the outbox sweep for this long instead of blocking the
     # socket on every utterance while Redis is down (Twilio drops audio from a slow reader)
     enqueue_cooldown_s: float = 30.0
+    # messages that bring no new audio (duplicates, late or empty chunks, ignored tracks, marks): a
+    # burst of this many is tolerated, beyond it only a real-time rate (see StreamSession._check_flood)
+    flood_burst_messages: int = 1000
+    flood_messages_per_s: float = 150.0
+    # database outages: utterances wait in memory (oldest dropped beyond the cap, about 10 minutes
+    # of speech), saving is retried at most this often while the call streams, and at the end of the
+    # stream for up to finish_retry_s, so a 30 s outage loses nothing
+    max_unsaved_utterances: int = 120
+    save_retry_s: float = 2.0
+    finish_retry_s: float = 60.0
+    finish_retry_interval_s: float = 1.0
 
     @classmethod
     def from_settings(cls, settings: object) -> StreamConfig:
@@ -115,8 +129,12 @@ class StreamSession:
         self.jitter = JitterBuffer(window_ms=config.jitter_window_ms, max_gap_ms=config.max_gap_ms)
         self.segmenter = UtteranceSegmenter(config.vad)
         self.counters = StreamCounters()
+        self.stats = StreamStats()  # frames received and per-frame handling lag, logged at the end
         self.utterance_ids: list[int] = []
         self._enqueue_paused_until = 0.0
+        self._unsaved: deque[SegmentedUtterance] = deque()  # ended while the database was unavailable
+        self._save_paused_until = 0.0
+        self._streaming_since: float | None = None  # time.monotonic() at start, for the flood check
 
     @property
     def ended(self) -> bool:
@@ -133,6 +151,9 @@ class StreamSession:
         if isinstance(message, Connected):
             if self.state is not StreamState.AWAITING_START:
                 raise ProtocolError("connected after start", CLOSE_POLICY_VIOLATION)
+            if self.counters.messages > 1:
+                # Twilio sends it once; repeating it would hold a socket open without ever showing a token
+                raise ProtocolError("connected repeated", CLOSE_POLICY_VIOLATION)
         elif isinstance(message, Start):
             self._start(message)
         elif isinstance(message, Media):
@@ -145,6 +166,7 @@ class StreamSession:
         elif isinstance(message, Mark | Dtmf):
             # bidirectional-only events; harmless if they ever arrive
             self._require_stream(message.stream_sid)
+        self._check_flood()
 
     def finish(self) -> None:
         """Stream over (stop, socket dropped or closed for a protocol error). Idempotent.
@@ -161,15 +183,24 @@ class StreamSession:
         for frame in self.jitter.flush():
             self._utterances(self.segmenter.push(frame.timestamp_ms, frame.data))
         self._utterances(self.segmenter.flush())
-        try:
-            with session_scope(self._sessions) as session:
-                call = session.get(Call, self.call_id)
-                if call is not None and call.status == CallStatus.STREAMING.value:
-                    call.status = CallStatus.ENDED.value
-                    call.ended_at = self._clock()
-        except SQLAlchemyError as exc:
-            log.error("call %s: could not mark ended (%s)", self.call_id, type(exc).__name__)
-            return
+        # the socket is done, so waiting here costs no audio: ride out a short database outage
+        deadline = time.monotonic() + self._config.finish_retry_s
+        while True:
+            self._save_paused_until = 0.0
+            self._save_backlog()
+            error = None if self._unsaved else self._mark_ended()
+            if not self._unsaved and error is None:
+                break
+            if time.monotonic() >= deadline:
+                self.counters.utterances_lost += len(self._unsaved)
+                log.error("call %s: database unavailable at stream end (%s); %d utterances not saved",
+                          self.call_id, error or "utterances pending", len(self._unsaved))
+                self._unsaved.clear()
+                if error is not None:  # the sweep ends and finalises calls left streaming
+                    self._log_stats()
+                    return
+                break
+            time.sleep(self._config.finish_retry_interval_s)
         if not self._enqueue(enqueue_finalise_call, self.call_id):
             self.counters.jobs_deferred += 1
         stats = self.jitter.stats
@@ -178,6 +209,17 @@ class StreamSession:
             "gap_ms=%d",
             self.call_id, self.counters.utterances_saved, self.counters.utterances_lost,
             self.counters.jobs_deferred, stats.frames_in, stats.duplicates, stats.late, stats.gap_ms_filled,
+        )
+        self._log_stats()
+
+    def _log_stats(self) -> None:
+        """The one structured stats line of this stream (telephony.stream_stats)."""
+        assert self.call_id is not None
+        jitter = self.jitter.stats
+        log_stream_end(
+            self.call_id, self.stats, late=jitter.late, duplicates=jitter.duplicates,
+            gap_ms_filled=jitter.gap_ms_filled, utterances_saved=self.counters.utterances_saved,
+            utterances_lost=self.counters.utterances_lost, jobs_deferred=self.counters.jobs_deferred,
         )
 
     # -- message handlers ------------------------------------------------------------------------
@@ -221,7 +263,29 @@ class StreamSession:
         self.call_sid = start.call_sid
         self.stream_sid = start.stream_sid
         self.state = StreamState.STREAMING
+        self._streaming_since = time.monotonic()
         log.info("call %s stream started", call_id)
+
+    def _check_flood(self) -> None:
+        """Close a stream whose messages carry no new audio faster than any real call could send them.
+
+        Audio faster than real time is accepted (replays send it as fast as the socket takes it, and
+        ``max_stream_s`` bounds it), but duplicates, late or empty chunks, ignored tracks and marks cost
+        work without moving the stream on, and could keep a socket busy forever. Twilio sends at most
+        one such message per inbound frame (the outbound track, 50 per second), so beyond a burst
+        allowance they may only arrive at ``flood_messages_per_s``.
+        """
+        if self._streaming_since is None or self.state is not StreamState.STREAMING:
+            return
+        jitter = self.jitter.stats
+        idle = (self.counters.messages - self.counters.media + self.counters.ignored_tracks
+                + jitter.duplicates + jitter.late + jitter.empty)
+        burst = self._config.flood_burst_messages
+        if idle <= burst:
+            return  # the common case, without a clock read
+        elapsed_s = time.monotonic() - self._streaming_since
+        if idle > burst + self._config.flood_messages_per_s * elapsed_s:
+            raise ProtocolError("message flood", CLOSE_POLICY_VIOLATION)
 
     def _media(self, media: Media) -> None:
         self._require_stream(media.stream_sid)
@@ -237,16 +301,47 @@ class StreamSession:
             raise ProtocolError(str(exc), CLOSE_POLICY_VIOLATION) from None
         for frame in frames:
             self._utterances(self.segmenter.push(frame.timestamp_ms, frame.data))
+        self.stats.frame_handled(media.timestamp_ms)
 
     # -- persistence -------------------------------------------------------------------------------
 
+    def _mark_ended(self) -> str | None:
+        """Mark the call ended; the error's name if the database refused."""
+        try:
+            with session_scope(self._sessions) as session:
+                call = session.get(Call, self.call_id)
+                if call is not None and call.status == CallStatus.STREAMING.value:
+                    call.status = CallStatus.ENDED.value
+                    call.ended_at = self._clock()
+        except SQLAlchemyError as exc:
+            log.warning("call %s: could not mark ended yet (%s)", self.call_id, type(exc).__name__)
+            return type(exc).__name__
+        return None
+
     def _utterances(self, utterances: list[SegmentedUtterance]) -> None:
-        if self.call_id is None:
+        if self.call_id is None or not utterances:
             return
-        for utterance in utterances:
-            utterance_id = self._persist(self.call_id, utterance)
+        self._unsaved.extend(utterances)
+        while len(self._unsaved) > self._config.max_unsaved_utterances:
+            self._unsaved.popleft()
+            self.counters.utterances_lost += 1
+            log.error("call %s: database unavailable too long; oldest unsaved utterance dropped", self.call_id)
+        self._save_backlog()
+
+    def _save_backlog(self) -> None:
+        """Save and enqueue waiting utterances in order; stop at the first refusal and retry later.
+
+        While the database is refusing, attempts are spaced by ``save_retry_s`` so the socket's thread
+        is not stalled on every utterance (Twilio drops audio from a slow reader).
+        """
+        if self.call_id is None or time.monotonic() < self._save_paused_until:
+            return
+        while self._unsaved:
+            utterance_id = self._persist(self.call_id, self._unsaved[0])
             if utterance_id is None:
-                continue
+                self._save_paused_until = time.monotonic() + self._config.save_retry_s
+                return
+            self._unsaved.popleft()
             if not self._enqueue(enqueue_score_utterance, utterance_id):
                 self.counters.jobs_deferred += 1
 
@@ -260,24 +355,28 @@ class StreamSession:
         return False
 
     def _persist(self, call_id: int, utterance: SegmentedUtterance) -> int | None:
-        """Utterance and its audio in one transaction; None if the database refused."""
+        """Utterance and its audio in one transaction; None if the database refused.
+
+        Two plain INSERTs rather than ORM objects: this runs in the socket's thread, about once a
+        second per call, and the unit-of-work machinery cost more than the database round trips.
+        """
         try:
             with session_scope(self._sessions) as session:
-                row = Utterance(
-                    call_id=call_id,
-                    seq=self._seq_base + utterance.seq,
-                    start_ms=utterance.start_ms,
-                    end_ms=utterance.end_ms,
-                    speech_s=utterance.speech_s,
-                    status=UtteranceStatus.PENDING.value,
-                )
-                session.add(row)
-                session.flush()
-                session.add(UtteranceAudio(utterance_id=row.id, mulaw=utterance.mulaw))
-                utterance_id = row.id
+                utterance_id = session.execute(
+                    insert(Utterance)
+                    .values(
+                        call_id=call_id,
+                        seq=self._seq_base + utterance.seq,
+                        start_ms=utterance.start_ms,
+                        end_ms=utterance.end_ms,
+                        speech_s=utterance.speech_s,
+                        status=UtteranceStatus.PENDING.value,
+                    )
+                    .returning(Utterance.id)
+                ).scalar_one()
+                session.execute(insert(UtteranceAudio).values(utterance_id=utterance_id, mulaw=utterance.mulaw))
         except SQLAlchemyError as exc:
-            self.counters.utterances_lost += 1
-            log.error("call %s: utterance not saved (%s)", call_id, type(exc).__name__)
+            log.warning("call %s: utterance not saved yet (%s); kept in memory", call_id, type(exc).__name__)
             return None
         self.counters.utterances_saved += 1
         self.utterance_ids.append(utterance_id)
