@@ -4,11 +4,13 @@
 
     painline migrate                      create or upgrade the database schema
     painline serve [--gunicorn]           the web app (Twilio webhooks, Media Stream socket, /healthz)
-    painline worker [--simple] [--burst]  an RQ worker: model loaded once, then jobs
+    painline worker [--fork] [--burst]    an RQ worker: model loaded once, then jobs
     painline sweep [--every N]            re-enqueue work a Redis outage left in the database
     painline replay AUDIO [--wait]        play an audio file into a server exactly as Twilio would
     painline demo                         everything above on this machine, one sample call, then exit
     painline baseline enroll REF AUDIO... enrol a patient's normal voice
+    painline keys generate|rotate         data encryption keys: print a new one / re-encrypt with the newest
+    painline retention [--every N]        delete unscored audio and old per-utterance rows (audited)
     painline users add --role admin NAME  create an account (password prompted, or one line on stdin);
                                           also: password, token, revoke-tokens, deactivate, activate
     painline train ... / evaluate ...     research commands (painline.research)
@@ -51,9 +53,11 @@ def configure_logging(level: str) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from painline.datakeys import install_data_keys
     from schema.migrate import current_revision, upgrade
 
     settings = _settings()
+    install_data_keys(settings)  # migration 0002 encrypts existing values with them, if set
     url = settings.resolved_database_url
     upgrade(url, args.revision)
     print(f"database at revision {current_revision(url)}")
@@ -64,28 +68,53 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 # serve
 
 
-def gunicorn_command(host: str, port: int, workers: int, threads: int) -> list[str]:
-    """The production server: gthread workers, one thread per open Media Stream (see painline.wsgi)."""
+WORKER_CLASSES = ("gevent", "gthread")
+DEFAULT_WORKER_CLASS = "gthread"
+DEFAULT_WORKER_CONNECTIONS = 1000
+
+
+def gunicorn_command(host: str, port: int, workers: int, threads: int, *,
+                     worker_class: str = DEFAULT_WORKER_CLASS,
+                     worker_connections: int = DEFAULT_WORKER_CONNECTIONS) -> list[str]:
+    """The production server command (see painline.wsgi).
+
+    gthread (the default): one thread per open Media Stream, so ``threads`` bounds the calls per
+    process. gevent: one greenlet per stream, ``worker_connections`` bounds them; it works (gunicorn
+    monkey-patches the worker, psycopg and simple-websocket wait cooperatively, calls are saved and
+    enqueued) but holds fewer real-time calls. Why gthread: ``python -m bench.stream`` (issue 5; 30 s
+    calls, 2 web processes, load generator on the same 2-core machine, which other jobs shared) kept
+    every frame within 1 s with gthread at 50 concurrent calls (lag p99 63 ms, 16 ms server CPU per
+    call-second) where gevent's p99 lag was already 0.96 s, and gevent lost frames from 150 calls on
+    while its processes sat mostly idle. Numbers and the full sweep: docs/stream.md.
+    """
     from painline.devserver import ACCESS_LOG_FORMAT
 
+    if worker_class not in WORKER_CLASSES:
+        raise ValueError(f"worker class must be one of {', '.join(WORKER_CLASSES)}")
+    capacity = ["--threads", str(threads)] if worker_class == "gthread" else []
     return [
         sys.executable, "-m", "gunicorn",
-        "--worker-class", "gthread",
+        "--worker-class", worker_class,
         "--workers", str(workers),
-        "--threads", str(threads),
+        *capacity,
+        "--worker-connections", str(worker_connections),
         "--bind", f"{host}:{port}",
-        # gthread workers heartbeat from their main loop, so a socket open for a whole call does not
-        # trip --timeout; on SIGTERM, calls still streaming get this long before the worker exits
+        # gthread and gevent workers heartbeat from their main loop, so a socket open for a whole call
+        # does not trip --timeout; on SIGTERM, calls still streaming get this long before the worker exits
         "--graceful-timeout", "30",
         "--access-logfile", "-",
         "--access-logformat", ACCESS_LOG_FORMAT,  # no query strings: they may carry a patient reference
+        # gunicorn 27's control socket defaults to one path per user, shared by every instance on the
+        # host (two servers fought over it in the soak); painline never uses it, so it is off
+        "--no-control-socket",
         "painline.wsgi:app",
     ]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.gunicorn:
-        command = gunicorn_command(args.host, args.port, args.workers, args.threads)
+        command = gunicorn_command(args.host, args.port, args.workers, args.threads,
+                                   worker_class=args.worker_class, worker_connections=args.worker_connections)
         print("exec:", " ".join(command[1:]), flush=True)
         os.execv(command[0], command)
     from painline.app import close_app, create_app
@@ -114,7 +143,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         run_worker(
             _settings(),
-            simple=args.simple,
+            fork=args.fork,
             burst=args.burst,
             with_scheduler=not args.no_scheduler,
             speaker=not args.no_speaker,
@@ -151,10 +180,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         while True:
             try:
-                counts = sweep(sessions, queue, older_than_s=args.older_than, options=options)
+                counts = sweep(sessions, queue, older_than_s=args.older_than, options=options,
+                               scheduler_grace_s=args.scheduler_grace, stale_stream_s=args.stale_stream_after)
                 if any(counts.values()) or not args.every:
-                    log.info("sweep re-enqueued %d utterance(s), %d call(s)", counts["utterances"],
-                             counts["calls"])
+                    log.info("sweep re-enqueued %d utterance(s), %d call(s); promoted %d overdue retry(ies); "
+                             "ended %d stale stream(s)", counts["utterances"], counts["calls"], counts["promoted"],
+                             counts["stale_streams"])
             except Exception:
                 if not args.every:
                     raise
@@ -304,6 +335,122 @@ def cmd_baseline_enroll(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
+# data keys and retention
+
+
+def cmd_keys_generate(_args: argparse.Namespace) -> int:
+    """Print a new Fernet key; it goes first in PAINLINE_DATA_KEYS (the key itself is never logged)."""
+    from schema.crypto import generate_key
+
+    print(generate_key())
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    """Re-encrypt every encrypted column with the newest key in PAINLINE_DATA_KEYS (see schema.rotation)."""
+    from painline.app import make_app_engine
+    from schema.crypto import DataKeyError, current_key_ring, describe
+    from schema.rotation import rotate_keys
+
+    settings = _settings()
+    try:
+        engine = make_app_engine(settings)  # installs and validates the key ring
+    except DataKeyError as exc:
+        print(f"painline keys rotate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    ring = current_key_ring()
+    if ring is None:
+        print("painline keys rotate: PAINLINE_DATA_KEYS is empty; add a key first ('painline keys generate')",
+              file=sys.stderr)
+        engine.dispose()
+        return EXIT_USAGE
+    actor = args.actor or f"cli:{getpass.getuser()}"
+    try:
+        result = rotate_keys(engine, ring, actor=actor, batch_size=args.batch)
+    except DataKeyError as exc:
+        print(f"painline keys rotate: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        engine.dispose()
+    print(f"{describe(ring)}; re-encrypted {result.total} value(s):")
+    for name, count in result.rotated.items():
+        extra = f", {result.first_encrypted[name]} previously unencrypted" if result.first_encrypted[name] else ""
+        busy = f", {result.skipped_changed[name]} changed meanwhile" if result.skipped_changed[name] else ""
+        print(f"  {name}: {count}{extra}{busy}")
+    return 0
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    """Delete unscored audio and old per-utterance rows (worker.retention), once or every N seconds."""
+    from painline.app import make_app_engine
+    from schema.db import session_factory
+    from worker.retention import sweep_retention
+
+    settings = _settings()
+    audio_hours = args.audio_hours or settings.audio_retention_hours
+    score_days = args.score_days or settings.score_retention_days
+    actor = args.actor or "retention"
+    engine = make_app_engine(settings)
+    sessions = session_factory(engine)
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            try:
+                result = sweep_retention(sessions, audio_hours=audio_hours, score_days=score_days, actor=actor)
+                log.info("retention: %d unscored audio clip(s) older than %g h deleted (%d utterance(s) skipped); "
+                         "%d utterance(s) and %d score(s) older than %g days deleted",
+                         result.audio_deleted, audio_hours, result.utterances_skipped,
+                         result.utterances_deleted, result.scores_deleted, score_days)
+            except Exception:
+                if not args.every:
+                    raise
+                log.exception("retention sweep failed; trying again in %s s", args.every)
+            if not args.every or stopping:
+                return 0
+            deadline = time.monotonic() + args.every
+            while time.monotonic() < deadline and not stopping:
+                time.sleep(min(0.5, args.every))
+            if stopping:
+                return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        engine.dispose()
+
+
+def add_data_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``painline keys generate|rotate`` and ``painline retention``."""
+    p = sub.add_parser("keys", help="data encryption keys (PAINLINE_DATA_KEYS)")
+    keys = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    k = keys.add_parser("generate", help="print a new key (put it first in PAINLINE_DATA_KEYS)")
+    k.set_defaults(func=cmd_keys_generate)
+    k = keys.add_parser("rotate", help="re-encrypt every encrypted column with the newest key",
+                        description="Run after the new key is first in PAINLINE_DATA_KEYS on every process; "
+                                    "then the old key can be removed. Also encrypts values stored before "
+                                    "keys were configured.")
+    k.add_argument("--batch", type=int, default=500, help="rows per transaction (default: 500)")
+    k.add_argument("--actor", default=None, help="who rotates, for the audit trail (default: cli:<user>)")
+    k.set_defaults(func=cmd_keys_rotate)
+
+    p = sub.add_parser("retention", help="delete unscored audio and old per-utterance data (audited)",
+                       description="Deletes utterance audio left unscored for PAINLINE_AUDIO_RETENTION_HOURS "
+                                   "(default 24) and utterances and scores older than "
+                                   "PAINLINE_SCORE_RETENTION_DAYS (default 365); calls, flags and the audit "
+                                   "trail are kept. Run with --every as its own process, or once from cron.")
+    p.add_argument("--every", type=float, default=0.0, metavar="SECONDS", help="repeat forever at this interval")
+    p.add_argument("--audio-hours", type=float, default=0.0, help="override PAINLINE_AUDIO_RETENTION_HOURS")
+    p.add_argument("--score-days", type=float, default=0.0, help="override PAINLINE_SCORE_RETENTION_DAYS")
+    p.add_argument("--actor", default=None, help="actor in the audit trail (default: retention)")
+    p.set_defaults(func=cmd_retention)
+
+
+# ---------------------------------------------------------------------------------------------------
 # research
 
 
@@ -358,11 +505,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gunicorn", action="store_true", help="exec gunicorn with gthread workers")
     p.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default: 2)")
     p.add_argument("--threads", type=int, default=64,
-                   help="threads per gunicorn worker; each open call holds one (default: 64)")
+                   help="gthread only: threads per gunicorn worker; each open call holds one (default: 64)")
+    p.add_argument("--worker-class", choices=WORKER_CLASSES, default=DEFAULT_WORKER_CLASS,
+                   help=f"gunicorn worker class (default: {DEFAULT_WORKER_CLASS})")
+    p.add_argument("--worker-connections", type=int, default=DEFAULT_WORKER_CONNECTIONS,
+                   help="most simultaneous connections per worker process; for gevent, the calls it can "
+                        f"hold (default: {DEFAULT_WORKER_CONNECTIONS})")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run an RQ worker (model loaded once per process)")
-    p.add_argument("--simple", action="store_true", help="run jobs in-process (SimpleWorker), no fork")
+    p.add_argument("--fork", action="store_true",
+                   help="run each job in a forked child (rq.Worker): crash isolation at ~3x the CPU per job")
+    p.add_argument("--simple", action="store_true",
+                   help="run jobs in-process (rq.SimpleWorker); the default, accepted for old scripts")
     p.add_argument("--burst", action="store_true", help="quit when the queue is empty")
     p.add_argument("--no-scheduler", action="store_true",
                    help="do not run RQ's scheduler (interval retries then wait for a worker that does)")
@@ -370,11 +525,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="worker name (default: RQ's random name)")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("sweep", help="re-enqueue pending work left in the database by a Redis outage")
+    p = sub.add_parser("sweep", help="re-enqueue pending work left in the database by a Redis outage",
+                       description="Re-enqueues unfinished work whose job is missing or dead (Redis outage, "
+                                   "killed worker, retries exhausted); run it as its own process with --every "
+                                   "(docker-compose's `sweep` service runs `painline sweep --every 30`).")
     p.add_argument("--every", type=float, default=0.0, metavar="SECONDS",
                    help="repeat forever at this interval")
     p.add_argument("--older-than", type=float, default=60.0, metavar="SECONDS",
                    help="only work older than this (default: 60)")
+    p.add_argument("--scheduler-grace", type=float, default=30.0, metavar="SECONDS",
+                   help="enqueue retries overdue by more than this: no RQ scheduler is running (default: 30)")
+    p.add_argument("--stale-stream-after", type=float, default=4 * 3600 + 600, metavar="SECONDS",
+                   help="end calls still 'streaming' with no activity for this long, e.g. a stream that "
+                        "ended while the database was down (default: 15000, past the longest allowed stream)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("replay", help="play an audio file into a painline server exactly as Twilio would",
@@ -414,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-speaker-check", action="store_true",
                    help="accept clips even if they do not match the patient's voiceprint")
     e.set_defaults(func=cmd_baseline_enroll)
+
+    add_data_parsers(sub)
 
     from dashboard.users import add_cli_parser
 

@@ -255,14 +255,40 @@ class ReplayResult:
     sent: list[dict[str, object]] = field(default_factory=list)  # only when record_messages=True
 
 
-def _post_form(url: str, signed_url: str, params: dict[str, str], auth_token: str) -> tuple[int, str]:
-    signature = RequestValidator(auth_token).compute_signature(signed_url, params)
-    data = urllib.parse.urlencode(params).encode("ascii")
-    request = urllib.request.Request(url, data=data, method="POST", headers={
-        SIGNATURE_HEADER: signature,
+def form_headers(auth_token: str, signed_url: str, params: dict[str, str]) -> dict[str, str]:
+    """The headers Twilio sends with a form POST to ``signed_url`` (the public URL it was configured with)."""
+    return {
+        SIGNATURE_HEADER: RequestValidator(auth_token).compute_signature(signed_url, params),
         "Content-Type": "application/x-www-form-urlencoded",
         "User-Agent": "TwilioProxy/1.1 (painline replay)",
-    })
+    }
+
+
+def handshake_headers(auth_token: str, stream_url: str) -> dict[str, str]:
+    """The stream handshake's signature: over the TwiML's stream URL with no parameters."""
+    return {SIGNATURE_HEADER: RequestValidator(auth_token).compute_signature(stream_url, {})}
+
+
+def voice_webhook_urls(public_url: str, base_url: str, patient_ref: str | None = None) -> tuple[str, str]:
+    """``(signed, reached)``: the webhook URL Twilio signs and the one the request is sent to."""
+    query = "?" + urllib.parse.urlencode({"patient_ref": patient_ref}) if patient_ref else ""
+    return public_url.rstrip("/") + VOICE_PATH + query, base_url.rstrip("/") + VOICE_PATH + query
+
+
+def check_voice_answer(status: int, body: str) -> StreamInstruction:
+    """The stream instruction of the voice webhook's answer; :class:`ReplayError` for a refusal."""
+    if status == 403:
+        raise ReplayError("the voice webhook refused the signature (403): the replay's public URL and auth "
+                          "token must equal the server's PAINLINE_PUBLIC_URL and TWILIO_AUTH_TOKEN")
+    if status != 200:
+        raise ReplayError(f"the voice webhook answered HTTP {status}")
+    return parse_twiml(body)
+
+
+def _post_form(url: str, signed_url: str, params: dict[str, str], auth_token: str) -> tuple[int, str]:
+    data = urllib.parse.urlencode(params).encode("ascii")
+    request = urllib.request.Request(url, data=data, method="POST",
+                                     headers=form_headers(auth_token, signed_url, params))
     try:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
             return response.status, response.read().decode("utf-8", "replace")
@@ -304,25 +330,18 @@ def replay_call(
     started = time.monotonic()
     account_sid = new_sid("AC")
     call_sid = new_sid("CA")
-    query = "?" + urllib.parse.urlencode({"patient_ref": patient_ref}) if patient_ref else ""
-    webhook_public = public_url.rstrip("/") + VOICE_PATH + query
-    webhook_reached = base_url.rstrip("/") + VOICE_PATH + query
+    webhook_public, webhook_reached = voice_webhook_urls(public_url, base_url, patient_ref)
     params = voice_webhook_params(account_sid, call_sid, from_number, to_number)
     status, body = _post_form(webhook_reached, webhook_public, params, auth_token)
-    if status == 403:
-        raise ReplayError("the voice webhook refused the signature (403): the replay's public URL and auth "
-                          "token must equal the server's PAINLINE_PUBLIC_URL and TWILIO_AUTH_TOKEN")
-    if status != 200:
-        raise ReplayError(f"the voice webhook answered HTTP {status}")
-    instruction = parse_twiml(body)
+    instruction = check_voice_answer(status, body)
 
     builder = StreamMessages(account_sid=account_sid, call_sid=call_sid)
     sent: list[dict[str, object]] = []
-    signature = RequestValidator(auth_token).compute_signature(instruction.url, {})
     target = connect_url(instruction.url, base_url)
     try:
-        ws = websocket.create_connection(target, header=[f"{SIGNATURE_HEADER}: {signature}"],
-                                         timeout=HTTP_TIMEOUT_S)
+        ws = websocket.create_connection(
+            target, header=[f"{k}: {v}" for k, v in handshake_headers(auth_token, instruction.url).items()],
+            timeout=HTTP_TIMEOUT_S)
     except websocket.WebSocketBadStatusException as exc:
         raise ReplayError(f"the stream handshake was refused (HTTP {exc.status_code}): the signature is "
                           f"checked against the server's public URL") from None

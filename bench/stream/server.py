@@ -1,0 +1,281 @@
+"""The system under test: its database, the production gunicorn command, RQ workers, their CPU.
+
+Everything runs for real on this machine: PostgreSQL (a database of the bench's own,
+``painline_bench`` by default, migrated with ``painline migrate``), Redis (a logical database of
+its own, so RQ job ids such as ``score-utterance-7`` never meet another user's), the web server
+started exactly as ``painline serve --gunicorn`` starts it (:func:`painline.cli.gunicorn_command`)
+and ``painline worker`` processes. The server's stderr goes to a file; its
+``telephony.stream_stats`` lines are parsed from it after the run.
+
+Ids in the bench database start high (:data:`ID_FLOOR`): the flag channel ``painline:flags`` is
+global to the Redis server, and high ids keep another project's test messages from being mistaken
+for the bench's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from redis import Redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from painline.cli import gunicorn_command
+from telephony.stream_stats import parse_stats_line
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/painline_bench"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/11"
+AUTH_TOKEN = "bench-stream-auth-token"
+HMAC_KEY = "bench-stream-hmac-key"
+ID_FLOOR = 500_000_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# database and Redis
+
+
+def prepare_database(url: str) -> None:
+    """Create the bench database if needed, migrate it (``painline migrate``), empty it, raise its ids."""
+    parsed = make_url(url)
+    admin = create_engine(parsed.set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            exists = conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": parsed.database})
+            if not exists:
+                conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
+    finally:
+        admin.dispose()
+    env = server_environment(url, DEFAULT_REDIS_URL, "unused")
+    subprocess.run([sys.executable, "-m", "painline.cli", "--log-level", "WARNING", "migrate"], env=env, cwd=REPO,
+                   check=True, capture_output=True, text=True)
+    clear_rows(url)
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            for (seq,) in conn.execute(text("SELECT sequencename FROM pg_sequences WHERE schemaname='public'")):
+                current = conn.scalar(text(f'SELECT COALESCE(last_value, 0) FROM "{seq}"'))
+                if int(current or 0) < ID_FLOOR:
+                    conn.execute(text(f'ALTER SEQUENCE "{seq}" RESTART WITH {ID_FLOOR}'))
+    finally:
+        engine.dispose()
+
+
+def clear_rows(url: str) -> None:
+    """Delete every row the bench made (ids keep counting up, so job ids are never reused)."""
+    from schema.models import Base
+
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            for table in reversed(Base.metadata.sorted_tables):
+                conn.execute(table.delete())
+    finally:
+        engine.dispose()
+
+
+def clear_queue(redis_url: str, queue_name: str) -> int:
+    """Delete the run's queue, its jobs and registries; returns how many keys went."""
+    connection = Redis.from_url(redis_url)
+    try:
+        keys = list(connection.scan_iter(match=f"rq:*{queue_name}*", count=1000))
+        job_ids = [j.decode() for j in connection.lrange(f"rq:queue:{queue_name}", 0, -1)]
+        keys += [f"rq:job:{j}" for j in job_ids] + [f"rq:job:{j}:dependents" for j in job_ids]
+        if keys:
+            connection.delete(*keys)
+        connection.srem("rq:queues", f"rq:queue:{queue_name}")
+        return len(keys)
+    finally:
+        connection.close()
+
+
+def server_environment(database_url: str, redis_url: str, queue_name: str, **extra: str) -> dict[str, str]:
+    """The environment of every bench process: this one's minus any PAINLINE_* / Twilio settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAINLINE_") and k != "TWILIO_AUTH_TOKEN"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(
+        PAINLINE_DATABASE_URL=database_url,
+        PAINLINE_REDIS_URL=redis_url,
+        PAINLINE_QUEUE_NAME=queue_name,
+        PAINLINE_HMAC_KEY=HMAC_KEY,
+        PAINLINE_SECRET_KEY="bench-stream-secret",
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        PAINLINE_NEXT_ENQUEUE="nurses",
+        PAINLINE_LOG_LEVEL="INFO",
+        PAINLINE_VAR_DIR=str(REPO / "var" / "bench-stream"),
+    )
+    env.update(extra)
+    return env
+
+
+# ---------------------------------------------------------------------------------------------------
+# CPU accounting
+
+
+def tree_cpu_s(root: psutil.Process) -> float:
+    """User + system CPU of ``root`` and every live descendant, plus what reaped children used."""
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+# ---------------------------------------------------------------------------------------------------
+# the web server
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    worker_class: str  # gthread | gevent
+    processes: int  # gunicorn worker processes
+    capacity: int  # gthread: threads per process; gevent: worker connections per process
+
+    @property
+    def label(self) -> str:
+        return f"{self.worker_class}-{self.processes}p"
+
+
+@dataclass
+class WebServer:
+    config: ServerConfig
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    queue_name: str
+    database_url: str
+    redis_url: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def psutil_process(self) -> psutil.Process:
+        return psutil.Process(self.process.pid)
+
+    def cpu_s(self) -> float:
+        return tree_cpu_s(self.psutil_process)
+
+    def stats_records(self) -> list[dict[str, Any]]:
+        records = []
+        with self.log_path.open(errors="replace") as f:
+            for line in f:
+                record = parse_stats_line(line)
+                if record is not None:
+                    records.append(record)
+        return records
+
+    def log_tail(self, lines: int = 30) -> str:
+        with self.log_path.open(errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not healthy within {timeout_s:.0f} s")
+
+
+def _stop(process: subprocess.Popen[bytes], timeout_s: float = 40.0) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@contextlib.contextmanager
+def web_server(config: ServerConfig, database_url: str, redis_url: str, log_dir: Path,
+               queue_name: str | None = None) -> Iterator[WebServer]:
+    """gunicorn as ``painline serve --gunicorn`` runs it, on a free port, until the block ends."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    queue_name = queue_name or f"painline-bench-{secrets.token_hex(4)}"
+    threads = config.capacity if config.worker_class == "gthread" else 1
+    command = gunicorn_command("127.0.0.1", port, config.processes, threads, worker_class=config.worker_class,
+                               worker_connections=max(config.capacity, 64))
+    env = server_environment(database_url, redis_url, queue_name, PAINLINE_PUBLIC_URL=url)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"server-{config.label}-{port}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log_file,
+                                   start_new_session=True)
+        server = WebServer(config, url, process, log_path, queue_name, database_url, redis_url)
+        try:
+            _wait_healthy(url, process)
+            yield server
+        finally:
+            _stop(process)
+
+
+# ---------------------------------------------------------------------------------------------------
+# RQ workers
+
+
+@dataclass
+class Workers:
+    processes: list[subprocess.Popen[bytes]]
+    log_path: Path
+
+    def cpu_s(self) -> float:
+        total = 0.0
+        for p in self.processes:
+            with contextlib.suppress(psutil.Error):
+                total += tree_cpu_s(psutil.Process(p.pid))
+        return total
+
+
+@contextlib.contextmanager
+def rq_workers(count: int, server: WebServer, log_dir: Path, *, simple: bool = False,
+               speaker: bool = True) -> Iterator[Workers]:
+    """``count`` ``painline worker`` processes on the server's queue, each with the default model."""
+    env = server_environment(server.database_url, server.redis_url, server.queue_name, PAINLINE_LOG_LEVEL="WARNING")
+    log_path = log_dir / f"workers-{server.queue_name}.log"
+    args = ["worker", *(["--simple"] if simple else []), *([] if speaker else ["--no-speaker"])]
+    processes = []
+    with log_path.open("wb") as log_file:
+        try:
+            for i in range(count):
+                processes.append(subprocess.Popen(
+                    [sys.executable, "-m", "painline.cli", "--log-level", "WARNING", *args, "--name",
+                     f"bench-{server.queue_name}-{i}"],
+                    env=env, cwd=REPO, stdout=log_file, stderr=log_file, start_new_session=True))
+            yield Workers(processes, log_path)
+        finally:
+            for p in processes:
+                _stop(p, timeout_s=20)
