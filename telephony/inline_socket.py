@@ -57,6 +57,7 @@ class InlineReader:
 
     def __init__(self, ws: Any) -> None:
         self._ws = ws
+        self._timeout: float | None = -1.0  # the socket's timeout as last set (-1: not yet)
 
     def receive(self, timeout: float | None = None) -> str | bytes | None:
         """The next message; None if none arrived within ``timeout`` seconds.
@@ -65,14 +66,21 @@ class InlineReader:
         """
         ws = self._ws
         deadline = None if timeout is None else time.monotonic() + timeout
+        first = True
         while not ws.input_buffer:
             if not ws.connected:
                 raise ConnectionClosed(ws.close_reason, ws.close_message)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None
+            # one recv per message is the rule, so the first wait gets the whole timeout and the
+            # socket keeps it between calls (setting it per frame costs a call each under gevent)
+            wanted = timeout if first else remaining
+            first = False
             try:
-                ws.sock.settimeout(remaining)
+                if wanted != self._timeout:
+                    ws.sock.settimeout(wanted)
+                    self._timeout = wanted
                 data = ws.sock.recv(ws.receive_bytes)
             except TimeoutError:
                 return None
