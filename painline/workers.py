@@ -121,7 +121,8 @@ def run_worker(
                                      logging_level=logging_level) or worked
             except (RedisError, OSError) as exc:  # raised from RQ's teardown while Redis is down
                 log.warning("worker %s: Redis unavailable (%s)", worker.name, type(exc).__name__)
-            if burst or worker._stop_requested:
+            # a SIGTERM/SIGINT (warm shutdown) records when it came, idle or busy
+            if burst or worker._stop_requested or worker._shutdown_requested_date is not None:
                 return worked
             _wait_for_redis(connection)
     finally:
