@@ -79,13 +79,13 @@ def gunicorn_command(host: str, port: int, workers: int, threads: int, *,
     """The production server command (see painline.wsgi).
 
     gthread (the default): one thread per open Media Stream, so ``threads`` bounds the calls per
-    process. gevent: one greenlet per stream, ``worker_connections`` bounds them; it works (gunicorn
-    monkey-patches the worker, psycopg and simple-websocket wait cooperatively, calls are saved and
-    enqueued) but holds fewer real-time calls. Why gthread: ``python -m bench.stream`` (issue 5; 30 s
-    calls, 2 web processes, load generator on the same 2-core machine, which other jobs shared) kept
-    every frame within 1 s with gthread at 50 concurrent calls (lag p99 63 ms, 16 ms server CPU per
-    call-second) where gevent's p99 lag was already 0.96 s, and gevent lost frames from 150 calls on
-    while its processes sat mostly idle. Numbers and the full sweep: docs/stream.md.
+    process. gevent: one greenlet per stream, ``worker_connections`` bounds them. Measured by
+    ``python -m bench.stream`` (docs/stream.md; 2 web processes, 30 s calls, the load generator on
+    the same 2-core machine): both held 100 concurrent calls with no frame lost; gevent spent less
+    CPU (10.2 against 13.3 ms per call-second) with lower lag (p99 41 against 104 ms), and both fell
+    behind at 200 calls while CPU was still free, a stall whose cause is not found yet. gthread stays
+    the default because it is the configuration the test suite exercises end to end; gevent
+    monkey-patches every library the web process uses, and only the bench covers that.
     """
     from painline.devserver import ACCESS_LOG_FORMAT
 
@@ -515,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run an RQ worker (model loaded once per process)")
     p.add_argument("--fork", action="store_true",
-                   help="run each job in a forked child (rq.Worker): crash isolation at ~3x the CPU per job")
+                   help="run each job in a forked child (rq.Worker): crash isolation for 8-13%% more CPU per job")
     p.add_argument("--simple", action="store_true",
                    help="run jobs in-process (rq.SimpleWorker); the default, accepted for old scripts")
     p.add_argument("--burst", action="store_true", help="quit when the queue is empty")

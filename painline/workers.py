@@ -5,15 +5,14 @@ context (``worker.context.install``) and only then starts taking jobs, so no job
 load. Which RQ worker class runs the jobs:
 
 - :class:`rq.SimpleWorker` (the default): jobs run in the worker process itself, reusing its
-  database and Redis connections. Measured by ``python -m bench.worker`` (``docs/scaling.md``):
-  RQ's bookkeeping costs about 10% of a scoring job this way;
+  database and Redis connections. ``python -m bench.worker`` (``docs/scaling.md``) put RQ's
+  bookkeeping at 2-5% of a scoring job's CPU this way, in two quiet runs;
 - :class:`rq.Worker` (``--fork``): every job runs in a forked child, so a job that crashes or
   leaks cannot take the worker down; the child inherits the loaded model copy-on-write and opens
-  fresh database connections. Forking a process that holds torch and the models, and reconnecting,
-  cost about three times the job itself (77% overhead in the same bench), so it is opt-in. Without
-  it a crashed worker process is restarted by its supervisor (docker-compose ``restart``, systemd)
-  and its interrupted job is recovered, as with a killed work-horse: RQ moves abandoned jobs to the
-  failed registry and ``painline sweep`` re-enqueues any utterance still pending;
+  fresh database connections. The fork and the reconnect cost 8-13% of the job in the same runs,
+  over the 10% budget, so it is opt-in. Without it a crashed worker process is restarted by its
+  supervisor (docker-compose ``restart``, systemd) and its interrupted job recovered by the sweep,
+  which runs RQ's abandoned-job cleanup and re-enqueues any utterance still pending;
 - :class:`ThreadWorker`: a SimpleWorker that can run in a non-main thread (the demo and the tests
   run one next to the web server): no signal handlers, and job timeouts by timer instead of SIGALRM.
 

@@ -4,7 +4,7 @@
 
     python -m bench.stream --quick                       # smoke test, under two minutes
     python -m bench.stream --mode ingest --worker-class gthread,gevent --calls 25,50,100,150,200,300
-    python -m bench.stream --mode e2e --calls 50 --rq-workers 2
+    python -m bench.stream --mode e2e --calls 50 --rq-workers 3
     python -m bench.stream --mode ceiling
     python -m bench.stream --mode all                    # everything, then the page
     python -m bench.stream --mode report                 # rebuild docs/stream.md from the JSON
@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gunicorn worker classes to measure (e2e and --quick: the first)")
     p.add_argument("--web-processes", default="2", help="gunicorn worker processes, comma-separated")
     p.add_argument("--generator-processes", type=int, default=0, help="0: one per 150 calls")
-    p.add_argument("--rq-workers", type=int, default=2, help="e2e: painline worker processes")
+    p.add_argument("--rq-workers", type=int, default=3,
+                   help="e2e: painline worker processes (3 on 2 cores: a burst of utterances is scored in parallel)")
     p.add_argument("--simple-workers", action="store_true", help="e2e: painline worker --simple (no fork per job)")
     p.add_argument("--no-speaker", action="store_true", help="e2e: workers without speaker verification")
     p.add_argument("--stop-at-first-loss", action="store_true", help="ingest: stop a sweep at the first failure")

@@ -44,13 +44,20 @@ def corpus_available() -> bool:
     return (ravdess_dir() / "manifest.csv").is_file()
 
 
-@lru_cache(maxsize=1)
-def actor_clips() -> dict[str, list[Path]]:
-    """Each actor's clip paths in manifest order (the first :data:`CLIPS_PER_ACTOR` of each)."""
+NORMAL_LABELS = ("neutral", "calm")
+DISTRESS_LABELS = ("angry", "fearful")  # strong intensity: the voices the model should flag
+
+
+@lru_cache(maxsize=2)
+def actor_clips(distress: bool = False) -> dict[str, list[Path]]:
+    """Each actor's normal-voice (or distressed, strong-intensity) clip paths, manifest order, capped."""
     root = ravdess_dir()
+    labels = DISTRESS_LABELS if distress else NORMAL_LABELS
     out: dict[str, list[Path]] = {}
     with (root / "manifest.csv").open(newline="") as f:
         for row in csv.DictReader(f):
+            if row["label"] not in labels or (distress and row.get("intensity") != "strong"):
+                continue
             paths = out.setdefault(row["speaker_id"], [])
             if len(paths) < CLIPS_PER_ACTOR:
                 paths.append(root / row["path"])
@@ -65,10 +72,14 @@ def _clip_mulaw(path: Path) -> bytes:
 
 
 def call_audio(index: int, duration_s: float) -> tuple[str, bytes]:
-    """``(actor, mulaw)``: ``duration_s`` of one actor's speech and pauses for call number ``index``."""
-    actors = actor_clips()
+    """``(actor, mulaw)``: ``duration_s`` of one actor's speech and pauses for call number ``index``.
+
+    Even calls are an actor's neutral and calm voice, odd calls the same actor angry or fearful at
+    strong intensity, so about half the calls raise a flag and flag latency has a sample to measure.
+    """
+    actors = actor_clips(distress=index % 2 == 1)
     names = list(actors)
-    actor = names[index % len(names)]
+    actor = names[(index // 2) % len(names)]
     rng = random.Random(index)
     target = int(duration_s * 8000)
     out = bytearray(MULAW_SILENCE * int(rng.uniform(*PAUSE_S) * 8000))

@@ -190,7 +190,8 @@ def render(data: dict[str, Any]) -> str:
         "",
         "N concurrent Twilio-faithful calls (signed webhook, TwiML, signed WebSocket handshake, "
         "`connected`/`start`/`media` every 20 ms/`stop`, status callbacks; real RAVDESS speech with pauses, "
-        "a different actor per call) are replayed in real time over loopback against the production "
+        "a different actor per call; odd-numbered calls are that actor angry or fearful at strong intensity, so "
+        "about half the calls should raise a flag) are replayed in real time over loopback against the production "
         "command (`painline serve --gunicorn`), on PostgreSQL and Redis, with the load generator on the "
         "same machine. Calls start evenly over the ramp and each lasts the stated duration.",
         "",
