@@ -28,7 +28,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from painline.config import Settings
@@ -156,6 +156,38 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repeat(task: Callable[[], None], every: float, what: str) -> int:
+    """Run ``task`` once, or every ``every`` seconds until SIGTERM or Ctrl-C (a service's loop).
+
+    In a loop a failure is logged and tried again next round (a database restart must not kill the
+    service); run once, it propagates, so cron or a person sees it.
+    """
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            try:
+                task()
+            except Exception:
+                if not every:
+                    raise
+                log.exception("%s failed; trying again in %s s", what, every)
+            if not every or stopping:
+                return 0
+            deadline = time.monotonic() + every
+            while time.monotonic() < deadline and not stopping:
+                time.sleep(min(0.5, every))
+            if stopping:
+                return 0
+    except KeyboardInterrupt:
+        return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from rq import Queue
 
@@ -170,38 +202,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     connection = redis_conn.connect(settings)
     queue = Queue(settings.queue_name, connection=connection)
     options = JobOptions.from_settings(settings)
-    stopping = False
 
-    def stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+    def once() -> None:
+        counts = sweep(sessions, queue, older_than_s=args.older_than, options=options,
+                       scheduler_grace_s=args.scheduler_grace, stale_stream_s=args.stale_stream_after)
+        if any(counts.values()) or not args.every:
+            log.info("sweep re-enqueued %d utterance(s), %d call(s); promoted %d overdue retry(ies); "
+                     "ended %d stale stream(s)", counts["utterances"], counts["calls"], counts["promoted"],
+                     counts["stale_streams"])
 
-    signal.signal(signal.SIGTERM, stop)
     try:
-        while True:
-            try:
-                counts = sweep(sessions, queue, older_than_s=args.older_than, options=options,
-                               scheduler_grace_s=args.scheduler_grace, stale_stream_s=args.stale_stream_after)
-                if any(counts.values()) or not args.every:
-                    log.info("sweep re-enqueued %d utterance(s), %d call(s); promoted %d overdue retry(ies); "
-                             "ended %d stale stream(s)", counts["utterances"], counts["calls"], counts["promoted"],
-                             counts["stale_streams"])
-            except Exception:
-                if not args.every:
-                    raise
-                log.exception("sweep failed; trying again in %s s", args.every)
-            if not args.every or stopping:
-                return 0
-            deadline = time.monotonic() + args.every
-            while time.monotonic() < deadline and not stopping:
-                time.sleep(min(0.5, args.every))
-            if stopping:
-                return 0
-    except KeyboardInterrupt:
-        return 0
+        return _repeat(once, args.every, "sweep")
     finally:
         engine.dispose()
         connection.close()
+
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -392,34 +407,16 @@ def cmd_retention(args: argparse.Namespace) -> int:
     actor = args.actor or "retention"
     engine = make_app_engine(settings)
     sessions = session_factory(engine)
-    stopping = False
 
-    def stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+    def once() -> None:
+        result = sweep_retention(sessions, audio_hours=audio_hours, score_days=score_days, actor=actor)
+        log.info("retention: %d unscored audio clip(s) older than %g h deleted (%d utterance(s) skipped); "
+                 "%d utterance(s) and %d score(s) older than %g days deleted",
+                 result.audio_deleted, audio_hours, result.utterances_skipped,
+                 result.utterances_deleted, result.scores_deleted, score_days)
 
-    signal.signal(signal.SIGTERM, stop)
     try:
-        while True:
-            try:
-                result = sweep_retention(sessions, audio_hours=audio_hours, score_days=score_days, actor=actor)
-                log.info("retention: %d unscored audio clip(s) older than %g h deleted (%d utterance(s) skipped); "
-                         "%d utterance(s) and %d score(s) older than %g days deleted",
-                         result.audio_deleted, audio_hours, result.utterances_skipped,
-                         result.utterances_deleted, result.scores_deleted, score_days)
-            except Exception:
-                if not args.every:
-                    raise
-                log.exception("retention sweep failed; trying again in %s s", args.every)
-            if not args.every or stopping:
-                return 0
-            deadline = time.monotonic() + args.every
-            while time.monotonic() < deadline and not stopping:
-                time.sleep(min(0.5, args.every))
-            if stopping:
-                return 0
-    except KeyboardInterrupt:
-        return 0
+        return _repeat(once, args.every, "retention sweep")
     finally:
         engine.dispose()
 

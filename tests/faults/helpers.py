@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import websocket
 from flask import Flask
@@ -27,11 +29,13 @@ from painline.config import Settings
 from painline.devserver import make_dev_server
 from painline.replay import (
     CHUNK_MS,
+    ReplayResult,
     StreamMessages,
     chunks,
     connect_url,
     new_sid,
     parse_twiml,
+    replay_call,
     voice_webhook_params,
 )
 from schema.db import make_engine, session_factory, session_scope
@@ -189,3 +193,65 @@ def open_stream(base_url: str) -> OpenStream:
     ws.send(json.dumps(messages.connected()))
     ws.send(json.dumps(messages.start(instruction.parameters)))
     return OpenStream(ws, messages)
+
+
+# ---------------------------------------------------------------------------------------------------
+# a whole call replayed through a fault
+
+
+@dataclass
+class CallThroughFault:
+    """What :func:`replay_through_fault` saw: the final counts and any process that quit."""
+
+    final: Any
+    exited: list[str]
+
+
+def replay_through_fault(
+    database_url: str, redis_url: str, model_path: Path, tmp_path: Path, mulaw: bytes, *,
+    fault: Callable[[], None], speed: float, max_call_s: float,
+) -> CallThroughFault:
+    """Replay ``mulaw`` as a live call while ``fault`` runs, with a worker and a 1 s sweep; wait for the end.
+
+    ``fault`` is called 3 s into the call (a couple of utterances in) and must return when the
+    fault is over. Afterwards the replay must have ended normally (close 1000, never blocked), and
+    every utterance be scored and the call finalised; a few more sweeps run before the counts are
+    taken, so a duplicate would show.
+    """
+    from bench.soak.services import outcome_counts, wait_until
+
+    connection = Redis.from_url(redis_url)
+    env = painline_environment(database_url=database_url, redis_url=redis_url, queue_name=QUEUE,
+                               model_path=model_path, var_dir=tmp_path / "var")
+    sweeper = PainlineProcess(["sweep", "--every", "1", "--older-than", "2"], env, tmp_path / "sweep.log").start()
+    processes = [sweeper, worker(database_url, redis_url, model_path, tmp_path, connection, "w1")]
+    result: dict[str, ReplayResult | BaseException] = {}
+    try:
+        with serve_app(database_url, redis_url, tmp_path / "var") as app:
+            def call() -> None:
+                try:
+                    result["replay"] = replay_call(mulaw, base_url=app.url, public_url=app.url,
+                                                   auth_token=AUTH_TOKEN, speed=speed)
+                except BaseException as exc:  # reported below
+                    result["replay"] = exc
+
+            caller = threading.Thread(target=call, name="caller")
+            caller.start()
+            time.sleep(3.0)
+            fault()
+            caller.join(60)
+            assert not caller.is_alive()
+        replay = result["replay"]
+        assert isinstance(replay, ReplayResult), f"the call did not go on: {replay!r}"
+        assert replay.close_code == 1000, replay.close_code
+        assert replay.elapsed_s < max_call_s, "the call was held up by the fault"
+        exited = [p.args[0] for p in processes if not p.alive]
+        wait_until(lambda: outcome_counts(database_url).pending == 0
+                   and outcome_counts(database_url).calls_finalised,
+                   120, interval_s=0.5, message="every utterance scored and the call finalised")
+        time.sleep(2.0)  # a few more sweeps: nothing may run twice
+        return CallThroughFault(final=outcome_counts(database_url), exited=exited)
+    finally:
+        for process in processes:
+            process.stop()
+        connection.close()

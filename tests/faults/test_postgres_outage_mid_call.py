@@ -12,23 +12,13 @@ utterances were dropped (the 1,000-call soak counted 35).
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from redis import Redis
 
-from bench.soak.services import (
-    PainlineProcess,
-    PrivatePostgres,
-    PrivateRedis,
-    outcome_counts,
-    painline_environment,
-    wait_until,
-)
-from painline.replay import ReplayResult, replay_call
-from tests.faults.helpers import AUTH_TOKEN, QUEUE, serve_app, worker
+from bench.soak.services import PrivatePostgres, PrivateRedis
+from tests.faults.helpers import replay_through_fault
 from tests.reliability import ReliabilityRecorder
 from tests.telephony_fixtures import synthetic_call
 
@@ -47,43 +37,14 @@ def test_postgres_outage_mid_call_loses_no_utterance(
     reliability: ReliabilityRecorder,
 ) -> None:
     url = private_postgres.url
-    connection = Redis.from_url(private_redis.url)
-    env = painline_environment(database_url=url, redis_url=private_redis.url, queue_name=QUEUE,
-                               model_path=pain_model_path, var_dir=tmp_path / "var")
-    sweeper = PainlineProcess(["sweep", "--every", "1", "--older-than", "2"], env, tmp_path / "sweep.log").start()
-    processes = [sweeper, worker(url, private_redis.url, pain_model_path, tmp_path, connection, "w1")]
-    result: dict[str, ReplayResult | BaseException] = {}
-    try:
-        with serve_app(url, private_redis.url, tmp_path / "var") as app:
-            mulaw = synthetic_call(BURSTS, CALL_S)
 
-            def call() -> None:
-                try:
-                    result["replay"] = replay_call(mulaw, base_url=app.url, public_url=app.url,
-                                                   auth_token=AUTH_TOKEN, speed=SPEED)
-                except BaseException as exc:  # reported below
-                    result["replay"] = exc
+    def stop_postgres() -> None:
+        private_postgres.stop("fast")
+        time.sleep(OUTAGE_S)
+        private_postgres.start()
 
-            caller = threading.Thread(target=call, name="caller")
-            caller.start()
-            time.sleep(3.0)  # the call has started and a utterance or two are saved
-            private_postgres.stop("fast")
-            time.sleep(OUTAGE_S)
-            private_postgres.start()
-            caller.join(60)
-            assert not caller.is_alive()
-        replay = result["replay"]
-        assert isinstance(replay, ReplayResult), f"the call did not go on: {replay!r}"
-        assert replay.close_code == 1000, replay.close_code
-
-        wait_until(lambda: outcome_counts(url).scored >= len(BURSTS) and outcome_counts(url).calls_finalised,
-                   120, interval_s=0.5, message="every utterance scored and the call finalised")
-        time.sleep(2.0)  # a few more sweeps: nothing may run twice
-        final = outcome_counts(url)
-    finally:
-        for process in processes:
-            process.stop()
-        connection.close()
+    final = replay_through_fault(url, private_redis.url, pain_model_path, tmp_path, synthetic_call(BURSTS, CALL_S),
+                                 fault=stop_postgres, speed=SPEED, max_call_s=CALL_S / SPEED + OUTAGE_S + 5).final
 
     survived = final.exactly_once and final.detected == len(BURSTS) and final.calls_finalised == 1
     reliability.record_outcome(
