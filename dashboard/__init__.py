@@ -13,6 +13,8 @@ def init_app(app: Flask) -> None:
     """Register every UI blueprint on an app built by :func:`painline.app.create_app`."""
     from dashboard import admin, api, auth, nurse
 
+    # ``<id:...>`` in every blueprint's routes: ids beyond PostgreSQL's integer are a 404, not a 500
+    app.url_map.converters.setdefault("id", api.RowIdConverter)
     auth.init_app(app)
     for module in (auth, nurse, admin, api):
         app.register_blueprint(module.bp)

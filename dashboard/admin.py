@@ -120,7 +120,7 @@ def patients() -> ResponseReturnValue:
     return render_template("admin/patients.html", rows=rows, q=q)
 
 
-@bp.get("/patients/<int:patient_id>")
+@bp.get("/patients/<id:patient_id>")
 @require_role(ADMIN, AUDITOR)
 def patient(patient_id: int) -> ResponseReturnValue:
     try:
@@ -171,19 +171,19 @@ def _set_included(contribution_id: int, included: bool) -> ResponseReturnValue:
     return _back_to_patient(result["patient_id"], result["baseline_id"])
 
 
-@bp.post("/contributions/<int:contribution_id>/exclude")
+@bp.post("/contributions/<id:contribution_id>/exclude")
 @require_role(ADMIN)
 def exclude(contribution_id: int) -> ResponseReturnValue:
     return _set_included(contribution_id, False)
 
 
-@bp.post("/contributions/<int:contribution_id>/include")
+@bp.post("/contributions/<id:contribution_id>/include")
 @require_role(ADMIN)
 def include(contribution_id: int) -> ResponseReturnValue:
     return _set_included(contribution_id, True)
 
 
-@bp.post("/patients/<int:patient_id>/reset")
+@bp.post("/patients/<id:patient_id>/reset")
 @require_role(ADMIN)
 def reset(patient_id: int) -> ResponseReturnValue:
     if request.form.get("confirm") != "yes":
@@ -226,7 +226,7 @@ def decode_upload(upload: FileStorage) -> bytes:
     return mulaw_encode(telephone(samples, rate))
 
 
-@bp.post("/patients/<int:patient_id>/enrol")
+@bp.post("/patients/<id:patient_id>/enrol")
 @require_role(ADMIN)
 def enrol(patient_id: int) -> ResponseReturnValue:
     if (request.content_length or 0) > MAX_UPLOAD_BYTES:

@@ -101,7 +101,7 @@ def events() -> ResponseReturnValue:
 # one call
 
 
-@bp.get("/calls/<int:call_id>")
+@bp.get("/calls/<id:call_id>")
 @require_role(*VIEWERS)
 def call(call_id: int) -> ResponseReturnValue:
     try:
@@ -125,7 +125,7 @@ def _back(call_id: int | None) -> ResponseReturnValue:
     return redirect(url_for("nurse.call", call_id=call_id) if call_id else url_for("nurse.queue"))
 
 
-@bp.post("/flags/<int:flag_id>/acknowledge")
+@bp.post("/flags/<id:flag_id>/acknowledge")
 @require_role(*ACTORS)
 def acknowledge(flag_id: int) -> ResponseReturnValue:
     call_id = request.form.get("call_id", type=int)
@@ -140,7 +140,7 @@ def acknowledge(flag_id: int) -> ResponseReturnValue:
     return _back(doc["call_id"])
 
 
-@bp.post("/flags/<int:flag_id>/resolve")
+@bp.post("/flags/<id:flag_id>/resolve")
 @require_role(*ACTORS)
 def resolve(flag_id: int) -> ResponseReturnValue:
     call_id = request.form.get("call_id", type=int)

@@ -85,3 +85,13 @@ def test_page_matrix(
             assert response.status_code in (400, 401, 403) or "/login" in location
     else:
         assert response.status_code == 403, (role, response.status_code)
+
+
+@pytest.mark.parametrize(("method", "path"), [(m, p) for m, p, _ in PAGES if "{" in p])
+def test_ids_beyond_the_database_integer_are_404_not_500(
+    client_as: Callable[[str], FlaskClient], method: str, path: str,
+) -> None:
+    client = client_as("admin")
+    url = re.sub(r"\{[a-z_]+\}", str(2**31), path)
+    response = client.get(url) if method == "GET" else client.post(url, data={"csrf_token": csrf_of(client)})
+    assert response.status_code == 404
