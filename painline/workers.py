@@ -4,17 +4,18 @@ A worker process loads the model and its embedders once (:func:`build_context`),
 context (``worker.context.install``) and only then starts taking jobs, so no job pays for a model
 load. Which RQ worker class runs the jobs:
 
-- :class:`rq.SimpleWorker` (the default): jobs run in the worker process itself, reusing its
-  database and Redis connections. ``python -m bench.worker`` (``docs/scaling.md``) put RQ's
-  bookkeeping at 2-5% of a scoring job's CPU this way, in two quiet runs;
-- :class:`rq.Worker` (``--fork``): every job runs in a forked child, so a job that crashes or
+- :class:`PainlineSimpleWorker` (the default): jobs run in the worker process itself, reusing its
+  database and Redis connections, so RQ's bookkeeping stays a small share of a job
+  (``python -m bench.worker``; figures in ``docs/scaling.md``);
+- :class:`PainlineWorker` (``--fork``): every job runs in a forked child, so a job that crashes or
   leaks cannot take the worker down; the child inherits the loaded model copy-on-write and opens
-  fresh database connections. The fork and the reconnect cost 8-13% of the job in the same runs,
-  over the 10% budget, so it is opt-in. Without it a crashed worker process is restarted by its
+  fresh database connections. The fork and the reconnect cost more than the overhead budget
+  (``docs/scaling.md``), so it is opt-in. Without it a crashed worker process is restarted by its
   supervisor (docker-compose ``restart``, systemd) and its interrupted job recovered by the sweep,
   which runs RQ's abandoned-job cleanup and re-enqueues any utterance still pending;
-- :class:`ThreadWorker`: a SimpleWorker that can run in a non-main thread (the demo and the tests
-  run one next to the web server): no signal handlers, and job timeouts by timer instead of SIGALRM.
+- :class:`ThreadWorker`: a long-lived SimpleWorker that can run in a non-main thread (the demo and
+  the tests run one next to the web server): no signal handlers, job timeouts by timer instead of
+  SIGALRM, stopped by an event.
 
 Interval retries (``Retry(interval=[...])``, used by the finalise job) are parked in RQ's scheduled
 registry; only a worker started with the scheduler moves them back to the queue, so
@@ -33,6 +34,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
+from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
 
 from painline import redis_conn
@@ -41,20 +43,86 @@ from painline.config import Settings
 log = logging.getLogger(__name__)
 
 
-class ThreadWorker(SimpleWorker):
-    """A SimpleWorker that runs outside the main thread (Python only allows signals there)."""
+# How often RQ's command-channel thread wakes up, in seconds. RQ polls every 60 s, and redis-py 8.2
+# joins that thread without a time limit when a worker tears down: a teardown that lost the race
+# with the channel's (un)subscribe confirmation then took a minute (the hang seen on fresh installs).
+COMMAND_POLL_S = 1.0
+
+
+class _PromptTeardown:
+    """Subscribe to RQ's command channel with a short poll, so teardown never waits a minute."""
+
+    def subscribe(self: Any) -> None:
+        """RQ's own ``subscribe`` with the poll interval as the only change."""
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=COMMAND_POLL_S, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
+
+
+class PainlineWorker(_PromptTeardown, Worker):  # type: ignore[misc]
+    """RQ's forking worker (``painline worker --fork``): one work-horse child per job."""
+
+
+class PainlineSimpleWorker(_PromptTeardown, SimpleWorker):  # type: ignore[misc]
+    """RQ's in-process worker, painline's default: jobs reuse the worker's connections."""
+
+
+class ThreadWorker(PainlineSimpleWorker):
+    """A long-lived in-process worker for a non-main thread, stopped by an :class:`threading.Event`.
+
+    Python allows signal handlers only in the main thread, so this installs none and times jobs
+    out by timer. While idle it blocks on the queue for at most a second at a time, then checks
+    its stop event and moves retries that have come due back to the queue (the work a scheduler
+    process would do; a fork from a thread of a web server is not safe). A job is picked up as soon
+    as it is enqueued: the blocking pop returns at once.
+    """
 
     death_penalty_class = TimerDeathPenalty
 
+    def __init__(self, *args: Any, stop_event: threading.Event, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop_event = stop_event
+        self.jobs_run = 0
+        self._due: RQScheduler | None = None
+
     def _install_signal_handlers(self) -> None:
-        """Leave signals to the main thread; stop this worker through :class:`BackgroundWorker`."""
+        """Leave signals to the main thread; this worker stops through its stop event."""
+
+    def _enqueue_due_jobs(self) -> None:
+        """Move due retries to the queue while this worker holds (or refreshes) the scheduler lock."""
+        if self._due is None:
+            self._due = RQScheduler(self.queues, connection=self.connection, serializer=self.serializer,
+                                    logging_level=self.log.getEffectiveLevel())
+        if self._due.acquire_locks():
+            self._due.enqueue_scheduled_jobs()
+
+    def teardown(self) -> None:
+        super().teardown()
+        if self._due is not None:
+            self._due.release_locks()
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        while not self.stop_event.is_set():
+            self._enqueue_due_jobs()
+            # returns None after about a second with nothing to do (RQ's idle limit, in whole seconds)
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time=1)
+            if result is not None:
+                return result
+        self._stop_requested = True  # RQ's loop then tears the worker down and returns
+        return None
+
+    def execute_job(self, job: Job, queue: Queue) -> Any:
+        self.jobs_run += 1
+        return super().execute_job(job, queue)
 
 
-def default_worker_class(fork: bool = False) -> type[Worker] | type[SimpleWorker]:
-    """:class:`rq.SimpleWorker`, or the forking :class:`rq.Worker` when asked and the platform can fork."""
+def default_worker_class(fork: bool = False) -> type[Worker]:
+    """:class:`PainlineSimpleWorker`, or the forking :class:`PainlineWorker` when asked and the platform can fork."""
     if fork and hasattr(os, "fork"):
-        return Worker
-    return SimpleWorker
+        return PainlineWorker
+    return PainlineSimpleWorker
 
 
 def build_context(settings: Settings, connection: Redis | None, *, speaker: bool = True) -> Any:
@@ -143,24 +211,29 @@ def _wait_for_redis(connection: Redis, *, max_wait_s: float = 30.0) -> None:
 
 
 class BackgroundWorker:
-    """Work a queue from a daemon thread until :meth:`stop`: short burst passes, one after another.
+    """Work a queue from a daemon thread until :meth:`stop`, with one long-lived :class:`ThreadWorker`.
 
-    Each pass is a fresh :class:`ThreadWorker` in burst mode with the scheduler, so jobs that are
-    due for a retry are moved back to the queue between passes. The installed worker context is
-    whatever the process installed before :meth:`start`.
+    One worker for the whole run, never torn down between jobs: a teardown per pass is what made
+    the in-process worker hang on redis-py 8.2. If RQ gives up (Redis went away under it), a fresh
+    worker is started once Redis answers. The installed worker context is whatever the process
+    installed before :meth:`start`.
     """
 
-    def __init__(self, queue: Queue, *, job_class: type[Job] | None = None, idle_s: float = 0.2,
+    def __init__(self, queue: Queue, *, job_class: type[Job] | None = None,
                  logging_level: str = "WARNING") -> None:
         self.queue = queue
         self.job_class = job_class or queue.job_class
-        self.idle_s = idle_s
         self.logging_level = logging_level
-        self.passes = 0
-        self.busy_passes = 0  # passes that ran at least one job
         self.error: BaseException | None = None
+        self._jobs_before = 0
+        self._worker: ThreadWorker | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="painline-worker", daemon=True)
+
+    @property
+    def jobs_run(self) -> int:
+        """Jobs this background worker has started, across restarts."""
+        return self._jobs_before + (self._worker.jobs_run if self._worker is not None else 0)
 
     def start(self) -> BackgroundWorker:
         self._thread.start()
@@ -169,24 +242,29 @@ class BackgroundWorker:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                worker = ThreadWorker([self.queue], connection=self.queue.connection,
-                                      job_class=self.job_class)
-                if worker.work(burst=True, with_scheduler=True, logging_level=self.logging_level):
-                    self.busy_passes += 1
-                self.passes += 1
-                self._stop.wait(self.idle_s)
+                if self._worker is not None:
+                    self._jobs_before += self._worker.jobs_run
+                self._worker = ThreadWorker([self.queue], connection=self.queue.connection,
+                                            job_class=self.job_class, stop_event=self._stop)
+                self._worker.work(logging_level=self.logging_level)
+                if not self._stop.is_set():
+                    log.warning("background worker: RQ stopped working the queue; starting a new worker")
+                    self._stop.wait(1.0)
         except BaseException as exc:  # reported by stop(); a daemon thread must not die silently
             self.error = exc
             log.exception("background worker stopped with an error")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Finish the current pass (a running job completes), then return."""
+        """Let a running job complete, tear the worker down, then return."""
         self._stop.set()
         self._thread.join(timeout_s)
 
 
 __all__ = [
+    "COMMAND_POLL_S",
     "BackgroundWorker",
+    "PainlineSimpleWorker",
+    "PainlineWorker",
     "ThreadWorker",
     "build_context",
     "default_worker_class",

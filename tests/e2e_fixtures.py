@@ -37,7 +37,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 from redis import Redis
-from rq import SimpleWorker
 from sqlalchemy import select
 
 from analysis.aggregate import call_probability
@@ -50,7 +49,7 @@ from analysis.features import ChannelConfig, FeatureCache, extract, prepare
 from analysis.model import PainModel
 from painline.config import Settings
 from painline.replay import ReplayResult, load_call_audio, replay_call
-from painline.workers import build_context, install_context
+from painline.workers import PainlineSimpleWorker, build_context, install_context
 from schema.db import session_scope
 from schema.identity import patient_ref_key
 from schema.models import Call, Patient, Utterance, UtteranceAudio
@@ -388,7 +387,7 @@ def run_worker(server: AppServer, *, drained: bool = True) -> None:
     since the socket may enqueue the next utterance the moment the burst ends.
     """
     queue = server.queue
-    worker = SimpleWorker([queue], connection=queue.connection, job_class=queue.job_class)
+    worker = PainlineSimpleWorker([queue], connection=queue.connection, job_class=queue.job_class)
     worker.work(burst=True, logging_level="WARNING")
     failed = queue.failed_job_registry
     assert failed.count == 0, f"failed jobs: {[queue.fetch_job(j).exc_info for j in failed.get_job_ids()]}"  # type: ignore[union-attr]

@@ -282,7 +282,7 @@ def test_replay_command_waits_for_the_verdict(
         ctx.engine.dispose()
     out = capsys.readouterr().out
     assert code == 0, out
-    assert worker.error is None and worker.busy_passes >= 1
+    assert worker.error is None and worker.jobs_run >= 1
     assert "replayed 6.8 s of audio" in out
     assert "verdict:" in out and "status finalised" in out
     assert "HOSP-7" not in out and "5551234567" not in out

@@ -50,7 +50,6 @@ import numpy as np
 import pytest
 from flask import Flask
 from redis import Redis
-from rq import SimpleWorker
 from rq.serializers import resolve_serializer
 from sqlalchemy import select
 
@@ -58,7 +57,7 @@ from analysis.channel import TELEPHONE_RATE, mulaw_encode
 from dashboard.users import add_user, create_api_token
 from painline.config import Settings
 from painline.replay import chunks, replay_call
-from painline.workers import build_context, install_context
+from painline.workers import PainlineSimpleWorker, build_context, install_context
 from schema.models import Call, Flag, Patient, UtteranceAudio
 from tests.app_fixtures import AUTH_TOKEN, AppServer, app_redis_url, wav_file
 from tests.worker_fixtures import calm, pain
@@ -294,7 +293,7 @@ def privacy_app(painline_app: Flask, privacy_context: WorkerContext) -> Iterator
 
 def _work(server: AppServer) -> None:
     queue = server.queue
-    worker = SimpleWorker([queue], connection=queue.connection, job_class=queue.job_class)
+    worker = PainlineSimpleWorker([queue], connection=queue.connection, job_class=queue.job_class)
     worker.work(burst=True, logging_level="DEBUG")  # RQ's own DEBUG lines are searched too
     failed = queue.failed_job_registry
     assert failed.count == 0, [queue.fetch_job(j).exc_info for j in failed.get_job_ids()]  # type: ignore[union-attr]

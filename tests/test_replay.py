@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from redis import Redis
-from rq import SimpleWorker
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
@@ -30,7 +29,7 @@ from painline.replay import (
     stream_status_params,
     voice_webhook_params,
 )
-from painline.workers import build_context, install_context
+from painline.workers import PainlineSimpleWorker, build_context, install_context
 from schema.identity import patient_ref_key
 from schema.models import (
     AuditEvent,
@@ -304,7 +303,7 @@ def test_whole_calls_are_scored_and_finalised_by_a_real_worker(
         replayed[kind] = replay_call(audio, base_url=app_server.url, public_url=app_server.url,
                                      auth_token=AUTH_TOKEN, speed=0).call_sid
     queue = app_server.queue
-    worker = SimpleWorker([queue], connection=queue.connection, job_class=queue.job_class)
+    worker = PainlineSimpleWorker([queue], connection=queue.connection, job_class=queue.job_class)
     assert worker.work(burst=True, logging_level="WARNING")
     assert queue.count == 0 and queue.failed_job_registry.count == 0
 

@@ -9,11 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rq import Queue, Retry, Worker
+from rq import Queue, Retry
 from rq.job import JobStatus
 from sqlalchemy import func, select, text
 
 from analysis.model import PainModel
+from painline.workers import PainlineWorker
 from schema.models import (
     Baseline,
     Call,
@@ -259,7 +260,7 @@ def test_forking_worker(worker_ctx: WorkerContext, worker_queue: Queue) -> None:
     with worker_ctx.engine.connect() as conn:
         parent_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
     job = worker_queue.enqueue(SCORE, uid, job_id=f"score-utterance-{uid}")
-    Worker([worker_queue], connection=worker_queue.connection, job_class=worker_queue.job_class).work(
+    PainlineWorker([worker_queue], connection=worker_queue.connection, job_class=worker_queue.job_class).work(
         burst=True, logging_level="WARNING"
     )
     assert job.get_status(refresh=True) == JobStatus.FINISHED

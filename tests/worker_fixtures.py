@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from redis import Redis
-from rq import Queue, SimpleWorker
+from rq import Queue
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -30,6 +30,7 @@ from analysis.baseline import RunningStats, TwoLevelNormaliser
 from analysis.channel import TELEPHONE_RATE, mulaw_encode
 from analysis.embedders.base import Embedder, EmbedderUnavailable, get_embedder
 from analysis.model import PainModel
+from painline.workers import PainlineSimpleWorker
 from schema.db import session_factory
 from schema.models import Call, CallStatus, Patient, Utterance, UtteranceAudio, UtteranceStatus, utcnow
 from tests.app_fixtures import cleanup_queue, isolated_job_class
@@ -200,8 +201,8 @@ def worker_ctx(
 
 
 def run_burst(queue: Queue) -> bool:
-    """Run every job on ``queue`` in this process (RQ's SimpleWorker), then return."""
-    worker = SimpleWorker([queue], connection=queue.connection, job_class=queue.job_class)
+    """Run every job on ``queue`` in this process (painline's in-process RQ worker), then return."""
+    worker = PainlineSimpleWorker([queue], connection=queue.connection, job_class=queue.job_class)
     return worker.work(burst=True, logging_level="WARNING")
 
 
