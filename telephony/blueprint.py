@@ -1,7 +1,7 @@
 """Wire the telephony layer into a Flask app: one blueprint with the webhooks and the stream socket.
 
-The composition root calls :func:`init_app` after putting settings in ``app.config["PAINLINE"]``,
-a sessionmaker in ``app.extensions["painline.sessions"]`` and an ``rq.Queue`` in
+The composition root calls :func:`init_app` with the layer's :class:`~telephony.config.TelephonyConfig`,
+after putting a sessionmaker in ``app.extensions["painline.sessions"]`` and an ``rq.Queue`` in
 ``app.extensions["painline.queue"]``. Nothing here reads the environment.
 """
 
@@ -11,6 +11,7 @@ from flask import Blueprint, Flask
 from flask_sock import Sock
 
 from telephony import stream_socket, webhooks
+from telephony.config import TelephonyConfig, configure
 from telephony.inline_socket import NoReaderThread
 from telephony.messages import MAX_MESSAGE_BYTES
 
@@ -25,7 +26,7 @@ def create_blueprint(sock: Sock) -> Blueprint:
     return bp
 
 
-def init_app(app: Flask, sock: Sock) -> Blueprint:
+def init_app(app: Flask, sock: Sock, config: TelephonyConfig) -> Blueprint:
     """Register the telephony blueprint on ``app``; returns it.
 
     Also sets simple-websocket's options (unless the app set its own): a message size cap, so an
@@ -36,6 +37,7 @@ def init_app(app: Flask, sock: Sock) -> Blueprint:
     app.config.setdefault(
         "SOCK_SERVER_OPTIONS", {"max_message_size": MAX_MESSAGE_BYTES, "thread_class": NoReaderThread}
     )
+    configure(app, config)
     bp = create_blueprint(sock)
     app.register_blueprint(bp)
     return bp

@@ -70,13 +70,6 @@ class JobOptions:
     retry_intervals: tuple[int, ...] = (5, 15, 60, 300)
     failure_ttl_s: int = 24 * 3600  # failed jobs keep their arguments: do not keep them a year
 
-    @classmethod
-    def from_settings(cls, settings: object) -> JobOptions:
-        return cls(
-            retries=int(getattr(settings, "job_retries", cls.retries)),
-            failure_ttl_s=int(getattr(settings, "failure_ttl_s", cls.failure_ttl_s)),
-        )
-
 
 def score_job_id(utterance_id: int) -> str:
     return f"score-utterance-{utterance_id}"

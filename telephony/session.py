@@ -83,14 +83,6 @@ class StreamConfig:
     finish_retry_s: float = 60.0
     finish_retry_interval_s: float = 1.0
 
-    @classmethod
-    def from_settings(cls, settings: object) -> StreamConfig:
-        return cls(
-            hmac_key=getattr(settings, "hmac_key", ""),
-            vad=VadConfig(aggressiveness=int(getattr(settings, "vad_aggressiveness", 2))),
-            jobs=JobOptions.from_settings(settings),
-        )
-
 
 @dataclass
 class StreamCounters:

@@ -17,9 +17,10 @@ from flask import Blueprint, Response, current_app, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
+from telephony.config import config_of
 from telephony.inline_socket import InlineReader
 from telephony.messages import CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, ProtocolError
-from telephony.session import StreamConfig, StreamSession
+from telephony.session import StreamSession
 from telephony.signatures import SIGNATURE_HEADER, is_valid, public_ws_url
 from telephony.webhooks import STREAM_PATH
 
@@ -39,7 +40,7 @@ IDLE_TIMEOUT_S = 30.0
 
 def check_handshake() -> Response | None:
     """``before_request``: refuse the upgrade (403) unless Twilio signed ``wss://<public>/twilio/stream``."""
-    cfg = current_app.config["PAINLINE"]
+    cfg = config_of()
     url = public_ws_url(cfg.public_url, request.path)
     if not is_valid(cfg.twilio_auth_token, url, {}, request.headers.get(SIGNATURE_HEADER)):
         log.warning("refused stream handshake without a valid Twilio signature")
@@ -87,7 +88,7 @@ def new_session() -> StreamSession:
     return StreamSession(
         current_app.extensions["painline.sessions"],
         current_app.extensions.get("painline.queue"),
-        StreamConfig.from_settings(current_app.config["PAINLINE"]),
+        config_of().stream,
     )
 
 

@@ -25,14 +25,6 @@ class NextStep:
     dial: str = ""
     enqueue: str = ""
 
-    @classmethod
-    def from_settings(cls, settings: object) -> NextStep:
-        return cls(
-            redirect_url=getattr(settings, "next_redirect_url", "") or "",
-            dial=getattr(settings, "next_dial", "") or "",
-            enqueue=getattr(settings, "next_enqueue", "") or "",
-        )
-
     @property
     def configured(self) -> bool:
         return bool(self.redirect_url or self.dial or self.enqueue)

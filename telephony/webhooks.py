@@ -21,8 +21,9 @@ from schema.db import session_scope
 from schema.identity import caller_key, patient_ref_key
 from schema.models import Call, CallStatus, Patient, StreamStatus
 from telephony import tokens
+from telephony.config import TelephonyConfig, config_of
 from telephony.signatures import SIGNATURE_HEADER, is_valid, public_http_url, public_ws_url
-from telephony.twiml import NextStep, continue_only, stream_response
+from telephony.twiml import continue_only, stream_response
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ _NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def settings() -> Any:
-    return current_app.config["PAINLINE"]
+def settings() -> TelephonyConfig:
+    return config_of()
 
 
 def sessions() -> Any:
@@ -72,7 +73,7 @@ def voice() -> Response:
     """Start the stream for this call, or just continue the hotline's flow if painline is unwell."""
     require_signature()
     cfg = settings()
-    next_step = NextStep.from_settings(cfg)
+    next_step = cfg.next_step
     if not next_step.configured:
         log.warning("no next step configured (next_redirect_url/next_dial/next_enqueue): Twilio will hang up")
     call_sid = request.form.get("CallSid", "")

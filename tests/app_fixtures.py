@@ -32,7 +32,7 @@ from rq.job import Job
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from painline.app import close_app, create_app
+from painline.app import close_app, configure, create_app, settings_of
 from painline.config import Settings
 from painline.devserver import make_dev_server
 from schema.migrate import upgrade
@@ -127,7 +127,7 @@ class AppServer:
 
     @property
     def settings(self) -> Settings:
-        return self.app.config["PAINLINE"]
+        return settings_of(self.app)
 
     @property
     def queue(self) -> Queue:
@@ -137,7 +137,7 @@ class AppServer:
 def _serve(app: Flask, public_url: str | None) -> Iterator[AppServer]:
     server = make_dev_server("127.0.0.1", 0, app)
     url = f"http://127.0.0.1:{server.server_port}"
-    app.config["PAINLINE"] = app.config["PAINLINE"].with_(public_url=public_url or url)
+    configure(app, settings_of(app).with_(public_url=public_url or url))
     thread = threading.Thread(target=server.serve_forever, name="app-test-server", daemon=True)
     thread.start()
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import numpy as np
@@ -26,6 +26,7 @@ from redis import Redis
 from analysis.baseline import RunningStats
 from analysis.evidence import EVIDENCE_VERSION, MEASURE_KEYS
 from dashboard.auth import require_role
+from dashboard.config import config_of, configure
 from dashboard.queries import EVIDENCE_BASELINE_EMBEDDER
 from dashboard.users import add_user, create_api_token
 from schema.db import session_scope
@@ -74,7 +75,7 @@ def probe_blueprint() -> Blueprint:
 @pytest.fixture
 def dash_app(painline_app: Flask) -> Iterator[Flask]:
     prefix = f"painline-test-login:{secrets.token_hex(6)}:"
-    painline_app.config["PAINLINE_LOGIN_THROTTLE_PREFIX"] = prefix
+    configure(painline_app, replace(config_of(painline_app), login_throttle_prefix=prefix))
     painline_app.config["TESTING"] = True
     painline_app.register_blueprint(probe_blueprint())
     try:

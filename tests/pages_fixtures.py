@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -22,6 +22,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dashboard.config import config_of, configure
 from schema.db import session_scope
 from schema.models import (
     AuditEvent,
@@ -44,8 +45,8 @@ _ROW = re.compile(r'<tr data-call-id="(\d+)"')
 
 @pytest.fixture
 def pages_app(dash_app: Flask) -> Iterator[Flask]:
-    dash_app.config["PAINLINE_FLAG_CHANNEL"] = f"painline-test-flags:{secrets.token_hex(6)}"
-    dash_app.config["PAINLINE_SSE_HEARTBEAT_S"] = 0.5
+    configure(dash_app, replace(config_of(dash_app), flag_channel=f"painline-test-flags:{secrets.token_hex(6)}",
+                                sse_heartbeat_s=0.5))
     yield dash_app
 
 

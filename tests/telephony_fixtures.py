@@ -33,6 +33,7 @@ from twilio.request_validator import RequestValidator
 from werkzeug.serving import make_server
 
 from analysis.channel import mulaw_encode
+from painline.app import telephony_config
 from painline.config import Settings
 from schema.db import make_engine, session_factory
 from schema.migrate import upgrade
@@ -247,11 +248,10 @@ def down_queue() -> Iterator[Queue]:
 def make_app(settings: Settings, sessions: Any, queue: Queue | None) -> Flask:
     """The smallest app the telephony blueprint runs in, shaped like painline's own factory."""
     app = Flask("painline-telephony-test")
-    app.config["PAINLINE"] = settings
     app.extensions["painline.sessions"] = sessions
     app.extensions["painline.queue"] = queue
     sock = Sock(app)
-    init_app(app, sock)
+    init_app(app, sock, telephony_config(settings))
     return app
 
 

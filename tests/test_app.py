@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from painline import redis_conn
-from painline.app import close_app, create_app
+from painline.app import close_app, create_app, settings_of
 from painline.config import Settings
 from schema.models import Patient
 
@@ -24,7 +24,7 @@ def test_factory_puts_resources_where_the_blueprints_look(
     painline_app: Flask, app_settings: Settings
 ) -> None:
     app = painline_app
-    assert app.config["PAINLINE"] is app_settings
+    assert settings_of(app) is app_settings
     assert app.secret_key == "app-test-secret"
     assert isinstance(app.extensions["painline.sessions"], sessionmaker)
     assert app.extensions["painline.sessions"].kw["bind"] is app.extensions["painline.engine"]

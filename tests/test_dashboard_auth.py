@@ -7,6 +7,7 @@ import time
 from flask import Flask
 from sqlalchemy import select
 
+from dashboard.config import config_of
 from dashboard.security import LoginThrottle, hash_api_token, safe_next_url, verify_password
 from dashboard.users import revoke_api_tokens, set_active
 from schema.db import session_scope
@@ -78,13 +79,13 @@ def test_rate_limit_gives_429_after_five_failures_even_with_the_right_password(
     assert login(dash_app.test_client(), "nurse1").status_code == 302
     # keys hold no username in clear
     redis = dash_app.extensions["painline.redis"]
-    keys = [k.decode() for k in redis.scan_iter(match=dash_app.config["PAINLINE_LOGIN_THROTTLE_PREFIX"] + "*")]
+    keys = [k.decode() for k in redis.scan_iter(match=config_of(dash_app).login_throttle_prefix + "*")]
     assert keys and all("admin1" not in k for k in keys)
 
 
 def test_throttle_window_expires(dash_app: Flask) -> None:
     throttle = LoginThrottle(dash_app.extensions["painline.redis"], b"k",
-                             prefix=dash_app.config["PAINLINE_LOGIN_THROTTLE_PREFIX"], limit=2, window_s=1)
+                             prefix=config_of(dash_app).login_throttle_prefix, limit=2, window_s=1)
     throttle.failed("u", "1.2.3.4")
     throttle.failed("u", "1.2.3.4")
     assert throttle.blocked("u", "1.2.3.4") and not throttle.blocked("u", "5.6.7.8")
@@ -120,7 +121,7 @@ def test_idle_timeout_signs_out(dash_app: Flask, dash_users: DashUsers) -> None:
     login(client, "nurse1")
     assert client.get("/probe/nurse").status_code == 200
     with client.session_transaction() as session:
-        session["last_seen"] = int(time.time()) - dash_app.config["PAINLINE_IDLE_TIMEOUT_S"] - 5
+        session["last_seen"] = int(time.time()) - config_of(dash_app).idle_timeout_s - 5
     response = client.get("/probe/nurse")
     assert response.status_code == 302 and "/login" in response.headers["Location"]
     assert client.get("/api/v1/me").status_code == 401
@@ -131,7 +132,7 @@ def test_activity_keeps_the_session_alive(dash_app: Flask, dash_users: DashUsers
     client = dash_app.test_client()
     login(client, "nurse1")
     with client.session_transaction() as session:
-        session["last_seen"] = int(time.time()) - dash_app.config["PAINLINE_IDLE_TIMEOUT_S"] + 60
+        session["last_seen"] = int(time.time()) - config_of(dash_app).idle_timeout_s + 60
     assert client.get("/probe/nurse").status_code == 200
     with client.session_transaction() as session:
         assert int(time.time()) - session["last_seen"] < 5

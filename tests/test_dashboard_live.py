@@ -16,6 +16,8 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from dashboard import live, nurse
+from dashboard.config import FLAG_CHANNEL as DASHBOARD_FLAG_CHANNEL
+from dashboard.config import config_of
 from tests.app_fixtures import AppServer
 from tests.dashboard_fixtures import PASSWORD, DashUsers
 from worker.context import DEFAULT_SPEAKER_THRESHOLD
@@ -45,13 +47,13 @@ def _change(call_id: int = 42) -> FlagChange:
 
 
 def test_the_dashboard_spells_the_worker_constants_the_same() -> None:
-    assert live.FLAG_CHANNEL == FLAG_CHANNEL
+    assert DASHBOARD_FLAG_CHANNEL == FLAG_CHANNEL
     assert nurse.SPEAKER_THRESHOLD == DEFAULT_SPEAKER_THRESHOLD
 
 
 def test_events_relays_a_published_flag_and_unsubscribes_when_closed(pages_app: Flask, client_as: ClientAs) -> None:
     redis: Redis = pages_app.extensions["painline.redis"]
-    channel = pages_app.config["PAINLINE_FLAG_CHANNEL"]
+    channel = config_of(pages_app).flag_channel
     response = client_as("nurse").get("/events", buffered=False)
     assert response.status_code == 200
     assert response.mimetype == "text/event-stream" and response.headers["Cache-Control"] == "no-store"
@@ -104,7 +106,7 @@ def test_a_closed_browser_connection_ends_the_subscription_on_the_real_server(
     app_server: AppServer, pages_app: Flask, dash_users: DashUsers
 ) -> None:
     redis: Redis = pages_app.extensions["painline.redis"]
-    channel = pages_app.config["PAINLINE_FLAG_CHANNEL"]
+    channel = config_of(pages_app).flag_channel
     browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
     with browser.open(f"{app_server.url}/login", timeout=10) as page:
         token = re.search(r'name="csrf_token" value="([^"]+)"', page.read().decode()).group(1)  # type: ignore[union-attr]

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from typing import Any
 
 import pytest
 from flask import Flask
 from sqlalchemy import select
 
 from dashboard import queries
+from dashboard.config import FLAG_CHANNEL as DASHBOARD_FLAG_CHANNEL
 from dashboard.queries import Store, patient_label
 from dashboard.users import UserError, add_cli_parser, add_user, create_api_token, run_command
+from painline.app import dashboard_config
 from schema.db import session_scope
 from schema.models import AuditEvent, User
 from tests.dashboard_fixtures import Seed, login
@@ -81,7 +84,7 @@ def test_shared_constants_match_the_worker() -> None:
     from worker.flags import FLAG_CHANNEL
 
     assert queries.EVIDENCE_BASELINE_EMBEDDER == EVIDENCE_BASELINE_EMBEDDER
-    assert queries.FLAG_CHANNEL == FLAG_CHANNEL
+    assert DASHBOARD_FLAG_CHANNEL == FLAG_CHANNEL
     import worker.jobs as jobs
 
     for dotted in (queries.GROW_BASELINE_JOB, queries.REBUILD_BASELINE_JOB):
@@ -97,7 +100,7 @@ def test_patient_labels_never_show_hmac_keys() -> None:
 def test_flag_changes_are_published_for_live_queues(dash_app: Flask, dash_seed: Seed) -> None:
     redis = dash_app.extensions["painline.redis"]
     pubsub = redis.pubsub()
-    pubsub.subscribe(queries.FLAG_CHANNEL)
+    pubsub.subscribe(DASHBOARD_FLAG_CHANNEL)
     try:
         pubsub.get_message(timeout=1.0)  # the subscribe confirmation
         Store.for_app(dash_app).acknowledge_flag(dash_seed.flag_id, "nurse1")
@@ -120,6 +123,9 @@ def test_threshold_falls_back_to_the_model_card(tmp_path) -> None:  # type: igno
 
     model = tmp_path / "m.joblib"
     (tmp_path / "m.card.json").write_text(json.dumps({"threshold": {"value": 0.42}}))
-    assert queries.configured_threshold(Settings(model_path=model)) == pytest.approx(0.42)
-    assert queries.configured_threshold(Settings(model_path=model, flag_threshold=0.7)) == pytest.approx(0.7)
-    assert queries.configured_threshold(Settings(model_path=tmp_path / "none.joblib")) is None
+    def threshold(**settings: Any) -> float | None:
+        return queries.configured_threshold(dashboard_config(Settings(**settings)))
+
+    assert threshold(model_path=model) == pytest.approx(0.42)
+    assert threshold(model_path=model, flag_threshold=0.7) == pytest.approx(0.7)
+    assert threshold(model_path=tmp_path / "none.joblib") is None

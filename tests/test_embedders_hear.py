@@ -16,7 +16,9 @@ import pytest
 
 from analysis.channel import TELEPHONE_RATE
 from analysis.embedders import base
-from analysis.embedders.hear import HEAR_RATE, PATH_ENV, WINDOW_SAMPLES, HearEmbedder, window_starts
+from analysis.embedders.hear import HEAR_RATE, PATH_SETTING, WINDOW_SAMPLES, HearEmbedder, window_starts
+from painline.config import Settings
+from painline.workers import embedder_sources
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIM = 12
@@ -146,14 +148,15 @@ def test_telephone_rate_input_is_resampled_to_16k(embedder: HearEmbedder) -> Non
     assert not np.allclose(at_8k, embedder.embed([narrow], sr=HEAR_RATE))
 
 
-def test_path_falls_back_to_the_environment(monkeypatch: pytest.MonkeyPatch, model_dir: Path) -> None:
-    monkeypatch.setenv(PATH_ENV, str(model_dir))
-    assert HearEmbedder().dim == OUT_DIM
+def test_the_deployment_setting_reaches_the_embedder(model_dir: Path) -> None:
+    """PAINLINE_HEAR_PATH -> Settings -> the sources the composition root passes -> the embedder."""
+    settings = Settings.from_env({PATH_SETTING: str(model_dir)})
+    assert base.get_embedder("hear", embedder_sources(settings)).dim == OUT_DIM
 
 
-def test_no_path_at_all_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(PATH_ENV, raising=False)
-    with pytest.raises(base.EmbedderUnavailable, match=PATH_ENV):
+def test_no_path_at_all_is_unavailable(monkeypatch: pytest.MonkeyPatch, model_dir: Path) -> None:
+    monkeypatch.setenv(PATH_SETTING, str(model_dir))  # the environment is not read below painline/
+    with pytest.raises(base.EmbedderUnavailable, match=PATH_SETTING):
         HearEmbedder().embed(_clips([1.0]))
 
 

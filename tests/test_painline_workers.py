@@ -52,7 +52,8 @@ def test_background_worker_picks_up_a_job_within_a_second(queue: Queue) -> None:
         deadline = enqueued + 5.0
         while key not in STARTED and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert key in STARTED, f"job {job.id} not started within 5 s (redis {redis_py.__version__}, rq {rq.__version__})"
+        versions = f"redis {redis_py.__version__}, rq {rq.__version__}"
+        assert key in STARTED, f"job {job.id} not started within 5 s ({versions})"
         assert STARTED[key] - enqueued < 1.0
         # a second job right after the first: the worker is not torn down between jobs
         second = uuid.uuid4().hex

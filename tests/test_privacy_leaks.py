@@ -42,7 +42,7 @@ import urllib.request
 import uuid
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from rq.serializers import resolve_serializer
 from sqlalchemy import select
 
 from analysis.channel import TELEPHONE_RATE, mulaw_encode
+from dashboard.config import config_of, configure
 from dashboard.users import add_user, create_api_token
 from painline.config import Settings
 from painline.replay import chunks, replay_call
@@ -282,8 +283,8 @@ def privacy_context(app_settings: Settings, pain_model_path: Path, worker_redis:
 @pytest.fixture
 def privacy_app(painline_app: Flask, privacy_context: WorkerContext) -> Iterator[Flask]:
     prefix = f"painline-test-privacy-login:{secrets.token_hex(6)}:"
-    painline_app.config["PAINLINE_LOGIN_THROTTLE_PREFIX"] = prefix
-    painline_app.config["PAINLINE_FLAG_CHANNEL"] = privacy_context.flag_channel
+    configure(painline_app, replace(config_of(painline_app), login_throttle_prefix=prefix,
+                                    flag_channel=privacy_context.flag_channel))
     yield painline_app
     redis: Redis = painline_app.extensions["painline.redis"]
     keys = list(redis.scan_iter(match=f"{prefix}*"))

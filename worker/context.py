@@ -32,7 +32,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from analysis.channel import TELEPHONE_RATE
-from analysis.embedders.base import Embedder, EmbedderUnavailable, get_embedder
+from analysis.embedders.base import Embedder, EmbedderSources, EmbedderUnavailable, get_embedder
 from analysis.model import ModelMismatchError, PainModel
 from schema.db import make_engine, session_factory
 from worker.flags import FLAG_CHANNEL, WEBHOOK_TIMEOUT_S
@@ -88,6 +88,7 @@ class WorkerContext:
         embedder: str = "",
         speaker: bool = True,
         warm_up: bool = True,
+        sources: EmbedderSources | None = None,
         **settings: Any,
     ) -> WorkerContext:
         """Load everything for a worker process from plain values (the composition root passes them).
@@ -95,11 +96,12 @@ class WorkerContext:
         ``embedder`` is the configured embedder name (empty: whatever the model card says; a
         mismatch with the artifact raises :class:`analysis.model.ModelMismatchError`). ``speaker``
         False skips speaker verification; True tries the ``speaker`` embedder and carries on without
-        it, logged, if resemblyzer is not installed. ``settings`` are the remaining dataclass fields
+        it, logged, if resemblyzer is not installed. ``sources`` says where embedders with local
+        weights find them. ``settings`` are the remaining dataclass fields
         (``flag_threshold``, ``min_speech_s``, ``flag_webhook_url``, ...).
         """
         model = PainModel.load(model_path, expect_embedder=embedder or None)
-        model_embedder = get_embedder(model.embedder_name)
+        model_embedder = get_embedder(model.embedder_name, sources)
         if model_embedder.dim != model.dim:
             raise ModelMismatchError(
                 f"model {model.version} expects {model.dim}-d features but '{model.embedder_name}' "

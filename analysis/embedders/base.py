@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,14 +58,30 @@ class Embedder(ABC):
         return {"name": self.name, "dim": self.dim, "sample_rate": self.sample_rate}
 
 
+@dataclass(frozen=True)
+class EmbedderSources:
+    """Where embedders whose weights live on local disk find them. The deployment's settings become
+    this in the composition root; nothing in ``analysis`` reads the environment."""
+
+    hear_path: Path | None = None  # a HeAR SavedModel folder
+
+
 _REGISTRY: dict[str, Callable[..., Embedder]] = {}
+_NEEDS: dict[str, Callable[[EmbedderSources], dict[str, Any]]] = {}
 
 
-def register(name: str) -> Callable[[Callable[..., Embedder]], Callable[..., Embedder]]:
-    """Class decorator: make an embedder constructible by name from configuration."""
+def register(
+    name: str, *, needs: Callable[[EmbedderSources], dict[str, Any]] | None = None
+) -> Callable[[Callable[..., Embedder]], Callable[..., Embedder]]:
+    """Class decorator: make an embedder constructible by name from configuration.
+
+    ``needs`` picks the constructor arguments it takes from :class:`EmbedderSources`.
+    """
 
     def wrap(factory: Callable[..., Embedder]) -> Callable[..., Embedder]:
         _REGISTRY[name] = factory
+        if needs is not None:
+            _NEEDS[name] = needs
         return factory
 
     return wrap
@@ -74,20 +92,24 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_embedder(name: str, **options: Any) -> Embedder:
+def get_embedder(name: str, sources: EmbedderSources | None = None, **options: Any) -> Embedder:
     """Build the embedder registered as ``name``: egemaps, compare, speaker, clap or hear.
 
-    ``a+b`` concatenates embedders (e.g. ``egemaps+speaker``); options go to every part.
+    ``a+b`` concatenates embedders (e.g. ``egemaps+speaker``); options go to every part, and each
+    part takes what it needs from ``sources``.
     """
     _import_builtin()
     if "+" in name:
         from analysis.embedders.fusion import ConcatEmbedder
 
-        return ConcatEmbedder([get_embedder(part, **options) for part in name.split("+")])
+        return ConcatEmbedder([get_embedder(part, sources, **options) for part in name.split("+")])
     try:
         factory = _REGISTRY[name]
     except KeyError:
         raise EmbedderUnavailable(f"unknown embedder {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+    needs = _NEEDS.get(name)
+    if needs is not None:
+        options = {**needs(sources or EmbedderSources()), **options}
     return factory(**options)
 
 

@@ -2,7 +2,8 @@
 
 HeAR was trained on health sounds (coughs, breathing, speech), which is closer to pain vocalisation
 than speech or general-audio models. Its weights are gated, so there is no download here: the site
-downloads the SavedModel once and points ``path=`` (or ``PAINLINE_HEAR_PATH``) at the folder.
+downloads the SavedModel once and points ``path=`` at the folder (a deployment sets
+``PAINLINE_HEAR_PATH``, which the composition root passes down as ``EmbedderSources.hear_path``).
 
 The model consumes exactly 2 s at 16 kHz (``x: float32[batch, 32000]`` -> ``output_0``). Clips are
 cut into 2 s windows with a 1 s hop by default (50 % overlap, so a groan that straddles a window
@@ -13,18 +14,18 @@ and each clip's windows are mean-pooled into one vector.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from analysis.embedders.base import Embedder, EmbedderUnavailable, register
+from analysis.embedders.base import Embedder, EmbedderSources, EmbedderUnavailable, register
 
 HEAR_RATE = 16000
 WINDOW_SAMPLES = 2 * HEAR_RATE
-PATH_ENV = "PAINLINE_HEAR_PATH"
+PATH_SETTING = "PAINLINE_HEAR_PATH"
+"""The deployment setting that becomes ``path`` (named in errors; this module never reads it)."""
 _SIGNATURE = "serving_default"
 _INPUT = "x"
 _OUTPUT = "output_0"
@@ -50,7 +51,11 @@ def _frame(clip: np.ndarray, window: int, hop: int) -> np.ndarray:
     return out
 
 
-@register("hear")
+def _needs(sources: EmbedderSources) -> dict[str, Any]:
+    return {"path": sources.hear_path}
+
+
+@register("hear", needs=_needs)
 class HearEmbedder(Embedder):
     """Mean-pooled HeAR embedding per clip; dim is whatever the SavedModel outputs (512 for HeAR).
 
@@ -66,8 +71,7 @@ class HearEmbedder(Embedder):
             raise ValueError("hop_s must be in (0, 2] seconds")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        raw = path if path is not None else os.environ.get(PATH_ENV, "")
-        self.path = Path(raw).expanduser() if str(raw) else None
+        self.path = Path(path).expanduser() if path is not None and str(path) else None
         self.hop = round(hop_s * HEAR_RATE)
         self.batch_size = int(batch_size)
         self._loaded: Any = None  # the SavedModel object owns the variables the signature reads
@@ -80,7 +84,7 @@ class HearEmbedder(Embedder):
             return self._serve
         if self.path is None:
             raise EmbedderUnavailable(
-                f"the 'hear' embedder needs the HeAR SavedModel folder: pass path= or set {PATH_ENV}"
+                f"the 'hear' embedder needs the HeAR SavedModel folder: pass path= or set {PATH_SETTING}"
             )
         if not (self.path / "saved_model.pb").is_file():
             raise EmbedderUnavailable(f"no HeAR SavedModel at {self.path} (expected {self.path}/saved_model.pb)")

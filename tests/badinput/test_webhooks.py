@@ -24,6 +24,7 @@ from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 from werkzeug.datastructures import MultiDict
 
+from painline.app import configure, settings_of
 from schema.models import Call, Patient
 from telephony.blueprint import BLUEPRINT_NAME
 from telephony.webhooks import MAX_WEBHOOK_BYTES
@@ -114,7 +115,7 @@ def assert_clean(response, route: str) -> None:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def twilio_app(painline_app: Flask) -> Flask:
     """The real app, believing it is served at PUBLIC_URL (signatures are checked against that)."""
-    painline_app.config["PAINLINE"] = painline_app.config["PAINLINE"].with_(public_url=PUBLIC_URL)
+    configure(painline_app, settings_of(painline_app).with_(public_url=PUBLIC_URL))
     return painline_app
 
 

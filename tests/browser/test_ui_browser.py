@@ -35,6 +35,7 @@ from sqlalchemy import func, select
 
 from analysis.baseline import RunningStats
 from analysis.evidence import MEASURE_KEYS
+from dashboard.config import config_of
 from painline.replay import ReplayResult
 from schema.db import session_scope
 from schema.identity import patient_ref_key
@@ -284,7 +285,7 @@ def _publish_new_flag(app: Flask, deployment: Deployment) -> int:
         flag = _add_flag(s, call, "high", 0.93, 0)
         change = FlagChange(event="flag.raised", flag_id=flag.id, call_id=call.id, level="high", severity=0.93,
                             probability=0.93, status="open")
-    app.extensions["painline.redis"].publish(app.config["PAINLINE_FLAG_CHANNEL"], encode(flag_message(change)))
+    app.extensions["painline.redis"].publish(config_of(app).flag_channel, encode(flag_message(change)))
     return call.id
 
 
@@ -309,7 +310,7 @@ def test_nurse_sees_a_replayed_call_flag_live_resolves_it_as_no_pain_and_the_bas
                     "no corpus call can raise a flag for the nurse")
     call_file = write_call_wav(pick.clips, tmp_path / "distressed.wav")
     # the worker announces on this app's flag channel, the one the queue page's /events listens to
-    shipped_context.flag_channel = pages_app.config["PAINLINE_FLAG_CHANNEL"]
+    shipped_context.flag_channel = config_of(pages_app).flag_channel
     ref = f"HL-{secrets.randbelow(90000) + 10000}"
 
     page = new_page()

@@ -24,7 +24,7 @@ from sqlalchemy.pool import NullPool
 from twilio.request_validator import RequestValidator
 
 from bench.soak.services import PainlineProcess, painline_environment, start_worker, wait_worker_ready
-from painline.app import close_app, create_app
+from painline.app import close_app, configure, create_app
 from painline.config import Settings
 from painline.devserver import make_dev_server
 from painline.replay import (
@@ -135,7 +135,7 @@ def serve_app(database_url: str, redis_url: str, var_dir: Path) -> Iterator[Runn
     server = make_dev_server("127.0.0.1", 0, app)
     url = f"http://127.0.0.1:{server.server_port}"
     settings = settings.with_(public_url=url)
-    app.config["PAINLINE"] = settings
+    configure(app, settings)
     thread = threading.Thread(target=server.serve_forever, name="fault-test-server", daemon=True)
     thread.start()
     try:
