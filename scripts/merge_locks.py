@@ -39,7 +39,7 @@ def merge(paths: list[Path]) -> str:
     return "".join(chosen.values())
 
 
-# resemblyzer's metadata asks for these; the locks leave them out on purpose (requirements/overrides.txt)
+# resemblyzer's metadata asks for these; the locks leave them out on purpose (requirements/overrides.in)
 _KNOWN = re.compile(r"^resemblyzer 0\.1\.4 requires (webrtcvad|typing), which is not installed\.$")
 
 
