@@ -35,6 +35,7 @@ from rq import Queue
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from analysis.segmentation import VadConfig
 from dashboard import init_app as init_dashboard
 from dashboard.config import DashboardConfig
 from dashboard.config import config_of as dashboard_config_of
@@ -50,7 +51,6 @@ from telephony.config import configure as configure_telephony
 from telephony.outbox import JobOptions
 from telephony.session import StreamConfig
 from telephony.twiml import NextStep
-from telephony.vad import VadConfig
 
 log = logging.getLogger(__name__)
 

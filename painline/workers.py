@@ -38,6 +38,7 @@ from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
 
 from analysis.embedders.base import EmbedderSources
+from analysis.segmentation import VadConfig
 from painline import redis_conn
 from painline.config import Settings
 
@@ -147,6 +148,7 @@ def build_context(settings: Settings, connection: Redis | None, *, speaker: bool
         flag_webhook_url=settings.flag_webhook_url,
         flag_webhook_secret=settings.flag_webhook_secret,
         sources=embedder_sources(settings),
+        vad=VadConfig(aggressiveness=settings.vad_aggressiveness),
     )
 
 

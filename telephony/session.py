@@ -27,6 +27,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from analysis.segmentation import SegmentedUtterance, UtteranceSegmenter, VadConfig
 from schema.db import session_scope
 from schema.models import Call, CallStatus, Utterance, UtteranceAudio, UtteranceStatus
 from telephony import tokens
@@ -47,7 +48,6 @@ from telephony.messages import (
 from telephony.outbox import JobOptions, enqueue_finalise_call, enqueue_score_utterance
 from telephony.stream_stats import StreamStats, log_stream_end
 from telephony.twiml import TOKEN_PARAMETER
-from telephony.vad import SegmentedUtterance, UtteranceSegmenter, VadConfig
 
 log = logging.getLogger(__name__)
 

@@ -47,13 +47,13 @@ from analysis.dataset import Clip, load_manifest
 from analysis.embedders.base import Embedder, get_embedder
 from analysis.features import ChannelConfig, FeatureCache, extract, prepare
 from analysis.model import PainModel
+from analysis.segmentation import VadConfig, cut_clip
 from painline.config import Settings
 from painline.replay import ReplayResult, load_call_audio, replay_call
 from painline.workers import PainlineSimpleWorker, build_context, install_context
 from schema.db import session_scope
 from schema.identity import patient_ref_key
 from schema.models import Call, Patient, Utterance, UtteranceAudio
-from telephony.vad import UtteranceSegmenter, VadConfig
 from tests.app_fixtures import AUTH_TOKEN, AppServer, app_redis_url
 from worker import context as worker_context
 from worker.context import WorkerContext
@@ -223,15 +223,7 @@ def call_audio_of(clip: Clip) -> np.ndarray:
 def vad_utterances(samples_8k: np.ndarray, vad: VadConfig | None = None,
                    gap_s: float = CALL_GAP_S) -> list[tuple[np.ndarray, float]]:
     """The utterances the socket's VAD cuts from ``samples_8k`` framed by silence: ``(audio, speech_s)``."""
-    gap = np.zeros(int(gap_s * TELEPHONE_RATE), dtype=np.float32)
-    mulaw = mulaw_encode(np.concatenate([gap, np.asarray(samples_8k, dtype=np.float32), gap]))
-    segmenter = UtteranceSegmenter(vad or VadConfig())
-    frame = TELEPHONE_RATE * segmenter.config.frame_ms // 1000
-    out = []
-    for i in range(0, len(mulaw) - frame + 1, frame):
-        out += segmenter.push(i * 1000 // TELEPHONE_RATE, mulaw[i : i + frame])
-    out += segmenter.flush()
-    return [(mulaw_decode(u.mulaw), u.speech_s) for u in out]
+    return [(u.samples, u.speech_s) for u in cut_clip(samples_8k, vad, margin_s=gap_s)]
 
 
 def aggregate(probs: Sequence[float]) -> float:
@@ -409,5 +401,5 @@ def enrol_patient(ctx: WorkerContext, clips: Sequence[Clip]) -> tuple[str, int, 
         patient_id = int(patient.id)
     audio = [mulaw_decode(mulaw_encode(call_audio_of(c))) for c in clips]
     result = enroll(patient_id, audio, "test:e2e", ctx=ctx, check_speaker=False)
-    assert result.accepted == len(clips) and result.baseline_n == len(clips)
+    assert result.accepted == len(clips) and result.no_speech == [] and result.baseline_n == result.utterances
     return ref, patient_id, result.baseline_n

@@ -32,6 +32,7 @@ from analysis.channel import mulaw_decode
 from analysis.dataset import Clip
 from analysis.features import FeatureCache, extract
 from analysis.model import MIN_POPULATION_N
+from analysis.segmentation import VadConfig
 from painline.call_report import VERDICT_TEXT, CallReport, read_report
 from schema.db import session_scope
 from schema.models import (
@@ -44,7 +45,6 @@ from schema.models import (
     UtteranceAudio,
     Verdict,
 )
-from telephony.vad import VadConfig
 from tests.app_fixtures import AppServer
 from tests.e2e_fixtures import (
     DISTRESSED,

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
 from analysis.channel import TELEPHONE_RATE, mulaw_decode, mulaw_encode
+from analysis.segmentation import CALL_GAP_S, VadConfig, cut_clip
 from painline.call_report import format_report, read_report
 from painline.config import Settings
 from painline.replay import (
@@ -327,3 +328,23 @@ def test_whole_calls_are_scored_and_finalised_by_a_real_worker(
         assert len(session.scalars(select(Score)).all()) == n_utterances
     text = format_report(pain_report)
     assert "PAIN LIKELY" in text and f"call {pain_report.call_id}" in text
+
+
+def test_enrolment_cuts_a_clip_exactly_as_a_replayed_call_does(app_server: AppServer) -> None:
+    """One segmentation everywhere: the utterances ``cut_clip`` gives enrolment are, byte for byte, the
+    ones the socket stores when the same clip is spoken between pauses on a call."""
+    clip = np.concatenate([calm(120.0, seed=31), np.zeros(TELEPHONE_RATE // 2), pain(150.0, seed=32)])
+    gap = np.zeros(round(CALL_GAP_S * TELEPHONE_RATE), dtype=np.float32)
+    result = replay_call(mulaw_encode(np.concatenate([gap, clip, gap])), base_url=app_server.url,
+                         public_url=app_server.url, auth_token=AUTH_TOKEN, speed=0)
+    sessions = app_server.app.extensions["painline.sessions"]
+    with sessions() as session:
+        call = session.scalars(select(Call).where(Call.call_sid == result.call_sid)).one()
+        stored = session.execute(
+            select(Utterance.start_ms, Utterance.end_ms, UtteranceAudio.mulaw)
+            .join(UtteranceAudio, UtteranceAudio.utterance_id == Utterance.id)
+            .where(Utterance.call_id == call.id).order_by(Utterance.seq)
+        ).all()
+    cut = cut_clip(clip, VadConfig(aggressiveness=app_server.settings.vad_aggressiveness))
+    assert len(cut) >= 2
+    assert [(u.start_ms, u.end_ms, u.mulaw) for u in cut] == [(s, e, bytes(m)) for s, e, m in stored]

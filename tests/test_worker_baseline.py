@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from analysis.baseline import RunningStats
+from analysis.segmentation import cut_clip
 from schema.models import (
     AuditEvent,
     Baseline,
@@ -68,17 +69,20 @@ def test_enrolment_builds_baseline_and_audits(worker_ctx: WorkerContext) -> None
     patient_id = _patient(worker_ctx)
     clips = [calm(110.0, seed=k) for k in range(3)]
     result = jobs.enroll(patient_id, clips, "nurse1")
-    assert result.accepted == 3 and result.baseline_n == 3 and result.evidence_n == 3
+    # each clip is cut into utterances as a call would cut it, and each utterance is one contribution
+    utterances = [u.samples for clip in clips for u in cut_clip(clip, worker_ctx.vad)]
+    assert result.accepted == 3 and result.no_speech == [] and result.utterances == len(utterances) >= 3
+    assert result.baseline_n == len(utterances) and result.evidence_n == len(utterances)
     assert result.voiceprint_n == 0  # no speaker embedder in this context
     baseline = _model_baseline(worker_ctx, patient_id)
-    assert baseline is not None and baseline.count == 3
-    expected = RunningStats.from_array(worker_ctx.embedder.embed(clips).astype(np.float64))
+    assert baseline is not None and baseline.count == len(utterances)
+    expected = RunningStats.from_array(worker_ctx.embedder.embed(utterances).astype(np.float64))
     np.testing.assert_allclose(baseline.stats["mean"], expected.mean, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(baseline.stats["m2"], expected.m2, rtol=1e-4, atol=1e-4)
     with worker_ctx.sessions() as s:
         event = s.scalars(select(AuditEvent).where(AuditEvent.action == "baseline.enrol")).one()
     assert event.actor == "nurse1" and event.object_id == str(patient_id)
-    assert event.detail["accepted"] == 3
+    assert event.detail["accepted"] == 3 and event.detail["utterances"] == len(utterances)
     with pytest.raises(LookupError):
         jobs.enroll(987654, clips, "nurse1")
     with pytest.raises(ValueError):

@@ -49,6 +49,7 @@ from analysis.embedders.base import EmbedderUnavailable
 from analysis.embedders.speaker import cosine_similarity
 from analysis.evidence import EVIDENCE_VERSION, MEASURE_KEYS, measure_vector
 from analysis.model import PainModel
+from analysis.segmentation import cut_clip
 from schema.audit import record
 from schema.db import session_scope
 from schema.models import (
@@ -184,10 +185,12 @@ class EnrolmentResult:
 
     baseline_id: int
     baseline_n: int
-    accepted: int
+    accepted: int  # clips accepted
     rejected_speaker: list[int] = field(default_factory=list)  # indices of clips refused
     voiceprint_n: int = 0
     evidence_n: int = 0
+    no_speech: list[int] = field(default_factory=list)  # indices of clips in which the VAD found no utterance
+    utterances: int = 0  # baseline contributions added: the utterances cut from the accepted clips
 
 
 def enroll(
@@ -200,6 +203,12 @@ def enroll(
 ) -> EnrolmentResult:
     """Enrol normal-voice clips (8 kHz float32) for a patient: baseline, evidence baseline, voiceprint.
 
+    Each clip is first cut into utterances exactly as a call is cut (:func:`analysis.segmentation.cut_clip`
+    with the deployment's VAD settings, through the mu-law codec): the baseline must describe the
+    same measurement a call's utterances are compared with, and a whole file measured at once is a
+    different measurement (its silences and onsets move level and pitch statistics). Each utterance
+    is one baseline contribution; a clip with no utterance is reported in ``no_speech``.
+
     With ``check_speaker`` and an existing voiceprint, clips whose speaker similarity falls below
     the threshold are refused (reported by index) rather than folded in: a second enrolment session
     must be the same person as the first. Writes one audit event with counts only.
@@ -208,7 +217,13 @@ def enroll(
         raise ValueError("enrolment needs at least one clip")
     model = ctx.model
     raw = [np.asarray(c, dtype=np.float32) for c in clips_8k]
-    featurized = featurize(ctx, raw)
+    cut = [cut_clip(clip, ctx.vad) for clip in raw]
+    no_speech = [i for i, pieces in enumerate(cut) if not pieces]
+    owner = [i for i, pieces in enumerate(cut) for _ in pieces]  # utterance -> the clip it came from
+    utterances = [piece.samples for pieces in cut for piece in pieces]
+    if not utterances:
+        raise ValueError("no speech found in the enrolment audio")
+    featurized = featurize(ctx, utterances)
     X = featurized.features
     measure_rows = [measure_vector(m) for m in featurized.measures]
     D: np.ndarray | None = None
@@ -224,24 +239,25 @@ def enroll(
         voiceprint = session.scalars(
             select(Voiceprint).where(Voiceprint.patient_id == patient_id).with_for_update()
         ).one_or_none()
-        accepted = list(range(len(raw)))
+        accepted = [i for i in range(len(raw)) if i not in no_speech]
         rejected: list[int] = []
         if check_speaker and D is not None and voiceprint is not None and voiceprint.count > 0:
             ref = from_bytes(voiceprint.vector)
             sims = [cosine_similarity(d, ref) for d in D]
-            accepted = [i for i, s in enumerate(sims) if s >= ctx.speaker_threshold]
-            rejected = [i for i, s in enumerate(sims) if s < ctx.speaker_threshold]
+            rejected = [i for i in accepted if sims[i] < ctx.speaker_threshold]
+            accepted = [i for i in accepted if sims[i] >= ctx.speaker_threshold]
 
         baseline = model_baseline(session, patient_id, model)
         ev_baseline = evidence_baseline(session, patient_id)
         start = utcnow()
-        for i in accepted:
-            # twins share a timestamp (distinct per clip), which is how exclusions are mirrored
-            at = start + timedelta(microseconds=i)
-            _add_contribution(session, baseline, X[i], ContributionSource.ENROLMENT, created_at=at)
-            if measure_rows[i] is not None:
+        kept = [u for u, clip in enumerate(owner) if clip in accepted]
+        for u in kept:
+            # twins share a timestamp (distinct per utterance), which is how exclusions are mirrored
+            at = start + timedelta(microseconds=u)
+            _add_contribution(session, baseline, X[u], ContributionSource.ENROLMENT, created_at=at)
+            if measure_rows[u] is not None:
                 _add_contribution(
-                    session, ev_baseline, measure_rows[i], ContributionSource.ENROLMENT, created_at=at
+                    session, ev_baseline, measure_rows[u], ContributionSource.ENROLMENT, created_at=at
                 )
         stats = rederive(session, baseline)
         ev_stats = rederive(session, ev_baseline)
@@ -261,6 +277,8 @@ def enroll(
             clips=len(raw),
             accepted=len(accepted),
             rejected_speaker=len(rejected),
+            no_speech=len(no_speech),
+            utterances=len(kept),
             baseline_id=baseline.id,
             baseline_n=stats.n,
             model_version=model.version,
@@ -273,6 +291,8 @@ def enroll(
             rejected_speaker=rejected,
             voiceprint_n=voiceprint_n,
             evidence_n=ev_stats.n,
+            no_speech=no_speech,
+            utterances=len(kept),
         )
 
 

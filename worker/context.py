@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from analysis.channel import TELEPHONE_RATE
 from analysis.embedders.base import Embedder, EmbedderSources, EmbedderUnavailable, get_embedder
 from analysis.model import ModelMismatchError, PainModel
+from analysis.segmentation import VadConfig
 from schema.db import make_engine, session_factory
 from worker.flags import FLAG_CHANNEL, WEBHOOK_TIMEOUT_S
 
@@ -71,6 +72,7 @@ class WorkerContext:
     speaker_threshold: float = DEFAULT_SPEAKER_THRESHOLD
     finalise_grace_s: float = DEFAULT_FINALISE_GRACE_S
     webhook_timeout_s: float = WEBHOOK_TIMEOUT_S
+    vad: VadConfig = field(default_factory=VadConfig)  # the deployment's call segmentation, for enrolment
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -380,8 +380,12 @@ def enroll_uploaded(patient_id: int, token: str, actor: int | str) -> str:
     if not payloads:
         return "expired"
     clips = [mulaw_decode(bytes(p)) for p in payloads]
-    result = enroll(patient_id, clips, _actor_name(ctx, actor), ctx=ctx)
-    return f"enrolled {result.accepted} clip(s), {len(result.rejected_speaker)} refused by the speaker check"
+    try:
+        result = enroll(patient_id, clips, _actor_name(ctx, actor), ctx=ctx)
+    except ValueError:  # no speech in any clip: nothing to retry
+        return "no speech found in the uploaded audio"
+    return (f"enrolled {result.accepted} clip(s) as {result.utterances} utterance(s), "
+            f"{len(result.rejected_speaker)} refused by the speaker check, {len(result.no_speech)} without speech")
 
 
 def _actor_name(ctx: WorkerContext, actor: int | str) -> str:

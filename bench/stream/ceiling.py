@@ -3,7 +3,7 @@
 The server cannot do better than the work every media frame needs: parse the JSON message and
 validate it, base64-decode the payload (both in :func:`telephony.messages.parse_message`), place it in
 the jitter buffer and run the VAD segmenter on what comes out (:mod:`telephony.jitter`,
-:mod:`telephony.vad`) -- the same functions the socket handler calls, in a tight loop over real call
+:mod:`analysis.segmentation`) -- the same functions the socket handler calls, in a tight loop over real call
 audio with no socket, thread, database or queue. ``calls_per_core = 1 / (50 frames/s x cost)``;
 the benchmark's efficiency is the calls the server sustained divided by the calls this allows on
 the cores the machine has.
@@ -18,10 +18,10 @@ import os
 import time
 from typing import Any
 
+from analysis.segmentation import UtteranceSegmenter, VadConfig
 from bench.stream.calls import encode_call
 from telephony.jitter import JitterBuffer
 from telephony.messages import parse_message
-from telephony.vad import UtteranceSegmenter, VadConfig
 
 FRAMES_PER_S = 50
 

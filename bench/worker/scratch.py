@@ -101,8 +101,8 @@ def speech_utterances(ravdess_dir: Path, n: int) -> list[tuple[np.ndarray, bytes
     Clips are taken round-robin over actors so no one voice dominates.
     """
     from analysis.channel import mulaw_decode
+    from analysis.segmentation import UtteranceSegmenter
     from painline.replay import load_call_audio
-    from telephony.vad import UtteranceSegmenter
 
     actors = sorted(p for p in (ravdess_dir / "audio").iterdir() if p.is_dir())
     if not actors:

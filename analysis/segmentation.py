@@ -8,6 +8,11 @@ drops utterances with too little speech, and splits long monologues at a maximum
 
 Times are stream time taken from the frames' own timestamps, so they stay right even when the
 jitter buffer filled holes.
+
+It lives in ``analysis`` rather than ``telephony`` because a call is not the only place audio is cut:
+enrolment clips (:func:`cut_clip`) and the bench's live-path protocol must be measured in exactly
+the pieces a call would produce, or the caller's baseline describes a different measurement from the
+one it is compared with.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
 import webrtcvad
 
-from analysis.channel import mulaw_to_pcm16_bytes
+from analysis.channel import TELEPHONE_RATE, mulaw_decode, mulaw_encode, mulaw_to_pcm16_bytes
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,11 @@ class SegmentedUtterance:
     @property
     def duration_s(self) -> float:
         return (self.end_ms - self.start_ms) / 1000.0
+
+    @property
+    def samples(self) -> np.ndarray:
+        """The utterance as the worker decodes it: float32 at 8 kHz."""
+        return mulaw_decode(self.mulaw)
 
 
 @dataclass
@@ -157,3 +168,29 @@ class UtteranceSegmenter:
 
 def _frames(ms: int, frame_ms: int) -> int:
     return (ms + frame_ms - 1) // frame_ms
+
+
+CALL_GAP_S = 0.7
+"""Silence around a clip in :func:`cut_clip`: the pause between two clips of a bench call."""
+
+
+def cut_clip(samples_8k: np.ndarray, config: VadConfig | None = None, *,
+             margin_s: float = CALL_GAP_S) -> list[SegmentedUtterance]:
+    """The utterances a call would cut from ``samples_8k`` (8 kHz float audio) spoken between pauses.
+
+    The clip, framed by ``margin_s`` of silence either side as it would be in a call, goes through
+    the mu-law codec in 20 ms frames exactly as Twilio delivers them; a trailing partial frame is
+    padded with silence. Times are relative to the start of the margin. An empty list means the
+    clip holds too little speech for any utterance.
+    """
+    config = config or VadConfig()
+    margin = np.zeros(round(margin_s * TELEPHONE_RATE), dtype=np.float32)
+    mulaw = mulaw_encode(np.concatenate([margin, np.asarray(samples_8k, dtype=np.float32), margin]))
+    frame_bytes = TELEPHONE_RATE * config.frame_ms // 1000
+    if len(mulaw) % frame_bytes:
+        mulaw += mulaw_encode(np.zeros(frame_bytes - len(mulaw) % frame_bytes, dtype=np.float32))
+    segmenter = UtteranceSegmenter(config)
+    pieces: list[SegmentedUtterance] = []
+    for i in range(0, len(mulaw), frame_bytes):
+        pieces += segmenter.push(i // frame_bytes * config.frame_ms, mulaw[i : i + frame_bytes])
+    return pieces + segmenter.flush()

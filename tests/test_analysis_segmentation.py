@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
+from analysis.segmentation import SegmentedUtterance, UtteranceSegmenter, VadConfig
 from telephony.jitter import JitterBuffer
-from telephony.vad import SegmentedUtterance, UtteranceSegmenter, VadConfig
 from tests.telephony_fixtures import synthetic_call
 
 FRAME = 160
