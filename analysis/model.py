@@ -25,8 +25,14 @@ from analysis.aggregate import logit, sigmoid
 from analysis.baseline import RunningStats, TwoLevelNormaliser
 
 FORMAT_VERSION = 1
-# fewer utterances than this in the live population: fall back to the training population
-MIN_POPULATION_N = 50
+POPULATION_PRIOR_N = 100
+"""How many utterances the training population counts for against the deployment's own.
+
+The live population statistics are merged with the training population's, the latter weighted as
+if it were this many utterances: a new hotline starts on the training scale and moves onto its own
+callers' scale smoothly as they are heard (half way at this many utterances), instead of jumping
+from one to the other at a fixed count. Seeding (``painline population seed``) gives a hotline its
+own scale before go-live."""
 
 
 class ModelMismatchError(ValueError):
@@ -96,10 +102,8 @@ class PainModel:
         return X
 
     def _population(self, population: RunningStats | None) -> RunningStats:
-        if population is not None and population.n >= MIN_POPULATION_N:
-            return population
         assert self.normaliser.population is not None
-        return self.normaliser.population
+        return shrunk_population(population, self.normaliser.population, POPULATION_PRIOR_N)
 
     def population_logit(self, X: np.ndarray, population: RunningStats | None = None) -> np.ndarray:
         z = self.normaliser.standardise(self._check(X), self._population(population))[:, self.feature_mask]
@@ -155,6 +159,23 @@ class PainModel:
         if expect_dim is not None and expect_dim != model.dim:
             raise ModelMismatchError(f"{path} expects {model.dim}-d features but the embedder produces {expect_dim}-d")
         return model
+
+
+def shrunk_population(live: RunningStats | None, prior: RunningStats, prior_n: float) -> RunningStats:
+    """The live population's mean and spread, each pulled toward ``prior``'s as if ``prior_n`` of the
+    prior's utterances had been seen too (see :data:`POPULATION_PRIOR_N`).
+
+    With no live data this is the prior; with ``prior_n`` live utterances, half way; with many, the
+    live population. Mean and variance are interpolated separately: pooling the two populations as
+    one sample would add their mean difference to the spread and shrink every score toward zero.
+    """
+    if live is None or live.n == 0:
+        return prior
+    k = float(prior_n)
+    mean = (k * prior.mean + live.n * live.mean) / (k + live.n)
+    var = (k * prior.var + max(live.n - 1, 0) * live.var) / (k + max(live.n - 1, 0))
+    n = live.n + round(k)
+    return RunningStats(n, mean, var * (n - 1))
 
 
 def card_path(model_path: str | Path) -> Path:

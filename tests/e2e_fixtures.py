@@ -148,9 +148,26 @@ class OfflineScorer:
         baseline = RunningStats.from_array(enrolled) if enrolled is not None and len(enrolled) else None
         return np.asarray(self.model.predict_proba(X, population=None, baseline=baseline), dtype=np.float64)
 
+    def proba_in_live_order(self, X: np.ndarray, population: RunningStats,
+                            enrolled: np.ndarray | None = None) -> np.ndarray:
+        """Score rows one by one as the worker does: each against the live population as it stood,
+        then folded into it (``population`` is updated in place, to carry on to the next call)."""
+        baseline = RunningStats.from_array(enrolled) if enrolled is not None and len(enrolled) else None
+        out = np.zeros(len(X))
+        for i, x in enumerate(np.asarray(X, dtype=np.float64)):
+            out[i] = self.model.predict_proba(x[None, :], population=population, baseline=baseline)[0]
+            population.update(x)
+        return out
+
+    def enrolment_features(self, clips: Sequence[Clip], work_dir: Path, vad: VadConfig | None = None) -> np.ndarray:
+        """What enrolment adds to a baseline for these clips: their VAD utterances' features."""
+        return self.streamed(clips, work_dir, vad).X
+
     def proba_of_audio(self, samples_8k: Sequence[np.ndarray], work_dir: Path,
-                       enrolled: np.ndarray | None = None) -> np.ndarray:
-        """Score 8 kHz audio through training's own preparation (a file, ``prepare``, the embedder)."""
+                       enrolled: np.ndarray | None = None, population: RunningStats | None = None) -> np.ndarray:
+        """Score 8 kHz audio through training's own preparation (a file, ``prepare``, the embedder);
+        with ``population``, in the worker's order against the live population (see
+        :meth:`proba_in_live_order`)."""
         work_dir.mkdir(parents=True, exist_ok=True)
         clips = []
         for i, x in enumerate(samples_8k):
@@ -158,6 +175,8 @@ class OfflineScorer:
             sf.write(str(path), np.asarray(x, dtype=np.float32), TELEPHONE_RATE, subtype="FLOAT")
             clips.append(Clip(path=path, label="?", speaker_id="?"))
         X = extract(clips, self.embedder, self.channel, cache=None, progress=False).astype(np.float64)
+        if population is not None:
+            return self.proba_in_live_order(X, population, enrolled)
         return self.proba(X, enrolled)
 
     def streamed(self, clips: Sequence[Clip], work_dir: Path, vad: VadConfig | None = None) -> Streamed:

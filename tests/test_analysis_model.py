@@ -11,7 +11,7 @@ import pytest
 from analysis.aggregate import sigmoid
 from analysis.baseline import RunningStats
 from analysis.metrics import roc_auc
-from analysis.model import MIN_POPULATION_N, ModelMismatchError, PainModel, card_path
+from analysis.model import POPULATION_PRIOR_N, ModelMismatchError, PainModel, card_path, shrunk_population
 from tests.analysis_synthetic import Synthetic, fit_synthetic, make_corpus
 
 TRAIN_SPEAKERS = [f"spk{i:02d}" for i in range(12)]
@@ -155,24 +155,30 @@ def test_baseline_improves_auc_on_held_out_speakers(model: PainModel, held_out: 
     assert auc_base > 0.75, auc_base
 
 
-def test_small_live_population_falls_back_to_training(model: PainModel, held_out: Synthetic) -> None:
+def test_the_live_population_takes_over_smoothly(model: PainModel, held_out: Synthetic) -> None:
+    """No cliff: with no live data the training scale is used, each live utterance moves the scale a
+    little, and a large live population is used almost as it is."""
     X = held_out.X[:20]
     rng = np.random.default_rng(0)
-    shifted = rng.normal(100.0, 5.0, size=(MIN_POPULATION_N, 10))
-    too_small = RunningStats.from_array(shifted[: MIN_POPULATION_N - 1])
-    enough = RunningStats.from_array(shifted)
+    shifted = rng.normal(100.0, 5.0, size=(20 * POPULATION_PRIOR_N, 10))
     default = model.predict_proba(X)
-    np.testing.assert_array_equal(model.predict_proba(X, population=too_small), default)
-    assert not np.allclose(model.predict_proba(X, population=enough), default)
+    np.testing.assert_array_equal(model.predict_proba(X, population=RunningStats.empty(10)), default)
+    steps = [model.predict_proba(X, population=RunningStats.from_array(shifted[:n])) for n in range(1, 120)]
+    jumps = [float(np.max(np.abs(b - a))) for a, b in zip([default, *steps], steps, strict=False)]
+    assert max(jumps) < 0.1, max(jumps)  # each utterance nudges; none switches the scale
+    live_only = model.normaliser.standardise(X, RunningStats.from_array(shifted))
+    assert model.normaliser.population is not None
+    nearly = shrunk_population(RunningStats.from_array(shifted), model.normaliser.population, POPULATION_PRIOR_N)
+    np.testing.assert_allclose(model.normaliser.standardise(X, nearly), live_only, rtol=0.06, atol=0.06)
+    assert not np.allclose(steps[-1], default)
     base, rows = _baseline(held_out, HELD_OUT_SPEAKERS[0], 3)
     np.testing.assert_array_equal(
-        model.predict_proba(held_out.X[rows], population=too_small, baseline=base),
-        model.predict_proba(held_out.X[rows], baseline=base),
+        model.predict_proba(held_out.X[rows], population=None, baseline=base),
+        model.predict_proba(held_out.X[rows], population=RunningStats.empty(10), baseline=base),
     )
 
 
 def test_live_population_equal_to_training_changes_nothing(model: PainModel, held_out: Synthetic) -> None:
     assert model.normaliser.population is not None
     same = model.normaliser.population.copy()
-    assert same.n >= MIN_POPULATION_N
     np.testing.assert_allclose(model.predict_proba(held_out.X, population=same), model.predict_proba(held_out.X))

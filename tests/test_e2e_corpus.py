@@ -28,10 +28,10 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+from analysis.baseline import RunningStats
 from analysis.channel import mulaw_decode
 from analysis.dataset import Clip
 from analysis.features import FeatureCache, extract
-from analysis.model import MIN_POPULATION_N
 from analysis.segmentation import VadConfig
 from painline.call_report import VERDICT_TEXT, CallReport, read_report
 from schema.db import session_scope
@@ -178,7 +178,8 @@ def test_distressed_call_from_the_corpus_is_scored_flagged_and_published(
 
     # what training's own preparation makes of exactly the audio the worker is about to score
     ids = sorted(pending)
-    expected = offline.proba_of_audio([mulaw_decode(pending[i][2]) for i in ids], tmp_path / "utterances")
+    expected = offline.proba_of_audio([mulaw_decode(pending[i][2]) for i in ids], tmp_path / "utterances",
+                                      population=RunningStats.empty(offline.model.dim))
 
     run_worker(app_server)
     call_id = call_id_of(app_server, result.call_sid)
@@ -198,8 +199,8 @@ def test_distressed_call_from_the_corpus_is_scored_flagged_and_published(
     with session_scope(app_server.app.extensions["painline.sessions"]) as session:
         assert session.scalar(select(func.count()).select_from(UtteranceAudio)) == 0  # audio gone once scored
         population = session.scalars(select(PopulationStats)).one()
-        # every scored utterance was folded in, and with this few the training population was used
-        assert population.count == len(ids) < MIN_POPULATION_N
+        # every scored utterance was folded in (and, as expected above, each scored against those before it)
+        assert population.count == len(ids)
 
     # a verdict, and for distressed speech a flag: in the database and on the Redis channel
     assert report.verdict == Verdict.PAIN_LIKELY.value
@@ -312,6 +313,8 @@ def flipping_case(offline: OfflineScorer, work_dir: Path, vad: VadConfig) -> Bas
             if len(shortlist) < 3:
                 continue
             where = work_dir / f"{corpus}-{speaker}"
+            # confirmed as enrolment will build the baseline: from the VAD utterances of those clips
+            enrolled = offline.enrolment_features([normal[i] for i in rest], where / "enrol", vad)
             live = offline.streamed([normal[i] for i in shortlist], where / "normal", vad)
             before, after = live.per_clip(), live.per_clip(enrolled)
             flips = np.flatnonzero((before > threshold) & (after < threshold))
@@ -342,13 +345,14 @@ def run_baseline_calls(case: BaselineCase, offline: OfflineScorer, server: AppSe
     normal, _ = replay_wav(server, normal_wav, patient_ref=ref)
     distressed, _ = replay_wav(server, distressed_wav, patient_ref=ref)
     # what training's preparation gives the exact utterance audio, with and without the baseline
-    enrolled = offline.features(case.enrol)
+    enrolled = offline.enrolment_features(case.enrol, tmp_path / "enrol", ctx.vad)
     expected = {}
+    population = RunningStats.empty(offline.model.dim)  # the worker scores the three calls in this order
     for name, r, baseline in (("control", control, None), ("normal", normal, enrolled),
                               ("distressed", distressed, enrolled)):
         pending = pending_audio(server, r.call_sid)
         audio = [mulaw_decode(pending[i][2]) for i in sorted(pending)]
-        expected[name] = offline.proba_of_audio(audio, tmp_path / f"expected-{name}", baseline)
+        expected[name] = offline.proba_of_audio(audio, tmp_path / f"expected-{name}", baseline, population)
     run_worker(server)
 
     reports = {name: report_of(server, r.call_sid) for name, r in

@@ -64,7 +64,8 @@ from worker.calls import pending_utterances, update_running_score, verdict_and_e
 from worker.context import WorkerContext, current
 from worker.featurize import featurize
 from worker.flags import FlagChange, announce, raise_or_update_flag
-from worker.rows import from_bytes, get_or_create_locked, to_bytes
+from worker.population import fold as fold_into_population
+from worker.rows import from_bytes, to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def score_utterance(utterance_id: int) -> str:
                 )
             )
             session.flush()  # a duplicate fails here, before anything shared is touched
-            _fold_into_population(session, model, embedding)
+            fold_into_population(session, model, embedding)
             utterance = session.get(Utterance, utterance_id)
             if utterance is not None:
                 utterance.status = UtteranceStatus.SCORED.value
@@ -219,20 +220,6 @@ def _speaker_similarity(
         log.warning("utterance %s: speaker check skipped (%s)", inputs.utterance_id, type(exc).__name__)
         return None
     return cosine_similarity(d_vector, inputs.voiceprint)
-
-
-def _fold_into_population(session: Any, model: PainModel, embedding: np.ndarray) -> None:
-    """Unlabelled traffic adapts the population statistics: one more utterance, under a row lock."""
-    row = get_or_create_locked(
-        session,
-        PopulationStats,
-        {"embedder": model.embedder_name, "model_version": model.version},
-        {"stats": RunningStats.empty(model.dim).to_dict(), "count": 0, "updated_at": utcnow()},
-    )
-    stats = RunningStats.from_dict(row.stats).update(np.asarray(embedding, dtype=np.float64))
-    row.stats = stats.to_dict()
-    row.count = stats.n
-    row.updated_at = utcnow()
 
 
 def _score_exists(session: Any, utterance_id: int, model_version: str) -> bool:
