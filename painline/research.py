@@ -22,7 +22,7 @@ from analysis.embedders.base import Embedder, get_embedder
 from analysis.features import ChannelConfig, FeatureCache, extract
 from analysis.model import PainModel
 from analysis.protocols import Scored, cross_corpus, multiclass_person_level, person_level, random_split
-from analysis.tasks import Task, bind, load_tasks
+from analysis.tasks import Task, TaskError, bind, load_tasks
 from analysis.training import TrainConfig, fit_model
 from painline.config import Settings
 from painline.workers import embedder_sources
@@ -55,8 +55,13 @@ def load_task_data(
     if task_name not in tasks:
         raise SystemExit(f"unknown task {task_name!r}; defined: {', '.join(tasks)}")
     task = tasks[task_name]
-    ds = load_manifest(settings.data_dir / task.corpus, name=task.corpus)
-    task = bind(task, ds)
+    try:
+        ds = load_manifest(settings.data_dir / task.corpus, name=task.corpus)
+        task = bind(task, ds)
+    except TaskError as exc:  # a label the corpus lacks: say so in one line, no traceback
+        raise SystemExit(f"painline: {exc}") from None
+    except OSError as exc:  # the corpus is not where the settings say
+        raise SystemExit(f"painline: task {task_name!r}: {exc}") from None
     keep = task.select(ds)
     if max_speakers:  # for quick runs and tests: the first speakers, in manifest order
         chosen = list(dict.fromkeys(ds.speakers[keep].tolist()))[:max_speakers]

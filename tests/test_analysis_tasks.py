@@ -46,6 +46,8 @@ def test_shipped_tasks_parse() -> None:
         "nonverbal-distress",
         "donateacry-pain",
         "donateacry-pain-3class",
+        "ased-distress",
+        "spanish-distress",
     }
     for task in SHIPPED.values():
         assert task.positive_class in task.classes
@@ -196,3 +198,14 @@ def test_label_in_two_classes_raises(tmp_path: Path) -> None:
             _write(tmp_path, '[t]\ncorpus = "toy"\npositive = ["hurt", "calm"]\nnegative = ["calm", "cough"]\n')
         )
         bind(tasks["t"], _toy(["calm", "hurt", "cough"]))
+
+
+def test_the_four_languages_share_one_definition_of_distress() -> None:
+    """Leave-one-corpus-out needs the same positive and normal states in every speech corpus (less
+    the labels a corpus lacks: nEMO and ASED have no disgust)."""
+    speech = ["ravdess-distress", "nemo-distress", "ased-distress", "spanish-distress"]
+    for name in speech:
+        task = SHIPPED[name]
+        assert set(task.classes["pain"]) <= {"angry", "fearful", "sad", "disgust"}
+        assert {"angry", "fearful", "sad"} <= set(task.classes["pain"])
+        assert "neutral" in task.normal

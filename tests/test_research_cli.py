@@ -67,3 +67,18 @@ def test_train_writes_an_artifact_the_loader_accepts(tmp_path: Path, capsys) -> 
     assert model.version in capsys.readouterr().out
     p = model.predict_proba(np.zeros((2, 88)) + model.normaliser.population.mean)  # type: ignore[union-attr]
     assert p.shape == (2,) and np.all((p > 0) & (p < 1))
+
+
+def test_a_label_the_corpus_lacks_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text('[ased-with-disgust]\ncorpus = "ased"\npositive = ["angry", "disgust"]\nnormal = ["neutral"]\n')
+    result = subprocess.run([sys.executable, "-m", "painline.cli", "evaluate", "--task", "ased-with-disgust",
+                             "--tasks", str(tasks)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "painline: task 'ased-with-disgust': labels ['disgust'] do not occur in corpus 'ased'"
+    ]
