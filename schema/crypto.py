@@ -204,6 +204,7 @@ ENCRYPTED_COLUMNS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("utterance_audio", ("utterance_id",), "mulaw"),
     ("scores", ("id",), "embedding"),
     ("scores", ("id",), "features"),
+    ("scores", ("id",), "speaker_vector"),
     ("baselines", ("id",), "stats"),
     ("baseline_contributions", ("id",), "embedding"),
     ("voiceprints", ("id",), "vector"),

@@ -294,6 +294,9 @@ class Score(Base):
 
     Unique on (utterance, model version), so a retried scoring job can never count twice.
     ``embedding`` is the embedder's float32 output, kept so baselines can grow from resolved calls.
+    ``speaker_vector`` is the utterance's speaker embedding (when the caller has a voiceprint), kept
+    so the speaker check pools the call's speech so far; ``speaker_similarity`` is that pooled
+    similarity, the value the decision to apply the baseline was made on.
     """
 
     __tablename__ = "scores"
@@ -305,6 +308,7 @@ class Score(Base):
     baseline_applied: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     baseline_n: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     speaker_similarity: Mapped[float | None] = mapped_column(Float)
+    speaker_vector: Mapped[bytes | None] = mapped_column(EncryptedBytes)
     embedding: Mapped[bytes] = mapped_column(EncryptedBytes)
     features: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

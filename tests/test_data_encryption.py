@@ -70,7 +70,8 @@ def _seed(session: Session) -> dict[str, int]:
     baseline = Baseline(patient_id=patient.id, embedder="egemaps", model_version="m1", stats=STATS, count=3)
     session.add_all([
         UtteranceAudio(utterance_id=utterance.id, mulaw=AUDIO),
-        Score(utterance_id=utterance.id, model_version="m1", probability=0.5, embedding=VECTOR, features=FEATURES),
+        Score(utterance_id=utterance.id, model_version="m1", probability=0.5, embedding=VECTOR, features=FEATURES,
+              speaker_vector=VECTOR),
         Voiceprint(patient_id=patient.id, embedder="speaker", vector=VECTOR, count=1),
         baseline,
     ])
@@ -85,7 +86,8 @@ RAW_COLUMNS = [f"SELECT {c} FROM {t}" for t, _, c in crypto.ENCRYPTED_COLUMNS]
 
 def _raw(engine: Engine) -> list[bytes]:
     with engine.connect() as conn:
-        return [bytes(v) for query in RAW_COLUMNS for v in conn.execute(text(query)).scalars()]
+        # nullable encrypted columns (scores.speaker_vector) hold no value to check where empty
+        return [bytes(v) for query in RAW_COLUMNS for v in conn.execute(text(query)).scalars() if v is not None]
 
 
 def _read_all(engine: Engine) -> tuple[bytes, bytes, dict, dict, bytes, bytes]:
@@ -255,7 +257,7 @@ def test_keys_cli_generates_and_rotates(migrated_engine: Engine, db_url: str, ke
     monkeypatch.setenv("PAINLINE_VAR_DIR", str(tmp_path))
     monkeypatch.setenv("PAINLINE_DATA_KEYS", f"{new_key},{KEY_A}")
     assert cli.main(["keys", "rotate", "--batch", "2", "--actor", "test:cli"]) == 0
-    assert "re-encrypted 6 value(s)" in capsys.readouterr().out
+    assert "re-encrypted 7 value(s)" in capsys.readouterr().out
     _use(new_key)
     assert _read_all(migrated_engine)[0] == AUDIO
 

@@ -136,3 +136,16 @@ def test_same_actor_is_closer_than_other_actors(embedder: SpeakerEmbedder) -> No
     for other in ("a02", "a03"):
         assert same > cosine_similarity(e["a01_s1"], e[other])
         assert same > cosine_similarity(e["a01_s2"], e[other])
+
+
+def test_pooled_similarity_weighs_each_utterance_the_same() -> None:
+    from analysis.embedders.speaker import cosine_similarity, pooled_similarity
+
+    reference = np.array([1.0, 0.0, 0.0])
+    loud_match, quiet_other = np.array([10.0, 0.0, 0.0]), np.array([0.0, 0.1, 0.0])
+    # normalised before averaging: the long (large-norm) vector does not drown the other
+    assert pooled_similarity([loud_match, quiet_other], reference) == pytest.approx(cosine_similarity(
+        np.array([1.0, 1.0, 0.0]), reference))
+    assert pooled_similarity([loud_match], reference) == pytest.approx(1.0)
+    assert pooled_similarity([], reference) == 0.0
+    assert pooled_similarity([np.zeros(3)], reference) == 0.0

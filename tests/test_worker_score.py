@@ -13,6 +13,7 @@ from rq import Queue, Retry
 from rq.job import JobStatus
 from sqlalchemy import func, select, text
 
+from analysis.embedders.speaker import cosine_similarity, pooled_similarity
 from analysis.model import PainModel
 from painline.workers import PainlineWorker
 from schema.models import (
@@ -222,6 +223,33 @@ def test_baseline_applied_when_enrolled(worker_ctx: WorkerContext) -> None:
         score = s.scalars(select(Score).where(Score.utterance_id == uid)).one()
         assert score.baseline_applied is True
         assert score.baseline_n == 3
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_speaker_check_pools_the_calls_speech(worker_ctx: WorkerContext, speaker_embedder: Any) -> None:
+    """The decision is made on the call's speech so far: an utterance unlike the enrolled voice is
+    judged together with the call's earlier utterances, whose d-vectors are kept (encrypted) for it."""
+    worker_ctx.speaker_embedder = speaker_embedder
+    with worker_ctx.sessions.begin() as s:
+        patient_id = make_patient(s).id
+    enrol_clips = [calm(120.0, seed=s) for s in (61, 62)]
+    jobs.enroll(patient_id, enrol_clips, "nurse1")
+    with worker_ctx.sessions.begin() as s:
+        call = make_call(s, s.get_one(Patient, patient_id))
+        first = add_utterance(s, call, 0, enrol_clips[0])
+        changed = add_utterance(s, call, 1, pain(210.0, seed=63))
+    jobs.score_utterance(first)
+    jobs.score_utterance(changed)
+    with worker_ctx.sessions() as s:
+        a = s.scalars(select(Score).where(Score.utterance_id == first)).one()
+        b = s.scalars(select(Score).where(Score.utterance_id == changed)).one()
+        voiceprint = from_bytes(s.scalars(select(Voiceprint.vector).where(Voiceprint.patient_id == patient_id)).one())
+    assert a.speaker_vector is not None and b.speaker_vector is not None
+    d_first, d_changed = from_bytes(a.speaker_vector), from_bytes(b.speaker_vector)
+    assert a.speaker_similarity == pytest.approx(cosine_similarity(d_first, voiceprint), abs=1e-5)
+    assert b.speaker_similarity == pytest.approx(pooled_similarity([d_first, d_changed], voiceprint), abs=1e-5)
+    assert b.speaker_similarity > cosine_similarity(d_changed, voiceprint)  # the call's first words count too
+    assert b.baseline_applied is (b.speaker_similarity >= worker_ctx.speaker_threshold)
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)

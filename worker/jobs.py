@@ -18,10 +18,15 @@ Idempotency rests on the unique constraint on ``scores (utterance_id, model_vers
 exits if a Score exists; two runs racing past step 1 both reach the insert, the loser gets an
 IntegrityError and rolls back everything, population statistics and flag included.
 
-Speaker check at scoring time: the speaker d-vector is computed only when the patient has a
-voiceprint to compare with, and never stored; only the similarity is (``Score.speaker_similarity``).
-An utterance that is clearly someone else is scored against the population alone, not the patient's
-baseline. Without resemblyzer the check is skipped and the similarity left empty.
+Speaker check at scoring time, per call: the speaker d-vector is computed only when the patient has
+a voiceprint to compare with, stored encrypted with the score (``Score.speaker_vector``), and the
+decision is made on the call's speech so far: this utterance's d-vector pooled with those of the
+call's earlier utterances (``analysis.embedders.speaker.pooled_similarity``), stored as
+``Score.speaker_similarity``. Deciding per utterance withdrew the baseline exactly when a caller's
+voice changed (an angry or crying utterance of the right caller fell below the threshold alone);
+``bench.speaker_check`` measures both rules. A call whose pooled voice is clearly someone else's is
+scored against the population alone. Without resemblyzer the check is skipped and the similarity
+left empty.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from analysis.baseline import RunningStats
 from analysis.channel import mulaw_decode
 from analysis.embedders.base import EmbedderUnavailable
 from analysis.embedders.fusion import ConcatEmbedder
-from analysis.embedders.speaker import cosine_similarity
+from analysis.embedders.speaker import pooled_similarity
 from analysis.evidence import EVIDENCE_VERSION
 from analysis.model import PainModel
 from schema.audit import record
@@ -83,6 +88,7 @@ class _Inputs:
     baseline: RunningStats | None
     voiceprint: np.ndarray | None
     voiceprint_embedder: str | None
+    call_speaker_vectors: list[np.ndarray]  # d-vectors of the call's utterances this model scored before
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -99,7 +105,11 @@ def score_utterance(utterance_id: int) -> str:
     x = mulaw_decode(inputs.mulaw)
     featurized = featurize(ctx, [x])
     embedding, measures = featurized.features[0], featurized.measures[0]
-    similarity = _speaker_similarity(ctx, inputs, x, embedding)
+    d_vector = _speaker_vector(ctx, inputs, x, embedding)
+    similarity = (
+        None if d_vector is None or inputs.voiceprint is None
+        else pooled_similarity([*inputs.call_speaker_vectors, d_vector], inputs.voiceprint)
+    )
 
     same_speaker = similarity is None or similarity >= ctx.speaker_threshold
     baseline = (
@@ -121,6 +131,7 @@ def score_utterance(utterance_id: int) -> str:
                     baseline_applied=applied,
                     baseline_n=baseline.n if applied and baseline is not None else 0,
                     speaker_similarity=similarity,
+                    speaker_vector=None if d_vector is None else to_bytes(d_vector),
                     embedding=to_bytes(embedding),
                     features={"evidence_version": EVIDENCE_VERSION, "measures": measures},
                     created_at=utcnow(),
@@ -187,6 +198,12 @@ def _read_inputs(ctx: WorkerContext, utterance_id: int) -> _Inputs | str:
             vp = session.scalars(select(Voiceprint).where(Voiceprint.patient_id == patient_id)).one_or_none()
             if vp is not None and vp.count > 0:
                 voiceprint, voiceprint_embedder = from_bytes(vp.vector), vp.embedder
+        earlier = session.scalars(
+            select(Score.speaker_vector)
+            .join(Utterance, Utterance.id == Score.utterance_id)
+            .where(Utterance.call_id == utterance.call_id, Score.model_version == model.version,
+                   Score.speaker_vector.is_not(None), Utterance.id != utterance_id)
+        ).all()
         return _Inputs(
             utterance_id=utterance_id,
             call_id=utterance.call_id,
@@ -197,29 +214,29 @@ def _read_inputs(ctx: WorkerContext, utterance_id: int) -> _Inputs | str:
             baseline=baseline,
             voiceprint=voiceprint,
             voiceprint_embedder=voiceprint_embedder,
+            call_speaker_vectors=[from_bytes(v) for v in earlier if v is not None],
         )
 
 
-def _speaker_similarity(
+def _speaker_vector(
     ctx: WorkerContext, inputs: _Inputs, x: np.ndarray, embedding: np.ndarray
-) -> float | None:
-    """Cosine similarity to the patient's voiceprint, or None when there is nothing to compare.
+) -> np.ndarray | None:
+    """The utterance's speaker embedding, or None when there is no voiceprint to compare it with.
 
     When the model's own features already contain the d-vector (``egemaps+speaker``) that slice is
-    reused: the speaker embedder normalises level itself, so it is the same vector, computed once.
+    reused rather than computed twice.
     """
     speaker = ctx.speaker_embedder
     if inputs.voiceprint is None or speaker is None or inputs.voiceprint_embedder != speaker.name:
         return None
     parts = ctx.embedder.part_slices() if isinstance(ctx.embedder, ConcatEmbedder) else {}
     if speaker.name in parts:
-        return cosine_similarity(embedding[parts[speaker.name]], inputs.voiceprint)
+        return np.asarray(embedding[parts[speaker.name]], dtype=np.float32)
     try:
-        d_vector = speaker.embed([x])[0]
+        return np.asarray(speaker.embed([x])[0], dtype=np.float32)
     except EmbedderUnavailable as exc:
         log.warning("utterance %s: speaker check skipped (%s)", inputs.utterance_id, type(exc).__name__)
         return None
-    return cosine_similarity(d_vector, inputs.voiceprint)
 
 
 def _score_exists(session: Any, utterance_id: int, model_version: str) -> bool:

@@ -25,6 +25,25 @@ _TARGET_DBFS = -30.0
 _SILENT_RMS = 1e-5
 
 
+def pooled_similarity(vectors: Sequence[np.ndarray], reference: np.ndarray) -> float:
+    """Similarity of a stretch of speech, given as several utterances' embeddings, to ``reference``.
+
+    Each embedding is normalised before they are averaged, so every utterance counts the same and
+    the pooled vector is resemblyzer's way of embedding a longer recording. Deciding on the call's
+    speech so far, rather than on each utterance alone, keeps a caller's baseline on when one
+    utterance (shouted, crying) moves away from their enrolled voice.
+    """
+    units = []
+    for vector in vectors:
+        v = np.asarray(vector, dtype=np.float64).ravel()
+        norm = float(np.linalg.norm(v))
+        if norm > 0:
+            units.append(v / norm)
+    if not units:
+        return 0.0
+    return cosine_similarity(np.mean(units, axis=0), reference)
+
+
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine of the angle between two embeddings; 0.0 when either is all zeros.
 
