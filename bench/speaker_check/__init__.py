@@ -1,0 +1,1 @@
+"""Speaker-check bench (issue 11): see ``__main__``."""
