@@ -109,6 +109,9 @@ def gunicorn_command(host: str, port: int, workers: int, threads: int, *,
         # gunicorn 27's control socket defaults to one path per user, shared by every instance on the
         # host (two servers fought over it in the soak); painline never uses it, so it is off
         "--no-control-socket",
+        # server hooks: the master holds the embedded Redis (when PAINLINE_REDIS_URL is empty) for the
+        # life of the server, so it stops with the last process using it and never under a live one
+        "--config", "python:painline.gunicorn_conf",
         "painline.wsgi:app",
     ]
 
@@ -153,6 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(_settings())
     server = make_dev_server(args.host, args.port, app)
     log.info("painline (development server) on http://%s:%d; Ctrl-C stops", args.host, server.server_port)
+    signal.signal(signal.SIGTERM, _interrupt)  # a supervisor's stop is a clean stop, like Ctrl-C
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -167,12 +171,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # worker and sweep
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from painline.workers import run_worker
 
+    settings = _settings()
+    if not startup_check(settings, "worker"):
+        return EXIT_USAGE
     try:
         run_worker(
-            _settings(),
+            settings,
             fork=args.fork,
             burst=args.burst,
             with_scheduler=not args.no_scheduler,
