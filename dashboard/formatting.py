@@ -2,7 +2,9 @@
 
 Kept apart from the views so the nurse pages, the admin pages and their tests agree on one spelling.
 Patients are named by :func:`dashboard.queries.patient_label` (the hotline reference, or
-``caller #<id>`` for callers keyed by an HMAC of their number), the same label the JSON API gives.
+``caller #<id>`` for callers keyed by an HMAC of their number), the same label the JSON API gives;
+:func:`key_kind` says which of the two a patient is keyed by, since only calls keyed the same way
+reach that patient's baseline.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint
+
+from schema.identity import PatientKeyKind, looks_like_phone_number
 
 VERDICT_LABELS = {
     "pending": "in progress",
@@ -25,6 +29,12 @@ LABEL_LABELS = {
     "no_pain": "no pain",
     "unsure": "unsure",
 }
+
+KEY_KIND_LABELS = {
+    PatientKeyKind.HOTLINE_REFERENCE: "hotline reference",
+    PatientKeyKind.CALLER_NUMBER: "caller number (keyed)",
+}
+
 
 def clock(value: datetime | None) -> str:
     """``2024-05-01 14:03 UTC``: the pages state the zone rather than guess the reader's."""
@@ -59,6 +69,29 @@ def label(value: str | None) -> str:
     return LABEL_LABELS.get(value or "", value or "–")
 
 
+def key_kind(value: str | None) -> str:
+    """``hotline reference`` or ``caller number (keyed)``: what a patient's calls must carry to reach them.
+
+    Takes the API's value (a :class:`~schema.identity.PatientKeyKind` or its string); never the key,
+    so the HMAC cannot end up on a page through this filter.
+    """
+    try:
+        return KEY_KIND_LABELS[PatientKeyKind(value)]
+    except ValueError:
+        return "–"
+
+
+def phone_like_reference(patient: Mapping[str, Any] | None) -> bool:
+    """Whether a patient is keyed by a hotline reference that reads as a phone number.
+
+    Such a patient was most likely enrolled by number under the reference by mistake: calls from
+    that number are keyed by its HMAC and never reach this baseline, so the page says so.
+    """
+    if not patient or patient.get("key_kind") != PatientKeyKind.HOTLINE_REFERENCE:
+        return False
+    return looks_like_phone_number(str(patient.get("label") or ""))
+
+
 def baseline_status(utterances: int, calls: int) -> str:
     """``none yet``, ``n utterances over m calls``, or ``n utterances from enrolment`` (clips of no call)."""
     if utterances <= 0:
@@ -86,8 +119,10 @@ def register(bp: Blueprint) -> None:
         "verdict": verdict,
         "flag_label": label,
         "baseline_text": baseline_text,
+        "key_kind": key_kind,
     }.items():
         bp.add_app_template_filter(fn, name)
+    bp.add_app_template_test(phone_like_reference, "phone_like_reference")
 
 
 __all__ = [
@@ -96,7 +131,9 @@ __all__ = [
     "clock",
     "duration",
     "iso",
+    "key_kind",
     "label",
+    "phone_like_reference",
     "probability",
     "register",
     "verdict",

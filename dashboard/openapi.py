@@ -11,6 +11,8 @@ from __future__ import annotations
 from copy import deepcopy
 from typing import Any
 
+from schema.identity import PatientKeyKind
+
 API_VERSION = "1.0.0"
 
 _NULLABLE_NUMBER = {"type": ["number", "null"]}
@@ -19,6 +21,12 @@ _NULLABLE_DATETIME = {"type": ["string", "null"], "format": "date-time"}
 _DATETIME = {"type": "string", "format": "date-time"}
 _ID = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}  # PostgreSQL integer ids
 _NULLABLE_ID = {"type": ["integer", "null"]}
+_KEY_KIND = {
+    "type": ["string", "null"],
+    "enum": [*(kind.value for kind in PatientKeyKind), None],
+    "description": "what the patient is keyed by: hotline_reference (calls passing that patient_ref reach them) "
+    "or caller_number (calls from that number, keyed by HMAC; the number and the HMAC are never shown)",
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -232,10 +240,11 @@ _SCHEMAS: dict[str, Any] = {
     },
     "PatientRow": {
         "type": "object",
-        "required": ["id", "label", "calls"],
+        "required": ["id", "label", "key_kind", "calls"],
         "properties": {
             "id": _ID,
             "label": {"type": "string"},
+            "key_kind": _KEY_KIND,
             "created_at": _DATETIME,
             "last_call_at": _NULLABLE_DATETIME,
             "calls": {"type": "integer"},
@@ -296,7 +305,8 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "patient": {
                 "type": "object",
-                "properties": {"id": _ID, "label": {"type": "string"}, "created_at": _DATETIME},
+                "properties": {"id": _ID, "label": {"type": "string"}, "key_kind": _KEY_KIND,
+                               "created_at": _DATETIME},
             },
             "baselines": {"type": "array", "items": _ref("Baseline")},
             "measures": {"type": "array", "items": _ref("Measure")},

@@ -46,6 +46,7 @@ from analysis.evidence import MEASURES, baseline_measures
 from dashboard.config import DashboardConfig, config_of
 from schema.audit import AuditDetailError, record
 from schema.db import session_scope
+from schema.identity import PatientKeyKind, key_kind
 from schema.models import (
     AuditEvent,
     Baseline,
@@ -112,6 +113,15 @@ def patient_label(key: str | None, patient_id: int | None) -> str:
     if key.startswith("ref:"):
         return key[len("ref:") :]
     return f"caller #{patient_id}"
+
+
+def patient_key_kind(key: str | None) -> PatientKeyKind | None:
+    """Which identifier the patient is recognised by on calls, read from the key's prefix only.
+
+    Admins need it to see why a baseline is not used (a patient enrolled by reference is not the one a
+    call from their number reaches); the HMAC itself stays out of every page and answer.
+    """
+    return None if key is None else key_kind(key)
 
 
 @lru_cache(maxsize=8)
@@ -506,6 +516,7 @@ class Store:
                 {
                     "id": patient.id,
                     "label": patient_label(patient.key, patient.id),
+                    "key_kind": patient_key_kind(patient.key),
                     "created_at": patient.created_at,
                     "last_call_at": last_call_at,
                     "calls": int(calls or 0),
@@ -583,7 +594,7 @@ class Store:
                 )
             doc = {
                 "patient": {"id": patient.id, "label": patient_label(patient.key, patient.id),
-                            "created_at": patient.created_at},
+                            "key_kind": patient_key_kind(patient.key), "created_at": patient.created_at},
                 "baselines": baselines,
                 "measures": self._measures(session, evidence_row),
             }
@@ -808,6 +819,7 @@ __all__ = [
     "configured_threshold",
     "grow_job_id",
     "isoformat",
+    "patient_key_kind",
     "patient_label",
     "rebuild_job_id",
 ]

@@ -10,7 +10,8 @@
     painline demo [--serve]               everything above on this machine, one sample call; --serve then
                                           keeps the web app up with a throwaway nurse account
     painline check                        list every missing or contradictory production setting
-    painline baseline enroll REF AUDIO... enrol a patient's normal voice
+    painline population seed AUDIO...     give the population statistics the hotline's scale before go-live
+    painline baseline enroll REF AUDIO... enrol a patient's normal voice (or --phone NUMBER AUDIO...)
     painline keys generate|rotate         data encryption keys: print a new one / re-encrypt with the newest
     painline retention [--every N]        delete unscored audio and old per-utterance rows (audited)
     painline users add --role admin NAME  create an account (password prompted, or one line on stdin);
@@ -314,6 +315,43 @@ def _print_outcome(settings: Settings, call_sid: str, timeout_s: float) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
+# population
+
+
+def cmd_population_seed(args: argparse.Namespace) -> int:
+    """Seed the deployment's population statistics before go-live (see ``worker.population``)."""
+    from analysis.audio import AudioLoadError, load_audio
+    from analysis.channel import mulaw_decode, mulaw_encode, telephone
+    from painline.workers import build_context
+    from worker.population import seed_from_audio, seed_from_calls
+
+    if not args.audio and not args.from_calls:
+        print("painline population seed: give recordings, --from-calls, or both", file=sys.stderr)
+        return EXIT_USAGE
+    clips = []
+    for path in args.audio:
+        try:
+            samples, rate = load_audio(path)
+        except AudioLoadError as exc:
+            print(f"painline population seed: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        clips.append(mulaw_decode(mulaw_encode(telephone(samples, rate))))  # as a call delivers it
+    ctx = build_context(_settings(), None, speaker=False)
+    try:
+        if clips:
+            result = seed_from_audio(ctx, clips)
+            print(f"population: {result.utterances} utterance(s) from {len(clips)} recording(s) folded in "
+                  f"({result.clips_without_speech} without speech); statistics now hold {result.population_n}")
+        if args.from_calls:
+            result = seed_from_calls(ctx)
+            print(f"population: {result.utterances} utterance(s) of past calls folded in; statistics now hold "
+                  f"{result.population_n}")
+    finally:
+        ctx.engine.dispose()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
 # demo
 
 
@@ -341,7 +379,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline_enroll(args: argparse.Namespace) -> int:
+    """Enrol clips under the key a call will be recognised by, so the baseline is actually used.
+
+    Calls are keyed by the hotline's ``patient_ref`` when they pass one, else by an HMAC of the
+    caller's number (:mod:`schema.identity`), and the two never meet. ``--phone`` keys the number with
+    :func:`schema.identity.caller_key` and ``PAINLINE_HMAC_KEY``, exactly as the voice webhook does; the
+    number is never stored, logged or printed whole. A reference that reads as a phone number is
+    enrolled as asked but warned about, since purely numeric hotline references look the same.
+    """
     from sqlalchemy import select
+    from sqlalchemy.exc import IntegrityError
 
     from analysis.audio import AudioLoadError, load_audio
     from analysis.channel import mulaw_decode, mulaw_encode, telephone
@@ -349,25 +396,58 @@ def cmd_baseline_enroll(args: argparse.Namespace) -> int:
     from painline.workers import build_context
     from schema import audit
     from schema.db import session_scope
-    from schema.identity import patient_ref_key
+    from schema.identity import PatientKeyKind, caller_key, looks_like_phone_number, mask_number, patient_ref_key
     from schema.models import Patient
     from worker.jobs import enroll
 
-    try:
-        key = patient_ref_key(args.patient_ref)
-    except ValueError as exc:
-        print(f"painline baseline enroll: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    prog = "painline baseline enroll"
+    settings = _settings()
+    inputs: list[str] = list(args.inputs)
+    if args.phone is not None:
+        # with --phone every positional is a recording; a first one that is no file is most likely a
+        # patient reference given as well (not echoed: it may be the number itself)
+        if not settings.hmac_key:
+            print(f"{prog}: --phone needs PAINLINE_HMAC_KEY, the secret the voice webhook keys caller numbers "
+                  "with; set it to the deployment's value", file=sys.stderr)
+            return EXIT_USAGE
+        if not Path(inputs[0]).is_file():
+            print(f"{prog}: the first argument is not an audio file: with --phone give only recordings "
+                  "(PATIENT_REF and --phone are mutually exclusive)", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            key = caller_key(args.phone, settings.hmac_key)
+        except ValueError:
+            print(f"{prog}: --phone is not an E.164 phone number: give it as Twilio sends it, with + and "
+                  "the country code", file=sys.stderr)
+            return EXIT_USAGE
+        kind, audio = PatientKeyKind.CALLER_NUMBER, [Path(p) for p in inputs]
+        shown = f"caller number {mask_number(args.phone)}, keyed"
+    else:
+        if len(inputs) < 2:
+            print(f"{prog}: give PATIENT_REF (or --phone NUMBER), then at least one AUDIO file", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            key = patient_ref_key(inputs[0])
+        except ValueError as exc:
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if looks_like_phone_number(inputs[0]):
+            print(f"{prog}: warning: the patient reference looks like a phone number; a call from that number "
+                  "without a patient_ref is keyed by the number and would not use this baseline. To enrol a "
+                  "caller by number, use --phone NUMBER instead (the reference is stored as typed, the number "
+                  "would only be stored keyed). Enrolling under the reference as given.",
+                  file=sys.stderr)
+        kind, audio = PatientKeyKind.HOTLINE_REFERENCE, [Path(p) for p in inputs[1:]]
+        shown = "hotline reference"
     clips = []
-    for path in args.audio:
+    for path in audio:
         try:
             samples, rate = load_audio(path)
         except AudioLoadError as exc:
-            print(f"painline baseline enroll: {exc}", file=sys.stderr)
+            print(f"{prog}: {exc}", file=sys.stderr)
             return EXIT_FAILED
         # exactly what a call would deliver: 8 kHz through the mu-law codec
         clips.append(mulaw_decode(mulaw_encode(telephone(samples, rate))))
-    settings = _settings()
     actor = args.actor or f"cli:{getpass.getuser()}"
     connection = redis_conn.connect(settings)
     ctx = build_context(settings, connection, speaker=not args.no_speaker)
@@ -375,19 +455,24 @@ def cmd_baseline_enroll(args: argparse.Namespace) -> int:
         with session_scope(ctx.sessions) as session:
             patient_id = session.scalar(select(Patient.id).where(Patient.key == key))
             if patient_id is None:
-                patient = Patient(key=key)
-                session.add(patient)
-                session.flush()
-                patient_id = patient.id
-                audit.record(session, actor, "patient.create", "patient", patient_id, source="enrolment")
+                try:
+                    with session.begin_nested():
+                        patient = Patient(key=key)
+                        session.add(patient)
+                    patient_id = patient.id
+                    audit.record(session, actor, "patient.create", "patient", patient_id, source="enrolment",
+                                 key_kind=kind)
+                except IntegrityError:
+                    # a call from this caller created the patient between our SELECT and INSERT
+                    patient_id = session.scalar(select(Patient.id).where(Patient.key == key))
         result = enroll(patient_id, clips, actor, ctx=ctx, check_speaker=not args.no_speaker_check)
     finally:
         ctx.engine.dispose()
         connection.close()
-    print(f"patient {patient_id}: {result.accepted} clip(s) enrolled, baseline now {result.baseline_n} "
+    print(f"patient {patient_id} ({shown}): {result.accepted} clip(s) enrolled, baseline now {result.baseline_n} "
           f"utterance(s) (model {ctx.model.version})")
     if result.rejected_speaker:
-        refused = ", ".join(str(args.audio[i]) for i in result.rejected_speaker)
+        refused = ", ".join(str(audio[i]) for i in result.rejected_speaker)
         print(f"refused (another speaker than the enrolled voice): {refused}", file=sys.stderr)
     return 0 if result.accepted else EXIT_FAILED
 
@@ -610,6 +695,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="with --serve: the port to serve on (default: any free one)")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("population", help="the deployment's population statistics")
+    population = p.add_subparsers(dest="population_command", required=True, metavar="ACTION")
+    q = population.add_parser("seed", help="fold recordings or past calls into the population statistics",
+                              description="Gives a new hotline (or a new model version) its own callers' scale "
+                                          "before go-live: recordings are cut and embedded exactly as calls are; "
+                                          "no labels are read and no audio is kept.")
+    q.add_argument("audio", nargs="*", type=Path, help="recordings of the hotline's callers (any format)")
+    q.add_argument("--from-calls", action="store_true",
+                   help="also fold in the stored embeddings of past calls scored with the same embedder")
+    q.set_defaults(func=cmd_population_seed)
+
     p = sub.add_parser("check", help="list every missing or contradictory production setting",
                        description="Reads the settings from the environment as serve and worker would and lists "
                                    "every problem for a deployment; exit 1 if there is any.")
@@ -619,9 +715,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("baseline", help="patient baselines")
     baseline = p.add_subparsers(dest="baseline_command", required=True, metavar="ACTION")
-    e = baseline.add_parser("enroll", help="enrol recordings of a patient's normal voice")
-    e.add_argument("patient_ref", help="the hotline's patient reference")
-    e.add_argument("audio", nargs="+", type=Path, help="recordings of the patient's normal voice")
+    e = baseline.add_parser(
+        "enroll", help="enrol recordings of a patient's normal voice",
+        # one positional list, split by the command: argparse cannot tell an optional PATIENT_REF from AUDIO
+        usage="%(prog)s [-h] [--actor ACTOR] [--no-speaker] [--no-speaker-check]\n"
+              "       (PATIENT_REF | --phone NUMBER) AUDIO [AUDIO ...]",
+        description="Enrol the patient under the key their calls will have: the hotline's reference for calls "
+                    "that pass patient_ref, or with --phone the caller's number (keyed with PAINLINE_HMAC_KEY, "
+                    "never stored) for calls that do not. A baseline under the wrong one is never used.")
+    e.add_argument("inputs", nargs="+", metavar="[PATIENT_REF] AUDIO",
+                   help="the hotline's patient reference (not with --phone), then recordings of the patient's "
+                        "normal voice")
+    e.add_argument("--phone", metavar="NUMBER", default=None,
+                   help="key the patient by this caller number (E.164, e.g. +15550002222) as a call from it is "
+                        "keyed; needs PAINLINE_HMAC_KEY. Instead of PATIENT_REF")
     e.add_argument("--actor", default=None,
                    help="who is enrolling, for the audit trail (default: cli:<user>)")
     e.add_argument("--no-speaker", action="store_true", help="do not load speaker verification")

@@ -26,6 +26,7 @@ from schema.models import (
     Call,
     CallStatus,
     Patient,
+    PopulationStats,
     Score,
     Utterance,
     UtteranceAudio,
@@ -301,3 +302,24 @@ def test_replay_command_needs_the_auth_token(clean_env: pytest.MonkeyPatch, tmp_
     path = wav_file(tmp_path / "call.wav", calm())
     assert cli.main(["replay", str(path), "--url", "http://127.0.0.1:1"]) == 1
     assert "TWILIO_AUTH_TOKEN" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# population
+
+
+def test_population_seed_from_recordings(service_env: Settings, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    files = [wav_file(tmp_path / f"caller{i}.wav", calm(110.0 + 30 * i, seed=i, seconds=3.0)) for i in range(3)]
+    assert cli.main(["population", "seed", *map(str, files)]) == 0
+    out = capsys.readouterr().out
+    assert "from 3 recording(s) folded in" in out
+    engine = make_engine(service_env.resolved_database_url)
+    try:
+        with session_factory(engine)() as session:
+            row = session.scalars(select(PopulationStats)).one()
+            assert row.count >= 3 and f"statistics now hold {row.count}" in out
+    finally:
+        engine.dispose()
+    assert cli.main(["population", "seed"]) == 2
+    assert "give recordings, --from-calls, or both" in capsys.readouterr().err
