@@ -465,12 +465,19 @@ def cmd_baseline_enroll(args: argparse.Namespace) -> int:
                 except IntegrityError:
                     # a call from this caller created the patient between our SELECT and INSERT
                     patient_id = session.scalar(select(Patient.id).where(Patient.key == key))
-        result = enroll(patient_id, clips, actor, ctx=ctx, check_speaker=not args.no_speaker_check)
+        try:
+            result = enroll(patient_id, clips, actor, ctx=ctx, check_speaker=not args.no_speaker_check)
+        except ValueError:  # the VAD found no speech in any recording
+            print(f"{prog}: no speech found in the recordings (they are cut as a call would be)", file=sys.stderr)
+            return EXIT_FAILED
     finally:
         ctx.engine.dispose()
         connection.close()
-    print(f"patient {patient_id} ({shown}): {result.accepted} clip(s) enrolled, baseline now {result.baseline_n} "
-          f"utterance(s) (model {ctx.model.version})")
+    print(f"patient {patient_id} ({shown}): {result.accepted} clip(s) enrolled as {result.utterances} "
+          f"utterance(s), baseline now {result.baseline_n} utterance(s) (model {ctx.model.version})")
+    if result.no_speech:
+        silent = ", ".join(str(audio[i]) for i in result.no_speech)
+        print(f"no speech found, not enrolled: {silent}", file=sys.stderr)
     if result.rejected_speaker:
         refused = ", ".join(str(audio[i]) for i in result.rejected_speaker)
         print(f"refused (another speaker than the enrolled voice): {refused}", file=sys.stderr)

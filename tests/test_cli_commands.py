@@ -323,3 +323,15 @@ def test_population_seed_from_recordings(service_env: Settings, tmp_path: Path,
         engine.dispose()
     assert cli.main(["population", "seed"]) == 2
     assert "give recordings, --from-calls, or both" in capsys.readouterr().err
+
+
+def test_baseline_enroll_reports_recordings_without_speech(service_env: Settings, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    speech = wav_file(tmp_path / "speech.wav", calm(120.0, seed=3, seconds=3.0))
+    silence = wav_file(tmp_path / "silence.wav", np.zeros(16000))
+    assert cli.main(["baseline", "enroll", "HOSP-77", str(speech), str(silence), "--no-speaker"]) == 0
+    captured = capsys.readouterr()
+    assert "1 clip(s) enrolled as" in captured.out
+    assert f"no speech found, not enrolled: {silence}" in captured.err
+    assert cli.main(["baseline", "enroll", "HOSP-78", str(silence), "--no-speaker"]) == 1
+    assert "no speech found in the recordings" in capsys.readouterr().err
