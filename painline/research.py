@@ -184,8 +184,13 @@ def evaluate_main(argv: list[str]) -> int:
     p.add_argument("--cross", action="append", default=[], help="also test on this task's corpus (repeatable)")
     p.add_argument("--out", type=Path, default=Path("var/evaluation"), help="folder for JSON and plots")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap replicates for CIs")
+    p.add_argument("--protocol", choices=["all", "live-path"], default="all",
+                   help="all: every clip-level protocol (default); live-path: calls through the product's own "
+                        "stream and worker code (painline.live_path)")
     _common_args(p)
     args = p.parse_args(argv)
+    if args.protocol == "live-path":
+        return _live_path_main(args)
     settings, embedder, channel, cfg = _setup(args)
     data = load_task_data(args.task, embedder, settings, channel, args.tasks, args.max_speakers)
     cross = [load_task_data(t, embedder, settings, channel, args.tasks, args.max_speakers) for t in args.cross]
@@ -194,6 +199,33 @@ def evaluate_main(argv: list[str]) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.task}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out / (args.task + '.json')}")
+    return 0
+
+
+def _live_path_main(args: argparse.Namespace) -> int:
+    """``painline evaluate --task T --protocol live-path``: the live-path protocol's table and JSON.
+
+    It trains with the shipped procedure and plays calls through the product, so the options that
+    change training or the channel are not offered here.
+    """
+    from painline.live_path import format_table, run_protocol
+
+    changed = [flag for flag, on in (("--cross", args.cross), ("--no-rms", args.no_rms), ("--gain-db", args.gain_db),
+                                     ("--classifier", args.classifier != "svm"),
+                                     ("--drop-level-features", args.drop_level_features),
+                                     ("--tasks", args.tasks != TASKS_FILE)) if on]
+    if changed:
+        raise SystemExit(f"painline evaluate: {', '.join(changed)} cannot be used with --protocol live-path")
+    settings = Settings.from_env()
+    if args.data_dir:
+        settings = settings.with_(data_dir=args.data_dir)
+    result = run_protocol(args.task, settings, max_speakers=args.max_speakers, n_boot=args.boot,
+                          embedder_name=args.embedder, progress=lambda m: print(m, flush=True))
+    print(format_table(result))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{args.task}.live-path.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {path}")
     return 0
 
 
