@@ -17,11 +17,14 @@ file holds only what that extra adds to the core.
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
+import sys
 import tempfile
 import tomllib
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from merge_locks import blocks  # a sibling script, not a package
 
 ROOT = Path(__file__).resolve().parent.parent
 REQ = ROOT / "requirements"
@@ -30,7 +33,6 @@ FIND_LINKS = "/opt/wheels"
 PYTHON = "3.11"
 PLATFORM = "x86_64-manylinux_2_28"
 
-_NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==")
 
 
 def _extras() -> list[str]:
@@ -50,19 +52,8 @@ def _compile(inputs: list[str], out: Path, *, extras: list[str], constraint: Pat
 
 
 def _blocks(text: str) -> dict[str, str]:
-    """Package name (normalised) -> its requirement block (the pin, hashes and 'via' comments)."""
-    blocks: dict[str, str] = {}
-    current: str | None = None
-    for line in text.splitlines(keepends=True):
-        match = _NAME.match(line)
-        if match:
-            current = re.sub(r"[-_.]+", "-", match.group(1)).lower()
-            blocks[current] = line
-        elif current is not None and line.startswith((" ", "\t")):
-            blocks[current] += line
-        else:
-            current = None
-    return blocks
+    """Package name (normalised) -> its requirement block, "via" notes included."""
+    return dict(blocks(text, keep_comments=True))
 
 
 def _write(path: Path, title: str, blocks: dict[str, str]) -> None:

@@ -16,16 +16,25 @@ from pathlib import Path
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
 
 
-def blocks(text: str) -> list[tuple[str, str]]:
-    """(normalised name, requirement block with its hash lines) in file order; comments dropped."""
+def blocks(text: str, *, keep_comments: bool = False) -> list[tuple[str, str]]:
+    """(normalised name, requirement block: the pin and its hash lines) in file order.
+
+    ``keep_comments`` keeps the resolver's indented "via" notes (``scripts/lock.py`` writes them into
+    the locks for people); installing needs only pins and hashes.
+    """
     out: list[tuple[str, str]] = []
+    in_block = False
     for line in text.splitlines(keepends=True):
         match = _PIN.match(line)
         if match:
             out.append((re.sub(r"[-_.]+", "-", match.group(1)).lower(), line))
-        elif out and line.startswith((" ", "\t")) and not line.strip().startswith("#"):
-            name, block = out[-1]
-            out[-1] = (name, block + line)
+            in_block = True
+        elif in_block and line.startswith((" ", "\t")):
+            if keep_comments or not line.strip().startswith("#"):
+                name, block = out[-1]
+                out[-1] = (name, block + line)
+        else:
+            in_block = False
     return out
 
 
