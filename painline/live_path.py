@@ -208,10 +208,10 @@ class LiveDeployment:
 
     def patient(self, patient_ref: str) -> int:
         """The patient a call with this hotline reference is keyed to, created as the webhook would."""
-        from telephony.webhooks import _patient_id
+        from telephony.webhooks import patient_id_for
 
         with session_scope(self.ctx.sessions) as session:
-            patient_id = _patient_id(session, self.settings.hmac_key, patient_ref, None)
+            patient_id = patient_id_for(session, self.settings.hmac_key, patient_ref, None)
         assert patient_id is not None
         return patient_id
 
@@ -228,13 +228,13 @@ class LiveDeployment:
 
     def _open_call(self, patient_ref: str | None) -> tuple[str, str]:
         """The voice webhook's database work: patient, call row and a single-use stream token."""
-        from telephony.webhooks import _ensure_call, _patient_id
+        from telephony.webhooks import ensure_call, patient_id_for
 
         call_sid = new_sid("CA")
         cfg = self.telephony
         with session_scope(self.ctx.sessions) as session:
-            patient_id = _patient_id(session, cfg.stream.hmac_key, patient_ref, None)
-            _ensure_call(session, call_sid, patient_id, consent=bool(cfg.consent_message))
+            patient_id = patient_id_for(session, cfg.stream.hmac_key, patient_ref, None)
+            ensure_call(session, call_sid, patient_id, consent=bool(cfg.consent_message))
             issued = tokens.issue(call_sid, cfg.stream.hmac_key, cfg.stream_token_ttl_s)
             tokens.record(session, issued)
         return call_sid, issued.token

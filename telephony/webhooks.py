@@ -83,8 +83,8 @@ def voice() -> Response:
     ref = _patient_ref()
     try:
         with session_scope(sessions()) as session:
-            patient_id = _patient_id(session, cfg.hmac_key, ref, request.form.get("From"))
-            _ensure_call(session, call_sid, patient_id, consent=bool(consent_message))
+            patient_id = patient_id_for(session, cfg.hmac_key, ref, request.form.get("From"))
+            ensure_call(session, call_sid, patient_id, consent=bool(consent_message))
             issued = tokens.issue(call_sid, cfg.hmac_key, cfg.stream_token_ttl_s)
             tokens.record(session, issued)
     except (SQLAlchemyError, ValueError) as exc:
@@ -125,7 +125,7 @@ def _patient_ref() -> str | None:
     return ref.strip()
 
 
-def _patient_id(session: Session, hmac_key: str, ref: str | None, number: str | None) -> int | None:
+def patient_id_for(session: Session, hmac_key: str, ref: str | None, number: str | None) -> int | None:
     """The patient for this call: the hotline's reference if given and valid, else the keyed number."""
     key = None
     if ref:
@@ -153,7 +153,7 @@ def _patient_id(session: Session, hmac_key: str, ref: str | None, number: str | 
         return session.scalar(select(Patient.id).where(Patient.key == key))
 
 
-def _ensure_call(session: Session, call_sid: str, patient_id: int | None, *, consent: bool) -> int:
+def ensure_call(session: Session, call_sid: str, patient_id: int | None, *, consent: bool) -> int:
     """The call row for ``call_sid``, created on first sight (Twilio may retry the webhook)."""
     existing = session.scalars(select(Call).where(Call.call_sid == call_sid)).one_or_none()
     if existing is not None:
