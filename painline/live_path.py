@@ -49,6 +49,7 @@ from analysis.segmentation import CALL_GAP_S
 from analysis.training import TrainConfig
 from painline.config import Settings
 from painline.replay import StreamMessages, chunks, new_sid
+from painline.research import fmt, fmt_ci
 from schema.db import session_scope
 from schema.migrate import upgrade
 from schema.models import Call, Score, Utterance
@@ -57,17 +58,9 @@ from telephony.session import StreamCounters, StreamSession
 from telephony.twiml import TOKEN_PARAMETER
 from worker.baselines import EnrolmentResult
 from worker.context import WorkerContext
+from worker.jobs import ScoreOutcome
 
 log = logging.getLogger(__name__)
-
-
-class JobOutcome(StrEnum):
-    """What ``score_utterance`` / ``finalise_call`` answered, as the worker logs it."""
-
-    SCORED = "scored"
-    ALREADY_SCORED = "already scored"
-    MISSING = "missing"
-    NO_AUDIO = "no audio"
 
 
 class Condition(StrEnum):
@@ -104,7 +97,7 @@ class CallResult:
     verdict: CallVerdict | None
     speech_s: float
     stream: StreamCounters
-    outcomes: list[JobOutcome]
+    outcomes: list[ScoreOutcome]
 
     @property
     def probabilities(self) -> list[float]:
@@ -261,12 +254,12 @@ class LiveDeployment:
         session.receive(json.dumps(messages.stop()))
         assert session.ended and session.call_id is not None
         # what the queue would have run, in the order the session would have enqueued it
-        outcomes = [JobOutcome(score_utterance(u)) for u in session.utterance_ids]
+        outcomes = [score_utterance(u) for u in session.utterance_ids]
         finalise_call(session.call_id)
         return self.read_call(session.call_id, spans or [], session.counters, outcomes)
 
     def read_call(self, call_id: int, spans: list[tuple[int, int]], counters: StreamCounters | None = None,
-                  outcomes: list[JobOutcome] | None = None) -> CallResult:
+                  outcomes: list[ScoreOutcome] | None = None) -> CallResult:
         """A call's scores and verdict as stored, utterances in stream order."""
         with session_scope(self.ctx.sessions) as session:
             call = session.get(Call, call_id)
@@ -526,13 +519,13 @@ def format_table(result: dict[str, Any]) -> str:
             continue
         off = (result.get("offline_same_calls") or {}).get(name) or {}
         lines.append(
-            f"{name:<24} {_f(s['auc']):>6} {_ci(s['auc_ci']):>15} {_f(s['balanced_accuracy']):>8} "
-            f"{_ci(s['balanced_accuracy_ci']):>15} {_f(s['sensitivity']):>6} {_f(s['specificity']):>6} "
-            f"{_f(s['sens_at_90spec']):>11} {s['n_clips']:>6} {s['n_speakers']:>4} {_f(off.get('auc')):>11}"
+            f"{name:<24} {fmt(s['auc']):>6} {fmt_ci(s['auc_ci']):>15} {fmt(s['balanced_accuracy']):>8} "
+            f"{fmt_ci(s['balanced_accuracy_ci']):>15} {fmt(s['sensitivity']):>6} {fmt(s['specificity']):>6} "
+            f"{fmt(s['sens_at_90spec']):>11} {s['n_clips']:>6} {s['n_speakers']:>4} {fmt(off.get('auc')):>11}"
         )
     share = result["baseline_applied_share"]
     lines.append(f"baseline applied (enrolled, utterances of {min(CALL_SIZES)}-clip calls): no_pain "
-                 f"{_f(share['no_pain'])} of {share['n_no_pain']}, pain {_f(share['pain'])} of {share['n_pain']}")
+                 f"{fmt(share['no_pain'])} of {share['n_no_pain']}, pain {fmt(share['pain'])} of {share['n_pain']}")
     return "\n".join(lines)
 
 
@@ -550,25 +543,15 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
                 continue
             off = (result.get("offline_same_calls") or {}).get(name) or {}
             lines.append(
-                f"| {task} | {name} | {_f(s['auc'])} {_ci(s['auc_ci'])} | {_f(s['balanced_accuracy'])} "
-                f"{_ci(s['balanced_accuracy_ci'])} | {_f(s['sensitivity'])} | {_f(s['specificity'])} | "
-                f"{_f(s['sens_at_90spec'])} | {s['n_clips']} | {s['n_speakers']} | "
-                f"{_f(off.get('auc'))} {_ci(off.get('auc_ci'))} |"
+                f"| {task} | {name} | {fmt(s['auc'])} {fmt_ci(s['auc_ci'])} | {fmt(s['balanced_accuracy'])} "
+                f"{fmt_ci(s['balanced_accuracy_ci'])} | {fmt(s['sensitivity'])} | {fmt(s['specificity'])} | "
+                f"{fmt(s['sens_at_90spec'])} | {s['n_clips']} | {s['n_speakers']} | "
+                f"{fmt(off.get('auc'))} {fmt_ci(off.get('auc_ci'))} |"
             )
         share = result["baseline_applied_share"]
-        shares.append(f"{task} ({result['mode']}): no_pain {_f(share['no_pain'])} of {share['n_no_pain']}, "
-                      f"pain {_f(share['pain'])} of {share['n_pain']}")
+        shares.append(f"{task} ({result['mode']}): no_pain {fmt(share['no_pain'])} of {share['n_no_pain']}, "
+                      f"pain {fmt(share['pain'])} of {share['n_pain']}")
     return "\n".join(lines) + "\n\nBaseline applied, enrolled utterances by label: " + "; ".join(shares) + "."
-
-
-def _f(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
-
-
-def _ci(ci: list[float | None] | None) -> str:
-    if not ci or ci[0] is None or ci[1] is None:
-        return "-"
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 __all__ = [
@@ -576,7 +559,6 @@ __all__ = [
     "ROWS",
     "CallResult",
     "Condition",
-    "JobOutcome",
     "LiveDeployment",
     "UtteranceResult",
     "call_mulaw",

@@ -134,24 +134,27 @@ def format_table(result: dict[str, Any]) -> str:
         if s is None:
             continue
         lines.append(
-            f"{name:<44} {_f(s['auc']):>6} {_ci(s['auc_ci']):>15} {_f(s['balanced_accuracy']):>8} "
-            f"{_ci(s['balanced_accuracy_ci']):>15} {_f(s['sens_at_90spec']):>11} {_f(s['ece']):>6} {s['n_clips']:>6}"
+            f"{name:<44} {fmt(s['auc']):>6} {fmt_ci(s['auc_ci']):>15} {fmt(s['balanced_accuracy']):>8} "
+            f"{fmt_ci(s['balanced_accuracy_ci']):>15} {fmt(s['sens_at_90spec']):>11} {fmt(s['ece']):>6} "
+            f"{s['n_clips']:>6}"
         )
     mc = result.get("multiclass_person")
     if mc:
         lines.append(
-            f"multi-class person-level ({'/'.join(mc['classes'])}): macro AUC {_f(mc['macro_auc_ovr'])} "
-            f"{_ci(mc['macro_auc_ovr_ci'])}, balanced accuracy {_f(mc['balanced_accuracy'])} "
-            f"{_ci(mc['balanced_accuracy_ci'])}, confusion {mc['confusion']}"
+            f"multi-class person-level ({'/'.join(mc['classes'])}): macro AUC {fmt(mc['macro_auc_ovr'])} "
+            f"{fmt_ci(mc['macro_auc_ovr_ci'])}, balanced accuracy {fmt(mc['balanced_accuracy'])} "
+            f"{fmt_ci(mc['balanced_accuracy_ci'])}, confusion {mc['confusion']}"
         )
     return "\n".join(lines)
 
 
-def _f(v: float | None) -> str:
+def fmt(v: float | None) -> str:
+    """A metric for a table: three decimals, or '-' where there is none."""
     return "-" if v is None else f"{v:.3f}"
 
 
-def _ci(ci: list[float | None] | None) -> str:
+def fmt_ci(ci: list[float | None] | None) -> str:
+    """A confidence interval for a table, or '-'."""
     if not ci or ci[0] is None or ci[1] is None:
         return "-"
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]"

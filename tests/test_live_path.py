@@ -25,13 +25,14 @@ from sqlalchemy.pool import NullPool
 from analysis.aggregate import CallVerdict
 from bench.soak.services import PrivateRedis
 from painline.config import Settings
-from painline.live_path import CallResult, JobOutcome, LiveDeployment, call_mulaw
+from painline.live_path import CallResult, LiveDeployment, call_mulaw
 from painline.replay import replay_call
 from schema.migrate import upgrade
 from schema.models import Call, CallStatus, Score, Utterance
 from tests.db_fixtures import temporary_postgres_database
 from tests.worker_fixtures import calm, pain
 from worker.context import DEFAULT_SPEAKER_THRESHOLD
+from worker.jobs import ScoreOutcome
 
 REPO = Path(__file__).resolve().parents[1]
 AUTH_TOKEN = "live-path-auth-token"
@@ -57,7 +58,7 @@ def test_harness_plays_a_synthetic_call_and_finalises_it(pain_model_path: Path, 
     for result in (stranger, known):
         # one score per utterance the stream saved, every one scored once, the call finalised
         assert result.stream.utterances_saved == len(result.utterances) >= len(clips)
-        assert result.outcomes == [JobOutcome.SCORED] * len(result.utterances)
+        assert result.outcomes == [ScoreOutcome.SCORED] * len(result.utterances)
         assert {u.clip for u in result.utterances} == set(range(len(clips)))
         assert all(0.0 <= p <= 1.0 for p in result.probabilities)
         assert result.verdict in (CallVerdict.PAIN_LIKELY, CallVerdict.NO_PAIN)

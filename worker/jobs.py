@@ -36,6 +36,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,15 @@ from worker.rows import from_bytes, to_bytes
 log = logging.getLogger(__name__)
 
 
+class ScoreOutcome(StrEnum):
+    """What :func:`score_utterance` did (RQ keeps it as the job's result)."""
+
+    SCORED = "scored"
+    ALREADY_SCORED = "already scored"  # by an earlier or concurrent run of the same job
+    MISSING = "missing"  # the utterance was deleted before it could be scored
+    NO_AUDIO = "no audio"  # its audio is gone (retention, or a failed save): marked failed
+
+
 @dataclass
 class _Inputs:
     """What step 1 read: plain values, so step 2 runs with no session open."""
@@ -95,11 +105,11 @@ class _Inputs:
 # score_utterance
 
 
-def score_utterance(utterance_id: int) -> str:
-    """Score one utterance with the process's model; see the module docstring. Returns an outcome word."""
+def score_utterance(utterance_id: int) -> ScoreOutcome:
+    """Score one utterance with the process's model; see the module docstring."""
     ctx = current()
     inputs = _read_inputs(ctx, utterance_id)
-    if isinstance(inputs, str):
+    if isinstance(inputs, ScoreOutcome):
         return inputs
     model = ctx.model
     x = mulaw_decode(inputs.mulaw)
@@ -151,29 +161,29 @@ def score_utterance(utterance_id: int) -> str:
     except IntegrityError:
         if _already_scored(ctx, utterance_id, model.version):
             log.info("utterance %s: scored concurrently by another job", utterance_id)
-            return "already scored"
+            return ScoreOutcome.ALREADY_SCORED
         raise
     if change is not None:
         _announce(ctx, dataclasses.replace(change, utterance_id=utterance_id))
     log.info("utterance %s scored (baseline %s)", utterance_id, "applied" if applied else "not applied")
-    return "scored"
+    return ScoreOutcome.SCORED
 
 
-def _read_inputs(ctx: WorkerContext, utterance_id: int) -> _Inputs | str:
+def _read_inputs(ctx: WorkerContext, utterance_id: int) -> _Inputs | ScoreOutcome:
     model = ctx.model
     with session_scope(ctx.sessions) as session:
         if _score_exists(session, utterance_id, model.version):
-            return "already scored"
+            return ScoreOutcome.ALREADY_SCORED
         utterance = session.get(Utterance, utterance_id)
         if utterance is None:
             log.warning("utterance %s: gone before scoring", utterance_id)
-            return "missing"
+            return ScoreOutcome.MISSING
         audio = session.get(UtteranceAudio, utterance_id)
         if audio is None:
             if utterance.status == UtteranceStatus.PENDING.value:
                 utterance.status = UtteranceStatus.FAILED.value
             log.warning("utterance %s: no audio to score", utterance_id)
-            return "no audio"
+            return ScoreOutcome.NO_AUDIO
         call = session.get(Call, utterance.call_id)
         patient_id = call.patient_id if call is not None else None
         pop_row = session.scalars(
