@@ -169,15 +169,17 @@ def write_doc(results: dict, doc: Path = DOC) -> None:
     )
 
 
-KEPT = ("<!-- speaker-check", "<!-- /speaker-check -->")
-"""Sections other benches write into the doc (``python -m bench.speaker_check``), kept by a full rewrite."""
+KEPT = (("<!-- speaker-check", "<!-- /speaker-check -->"), ("<!-- population", "<!-- /population -->"))
+"""Sections other benches write into the doc (``bench.speaker_check``, ``bench.population``), kept by a full
+rewrite."""
 
 
 def kept_sections(text: str) -> str:
-    begin, end = KEPT
-    if begin not in text or end not in text:
-        return ""
-    return "\n\n" + begin + text.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
+    kept = ""
+    for begin, end in KEPT:
+        if begin in text and end in text:
+            kept += "\n\n" + begin + text.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
+    return kept
 
 
 LIVE_TASKS = ["ravdess-distress", "nemo-distress"]
