@@ -48,6 +48,7 @@ from werkzeug.datastructures import FileStorage
 
 from analysis.audio import AudioLoadError, load_audio
 from analysis.channel import TELEPHONE_RATE, mulaw_encode, telephone
+from dashboard.api import MAX_ID as MAX_ROW_ID
 from dashboard.auth import ADMIN, AUDITOR, require_role
 from dashboard.charts import MeasureRow, measures_plot
 from dashboard.page_queries import AuditFilters, audit_events, audit_vocabulary, voiceprint_summary
@@ -118,7 +119,7 @@ def plot_rows(measures: list[dict]) -> list[MeasureRow]:
 @bp.get("/patients")
 @require_role(ADMIN, AUDITOR)
 def patients() -> ResponseReturnValue:
-    q = request.args.get("q", "")[:200]
+    q = _text_arg("q", 200)
     rows = _store().search_patients(q, _actor())
     return render_template("admin/patients.html", rows=rows, q=q)
 
@@ -285,29 +286,44 @@ def enrol(patient_id: int) -> ResponseReturnValue:
 # the audit log
 
 
-def _date(value: str | None) -> datetime | None:
+def _text_arg(name: str, limit: int) -> str:
+    """A query parameter as a filter: stripped and cut; a NUL (which PostgreSQL text cannot hold) is a 400."""
+    value = request.args.get(name, "").strip()[:limit]
+    if "\x00" in value:
+        abort(400, description=f"{name} must not contain NUL characters")
+    return value
+
+
+def _date(name: str) -> datetime | None:
+    """A YYYY-MM-DD filter; anything else is a 400 rather than silently ignored."""
+    value = request.args.get(name, "").strip()
     if not value:
         return None
     try:
-        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+        parsed = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
-        return None
+        abort(400, description=f"{name} must be a date written YYYY-MM-DD")
+    if parsed.year >= 9999:  # the day after it cannot be represented
+        abort(400, description=f"{name} is out of range")
+    return parsed
 
 
 @bp.get("/audit")
 @require_role(ADMIN, AUDITOR)
 def audit() -> ResponseReturnValue:
     args = request.args
-    since, until = _date(args.get("from")), _date(args.get("to"))
+    since, until = _date("from"), _date("to")
     filters = AuditFilters(
-        actor=args.get("actor", "").strip()[:150],
-        action=args.get("action", "").strip()[:64],
-        object_type=args.get("object_type", "").strip()[:64],
-        object_id=args.get("object_id", "").strip()[:128],
+        actor=_text_arg("actor", 150),
+        action=_text_arg("action", 64),
+        object_type=_text_arg("object_type", 64),
+        object_id=_text_arg("object_id", 128),
         since=since,
         until=until + timedelta(days=1) if until is not None else None,
     )
     before = args.get("before", type=int)
+    if before is not None and not 1 <= before <= MAX_ROW_ID:
+        abort(400, description="before must be an audit event id")
     with session_scope(_sessions()) as session:
         events = audit_events(session, filters, before_id=before, limit=AUDIT_PAGE + 1)
         vocabulary = audit_vocabulary(session)

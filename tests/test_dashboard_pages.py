@@ -369,3 +369,22 @@ def test_audit_page_filters_by_actor_action_type_and_date(
     assert 'data-action="call.view"' in current
     last = audit_actions(pages_app, "audit.view")[-1].detail["filters"]
     assert last == {"action": "call.view", "since": today.isoformat(), "until": today.isoformat()}
+
+
+@pytest.mark.parametrize("query", [
+    "/admin/patients?q=%00",
+    "/admin/audit?actor=%00",
+    "/admin/audit?object_id=%00",
+    "/admin/audit?before=99999999999",
+    "/admin/audit?to=9999-12-31",
+    "/admin/audit?from=yesterday",
+])
+def test_admin_filters_refuse_what_postgresql_cannot_take(client_as: ClientAs, query: str) -> None:
+    """A NUL, an id beyond PostgreSQL's integer, a date with no next day or no date at all: 400, not 500
+    (and not a filter silently ignored)."""
+    response = client_as("admin").get(query)
+    assert response.status_code == 400, (query, response.status_code)
+
+
+def test_admin_audit_still_filters_by_valid_dates(client_as: ClientAs) -> None:
+    assert client_as("admin").get("/admin/audit?from=2026-01-01&to=2026-12-31&before=5").status_code == 200
