@@ -176,12 +176,19 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _exit_cleanly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from painline.workers import run_worker
 
     settings = _settings()
     if not startup_check(settings, "worker"):
         return EXIT_USAGE
+    # until RQ installs its warm-shutdown handlers (after registering the worker), a supervisor's
+    # SIGTERM would kill the process outright; make it a clean exit that still runs the clean-up
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         run_worker(
             settings,
