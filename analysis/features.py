@@ -1,4 +1,11 @@
-"""Clip features through the telephone channel, cached on disk.
+"""Clip features through the telephone channel, cut as a call cuts, cached on disk.
+
+A model is trained and judged on what the worker will be given: not a corpus clip but the
+utterance(s) the call's VAD cuts from it, each level-normalised on its own after decoding. With
+``ChannelConfig.segment`` (the default for training and the bench) a clip is framed by a call's
+pause, cut by :func:`analysis.segmentation.cut_clip` and embedded utterance by utterance; scoring the
+whole file instead moves features such as the loudness percentiles far enough that a baseline
+enrolled one way does not describe calls measured the other way.
 
 Extraction dominates every experiment, so each clip's vector is cached under a key made of the
 clip (path, size, modification time), the embedder (its description) and the channel settings.
@@ -10,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +28,7 @@ from analysis.channel import TELEPHONE_RATE, telephone
 from analysis.dataset import Clip
 from analysis.embedders.base import Embedder
 from analysis.embedders.fusion import ConcatEmbedder
+from analysis.segmentation import cut_clip
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,7 @@ class ChannelConfig:
     telephone: bool = True
     rms_normalise: bool = False
     gain_db: float = 0.0  # test-time gain, for the gain-invariance check
+    segment: bool = False  # cut into the utterances a call's VAD would cut, as the worker scores them
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -46,6 +55,38 @@ def prepare(path: Path, channel: ChannelConfig) -> np.ndarray:
         x = np.clip(x * 10 ** (channel.gain_db / 20), -1.0, 1.0)
     x = telephone(x, sr) if channel.telephone else resample(x, sr, TELEPHONE_RATE)
     return rms_normalise(x) if channel.rms_normalise else x
+
+
+def prepare_utterances(path: Path, channel: ChannelConfig) -> list[np.ndarray]:
+    """The utterances a call would deliver to the worker from this clip, as the worker decodes them.
+
+    Without ``channel.segment`` that is the whole prepared clip. With it, the clip goes through the
+    channel without level normalisation, is cut by the call's VAD and padding (:func:`cut_clip`),
+    and each utterance is normalised on its own, as ``worker.featurize`` does. An empty list means
+    a call would score nothing of this clip.
+    """
+    if not channel.segment:
+        return [prepare(path, channel)]
+    pieces = cut_clip(prepare(path, replace(channel, rms_normalise=False)))
+    return [rms_normalise(u.samples) if channel.rms_normalise else u.samples for u in pieces]
+
+
+def combine(vectors: Sequence[np.ndarray], durations: Sequence[float], dim: int) -> np.ndarray:
+    """One clip's vector from its utterances' vectors: their mean weighted by duration.
+
+    Almost every corpus clip is one utterance, so this is that utterance's vector; a clip the VAD
+    split is summarised by the duration-weighted mean (the worker would score its pieces apart), and
+    a clip with no utterance gets a row of NaN, which :func:`has_speech` lets callers drop.
+    """
+    if not vectors:
+        return np.full(dim, np.nan, dtype=np.float32)
+    w = np.asarray(durations, dtype=np.float64)
+    return (np.average(np.vstack(vectors), axis=0, weights=w)).astype(np.float32)
+
+
+def has_speech(X: np.ndarray) -> np.ndarray:
+    """Rows of :func:`extract`'s output that hold a vector (a segmented clip may hold none)."""
+    return ~np.isnan(X).any(axis=1)
 
 
 def channel_fingerprint() -> str:
@@ -99,7 +140,9 @@ def extract(
     """Embed every clip (through the channel), reusing cached vectors. Returns ``(n, dim)``.
 
     A concatenated embedder is extracted part by part, so each part's cache is shared with runs
-    that use that part alone.
+    that use that part alone. With ``channel.segment`` each clip is embedded as the utterances a
+    call would cut from it (:func:`prepare_utterances`, :func:`combine`); rows of clips with no
+    utterance are NaN.
     """
     if isinstance(embedder, ConcatEmbedder):
         return np.hstack([extract(clips, p, channel, cache, batch_size, progress) for p in embedder.parts])
@@ -108,8 +151,10 @@ def extract(
     bar = tqdm(total=len(todo), desc=f"{embedder.name} features", unit="clip", disable=not progress or not todo)
     for start in range(0, len(todo), batch_size):
         idx = todo[start : start + batch_size]
-        audio = [prepare(clips[i].path, channel) for i in idx]
-        vecs = embedder.embed(audio, TELEPHONE_RATE)
+        pieces = [prepare_utterances(clips[i].path, channel) for i in idx]
+        flat = [u for p in pieces for u in p]
+        embedded = iter(embedder.embed(flat, TELEPHONE_RATE) if flat else [])
+        vecs = [combine([next(embedded) for _ in p], [len(u) for u in p], embedder.dim) for p in pieces]
         for i, v in zip(idx, vecs, strict=True):
             out[i] = v
             if cache:

@@ -44,7 +44,7 @@ from analysis.audio import load_audio
 from analysis.baseline import RunningStats
 from analysis.channel import TELEPHONE_RATE, mulaw_decode, mulaw_encode, telephone
 from analysis.dataset import Clip
-from analysis.metrics import summarise
+from analysis.metrics import paired_auc_difference, summarise
 from analysis.segmentation import CALL_GAP_S
 from analysis.training import TrainConfig
 from painline.config import Settings
@@ -329,19 +329,6 @@ class _Pooled:
         return out
 
 
-def task_clips(data: Any, max_speakers: int | None) -> list[Clip]:
-    """The clips behind ``TaskData.X``, in the same order (``load_task_data`` keeps them to itself)."""
-    ds, task = data.dataset, data.task
-    keep = task.select(ds)
-    if max_speakers:
-        chosen = list(dict.fromkeys(ds.speakers[keep].tolist()))[:max_speakers]
-        keep &= np.isin(ds.speakers, chosen)
-    clips = [c for c, k in zip(ds.clips, keep, strict=True) if k]
-    if len(clips) != len(data.y):
-        raise RuntimeError("the task's clip selection changed under the live-path protocol")
-    return clips
-
-
 def _calls(pool: np.ndarray, size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Disjoint calls of ``size`` clips from one speaker's clips of one label."""
     shuffled = rng.permutation(pool)
@@ -377,7 +364,7 @@ def run_protocol(
     rng = np.random.default_rng(seed)
     emb = get_embedder(embedder_name, embedder_sources(settings))
     data = load_task_data(task_name, emb, settings, DEFAULT_CHANNEL, max_speakers=max_speakers)
-    clips = task_clips(data, max_speakers)
+    clips = data.clips
     fit = make_fit(data, emb, DEFAULT_CHANNEL, TrainConfig())
     rows = {name: _Pooled() for name in ROWS}
     offline = {name: _Pooled() for name in ROWS}  # the same calls on the bench's clip path, for comparison
@@ -452,14 +439,15 @@ def run_protocol(
         "thresholds": [round(t, 4) for t in thresholds],
         "threshold": threshold,
         "rows": {name: pooled.summary(threshold, n_boot) for name, pooled in rows.items()},
-        # the same calls scored as the clip-level bench scores them: whole-clip features, training
-        # population, baseline from the enrolment clips' whole-clip features, no speaker check, equal weights
+        # the same calls scored as the clip-level bench scores them: each clip's features on its own,
+        # training population, baseline from the enrolment clips' features, no speaker check
         "offline_same_calls": {name: pooled.summary(threshold, n_boot) for name, pooled in offline.items()},
         "baseline_applied_share": {
             "no_pain": _share(applied[0]), "pain": _share(applied[1]),
             "n_no_pain": len(applied[0]), "n_pain": len(applied[1]),
         },
         "speaker_similarity_mean": {"no_pain": _mean(similarity[0]), "pain": _mean(similarity[1])},
+        "baseline_effect": baseline_effect(rows, n_boot),
         "verdicts": verdicts,
         "seconds": round(time.time() - started, 1),
     }
@@ -505,53 +493,85 @@ def _plan(
     return [plan[i] for i in order], enrol
 
 
+def baseline_effect(rows: dict[str, _Pooled], n_boot: int) -> dict[str, dict[str, Any] | None]:
+    """Enrolled minus not-enrolled AUC per call length and per utterance, paired by call.
+
+    Both deployments hear the same calls in the same order, so the rows pair item by item and the
+    interval is a paired, speaker-grouped one. ``never_worse`` is the promise of ``analysis.model``
+    (a baseline never makes the model worse) as this protocol measures it.
+    """
+    out: dict[str, dict[str, Any] | None] = {}
+    for prefix in [f"call_{n}" for n in CALL_SIZES] + ["utterance"]:
+        a, b = rows[f"{prefix}_{Condition.ENROLLED.value}"], rows[f"{prefix}_{Condition.NOT_ENROLLED.value}"]
+        if not a.y or a.y != b.y or a.g != b.g or len(set(a.y)) < 2:
+            out[prefix] = None  # unpaired (a call scored in one deployment only) or one class: no difference
+            continue
+        d, low, high = paired_auc_difference(np.array(a.y), np.array(a.p), np.array(b.p), np.array(a.g), n_boot)
+        out[prefix] = {"auc_difference": d, "auc_difference_ci": [low, high], "never_worse": d >= 0.0}
+    return out
+
+
+def _cells(s: dict[str, Any], off: dict[str, Any]) -> list[str]:
+    """One row's figures, as both tables print them."""
+    return [
+        f"{fmt(s['auc'])} {fmt_ci(s['auc_ci'])}", f"{fmt(s['balanced_accuracy'])} {fmt_ci(s['balanced_accuracy_ci'])}",
+        fmt(s["sensitivity"]), fmt(s["specificity"]), fmt(s["sens_at_90spec"]), str(s["n_clips"]),
+        str(s["n_speakers"]), f"{fmt(off.get('auc'))} {fmt_ci(off.get('auc_ci'))}",
+    ]
+
+
+HEADER = ["AUC [95% CI]", "balanced accuracy [95% CI]", "sens", "spec", "sens@90%spec", "n", "speakers",
+          "offline AUC, same calls [95% CI]"]
+
+
+def _effect_text(effect: dict[str, Any] | None) -> str:
+    if effect is None:
+        return "n/a"
+    d, (low, high) = effect["auc_difference"], effect["auc_difference_ci"]
+    return f"{d:+.3f} [{low:+.3f}, {high:+.3f}]" + ("" if effect["never_worse"] else " (worse)")
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The protocol's rows as a plain-text table (``painline evaluate --protocol live-path``)."""
     lines = [
         f"task {result['task']} live path ({result['mode']}; {result['folds']} folds; median threshold "
         f"{result['threshold']:.3f})",
-        f"{'row':<24} {'AUC':>6} {'95% CI':>15} {'bal.acc':>8} {'95% CI':>15} {'sens':>6} {'spec':>6} "
-        f"{'sens@90spec':>11} {'n':>6} {'spk':>4} {'offline AUC':>11}",
+        "  ".join([f"{'row':<24}", *HEADER]),
     ]
     for name, s in result["rows"].items():
-        if s is None:
-            lines.append(f"{name:<24} (no items)")
-            continue
         off = (result.get("offline_same_calls") or {}).get(name) or {}
-        lines.append(
-            f"{name:<24} {fmt(s['auc']):>6} {fmt_ci(s['auc_ci']):>15} {fmt(s['balanced_accuracy']):>8} "
-            f"{fmt_ci(s['balanced_accuracy_ci']):>15} {fmt(s['sensitivity']):>6} {fmt(s['specificity']):>6} "
-            f"{fmt(s['sens_at_90spec']):>11} {s['n_clips']:>6} {s['n_speakers']:>4} {fmt(off.get('auc')):>11}"
-        )
+        lines.append(f"{name:<24}  (no items)" if s is None else "  ".join([f"{name:<24}", *_cells(s, off)]))
     share = result["baseline_applied_share"]
     lines.append(f"baseline applied (enrolled, utterances of {min(CALL_SIZES)}-clip calls): no_pain "
                  f"{fmt(share['no_pain'])} of {share['n_no_pain']}, pain {fmt(share['pain'])} of {share['n_pain']}")
+    effects = result.get("baseline_effect") or {}
+    lines.append("enrolled minus not enrolled, AUC [paired 95% CI]: "
+                 + ", ".join(f"{k} {_effect_text(v)}" for k, v in effects.items()))
     return "\n".join(lines)
 
 
 def markdown_table(results: dict[str, dict[str, Any]]) -> str:
-    """The "Live path" table of ``docs/detection.md`` from ``detection.json``'s ``live_path`` key."""
-    lines = [
-        "| task | row | AUC [95% CI] | balanced accuracy [95% CI] | sens | spec | sens@90%spec | n | speakers "
-        "| offline AUC, same calls [95% CI] |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    """The "Live path" tables of ``docs/detection.md`` from ``detection.json``'s ``live_path`` key."""
+    lines = ["| task | row | " + " | ".join(HEADER) + " |", "|---" * (len(HEADER) + 2) + "|"]
     shares = []
     for task, result in results.items():
         for name, s in result["rows"].items():
-            if s is None:
-                continue
-            off = (result.get("offline_same_calls") or {}).get(name) or {}
-            lines.append(
-                f"| {task} | {name} | {fmt(s['auc'])} {fmt_ci(s['auc_ci'])} | {fmt(s['balanced_accuracy'])} "
-                f"{fmt_ci(s['balanced_accuracy_ci'])} | {fmt(s['sensitivity'])} | {fmt(s['specificity'])} | "
-                f"{fmt(s['sens_at_90spec'])} | {s['n_clips']} | {s['n_speakers']} | "
-                f"{fmt(off.get('auc'))} {fmt_ci(off.get('auc_ci'))} |"
-            )
+            if s is not None:
+                off = (result.get("offline_same_calls") or {}).get(name) or {}
+                lines.append("| " + " | ".join([task, name, *_cells(s, off)]) + " |")
         share = result["baseline_applied_share"]
         shares.append(f"{task} ({result['mode']}): no_pain {fmt(share['no_pain'])} of {share['n_no_pain']}, "
                       f"pain {fmt(share['pain'])} of {share['n_pain']}")
-    return "\n".join(lines) + "\n\nBaseline applied, enrolled utterances by label: " + "; ".join(shares) + "."
+    prefixes = [f"call_{n}" for n in CALL_SIZES] + ["utterance"]
+    effect = [
+        "| task | " + " | ".join(prefixes) + " |", "|---" * (len(prefixes) + 1) + "|",
+        *("| " + " | ".join([task, *(_effect_text((r.get("baseline_effect") or {}).get(k)) for k in prefixes)]) + " |"
+          for task, r in results.items()),
+    ]
+    return ("\n".join(lines) + "\n\nBaseline applied, enrolled utterances by label: " + "; ".join(shares) + ".\n\n"
+            "Does the baseline help? Enrolled minus not-enrolled AUC on the same calls, with a paired speaker-grouped "
+            "95% CI (`baseline_effect`); \"(worse)\" marks where the promise of `analysis.model`, that a baseline "
+            "never makes the model worse, does not hold on the live path.\n\n" + "\n".join(effect))
 
 
 __all__ = [
@@ -561,9 +581,9 @@ __all__ = [
     "Condition",
     "LiveDeployment",
     "UtteranceResult",
+    "baseline_effect",
     "call_mulaw",
     "format_table",
     "markdown_table",
     "run_protocol",
-    "task_clips",
 ]

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from analysis.dataset import Dataset, load_manifest
+from analysis.dataset import Clip, Dataset, load_manifest
 from analysis.embedders.base import Embedder, get_embedder
-from analysis.features import ChannelConfig, FeatureCache, extract
+from analysis.features import ChannelConfig, FeatureCache, extract, has_speech
 from analysis.model import PainModel
 from analysis.protocols import Scored, cross_corpus, multiclass_person_level, person_level, random_split
 from analysis.tasks import Task, TaskError, bind, load_tasks
@@ -28,15 +28,20 @@ from painline.config import Settings
 from painline.workers import embedder_sources
 
 TASKS_FILE = Path(__file__).with_name("tasks.toml")
-DEFAULT_CHANNEL = ChannelConfig(telephone=True, rms_normalise=True)
+DEFAULT_CHANNEL = ChannelConfig(telephone=True, rms_normalise=True, segment=True)
+"""What the shipped model is trained and judged on: the utterances a call cuts from each clip."""
 
 
 @dataclass
 class TaskData:
-    """One task's clips embedded: features, pain labels, speakers, normal-state mask."""
+    """One task's clips embedded: the clips, their features, pain labels, speakers, normal-state mask.
+
+    Row ``i`` of every array belongs to ``clips[i]``; clips a call would score nothing of are left out.
+    """
 
     task: Task
     dataset: Dataset
+    clips: list[Clip]
     X: np.ndarray
     y: np.ndarray
     groups: np.ndarray
@@ -68,8 +73,14 @@ def load_task_data(
         keep &= np.isin(ds.speakers, chosen)
     clips = [c for c, k in zip(ds.clips, keep, strict=True) if k]
     X = extract(clips, embedder, channel, FeatureCache(settings.cache_dir / "features"))
+    # a segmented clip a call would not score (no utterance in it) is not scored offline either
+    spoken = has_speech(X)
+    if not spoken.all():
+        clips = [c for c, k in zip(clips, spoken, strict=True) if k]
+        X = X[spoken]
     labels = np.array([c.label for c in clips])
-    return TaskData(task, ds, X, task.pain(labels), np.array([c.speaker_id for c in clips]), task.normal_mask(labels))
+    speakers = np.array([c.speaker_id for c in clips])
+    return TaskData(task, ds, clips, X, task.pain(labels), speakers, task.normal_mask(labels))
 
 
 def make_fit(data: TaskData, embedder: Embedder, channel: ChannelConfig, cfg: TrainConfig):  # type: ignore[no-untyped-def]
@@ -83,7 +94,8 @@ def make_fit(data: TaskData, embedder: Embedder, channel: ChannelConfig, cfg: Tr
             normal,
             feature_names=embedder.feature_names,
             embedder=embedder.describe(),
-            channel={"telephone": channel.telephone, "rms_normalise": channel.rms_normalise},
+            channel={"telephone": channel.telephone, "rms_normalise": channel.rms_normalise,
+                     "segment": channel.segment},
             task={"name": data.task.name, "classes": data.task.classes, "normal": data.task.normal},
             training_data={"corpus": data.dataset.name, "manifest_sha256": data.dataset.manifest_sha256},
             cfg=cfg,
@@ -166,6 +178,8 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="folder of corpora (default: PAINLINE_DATA_DIR)")
     p.add_argument("--no-rms", action="store_true", help="keep recording level (no RMS normalisation)")
     p.add_argument("--gain-db", type=float, default=0.0, help="scale all audio by this gain before the channel")
+    p.add_argument("--whole-clips", action="store_true",
+                   help="embed whole clips instead of the utterances a call's VAD would cut (not what calls score)")
     p.add_argument("--classifier", default="svm", choices=["svm", "logreg", "gboost"])
     p.add_argument("--drop-level-features", action="store_true", help="drop absolute-level features")
     p.add_argument("--max-speakers", type=int, help="use only the first N speakers (quick runs)")
@@ -176,7 +190,8 @@ def _setup(args: argparse.Namespace) -> tuple[Settings, Embedder, ChannelConfig,
     if args.data_dir:
         settings = settings.with_(data_dir=args.data_dir)
     embedder = get_embedder(args.embedder, embedder_sources(settings))
-    channel = ChannelConfig(telephone=True, rms_normalise=not args.no_rms, gain_db=args.gain_db)
+    channel = ChannelConfig(telephone=True, rms_normalise=not args.no_rms, gain_db=args.gain_db,
+                            segment=not args.whole_clips)
     cfg = replace(TrainConfig(), classifier=args.classifier, drop_level_features=args.drop_level_features)
     return settings, embedder, channel, cfg
 
@@ -214,6 +229,7 @@ def _live_path_main(args: argparse.Namespace) -> int:
     from painline.live_path import format_table, run_protocol
 
     changed = [flag for flag, on in (("--cross", args.cross), ("--no-rms", args.no_rms), ("--gain-db", args.gain_db),
+                                     ("--whole-clips", args.whole_clips),
                                      ("--classifier", args.classifier != "svm"),
                                      ("--drop-level-features", args.drop_level_features),
                                      ("--tasks", args.tasks != TASKS_FILE)) if on]

@@ -125,8 +125,9 @@ class OfflineScorer:
 
     @property
     def channel(self) -> ChannelConfig:
-        telephone_channel = bool(self.model.card.get("channel", {}).get("telephone", True))
-        return ChannelConfig(telephone=telephone_channel, rms_normalise=self.model.rms_normalise)
+        card = self.model.card.get("channel", {})
+        return ChannelConfig(telephone=bool(card.get("telephone", True)), rms_normalise=self.model.rms_normalise,
+                             segment=bool(card.get("segment", False)))
 
     @property
     def threshold(self) -> float:

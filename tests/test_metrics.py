@@ -394,3 +394,20 @@ def test_per_speaker_plot_handles_one_class_speakers_and_many_speakers(tmp_path)
 def test_plots_module_does_not_touch_pyplot() -> None:
     code = "import sys, analysis.plots; sys.exit('matplotlib.pyplot' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_paired_auc_difference_is_zero_for_the_same_scores_and_resolves_a_real_gain() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    groups = rng.integers(0, 25, 400)
+    sharp, blurred = y + rng.normal(0, 0.7, 400), y + rng.normal(0, 2.5, 400)
+
+    assert M.paired_auc_difference(y, sharp, sharp, groups) == (0.0, 0.0, 0.0)
+    d, low, high = M.paired_auc_difference(y, sharp, blurred, groups, n_boot=500)
+    assert d == pytest.approx(M.roc_auc(y, sharp) - M.roc_auc(y, blurred))
+    assert 0.0 < low < d < high
+    # paired: the interval of the difference is narrower than either AUC's own interval is wide
+    _, a_low, a_high = M.grouped_bootstrap_ci(y, blurred, groups, M.roc_auc, n_boot=500)
+    assert high - low < (a_high - a_low) * 1.5
+    d_rev, low_rev, high_rev = M.paired_auc_difference(y, blurred, sharp, groups, n_boot=500)
+    assert (d_rev, low_rev, high_rev) == pytest.approx((-d, -high, -low))

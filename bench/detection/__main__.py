@@ -204,8 +204,8 @@ def live_path_section(live: dict) -> str:
         "was; population statistics accumulate over the fold's calls in both. `call_n_*`: the finalised call "
         "score; `utterance_*`: every utterance of the 4-clip calls. sens/spec: at each fold model's own "
         "threshold; balanced accuracy at their median. CIs: 95%, speaker-grouped bootstrap. The last column "
-        "scores the very same calls the way the clip-level rows below do (whole-clip features, the training "
-        "population, a baseline from the enrolment clips' whole-clip features, no speaker check, equal weights): "
+        "scores the very same calls the way the clip-level rows below do (each clip's features as the VAD cuts it, "
+        "the training population, a baseline from the enrolment clips' features, no speaker check): "
         "where the two disagree, the live-path number is what callers get.\n\n"
         + markdown_table(live)
         + f"\n{LIVE_END}\n"
