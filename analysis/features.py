@@ -43,6 +43,10 @@ class ChannelConfig:
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
+    def card(self) -> dict[str, bool]:
+        """What a model card records of the channel it was trained on (test-time gain is not part of it)."""
+        return {"telephone": self.telephone, "rms_normalise": self.rms_normalise, "segment": self.segment}
+
 
 def prepare(path: Path, channel: ChannelConfig) -> np.ndarray:
     """Load one clip and pass it through the channel: 8 kHz mu-law float32.

@@ -197,6 +197,18 @@ class LiveDeployment:
 
         context.install(self.ctx)
 
+    def seed_population(self, embeddings: np.ndarray) -> int:
+        """``painline population seed``'s last step: fold utterance embeddings into the population.
+
+        The protocol passes features it already has (the bench embeds clips exactly as the worker
+        embeds utterances, ``analysis.features``) instead of embedding the recordings again.
+        Returns the population's size.
+        """
+        from worker.population import fold
+
+        with session_scope(self.ctx.sessions) as session:
+            return fold(session, self.ctx.model, embeddings).n
+
     # -- patients ----------------------------------------------------------------------------------
 
     def patient(self, patient_ref: str) -> int:
@@ -345,6 +357,7 @@ def run_protocol(
     seed: int = 0,
     embedder_name: str = "egemaps",
     speaker: bool = True,
+    seed_population: bool = True,
     work_dir: Path | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -355,6 +368,11 @@ def run_protocol(
     each held-out speaker is enrolled from a seeded choice of their normal-state clips, in the other
     nobody is. Every call is played into both, in the same shuffled order, so the running population
     statistics follow the same trajectory in both and the rows differ only by the baseline.
+
+    With ``seed_population`` both deployments' population statistics are seeded before the first
+    call, as a hotline seeds them before go-live, from unlabelled recordings of the corpus's other
+    speakers (the fold's training speakers). Unseeded, a fold of one or two held-out speakers has a
+    "population" of those speakers alone after a few calls, which no hotline has.
     """
     from analysis.embedders.base import get_embedder
     from painline.research import DEFAULT_CHANNEL, load_task_data, make_fit
@@ -388,6 +406,9 @@ def run_protocol(
             deployments = {c: LiveDeployment.build(model_path, settings, work_dir=fold_dir / c.value, speaker=speaker)
                            for c in Condition}
             try:
+                if seed_population:
+                    for d in deployments.values():
+                        d.seed_population(data.X[tr])
                 refs = {c: {s: f"LP-{c.value}-{s}" for s in enrol} for c in Condition}
                 for s, idx in enrol.items():
                     deployments[Condition.ENROLLED].enrol(refs[Condition.ENROLLED][s], [audio[i] for i in idx])
@@ -436,6 +457,7 @@ def run_protocol(
         "enrol_clips": ENROL_CLIPS,
         "call_sizes": list(CALL_SIZES),
         "speaker_check": speaker,
+        "population_seeded": seed_population,
         "thresholds": [round(t, 4) for t in thresholds],
         "threshold": threshold,
         "rows": {name: pooled.summary(threshold, n_boot) for name, pooled in rows.items()},

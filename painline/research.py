@@ -94,8 +94,7 @@ def make_fit(data: TaskData, embedder: Embedder, channel: ChannelConfig, cfg: Tr
             normal,
             feature_names=embedder.feature_names,
             embedder=embedder.describe(),
-            channel={"telephone": channel.telephone, "rms_normalise": channel.rms_normalise,
-                     "segment": channel.segment},
+            channel=channel.card(),
             task={"name": data.task.name, "classes": data.task.classes, "normal": data.task.normal},
             training_data={"corpus": data.dataset.name, "manifest_sha256": data.dataset.manifest_sha256},
             cfg=cfg,
@@ -267,7 +266,7 @@ def train_main(argv: list[str]) -> int:
         normal,
         feature_names=embedder.feature_names,
         embedder=embedder.describe(),
-        channel={"telephone": channel.telephone, "rms_normalise": channel.rms_normalise},
+        channel=channel.card(),
         task={"name": "+".join(args.task), "classes": {d.task.name: d.task.classes for d in parts}},
         training_data={
             "corpora": [

@@ -23,13 +23,20 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.pool import NullPool
 
 from analysis.aggregate import CallVerdict
+from analysis.audio import load_audio
+from analysis.channel import telephone
+from analysis.embedders.base import get_embedder
+from analysis.features import ChannelConfig, extract
+from analysis.model import PainModel
 from bench.soak.services import PrivateRedis
 from painline.config import Settings
 from painline.live_path import CallResult, LiveDeployment, call_mulaw
 from painline.replay import replay_call
+from painline.research import DEFAULT_CHANNEL
 from schema.migrate import upgrade
 from schema.models import Call, CallStatus, Score, Utterance
 from tests.db_fixtures import temporary_postgres_database
+from tests.e2e_fixtures import SHIPPED_MODEL, corpus_available, data_dir, missing_corpus_reason
 from tests.worker_fixtures import calm, pain
 from worker.context import DEFAULT_SPEAKER_THRESHOLD
 from worker.jobs import ScoreOutcome
@@ -68,6 +75,38 @@ def test_harness_plays_a_synthetic_call_and_finalises_it(pain_model_path: Path, 
     assert all(u.speaker_similarity is None for u in known.utterances)  # speaker check off
     # the same audio: only the baseline (and one call more of population statistics) differs
     assert [u.start_ms for u in stranger.utterances] == [u.start_ms for u in known.utterances]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not corpus_available("ravdess", "nemo"), reason=missing_corpus_reason("ravdess", "nemo"))
+def test_a_clip_scores_the_same_offline_as_through_a_replayed_call(shipped_model: PainModel, tmp_path: Path) -> None:
+    """Training and the bench embed a clip as the call's VAD would cut it, so their probability is the call's.
+
+    Each clip is the only clip of a call into a fresh deployment (nobody enrolled, no population yet),
+    which is what ``PainModel.predict_proba`` with the training population means offline. The same
+    clips embedded whole, as training did before, are far enough off to show the check can fail.
+    """
+    from analysis.dataset import load_manifest
+
+    assert shipped_model.card["channel"].get("segment") is True, "the shipped model was trained on whole clips"
+    clips = [c for corpus in ("ravdess", "nemo") for c in load_manifest(data_dir() / corpus, name=corpus).clips
+             if c.label in ("neutral", "angry", "sad")][::97][:8]
+    embedder = get_embedder(shipped_model.embedder_name)
+    offline = shipped_model.predict_proba(extract(clips, embedder, DEFAULT_CHANNEL, progress=False))
+    whole = ChannelConfig(telephone=True, rms_normalise=True)
+    whole_clip = shipped_model.predict_proba(extract(clips, embedder, whole, progress=False))
+
+    live: list[float] = []
+    for n, clip in enumerate(clips):
+        samples, rate = load_audio(clip.path)
+        with LiveDeployment.build(SHIPPED_MODEL, settings_for(tmp_path / str(n)), work_dir=tmp_path / str(n),
+                                  speaker=False) as deployment:
+            result = deployment.play([telephone(samples, rate)])
+        assert len(result.utterances) == 1, f"{clip.path.name}: the VAD cut {len(result.utterances)} utterances"
+        live.append(result.utterances[0].probability)
+
+    np.testing.assert_allclose(offline, live, atol=0.02)
+    assert np.max(np.abs(whole_clip - np.asarray(live))) > 0.02  # the old offline path did not match
 
 
 # ---------------------------------------------------------------------------------------------------
