@@ -29,7 +29,8 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -45,6 +46,7 @@ from analysis.baseline import RunningStats
 from analysis.channel import TELEPHONE_RATE, mulaw_decode, mulaw_encode, telephone
 from analysis.dataset import Clip
 from analysis.metrics import paired_auc_difference, summarise
+from analysis.model import PainModel
 from analysis.segmentation import CALL_GAP_S
 from analysis.training import TrainConfig
 from painline.config import Settings
@@ -316,7 +318,7 @@ ROWS = tuple(
 
 
 @dataclass
-class _Pooled:
+class PooledRow:
     """Items of one row: label, score, speaker, and the threshold of the fold model that scored them."""
 
     y: list[int] = field(default_factory=list)
@@ -345,6 +347,105 @@ def _calls(pool: np.ndarray, size: int, rng: np.random.Generator) -> list[np.nda
     """Disjoint calls of ``size`` clips from one speaker's clips of one label."""
     shuffled = rng.permutation(pool)
     return [shuffled[i : i + size] for i in range(0, len(shuffled) - size + 1, size)]
+
+
+@dataclass
+class _Tally:
+    """What a protocol accumulates over its folds."""
+
+    rows: dict[str, PooledRow] = field(default_factory=lambda: {name: PooledRow() for name in ROWS})
+    # the same calls on the bench's clip path, for comparison
+    offline: dict[str, PooledRow] = field(default_factory=lambda: {name: PooledRow() for name in ROWS})
+    applied: dict[int, list[bool]] = field(default_factory=lambda: {0: [], 1: []})
+    similarity: dict[int, list[float]] = field(default_factory=lambda: {0: [], 1: []})
+    thresholds: list[float] = field(default_factory=list)
+    verdicts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def summary(self, n_boot: int) -> dict[str, Any]:
+        threshold = float(np.median(self.thresholds))
+        return {
+            "thresholds": [round(t, 4) for t in self.thresholds],
+            "threshold": threshold,
+            "rows": {name: pooled.summary(threshold, n_boot) for name, pooled in self.rows.items()},
+            # the same calls scored as the clip-level bench scores them: each clip's features on its own,
+            # training population, baseline from the enrolment clips' features, no speaker check
+            "offline_same_calls": {name: pooled.summary(threshold, n_boot) for name, pooled in self.offline.items()},
+            "baseline_applied_share": {
+                "no_pain": _share(self.applied[0]), "pain": _share(self.applied[1]),
+                "n_no_pain": len(self.applied[0]), "n_pain": len(self.applied[1]),
+            },
+            "speaker_similarity_mean": {"no_pain": _mean(self.similarity[0]), "pain": _mean(self.similarity[1])},
+            "baseline_effect": baseline_effect(self.rows, n_boot),
+            "verdicts": self.verdicts,
+        }
+
+
+def _play_fold(
+    name: str,
+    model: PainModel,
+    fold_dir: Path,
+    data: Any,
+    test: np.ndarray,
+    seed_rows: np.ndarray | None,
+    settings: Settings,
+    tally: _Tally,
+    rng: np.random.Generator,
+    *,
+    speaker: bool,
+    started: float,
+    progress: Callable[[str], None],
+) -> None:
+    """Play one fold's calls of ``data``'s ``test`` rows into an enrolled and a not-enrolled deployment.
+
+    ``seed_rows``: rows of ``data`` whose features seed both deployments' population before the first
+    call (unlabelled recordings of other callers), or None for no seeding.
+    """
+    model_path = model.save(fold_dir / "model.joblib")
+    threshold = model.threshold
+    tally.thresholds.append(threshold)
+    plan, enrol = _plan(test, data.y, data.normal, data.groups, rng)
+    clips = data.clips
+    audio = {i: _audio(clips[i]) for i in sorted({i for _, _, _, idx in plan for i in idx} | {
+        i for idx in enrol.values() for i in idx})}
+    deployments = {c: LiveDeployment.build(model_path, settings, work_dir=fold_dir / c.value, speaker=speaker)
+                   for c in Condition}
+    try:
+        if seed_rows is not None:
+            for d in deployments.values():
+                d.seed_population(data.X[seed_rows])
+        refs = {c: {s: f"LP-{c.value}-{s}" for s in enrol} for c in Condition}
+        for s, idx in enrol.items():
+            deployments[Condition.ENROLLED].enrol(refs[Condition.ENROLLED][s], [audio[i] for i in idx])
+        progress(f"{name}: {len(enrol)} speakers, {len(plan)} calls, model {model.version}, threshold {threshold:.3f}")
+        for n_call, (speaker_id, label, size, idx) in enumerate(plan):
+            if n_call and n_call % 50 == 0:
+                progress(f"{name}: {n_call}/{len(plan)} calls, {time.time() - started:.0f} s")
+            for c in Condition:
+                base = RunningStats.from_array(data.X[enrol[speaker_id]]) if c is Condition.ENROLLED else None
+                p_clips = model.predict_proba(data.X[idx], baseline=base)
+                key = f"call_{size}_{c.value}"
+                tally.offline[key].add(label, call_probability(list(p_clips)), speaker_id, threshold)
+                if size == min(CALL_SIZES):
+                    for p_clip in p_clips:
+                        tally.offline[f"utterance_{c.value}"].add(label, p_clip, speaker_id, threshold)
+                result = deployments[c].play([audio[i] for i in idx], refs[c][speaker_id])
+                score = result.call_score if result.call_score is not None else float("nan")
+                if np.isfinite(score):
+                    tally.rows[key].add(label, score, speaker_id, threshold)
+                verdict = result.verdict.value if result.verdict is not None else "none"
+                counts = tally.verdicts.setdefault(key, {})
+                counts[f"{label}:{verdict}"] = counts.get(f"{label}:{verdict}", 0) + 1
+                if size != min(CALL_SIZES):
+                    continue  # utterance rows and shares from the smallest calls: each clip once
+                for u in result.utterances:
+                    tally.rows[f"utterance_{c.value}"].add(label, u.probability, speaker_id, threshold)
+                    if c is Condition.ENROLLED:
+                        tally.applied[label].append(u.baseline_applied)
+                        if u.speaker_similarity is not None:
+                            tally.similarity[label].append(u.speaker_similarity)
+    finally:
+        for d in deployments.values():
+            d.close()
 
 
 def run_protocol(
@@ -382,73 +483,15 @@ def run_protocol(
     rng = np.random.default_rng(seed)
     emb = get_embedder(embedder_name, embedder_sources(settings))
     data = load_task_data(task_name, emb, settings, DEFAULT_CHANNEL, max_speakers=max_speakers)
-    clips = data.clips
     fit = make_fit(data, emb, DEFAULT_CHANNEL, TrainConfig())
-    rows = {name: _Pooled() for name in ROWS}
-    offline = {name: _Pooled() for name in ROWS}  # the same calls on the bench's clip path, for comparison
-    applied: dict[int, list[bool]] = {0: [], 1: []}
-    similarity: dict[int, list[float]] = {0: [], 1: []}
-    thresholds: list[float] = []
-    verdicts: dict[str, dict[str, int]] = {}
-    owned = work_dir is None
-    root = Path(tempfile.mkdtemp(prefix="painline-live-path-")) if work_dir is None else Path(work_dir)
+    tally = _Tally()
     n_groups = len(np.unique(data.groups))
-    try:
+    with _work_root(work_dir) as root:
         for fold, (tr, te) in enumerate(GroupKFold(min(folds, n_groups)).split(data.X, data.y, data.groups)):
             model = fit(data.X[tr], data.y[tr], data.groups[tr], data.normal[tr])
-            fold_dir = root / f"{task_name}-fold{fold}"
-            model_path = model.save(fold_dir / "model.joblib")
-            threshold = model.threshold
-            thresholds.append(threshold)
-            plan, enrol = _plan(te, data.y, data.normal, data.groups, rng)
-            audio = {i: _audio(clips[i]) for i in sorted({i for _, _, _, idx in plan for i in idx} | {
-                i for idx in enrol.values() for i in idx})}
-            deployments = {c: LiveDeployment.build(model_path, settings, work_dir=fold_dir / c.value, speaker=speaker)
-                           for c in Condition}
-            try:
-                if seed_population:
-                    for d in deployments.values():
-                        d.seed_population(data.X[tr])
-                refs = {c: {s: f"LP-{c.value}-{s}" for s in enrol} for c in Condition}
-                for s, idx in enrol.items():
-                    deployments[Condition.ENROLLED].enrol(refs[Condition.ENROLLED][s], [audio[i] for i in idx])
-                progress(f"{task_name} fold {fold}: {len(enrol)} speakers, {len(plan)} calls, "
-                         f"model {model.version}, threshold {threshold:.3f}")
-                for n_call, (speaker_id, label, size, idx) in enumerate(plan):
-                    if n_call and n_call % 50 == 0:
-                        progress(f"{task_name} fold {fold}: {n_call}/{len(plan)} calls, "
-                                 f"{time.time() - started:.0f} s")
-                    for c in Condition:
-                        base = RunningStats.from_array(data.X[enrol[speaker_id]]) if c is Condition.ENROLLED else None
-                        p_clips = model.predict_proba(data.X[idx], baseline=base)
-                        offline[f"call_{size}_{c.value}"].add(label, call_probability(list(p_clips)), speaker_id,
-                                                              threshold)
-                        if size == min(CALL_SIZES):
-                            for p_clip in p_clips:
-                                offline[f"utterance_{c.value}"].add(label, p_clip, speaker_id, threshold)
-                        result = deployments[c].play([audio[i] for i in idx], refs[c][speaker_id])
-                        score = result.call_score if result.call_score is not None else float("nan")
-                        if np.isfinite(score):
-                            rows[f"call_{size}_{c.value}"].add(label, score, speaker_id, threshold)
-                        key = f"call_{size}_{c.value}"
-                        verdict = result.verdict.value if result.verdict is not None else "none"
-                        verdicts.setdefault(key, {}).setdefault(f"{label}:{verdict}", 0)
-                        verdicts[key][f"{label}:{verdict}"] += 1
-                        if size != min(CALL_SIZES):
-                            continue  # utterance rows and shares from the smallest calls: each clip once
-                        for u in result.utterances:
-                            rows[f"utterance_{c.value}"].add(label, u.probability, speaker_id, threshold)
-                            if c is Condition.ENROLLED:
-                                applied[label].append(u.baseline_applied)
-                                if u.speaker_similarity is not None:
-                                    similarity[label].append(u.speaker_similarity)
-            finally:
-                for d in deployments.values():
-                    d.close()
-    finally:
-        if owned:
-            shutil.rmtree(root, ignore_errors=True)
-    threshold = float(np.median(thresholds))
+            _play_fold(f"{task_name} fold {fold}", model, root / f"{task_name}-fold{fold}", data, te,
+                       tr if seed_population else None, settings, tally, rng, speaker=speaker, started=started,
+                       progress=progress)
     return {
         "task": task_name,
         "mode": "full" if not max_speakers else f"max_speakers={max_speakers}",
@@ -458,21 +501,87 @@ def run_protocol(
         "call_sizes": list(CALL_SIZES),
         "speaker_check": speaker,
         "population_seeded": seed_population,
-        "thresholds": [round(t, 4) for t in thresholds],
-        "threshold": threshold,
-        "rows": {name: pooled.summary(threshold, n_boot) for name, pooled in rows.items()},
-        # the same calls scored as the clip-level bench scores them: each clip's features on its own,
-        # training population, baseline from the enrolment clips' features, no speaker check
-        "offline_same_calls": {name: pooled.summary(threshold, n_boot) for name, pooled in offline.items()},
-        "baseline_applied_share": {
-            "no_pain": _share(applied[0]), "pain": _share(applied[1]),
-            "n_no_pain": len(applied[0]), "n_pain": len(applied[1]),
-        },
-        "speaker_similarity_mean": {"no_pain": _mean(similarity[0]), "pain": _mean(similarity[1])},
-        "baseline_effect": baseline_effect(rows, n_boot),
-        "verdicts": verdicts,
+        **tally.summary(n_boot),
         "seconds": round(time.time() - started, 1),
     }
+
+
+SPEECH_TASKS = ("ravdess-distress", "nemo-distress", "ased-distress", "spanish-distress")
+"""The distress task of every speech corpus in the shared data: the live path's and LOCO's tasks."""
+
+LOCO_ROWS = {
+    "population": "utterance_not_enrolled",
+    "baseline_3": "utterance_enrolled",
+    "call_4_population": "call_4_not_enrolled",
+    "call_4_baseline_3": "call_4_enrolled",
+    "call_8_baseline_3": "call_8_enrolled",
+}
+"""The leave-one-corpus-out rows, named as the four-languages issue names them, and the live rows they are."""
+
+
+def run_loco(
+    test_task: str,
+    train_tasks: Sequence[str],
+    settings: Settings,
+    *,
+    max_speakers: int | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    embedder_name: str = "egemaps",
+    speaker: bool = True,
+    work_dir: Path | None = None,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Leave one corpus out on the live path: train on ``train_tasks`` pooled, play ``test_task``'s calls.
+
+    One model, trained with the shipped procedure (C, blend and threshold from grouped inner CV over
+    the training speakers only), is deployed twice per half of the test corpus's speakers. Each half's
+    deployments are seeded with the other half's clips, unlabelled, as a hotline seeds its population
+    from its own callers' recordings before go-live; then the half's calls are played as in
+    :func:`run_protocol` (3 enrolment clips per speaker in the enrolled deployment).
+    """
+    from analysis.embedders.base import get_embedder
+    from painline.research import DEFAULT_CHANNEL, fit_pooled, load_task_data
+    from painline.workers import embedder_sources
+
+    started = time.time()
+    rng = np.random.default_rng(seed)
+    emb = get_embedder(embedder_name, embedder_sources(settings))
+    test = load_task_data(test_task, emb, settings, DEFAULT_CHANNEL, max_speakers=max_speakers)
+    parts = [load_task_data(t, emb, settings, DEFAULT_CHANNEL, max_speakers=max_speakers) for t in train_tasks]
+    model = fit_pooled(parts, emb, DEFAULT_CHANNEL, TrainConfig())
+    progress(f"loco {test_task}: trained on {', '.join(train_tasks)} (model {model.version})")
+    tally = _Tally()
+    with _work_root(work_dir) as root:
+        for half, (seed_rows, te) in enumerate(GroupKFold(2).split(test.X, test.y, test.groups)):
+            _play_fold(f"loco {test_task} half {half}", model, root / f"loco-{test_task}-{half}", test, te,
+                       seed_rows, settings, tally, rng, speaker=speaker, started=started, progress=progress)
+    summary = tally.summary(n_boot)
+    return {
+        "task": test_task,
+        "trained_on": list(train_tasks),
+        "mode": "full" if not max_speakers else f"max_speakers={max_speakers}",
+        "n_speakers": len(np.unique(test.groups)),
+        "model_version": model.version,
+        **{name: summary["rows"][row] for name, row in LOCO_ROWS.items()},
+        "baseline_effect": summary["baseline_effect"],
+        "baseline_applied_share": summary["baseline_applied_share"],
+        "threshold": model.threshold,
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+@contextmanager
+def _work_root(work_dir: Path | None) -> Iterator[Path]:
+    """The protocol's scratch folder: ``work_dir`` if given (kept), else a temporary one (removed)."""
+    if work_dir is not None:
+        yield Path(work_dir)
+        return
+    root = Path(tempfile.mkdtemp(prefix="painline-live-path-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _share(values: list[bool]) -> float | None:
@@ -515,7 +624,7 @@ def _plan(
     return [plan[i] for i in order], enrol
 
 
-def baseline_effect(rows: dict[str, _Pooled], n_boot: int) -> dict[str, dict[str, Any] | None]:
+def baseline_effect(rows: dict[str, PooledRow], n_boot: int) -> dict[str, dict[str, Any] | None]:
     """Enrolled minus not-enrolled AUC per call length and per utterance, paired by call.
 
     Both deployments hear the same calls in the same order, so the rows pair item by item and the
@@ -598,14 +707,18 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
 
 __all__ = [
     "CALL_SIZES",
+    "LOCO_ROWS",
     "ROWS",
+    "SPEECH_TASKS",
     "CallResult",
     "Condition",
     "LiveDeployment",
+    "PooledRow",
     "UtteranceResult",
     "baseline_effect",
     "call_mulaw",
     "format_table",
     "markdown_table",
+    "run_loco",
     "run_protocol",
 ]

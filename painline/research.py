@@ -103,6 +103,30 @@ def make_fit(data: TaskData, embedder: Embedder, channel: ChannelConfig, cfg: Tr
     return fit
 
 
+def fit_pooled(parts: list[TaskData], embedder: Embedder, channel: ChannelConfig, cfg: TrainConfig) -> PainModel:
+    """One model on several tasks' clips pooled (speakers kept apart by corpus), as ``painline train`` fits it."""
+    groups = np.concatenate([np.char.add(f"{d.dataset.name}:", d.groups.astype(str)) for d in parts])
+    names = [d.task.name for d in parts]
+    return fit_model(
+        np.vstack([d.X for d in parts]),
+        np.concatenate([d.y for d in parts]),
+        groups,
+        np.concatenate([d.normal for d in parts]),
+        feature_names=embedder.feature_names,
+        embedder=embedder.describe(),
+        channel=channel.card(),
+        task={"name": "+".join(names), "classes": {d.task.name: d.task.classes for d in parts}},
+        training_data={
+            "corpora": [
+                {"corpus": d.dataset.name, "manifest_sha256": d.dataset.manifest_sha256, "clips": len(d.y)}
+                for d in parts
+            ],
+            "reproduce": "painline train " + " ".join(f"--task {t}" for t in names),
+        },
+        cfg=cfg,
+    )
+
+
 def evaluate_task(
     data: TaskData,
     embedder: Embedder,
@@ -201,12 +225,14 @@ def evaluate_main(argv: list[str]) -> int:
     p.add_argument("--cross", action="append", default=[], help="also test on this task's corpus (repeatable)")
     p.add_argument("--out", type=Path, default=Path("var/evaluation"), help="folder for JSON and plots")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap replicates for CIs")
-    p.add_argument("--protocol", choices=["all", "live-path"], default="all",
+    p.add_argument("--protocol", choices=["all", "live-path", "loco"], default="all",
                    help="all: every clip-level protocol (default); live-path: calls through the product's own "
-                        "stream and worker code (painline.live_path)")
+                        "stream and worker code (painline.live_path); loco: --task's corpus as an unseen hotline, "
+                        "trained on the other speech corpora (or --train), on the live path")
+    p.add_argument("--train", action="append", help="with --protocol loco: a task to train on (repeatable)")
     _common_args(p)
     args = p.parse_args(argv)
-    if args.protocol == "live-path":
+    if args.protocol in ("live-path", "loco"):
         return _live_path_main(args)
     settings, embedder, channel, cfg = _setup(args)
     data = load_task_data(args.task, embedder, settings, channel, args.tasks, args.max_speakers)
@@ -225,7 +251,7 @@ def _live_path_main(args: argparse.Namespace) -> int:
     It trains with the shipped procedure and plays calls through the product, so the options that
     change training or the channel are not offered here.
     """
-    from painline.live_path import format_table, run_protocol
+    from painline.live_path import SPEECH_TASKS, format_table, run_loco, run_protocol
 
     changed = [flag for flag, on in (("--cross", args.cross), ("--no-rms", args.no_rms), ("--gain-db", args.gain_db),
                                      ("--whole-clips", args.whole_clips),
@@ -234,14 +260,22 @@ def _live_path_main(args: argparse.Namespace) -> int:
                                      ("--tasks", args.tasks != TASKS_FILE)) if on]
     if changed:
         raise SystemExit(f"painline evaluate: {', '.join(changed)} cannot be used with --protocol live-path")
+    if args.train and args.protocol != "loco":
+        raise SystemExit("painline evaluate: --train is for --protocol loco")
     settings = Settings.from_env()
     if args.data_dir:
         settings = settings.with_(data_dir=args.data_dir)
-    result = run_protocol(args.task, settings, max_speakers=args.max_speakers, n_boot=args.boot,
+    if args.protocol == "loco":
+        train = args.train or [t for t in SPEECH_TASKS if t != args.task]
+        result = run_loco(args.task, train, settings, max_speakers=args.max_speakers, n_boot=args.boot,
                           embedder_name=args.embedder, progress=lambda m: print(m, flush=True))
-    print(format_table(result))
+        print(json.dumps({k: v.get("auc") if isinstance(v, dict) else v for k, v in result.items()}, indent=1))
+    else:
+        result = run_protocol(args.task, settings, max_speakers=args.max_speakers, n_boot=args.boot,
+                              embedder_name=args.embedder, progress=lambda m: print(m, flush=True))
+        print(format_table(result))
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{args.task}.live-path.json"
+    path = args.out / f"{args.task}.{args.protocol}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {path}")
     return 0
@@ -255,28 +289,7 @@ def train_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     settings, embedder, channel, cfg = _setup(args)
     parts = [load_task_data(t, embedder, settings, channel, args.tasks, args.max_speakers) for t in args.task]
-    X = np.vstack([d.X for d in parts])
-    y = np.concatenate([d.y for d in parts])
-    groups = np.concatenate([np.char.add(f"{d.dataset.name}:", d.groups.astype(str)) for d in parts])
-    normal = np.concatenate([d.normal for d in parts])
-    model = fit_model(
-        X,
-        y,
-        groups,
-        normal,
-        feature_names=embedder.feature_names,
-        embedder=embedder.describe(),
-        channel=channel.card(),
-        task={"name": "+".join(args.task), "classes": {d.task.name: d.task.classes for d in parts}},
-        training_data={
-            "corpora": [
-                {"corpus": d.dataset.name, "manifest_sha256": d.dataset.manifest_sha256, "clips": len(d.y)}
-                for d in parts
-            ],
-            "reproduce": "painline train " + " ".join(f"--task {t}" for t in args.task),
-        },
-        cfg=cfg,
-    )
+    model = fit_pooled(parts, embedder, channel, cfg)
     model.save(args.out)
     print(f"wrote {args.out} (model {model.version}, threshold {model.threshold:.3f}, blend {model.blend})")
     return 0
