@@ -151,7 +151,7 @@ def evaluate_task(
                 results[f"{name}->{target.task.name}"] = scored
     out["protocols"] = {name: s.summary(threshold, n_boot) for name, s in results.items()}
     if not data.task.is_binary:
-        labels = np.array([c.label for c in data.dataset.clips if c.label in data.task.label_mapping])
+        labels = np.array([c.label for c in data.clips])
         out["multiclass_person"] = multiclass_person_level(
             data.X, data.task.class_index(labels), data.groups, list(data.task.classes), n_boot=n_boot
         )
