@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.model_selection import GroupKFold
 
 from analysis.dataset import Clip, Dataset, load_manifest
 from analysis.embedders.base import Embedder, get_embedder
 from analysis.features import ChannelConfig, FeatureCache, extract, has_speech
+from analysis.metrics import roc_auc
 from analysis.model import PainModel
 from analysis.protocols import Scored, cross_corpus, multiclass_person_level, person_level, random_split
 from analysis.tasks import Task, TaskError, bind, load_tasks
@@ -124,6 +126,43 @@ def fit_pooled(parts: list[TaskData], embedder: Embedder, channel: ChannelConfig
             "reproduce": "painline train " + " ".join(f"--task {t}" for t in names),
         },
         cfg=cfg,
+    )
+
+
+@dataclass(frozen=True)
+class GainCheck:
+    """Person-level AUC of models trained at 0 dB, with the test audio at other gains."""
+
+    auc: dict[float, float]
+    clips: int  # clips with speech at every gain: the AUCs are over these
+    lost: dict[float, int]  # clips the VAD found no utterance in at that gain (but did at 0 dB)
+
+
+def gain_check(task_name: str, embedder: Embedder, settings: Settings, cfg: TrainConfig,
+               gains: tuple[float, ...] = (12.0, -12.0), max_speakers: int | None = None) -> GainCheck:
+    """The gain-invariance check: 5 grouped folds trained at 0 dB, the held-out clips scored at each gain.
+
+    The test audio goes through the whole channel at each gain (gain, codec, the call's VAD cut,
+    per-utterance normalisation), so a level that changes where the VAD cuts shows here too. The
+    AUCs are over the same clips at every gain: those with an utterance at all of them.
+    """
+    base = load_task_data(task_name, embedder, settings, DEFAULT_CHANNEL, max_speakers=max_speakers)
+    cache = FeatureCache(settings.cache_dir / "features")
+    shifted = {g: extract(base.clips, embedder, replace(DEFAULT_CHANNEL, gain_db=g), cache) for g in gains}
+    spoken = {g: has_speech(X) for g, X in shifted.items()}
+    keep = np.logical_and.reduce(list(spoken.values())) if spoken else np.ones(len(base.y), dtype=bool)
+    fit = make_fit(base, embedder, DEFAULT_CHANNEL, cfg)
+    preds = {g: np.full(len(base.y), np.nan) for g in (0.0, *gains)}
+    for tr, te in GroupKFold(5).split(base.X, base.y, base.groups):
+        model = fit(base.X[tr], base.y[tr], base.groups[tr], base.normal[tr])
+        preds[0.0][te] = model.predict_proba(base.X[te])
+        for g, X in shifted.items():
+            rows = te[keep[te]]
+            preds[g][rows] = model.predict_proba(X[rows])
+    return GainCheck(
+        auc={g: roc_auc(base.y[keep], p[keep]) for g, p in preds.items()},
+        clips=int(keep.sum()),
+        lost={g: int((~ok).sum()) for g, ok in spoken.items()},
     )
 
 
