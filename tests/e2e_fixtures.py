@@ -15,13 +15,14 @@ corpus offline with whatever model is shipped, the same way training prepared it
 - :meth:`OfflineScorer.streamed`: clips as the live worker will get them (cut by the socket's VAD).
 - fixtures: ``shipped_model`` / ``offline`` (session), ``shipped_context`` (the worker context built
   from the configured model path and installed for one test), ``flag_listener`` (subscribed to
-  ``painline:flags`` before anything is replayed).
+  the deployment's flag channel before anything is replayed).
 - live helpers: :func:`write_call_wav`, :func:`replay_wav`, :func:`pending_audio`,
   :func:`run_worker`, :func:`enrol_patient`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -45,19 +46,19 @@ from analysis.baseline import RunningStats
 from analysis.channel import TELEPHONE_RATE, mulaw_decode, mulaw_encode, telephone
 from analysis.dataset import Clip, load_manifest
 from analysis.embedders.base import Embedder, get_embedder
-from analysis.features import ChannelConfig, FeatureCache, extract, prepare
+from analysis.features import ChannelConfig, FeatureCache, extract, prepare, prepare_utterances
 from analysis.model import PainModel
 from analysis.segmentation import VadConfig, cut_clip
 from painline.config import Settings
 from painline.replay import ReplayResult, load_call_audio, replay_call
 from painline.workers import PainlineSimpleWorker, build_context, install_context
+from schema.contract import flag_channel
 from schema.db import session_scope
 from schema.identity import patient_ref_key
 from schema.models import Call, Patient, Utterance, UtteranceAudio
 from tests.app_fixtures import AUTH_TOKEN, AppServer, app_redis_url
 from worker import context as worker_context
 from worker.context import WorkerContext
-from worker.flags import FLAG_CHANNEL
 from worker.jobs import enroll
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,9 +135,12 @@ class OfflineScorer:
         return self.model.threshold
 
     def clips(self, corpus: str, labels: Sequence[str]) -> list[Clip]:
-        """The corpus's clips with one of ``labels``, in manifest order."""
+        """The corpus's clips with one of ``labels``, in manifest order, less those a call would score nothing of."""
         if corpus not in self._manifests:
-            self._manifests[corpus] = list(load_manifest(data_dir() / corpus, name=corpus).clips)
+            clips = list(load_manifest(data_dir() / corpus, name=corpus).clips)
+            if self.channel.segment:  # training left them out too (no utterance: a NaN feature row)
+                clips = [c for c in clips if prepare_utterances(c.path, self.channel)]
+            self._manifests[corpus] = clips
         return [c for c in self._manifests[corpus] if c.label in labels]
 
     def features(self, clips: Sequence[Clip]) -> np.ndarray:
@@ -166,16 +170,17 @@ class OfflineScorer:
 
     def proba_of_audio(self, samples_8k: Sequence[np.ndarray], work_dir: Path,
                        enrolled: np.ndarray | None = None, population: RunningStats | None = None) -> np.ndarray:
-        """Score 8 kHz audio through training's own preparation (a file, ``prepare``, the embedder);
-        with ``population``, in the worker's order against the live population (see
-        :meth:`proba_in_live_order`)."""
+        """Score utterances (8 kHz audio as the worker gets it) through training's own preparation (a file,
+        ``prepare``, the embedder), not cut again; with ``population``, in the worker's order against the
+        live population (see :meth:`proba_in_live_order`)."""
         work_dir.mkdir(parents=True, exist_ok=True)
         clips = []
         for i, x in enumerate(samples_8k):
             path = work_dir / f"audio-{i}.wav"
             sf.write(str(path), np.asarray(x, dtype=np.float32), TELEPHONE_RATE, subtype="FLOAT")
             clips.append(Clip(path=path, label="?", speaker_id="?"))
-        X = extract(clips, self.embedder, self.channel, cache=None, progress=False).astype(np.float64)
+        already_cut = dataclasses.replace(self.channel, segment=False)
+        X = extract(clips, self.embedder, already_cut, cache=None, progress=False).astype(np.float64)
         if population is not None:
             return self.proba_in_live_order(X, population, enrolled)
         return self.proba(X, enrolled)
@@ -323,10 +328,11 @@ class FlagListener:
 
 
 @pytest.fixture
-def flag_listener(shipped_context: WorkerContext) -> Iterator[FlagListener]:
-    assert shipped_context.flag_channel == FLAG_CHANNEL
+def flag_listener(shipped_context: WorkerContext, app_settings: Settings) -> Iterator[FlagListener]:
+    channel = flag_channel(app_settings.channel_namespace)
+    assert shipped_context.flag_channel == channel
     connection = Redis.from_url(app_redis_url())
-    listener = FlagListener(connection, FLAG_CHANNEL)
+    listener = FlagListener(connection, channel)
     try:
         yield listener
     finally:
