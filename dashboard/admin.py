@@ -21,13 +21,14 @@ baseline is being rebuilt.
 Enrolment from upload needs the embedders, which only workers load, and the dashboard may not import
 ``worker``. So the upload is decoded here (``analysis.audio.load_audio``), put through the telephone
 channel exactly as ``painline baseline enroll`` does, and stored as 8 kHz mu-law bytes in Redis under
-``painline:enrol-upload:<token>`` (a list, one clip per item) for :data:`UPLOAD_TTL_S` seconds; then
-``worker.jobs.enroll_uploaded(patient_id, token, user_id)`` is enqueued by name with job id
-``enrol-upload-<token>``. Job arguments are ids only (Redis holds them and RQ logs them, so not even the
-admin's username: the worker looks it up for the audit trail); the audio never touches the database
-or disk (temporary files are deleted as soon as they are decoded), and the job deletes the key when
-it has read it. Redis is the one store every web and worker process shares, so this works with web
-and workers on different hosts.
+``schema.contract.enrol_upload_key(token)`` (a list, one clip per item) for :data:`UPLOAD_TTL_S`
+seconds; then ``worker.jobs.enroll_uploaded(patient_id, token, user_id)`` is enqueued through
+``schema.contract.enqueue`` with job id ``enrol-upload-<token>`` and the deployment's retry policy.
+Job arguments are ids only (Redis holds them and RQ logs them, so not even the admin's username: the
+worker looks it up for the audit trail); the audio never touches the database or disk (temporary
+files are deleted as soon as they are decoded), and the job deletes the key when it has read it.
+Redis is the one store every web and worker process shares, so this works with web and workers on
+different hosts.
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ from analysis.channel import TELEPHONE_RATE, mulaw_encode, telephone
 from dashboard.api import MAX_ID as MAX_ROW_ID
 from dashboard.auth import ADMIN, AUDITOR, require_role
 from dashboard.charts import MeasureRow, measures_plot
+from dashboard.config import config_of
 from dashboard.page_queries import AuditFilters, audit_events, audit_vocabulary, voiceprint_summary
 from dashboard.queries import Invalid, NotFound, Store
 from schema.audit import AuditDetailError, record
+from schema.contract import JobName, enqueue, enrol_job_id, enrol_upload_key
 from schema.db import session_scope
 from schema.models import Patient
 
@@ -61,8 +64,6 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
 
-ENROL_UPLOAD_JOB = "worker.jobs.enroll_uploaded"
-ENROL_UPLOAD_KEY = "painline:enrol-upload:{token}"
 UPLOAD_TTL_S = 3600
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 MAX_CLIPS = 10
@@ -84,14 +85,6 @@ def _store() -> Store:
 
 def _actor() -> str:
     return g.current_user.username
-
-
-def upload_key(token: str) -> str:
-    return ENROL_UPLOAD_KEY.format(token=token)
-
-
-def enrol_job_id(token: str) -> str:
-    return f"enrol-upload-{token}"
 
 
 def plot_rows(measures: list[dict]) -> list[MeasureRow]:
@@ -257,15 +250,19 @@ def enrol(patient_id: int) -> ResponseReturnValue:
     queue = current_app.extensions["painline.queue"]
     try:
         pipe = redis.pipeline()
-        pipe.rpush(upload_key(token), *clips)
-        pipe.expire(upload_key(token), UPLOAD_TTL_S)
+        pipe.rpush(enrol_upload_key(token), *clips)
+        pipe.expire(enrol_upload_key(token), UPLOAD_TTL_S)
         pipe.execute()
-        # the user id, not the name: job arguments sit in Redis and appear in RQ's log lines
-        queue.enqueue(ENROL_UPLOAD_JOB, patient_id, token, g.current_user.id, job_id=enrol_job_id(token))
     except (RedisError, OSError) as exc:
-        log.warning("patient %s: enrolment upload not queued (%s)", patient_id, type(exc).__name__)
+        log.warning("patient %s: enrolment upload not stored (%s)", patient_id, type(exc).__name__)
+        queued = False
+    else:
+        # the user id, not the name: job arguments sit in Redis and appear in RQ's log lines
+        queued = enqueue(queue, JobName.ENROL_UPLOAD, patient_id, token, g.current_user.id,
+                         job_id=enrol_job_id(token), options=config_of().jobs).ok
+    if not queued:
         with contextlib.suppress(RedisError, OSError):
-            redis.delete(upload_key(token))
+            redis.delete(enrol_upload_key(token))
         flash("Enrolment could not be queued (queue unavailable). Try again shortly.", "error")
         return _back_to_patient(patient_id)
     seconds = sum(len(c) for c in clips) / TELEPHONE_RATE
@@ -347,11 +344,7 @@ def audit() -> ResponseReturnValue:
 
 
 __all__ = [
-    "ENROL_UPLOAD_JOB",
-    "ENROL_UPLOAD_KEY",
     "UPLOAD_TTL_S",
     "bp",
     "decode_upload",
-    "enrol_job_id",
-    "upload_key",
 ]

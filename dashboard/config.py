@@ -2,25 +2,35 @@
 
 ``painline.app`` builds a :class:`DashboardConfig` from ``painline.config.Settings`` and hands it to
 :func:`dashboard.init_app`; nothing in the dashboard reads the environment or the settings object.
-Tests replace it with :func:`configure` (their own flag channel, a short heartbeat).
+Tests replace it with :func:`configure` (their own flag channel, a short heartbeat). The names the
+dashboard shares with the workers (job names and ids, the flag channel's form, Redis keys) and the
+one way to enqueue live in :mod:`schema.contract`; the deployment's values of them arrive here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flask import Flask, current_app
 
+from schema.contract import JobOptions
+
 EXTENSION = "painline.dashboard"
-FLAG_CHANNEL = "painline:flags"
-"""Same value as ``worker.flags.FLAG_CHANNEL`` (the dashboard may not import ``worker``)."""
 
 
 @dataclass(frozen=True)
 class DashboardConfig:
-    """The settings the web UI reads per request."""
+    """The settings the web UI reads per request.
 
+    ``flag_channel`` has no default: a dashboard listening on another deployment's channel shows
+    nurses flags for calls that do not exist here, so the composition root must name it
+    (``schema.contract.flag_channel(settings.channel_namespace)``). ``jobs`` is the deployment's retry
+    policy, the same the telephony layer enqueues with.
+    """
+
+    flag_channel: str
+    jobs: JobOptions = field(default_factory=JobOptions)
     model_path: Path | None = None  # the model card beside it gives the flag threshold
     flag_threshold: float | None = None  # the deployment's override of the card's threshold
     secure_cookies: bool = False  # behind https: session cookies only over TLS
@@ -28,7 +38,6 @@ class DashboardConfig:
     login_limit: int = 5
     login_window_s: int = 5 * 60
     login_throttle_prefix: str = "painline:login-failures:"  # Redis key prefix of the sign-in limiter
-    flag_channel: str = FLAG_CHANNEL
     sse_heartbeat_s: float = 15.0
     sse_max_stream_s: float = 300.0
 
@@ -46,4 +55,4 @@ def config_of(app: Flask | None = None) -> DashboardConfig:
     return config
 
 
-__all__ = ["EXTENSION", "FLAG_CHANNEL", "DashboardConfig", "config_of", "configure"]
+__all__ = ["EXTENSION", "DashboardConfig", "config_of", "configure"]

@@ -36,7 +36,7 @@ from flask import Response, current_app
 from redis import Redis
 from redis.exceptions import RedisError
 
-from dashboard.config import FLAG_CHANNEL, DashboardConfig, config_of
+from dashboard.config import DashboardConfig, config_of
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,6 @@ def events_response() -> Response:
 
 
 __all__ = [
-    "FLAG_CHANNEL",
     "HEARTBEAT_S",
     "MAX_STREAM_S",
     "clean_message",

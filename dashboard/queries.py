@@ -11,16 +11,22 @@ failed is not logged as seen, and a change is never committed without its record
 ``actor=None`` only for internal refreshes that show nothing new to a person.
 
 Baseline rebuilds are **enqueued**, not computed here: excluding or re-including a contribution, or
-resetting a baseline, flips ``included`` in this transaction, then enqueues
-``worker.jobs.rebuild_baseline(baseline_id)`` by name. The worker's :func:`worker.baselines.rebuild`
-is the one place that re-derives statistics and mirrors the decision onto the plain-unit evidence
-baseline; a second copy here would drift from it. The dashboard never imports ``worker``. Until the
-job has run, :meth:`Store.baseline` reports the baseline as ``stale`` (its stored count differs from
-its included contributions); repeating the change enqueues the rebuild again. Scoring jobs enqueued
-after the rebuild run after it (one FIFO queue), so no later call is scored against excluded data.
+resetting a baseline, flips ``included`` in this transaction, then, after the commit, enqueues
+``worker.jobs.rebuild_baseline(baseline_id)`` by name through :func:`schema.contract.enqueue`, with
+the deployment's retry policy (``DashboardConfig.jobs``). That enqueue guarantees a rebuild that
+starts after the commit: a finished or dead rebuild under the same id is replaced, a waiting one
+suffices, and a running one (which may have read the database before this change) gets a follow-up
+that runs after it. The worker's :func:`worker.baselines.rebuild` is the one place that re-derives
+statistics and mirrors the decision onto the plain-unit evidence baseline; a second copy here would
+drift from it. The dashboard never imports ``worker``. Until the job has run, :meth:`Store.baseline`
+reports the baseline as ``stale`` (its stored count differs from its included contributions); if the
+enqueue failed (Redis down), repeating the change enqueues it again, and ``painline sweep`` re-queues
+the rebuild of every stale baseline with no live job. Scoring jobs enqueued after the rebuild run
+after it (one FIFO queue), so no later call is scored against excluded data.
 
-Flag changes are published on the Redis channel the worker uses (``painline:flags``), in the same
-ids-and-scores shape, so every nurse's live queue updates when a colleague acknowledges or resolves.
+Flag changes are published on the deployment's flag channel (``DashboardConfig.flag_channel``, the
+one the workers publish on), in the same ids-and-scores shape, so every nurse's live queue updates
+when a colleague acknowledges or resolves.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -36,8 +42,7 @@ from typing import Any
 
 from flask import Flask, current_app
 from redis.exceptions import RedisError
-from rq import Queue, Retry
-from rq.exceptions import DuplicateJobError
+from rq import Queue
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,6 +50,7 @@ from analysis.baseline import RunningStats
 from analysis.evidence import MEASURES, baseline_measures
 from dashboard.config import DashboardConfig, config_of
 from schema.audit import AuditDetailError, record
+from schema.contract import EVIDENCE_BASELINE_EMBEDDER, JobName, enqueue, grow_job_id, rebuild_job_id
 from schema.db import session_scope
 from schema.identity import PatientKeyKind, key_kind
 from schema.models import (
@@ -64,19 +70,12 @@ from schema.models import (
 
 log = logging.getLogger(__name__)
 
-EVIDENCE_BASELINE_EMBEDDER = "evidence-measures"
-"""``worker.baselines.EVIDENCE_BASELINE_EMBEDDER``: the plain-unit baseline beside each model baseline."""
-GROW_BASELINE_JOB = "worker.jobs.grow_baseline_from_call"
-REBUILD_BASELINE_JOB = "worker.jobs.rebuild_baseline"
-
 LIVE_CALL_MAX_AGE = timedelta(hours=4)
 """A call still marked streaming after this long lost its stop event; it is not shown as live."""
 QUEUE_LIMIT = 200
 SEARCH_LIMIT = 50
 AUDIT_PAGE_MAX = 500
 NOTE_MAX_CHARS = 2000
-JOB_RETRIES = Retry(max=5, interval=[5, 15, 60, 300])
-JOB_FAILURE_TTL_S = 24 * 3600
 
 
 class NotFound(LookupError):
@@ -93,14 +92,6 @@ class Invalid(ValueError):
 
 # ---------------------------------------------------------------------------------------------------
 # small helpers
-
-
-def grow_job_id(call_id: int) -> str:
-    return f"grow-baseline-{call_id}"
-
-
-def rebuild_job_id(baseline_id: int) -> str:
-    return f"rebuild-baseline-{baseline_id}"
 
 
 def patient_label(key: str | None, patient_id: int | None) -> str:
@@ -220,20 +211,6 @@ def baseline_status(session: Session, patient_ids: Iterable[int]) -> dict[int, d
     return out
 
 
-def _enqueue(queue: Queue | None, func_name: str, arg: int, job_id: str) -> bool:
-    """Enqueue a job by dotted name with an id argument only; False (logged) if Redis refused."""
-    if queue is None:
-        return False
-    try:
-        queue.enqueue(func_name, arg, job_id=job_id, retry=JOB_RETRIES, failure_ttl=JOB_FAILURE_TTL_S, unique=True)
-    except DuplicateJobError:
-        return True  # already waiting: it will read the database as it is when it runs
-    except (RedisError, OSError) as exc:
-        log.warning("enqueue of %s failed (%s)", job_id, type(exc).__name__)
-        return False
-    return True
-
-
 # ---------------------------------------------------------------------------------------------------
 # the store
 
@@ -243,9 +220,9 @@ class Store:
     """The dashboard's data access, bound to one app's session factory, queue and settings."""
 
     sessions: sessionmaker[Session]
+    config: DashboardConfig
     queue: Queue | None = None
     redis: Any = None
-    config: DashboardConfig = field(default_factory=DashboardConfig)
 
     @classmethod
     def for_app(cls, app: Flask | None = None) -> Store:
@@ -458,7 +435,8 @@ class Store:
         grow_job = None
         if label == FlagLabel.NO_PAIN.value:
             job_id = grow_job_id(call_id)
-            grow_job = job_id if _enqueue(self.queue, GROW_BASELINE_JOB, call_id, job_id) else None
+            queued = enqueue(self.queue, JobName.GROW_BASELINE, call_id, job_id=job_id, options=self.config.jobs)
+            grow_job = job_id if queued.ok else None
         self._publish("flag.resolved", doc)
         return {**doc, "grow_job": grow_job}
 
@@ -672,7 +650,8 @@ class Store:
             baseline_id = baseline.id
             patient_id = baseline.patient_id
         job_id = rebuild_job_id(baseline_id)
-        queued = _enqueue(self.queue, REBUILD_BASELINE_JOB, baseline_id, job_id)
+        queued = enqueue(self.queue, JobName.REBUILD_BASELINE, baseline_id, job_id=job_id,
+                         options=self.config.jobs).ok
         return {
             "contribution_id": contribution_id,
             "baseline_id": baseline_id,
@@ -712,7 +691,7 @@ class Store:
         jobs = []
         for baseline_id in baseline_ids:
             job_id = rebuild_job_id(baseline_id)
-            if _enqueue(self.queue, REBUILD_BASELINE_JOB, baseline_id, job_id):
+            if enqueue(self.queue, JobName.REBUILD_BASELINE, baseline_id, job_id=job_id, options=self.config.jobs).ok:
                 jobs.append(job_id)
         return {"patient_id": patient_id, "baseline_ids": baseline_ids, "excluded": excluded, "rebuild_jobs": jobs}
 
@@ -807,9 +786,6 @@ def isoformat(value: Any) -> Any:
 
 
 __all__ = [
-    "EVIDENCE_BASELINE_EMBEDDER",
-    "GROW_BASELINE_JOB",
-    "REBUILD_BASELINE_JOB",
     "Conflict",
     "Invalid",
     "NotFound",
@@ -817,9 +793,7 @@ __all__ = [
     "auditable",
     "baseline_status",
     "configured_threshold",
-    "grow_job_id",
     "isoformat",
     "patient_key_kind",
     "patient_label",
-    "rebuild_job_id",
 ]

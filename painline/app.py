@@ -43,12 +43,12 @@ from dashboard.config import configure as configure_dashboard
 from painline import redis_conn
 from painline.config import Settings
 from painline.datakeys import install_data_keys
+from schema.contract import JobOptions, flag_channel
 from schema.db import is_sqlite, make_engine, session_factory
 from schema.migrate import head_revision
 from telephony.blueprint import init_app as init_telephony
 from telephony.config import TelephonyConfig
 from telephony.config import configure as configure_telephony
-from telephony.outbox import JobOptions
 from telephony.session import StreamConfig
 from telephony.twiml import NextStep
 
@@ -117,13 +117,15 @@ def telephony_config(settings: Settings) -> TelephonyConfig:
 
 
 def job_options(settings: Settings) -> JobOptions:
-    """Retry and retention of the jobs web processes and the sweep enqueue."""
+    """Retry and retention of the jobs web processes (telephony and dashboard alike) and the sweep enqueue."""
     return JobOptions(retries=settings.job_retries, failure_ttl_s=settings.failure_ttl_s)
 
 
 def dashboard_config(settings: Settings) -> DashboardConfig:
     """The web UI's part of ``settings``."""
     return DashboardConfig(
+        flag_channel=flag_channel(settings.channel_namespace),
+        jobs=job_options(settings),
         model_path=settings.model_path,
         flag_threshold=settings.flag_threshold_override,
         secure_cookies=settings.public_url.lower().startswith("https://"),

@@ -256,9 +256,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         counts = sweep(sessions, queue, older_than_s=args.older_than, options=options,
                        scheduler_grace_s=args.scheduler_grace, stale_stream_s=args.stale_stream_after)
         if any(counts.values()) or not args.every:
-            log.info("sweep re-enqueued %d utterance(s), %d call(s); promoted %d overdue retry(ies); "
-                     "ended %d stale stream(s)", counts["utterances"], counts["calls"], counts["promoted"],
-                     counts["stale_streams"])
+            log.info("sweep re-enqueued %d utterance(s), %d call(s), %d baseline rebuild(s); promoted %d overdue "
+                     "retry(ies); ended %d stale stream(s)", counts["utterances"], counts["calls"],
+                     counts["baselines"], counts["promoted"], counts["stale_streams"])
 
     try:
         return _repeat(once, args.every, "sweep")

@@ -14,13 +14,15 @@ and a test fails when the two differ.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import sys
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -48,6 +50,11 @@ class Settings:
         "last.", production=True))
     queue_name: str = field(default="painline", metadata=_doc(
         "Name of the RQ queue the web and worker processes share."))
+    deployment_name: str = field(default="", metadata=_doc(
+        "Names this deployment's Redis pub/sub channels (`painline:<name>:flags`), which every database of a "
+        "Redis server shares. Letters, digits, `.`, `_` and `-`. Empty: derived from the Redis database number "
+        "and the database URL, so processes with the same `PAINLINE_REDIS_URL` and `PAINLINE_DATABASE_URL` "
+        "agree; set it when they reach the same servers by different URLs."))
     # -- Twilio and the call flow ------------------------------------------------------------------
     public_url: str = field(default="http://localhost:8000", metadata=_doc(
         "The https URL Twilio is configured with; Twilio's request signatures are checked against it.",
@@ -133,6 +140,23 @@ class Settings:
         return f"sqlite:///{(self.var_dir / 'painline.sqlite').resolve()}"
 
     @property
+    def channel_namespace(self) -> str:
+        """The deployment's namespace for Redis pub/sub channels (``schema.contract.flag_channel``).
+
+        Pub/sub ignores the Redis database number, so a second painline on the same Redis server (in
+        another database) used to feed this one's nurses flags for calls that do not exist here. A
+        required explicit name would fix that only where someone remembered to set it, and a shared
+        default would bring the bug back silently; so the default is derived from what makes two
+        processes one deployment anyway: the same Redis database (their queue) and the same database
+        (their flags). Flags from the same database are real flags here, whichever Redis carried them,
+        and vice versa. The database URL is hashed without its password (the name is visible to every
+        Redis client through ``PUBSUB CHANNELS``), and truncated: a name, not a secret.
+        """
+        if self.deployment_name:
+            return self.deployment_name
+        return f"{_redis_db_label(self.redis_url)}-{_database_digest(self.resolved_database_url)}"
+
+    @property
     def uses_embedded_redis(self) -> bool:
         return not self.redis_url
 
@@ -140,6 +164,29 @@ class Settings:
     def flag_threshold_override(self) -> float | None:
         """The configured threshold, or None to use the model card's."""
         return self.flag_threshold if self.flag_threshold > 0 else None
+
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _redis_db_label(redis_url: str) -> str:
+    """``db<n>`` for a Redis URL (``/n`` or ``?db=n``, default 0); ``embedded`` for the embedded server."""
+    if not redis_url:
+        return "embedded"
+    url = urlsplit(redis_url)
+    db = parse_qs(url.query).get("db", [""])[0] or url.path.strip("/") or "0"
+    return f"db{db}"
+
+
+def _database_digest(database_url: str) -> str:
+    """12 hex digits of SHA-256 over the database URL without its password (driver and query ignored)."""
+    url = urlsplit(database_url)
+    scheme = url.scheme.split("+", 1)[0]
+    host = (url.hostname or "").lower()
+    port = f":{url.port}" if url.port else ""
+    user = f"{url.username}@" if url.username else ""
+    identity = f"{scheme}://{user}{host}{port}{url.path}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
 class SettingsError(ValueError):
@@ -248,6 +295,8 @@ def production_problems(settings: Settings, *, web_processes: int = 1) -> list[P
                "tell painline's flags from forged ones")
     if not settings.model_path.exists():
         warn(f"PAINLINE_MODEL_PATH: no model at {settings.model_path}; workers cannot start")
+    if settings.deployment_name and not _NAMESPACE.fullmatch(settings.deployment_name):
+        refuse("PAINLINE_DEPLOYMENT_NAME may hold only letters, digits, '.', '_' and '-' (at most 64)")
     if not 0 <= settings.vad_aggressiveness <= 3:
         refuse("PAINLINE_VAD_AGGRESSIVENESS must be 0, 1, 2 or 3")
     if not 0 <= settings.flag_threshold < 1:

@@ -41,6 +41,7 @@ from analysis.embedders.base import EmbedderSources
 from analysis.segmentation import VadConfig
 from painline import redis_conn
 from painline.config import Settings
+from schema.contract import flag_channel
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ def build_context(settings: Settings, connection: Redis | None, *, speaker: bool
         min_speech_s=settings.min_speech_s,
         flag_webhook_url=settings.flag_webhook_url,
         flag_webhook_secret=settings.flag_webhook_secret,
+        flag_channel=flag_channel(settings.channel_namespace),
         sources=embedder_sources(settings),
         vad=VadConfig(aggressiveness=settings.vad_aggressiveness),
     )

@@ -1,14 +1,17 @@
 """Hand persisted work to the RQ queue, and re-hand whatever a Redis outage left behind.
 
 The database is the source of truth: an utterance is committed first (status ``pending``) and only
-then enqueued, so a Redis outage can delay scoring but never lose audio. Job ids are deterministic
-(``score-utterance-<id>``, ``finalise-call-<id>``) and enqueued with RQ's atomic ``unique`` check,
-so the live path and the sweeper can both try without a job ever running twice side by side.
-Job arguments are database ids only: nothing about the caller ever sits in Redis.
+then enqueued, so a Redis outage can delay scoring but never lose audio. Job names, ids, the retry
+policy and the one way to enqueue are the contract every layer shares (:mod:`schema.contract`), so
+the live path, the dashboard and the sweeper can all ask for the same work without it piling up or
+two runs of it overlapping. Job arguments are database ids only: nothing about the caller ever sits
+in Redis.
 
 :func:`sweep` runs periodically (``painline sweep --every 30``, a process of its own next to the
 workers). It treats as pending work every row the database still calls unfinished (a ``pending``
-utterance, an ``ended`` call) whose job is no longer *live* in Redis:
+utterance, an ``ended`` call, a *stale* baseline whose stored count differs from its included
+contributions) whose job is no longer *live* in Redis (:func:`schema.contract.enqueue` with
+``if_idle``):
 
 - the job is gone (Redis was down at enqueue, or restarted without persistence);
 - the job is dead: ``failed`` (it ran out of retries, e.g. through a long database outage, or its
@@ -42,89 +45,37 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from redis.exceptions import RedisError
-from rq import Queue, Retry
-from rq.exceptions import DuplicateJobError, NoSuchJobError
-from rq.job import JobStatus
+from rq import Queue
+from rq.exceptions import NoSuchJobError
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from schema.contract import (
+    Enqueued,
+    JobName,
+    JobOptions,
+    enqueue,
+    finalise_job_id,
+    rebuild_job_id,
+    score_job_id,
+)
 from schema.db import session_scope
-from schema.models import Call, CallStatus, Utterance, UtteranceStatus
+from schema.models import Baseline, BaselineContribution, Call, CallStatus, Utterance, UtteranceStatus
 
 log = logging.getLogger(__name__)
 
-SCORE_UTTERANCE = "worker.jobs.score_utterance"
-FINALISE_CALL = "worker.jobs.finalise_call"
-
-
-@dataclass(frozen=True)
-class JobOptions:
-    """Retry and retention for enqueued jobs. Interval retries need a worker run with the scheduler."""
-
-    retries: int = 5
-    retry_intervals: tuple[int, ...] = (5, 15, 60, 300)
-    failure_ttl_s: int = 24 * 3600  # failed jobs keep their arguments: do not keep them a year
-
-
-def score_job_id(utterance_id: int) -> str:
-    return f"score-utterance-{utterance_id}"
-
-
-def finalise_job_id(call_id: int) -> str:
-    return f"finalise-call-{call_id}"
-
-
-def _enqueue(queue: Queue, func: str, arg: int, job_id: str, options: JobOptions) -> bool:
-    """Enqueue once; True if the job is (now or already) in Redis, False if Redis is unreachable."""
-    retry = Retry(max=options.retries, interval=list(options.retry_intervals)) if options.retries else None
-    try:
-        queue.enqueue(func, arg, job_id=job_id, retry=retry, failure_ttl=options.failure_ttl_s, unique=True)
-    except DuplicateJobError:
-        return True
-    except (RedisError, OSError) as exc:
-        log.warning("enqueue of %s failed (%s); the outbox sweep will retry", job_id, type(exc).__name__)
-        return False
-    return True
-
-
 def enqueue_score_utterance(queue: Queue | None, utterance_id: int, options: JobOptions) -> bool:
-    if queue is None:
-        return False
-    return _enqueue(queue, SCORE_UTTERANCE, utterance_id, score_job_id(utterance_id), options)
+    """Hand a committed utterance to scoring; False if Redis is unreachable (the sweep retries)."""
+    return enqueue(queue, JobName.SCORE_UTTERANCE, utterance_id, job_id=score_job_id(utterance_id),
+                   options=options).ok
 
 
 def enqueue_finalise_call(queue: Queue | None, call_id: int, options: JobOptions) -> bool:
-    if queue is None:
-        return False
-    return _enqueue(queue, FINALISE_CALL, call_id, finalise_job_id(call_id), options)
-
-
-# a job in one of these states will still run (or is running): the sweep leaves it alone
-LIVE_STATES = frozenset({JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED})
-
-
-def _job_is_live(queue: Queue, job_id: str) -> bool:
-    """True if the job exists and will still run; a dead job (failed, stopped...) is deleted here.
-
-    Deleting before re-enqueueing is what lets ``unique=True`` accept the fresh job. If another
-    sweep races us, the worst case is one extra run of an idempotent job.
-    """
-    try:
-        job = queue.job_class.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
-    except NoSuchJobError:
-        return False
-    status = job.get_status(refresh=False)
-    if status in LIVE_STATES:
-        return True
-    log.warning("job %s is %s but its work is unfinished; re-enqueueing it", job_id,
-                status.value if status is not None else "without status")
-    job.delete(remove_from_queue=True)
-    return False
+    """Hand an ended call to finalisation; False if Redis is unreachable (the sweep retries)."""
+    return enqueue(queue, JobName.FINALISE_CALL, call_id, job_id=finalise_job_id(call_id), options=options).ok
 
 
 def reap_abandoned(queue: Queue, now: datetime | None = None) -> None:
@@ -173,7 +124,6 @@ def requeue_pending(
     Returns how many jobs were enqueued. Safe to run concurrently with the live path and with
     itself: a queued, scheduled or running job is left alone; a missing or dead one is replaced.
     """
-    options = options or JobOptions()
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=older_than_s)
     with session_scope(session_factory) as session:
         ids = session.scalars(
@@ -181,7 +131,7 @@ def requeue_pending(
             .where(Utterance.status == UtteranceStatus.PENDING.value, Utterance.created_at < cutoff)
             .order_by(Utterance.id)
         ).all()
-    return _enqueue_missing(queue, ids, score_job_id, enqueue_score_utterance, options)
+    return _enqueue_missing(queue, JobName.SCORE_UTTERANCE, ids, score_job_id, options or JobOptions())
 
 
 def requeue_unfinalised(
@@ -194,7 +144,6 @@ def requeue_unfinalised(
 ) -> int:
     """Enqueue finalisation for ended calls whose finalise job is gone or dead (a Redis outage at
     hang-up, a killed worker, retries exhausted while utterances were pending)."""
-    options = options or JobOptions()
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=older_than_s)
     with session_scope(session_factory) as session:
         ids = session.scalars(
@@ -202,7 +151,32 @@ def requeue_unfinalised(
             .where(Call.status == CallStatus.ENDED.value, Call.ended_at < cutoff)
             .order_by(Call.id)
         ).all()
-    return _enqueue_missing(queue, ids, finalise_job_id, enqueue_finalise_call, options)
+    return _enqueue_missing(queue, JobName.FINALISE_CALL, ids, finalise_job_id, options or JobOptions())
+
+
+def requeue_stale_baselines(
+    session_factory: Callable[[], Session],
+    queue: Queue,
+    *,
+    options: JobOptions | None = None,
+) -> int:
+    """Enqueue a rebuild for every stale baseline whose rebuild job is not live; returns how many.
+
+    A baseline is stale when its stored ``count`` differs from its included contributions: an admin
+    excluded, re-included or reset and the rebuild never ran (Redis was down when the dashboard
+    enqueued it, or the job died). The dashboard says "being rebuilt" for as long, so without this
+    the page would say so forever. No age cut-off: the dashboard enqueues only after its commit, so
+    a baseline seen stale here already has its job in Redis unless it was lost, and a live one is
+    left alone.
+    """
+    included = (
+        select(func.count(BaselineContribution.id))
+        .where(BaselineContribution.baseline_id == Baseline.id, BaselineContribution.included.is_(True))
+        .scalar_subquery()
+    )
+    with session_scope(session_factory) as session:
+        ids = session.scalars(select(Baseline.id).where(Baseline.count != included).order_by(Baseline.id)).all()
+    return _enqueue_missing(queue, JobName.REBUILD_BASELINE, ids, rebuild_job_id, options or JobOptions())
 
 
 def end_stale_streams(
@@ -240,23 +214,21 @@ def end_stale_streams(
 
 def _enqueue_missing(
     queue: Queue,
+    name: JobName,
     ids: Sequence[int],
     job_id: Callable[[int], str],
-    enqueue: Callable[[Queue, int, JobOptions], bool],
     options: JobOptions,
 ) -> int:
-    """Enqueue the jobs whose deterministic id is not live in Redis; stop at the first Redis error."""
+    """Enqueue the jobs with nothing live under their deterministic id; stop at the first Redis error."""
     enqueued = 0
     for object_id in ids:
-        try:
-            if _job_is_live(queue, job_id(object_id)):
-                continue
-        except (RedisError, OSError) as exc:
-            log.warning("outbox sweep: Redis unavailable (%s); the next sweep carries on", type(exc).__name__)
+        outcome = enqueue(queue, name, object_id, job_id=job_id(object_id), options=options, if_idle=True)
+        if outcome is Enqueued.UNAVAILABLE:
+            log.warning("outbox sweep: Redis unavailable; the next sweep carries on")
             break
-        if not enqueue(queue, object_id, options):
-            break  # Redis is down again: the next sweep carries on
-        enqueued += 1
+        if outcome is Enqueued.NEW:
+            log.warning("outbox sweep: %s had no live job; enqueued", job_id(object_id))
+            enqueued += 1
     return enqueued
 
 
@@ -271,8 +243,8 @@ def sweep(
     stale_stream_s: float = 4 * 3600 + 600,
 ) -> dict[str, int]:
     """One outbox pass: reap abandoned jobs, promote overdue retries, end stale streams, then re-enqueue
-    pending scoring and pending finalisation. Returns the counts (``promoted``, ``stale_streams``,
-    ``utterances``, ``calls``).
+    pending scoring, pending finalisation and stale baselines' rebuilds. Returns the counts
+    (``promoted``, ``stale_streams``, ``utterances``, ``calls``, ``baselines``).
 
     Raises :class:`redis.exceptions.RedisError` if Redis is down at the start (the CLI loop logs it and
     tries again at the next interval).
@@ -285,4 +257,5 @@ def sweep(
         "stale_streams": stale,
         "utterances": requeue_pending(session_factory, queue, older_than_s, options=options, now=now),
         "calls": requeue_unfinalised(session_factory, queue, older_than_s, options=options, now=now),
+        "baselines": requeue_stale_baselines(session_factory, queue, options=options),
     }

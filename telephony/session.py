@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from analysis.segmentation import SegmentedUtterance, UtteranceSegmenter, VadConfig
+from schema.contract import JobOptions
 from schema.db import session_scope
 from schema.models import Call, CallStatus, Utterance, UtteranceAudio, UtteranceStatus
 from telephony import tokens
@@ -45,7 +46,7 @@ from telephony.messages import (
     Stop,
     parse_message,
 )
-from telephony.outbox import JobOptions, enqueue_finalise_call, enqueue_score_utterance
+from telephony.outbox import enqueue_finalise_call, enqueue_score_utterance
 from telephony.stream_stats import StreamStats, log_stream_end
 from telephony.twiml import TOKEN_PARAMETER
 

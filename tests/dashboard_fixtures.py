@@ -27,8 +27,8 @@ from analysis.baseline import RunningStats
 from analysis.evidence import EVIDENCE_VERSION, MEASURE_KEYS
 from dashboard.auth import require_role
 from dashboard.config import config_of, configure
-from dashboard.queries import EVIDENCE_BASELINE_EMBEDDER
 from dashboard.users import add_user, create_api_token
+from schema.contract import EVIDENCE_BASELINE_EMBEDDER
 from schema.db import session_scope
 from schema.models import (
     Baseline,

@@ -1,6 +1,6 @@
 """Fixtures for the nurse and admin pages, built on the dashboard fixtures (tests/dashboard_fixtures.py).
 
-- ``pages_app``: ``dash_app`` with a flag channel of its own (``PAINLINE_FLAG_CHANNEL``), so the live
+- ``pages_app``: ``dash_app`` with a flag channel of its own (``DashboardConfig.flag_channel``), so the live
   stream under test hears only this test's messages, and a short SSE heartbeat.
 - ``client_as``: a factory giving a Flask test client signed in through ``/login`` as a role.
 - ``queue_seed``: flags at chosen severities and times plus a live call, to check the queue order.

@@ -11,7 +11,7 @@ from openapi_spec_validator import validate
 from sqlalchemy import select
 
 from dashboard.openapi import openapi_document
-from dashboard.queries import grow_job_id, rebuild_job_id
+from schema.contract import grow_job_id, rebuild_job_id
 from schema.db import session_scope
 from schema.models import AuditEvent, BaselineContribution, Flag
 from tests.dashboard_fixtures import DashUsers, Seed, bearer, csrf_of, login

@@ -16,12 +16,11 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from dashboard import live, nurse
-from dashboard.config import FLAG_CHANNEL as DASHBOARD_FLAG_CHANNEL
 from dashboard.config import config_of
 from tests.app_fixtures import AppServer
 from tests.dashboard_fixtures import PASSWORD, DashUsers
 from worker.context import DEFAULT_SPEAKER_THRESHOLD
-from worker.flags import FLAG_CHANNEL, FlagChange, encode, flag_message
+from worker.flags import FlagChange, encode, flag_message
 
 ClientAs = Callable[[str], FlaskClient]
 
@@ -47,7 +46,6 @@ def _change(call_id: int = 42) -> FlagChange:
 
 
 def test_the_dashboard_spells_the_worker_constants_the_same() -> None:
-    assert DASHBOARD_FLAG_CHANNEL == FLAG_CHANNEL
     assert nurse.SPEAKER_THRESHOLD == DEFAULT_SPEAKER_THRESHOLD
 
 

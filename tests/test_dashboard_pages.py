@@ -15,6 +15,7 @@ from rq import Queue
 from sqlalchemy import select
 
 from dashboard import admin as admin_pages
+from schema.contract import enrol_upload_key
 from schema.db import session_scope
 from schema.models import Baseline, BaselineContribution, Flag, FlagStatus, Score, Utterance, utcnow
 from tests.dashboard_fixtures import DashUsers, Seed
@@ -328,7 +329,7 @@ def test_enrol_upload_stores_telephone_audio_in_redis_and_enqueues_the_job(
     assert event.actor == "admin1" and event.detail["clips"] == 2 and event.detail["seconds"] == pytest.approx(3.5)
     upload_token = event.detail["job_id"].removeprefix("enrol-upload-")
     redis = pages_app.extensions["painline.redis"]
-    key = admin_pages.upload_key(upload_token)
+    key = enrol_upload_key(upload_token)
     try:
         clips = redis.lrange(key, 0, -1)
         assert [len(c) for c in clips] == [16000, 12000]  # 8 kHz mu-law, one byte a sample

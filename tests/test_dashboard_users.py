@@ -1,4 +1,4 @@
-"""Accounts and tokens (``painline users ...``), and the contracts dashboard.queries shares with the worker."""
+"""Accounts and tokens (``painline users ...``), flag publishing and the threshold the dashboard shows."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from dashboard import queries
-from dashboard.config import FLAG_CHANNEL as DASHBOARD_FLAG_CHANNEL
+from dashboard.config import config_of
 from dashboard.queries import Store, patient_label
 from dashboard.users import UserError, add_cli_parser, add_user, create_api_token, run_command
 from painline.app import dashboard_config
@@ -79,18 +79,6 @@ def test_password_and_deactivate_commands(dash_app: Flask) -> None:
     assert login(dash_app.test_client(), "n1", "another secret!").status_code == 401
 
 
-def test_shared_constants_match_the_worker() -> None:
-    from worker.baselines import EVIDENCE_BASELINE_EMBEDDER
-    from worker.flags import FLAG_CHANNEL
-
-    assert queries.EVIDENCE_BASELINE_EMBEDDER == EVIDENCE_BASELINE_EMBEDDER
-    assert DASHBOARD_FLAG_CHANNEL == FLAG_CHANNEL
-    import worker.jobs as jobs
-
-    for dotted in (queries.GROW_BASELINE_JOB, queries.REBUILD_BASELINE_JOB):
-        assert callable(getattr(jobs, dotted.rsplit(".", 1)[1]))
-
-
 def test_patient_labels_never_show_hmac_keys() -> None:
     assert patient_label("ref:AB-1", 3) == "AB-1"
     assert patient_label("hmac:" + "f" * 64, 3) == "caller #3"
@@ -100,7 +88,7 @@ def test_patient_labels_never_show_hmac_keys() -> None:
 def test_flag_changes_are_published_for_live_queues(dash_app: Flask, dash_seed: Seed) -> None:
     redis = dash_app.extensions["painline.redis"]
     pubsub = redis.pubsub()
-    pubsub.subscribe(DASHBOARD_FLAG_CHANNEL)
+    pubsub.subscribe(config_of(dash_app).flag_channel)
     try:
         pubsub.get_message(timeout=1.0)  # the subscribe confirmation
         Store.for_app(dash_app).acknowledge_flag(dash_seed.flag_id, "nurse1")

@@ -56,9 +56,11 @@ from sqlalchemy import select
 from analysis.channel import TELEPHONE_RATE, mulaw_encode
 from dashboard.config import config_of, configure
 from dashboard.users import add_user, create_api_token
+from painline.app import settings_of
 from painline.config import Settings
 from painline.replay import chunks, replay_call
 from painline.workers import PainlineSimpleWorker, build_context, install_context
+from schema.contract import flag_channel
 from schema.models import Call, Flag, Patient, UtteranceAudio
 from tests.app_fixtures import AUTH_TOKEN, AppServer, app_redis_url, wav_file
 from tests.worker_fixtures import calm, pain
@@ -315,7 +317,8 @@ def test_no_caller_data_in_logs_jobs_redis_or_urls(
     caplog.set_level(logging.DEBUG)
     connection = Redis.from_url(app_redis_url())
     listener = connection.pubsub(ignore_subscribe_messages=True)
-    listener.subscribe(privacy_context.flag_channel, "painline:flags")
+    # the deployment's own channel too: nothing may be published anywhere, overridden or not
+    listener.subscribe(privacy_context.flag_channel, flag_channel(settings_of(privacy_app).channel_namespace))
     before = _all_keys(connection)
     snapshots: list[RedisSnapshot] = []
     sessions = app_server.app.extensions["painline.sessions"]

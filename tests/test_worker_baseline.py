@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from analysis.baseline import RunningStats
 from analysis.segmentation import cut_clip
+from schema.contract import EVIDENCE_BASELINE_EMBEDDER
 from schema.models import (
     AuditEvent,
     Baseline,
@@ -25,7 +26,7 @@ from schema.models import (
 )
 from tests.worker_fixtures import add_utterance, calm, make_call, make_patient
 from worker import jobs
-from worker.baselines import EVIDENCE_BASELINE_EMBEDDER, CallNotReady
+from worker.baselines import CallNotReady
 from worker.context import WorkerContext
 from worker.rows import from_bytes
 

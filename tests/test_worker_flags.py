@@ -16,7 +16,6 @@ from tests.worker_fixtures import add_utterance, make_call, make_patient, pain
 from worker import jobs
 from worker.context import WorkerContext
 from worker.flags import (
-    FLAG_CHANNEL,
     SIGNATURE_HEADER,
     FlagChange,
     level_for,
@@ -27,10 +26,6 @@ from worker.flags import (
 )
 
 SECRET = "webhook-secret-for-tests"
-
-
-def test_channel_name() -> None:
-    assert FLAG_CHANNEL == "painline:flags"
 
 
 def test_levels() -> None:

@@ -309,7 +309,8 @@ def test_model_mismatch_refused(pain_model_path: Any) -> None:
 
 def test_context_build_loads_artifact(pain_model_path: Any, db_url: str, worker_redis: Any) -> None:
     ctx = WorkerContext.build(
-        database_url=db_url, redis=worker_redis, model_path=pain_model_path, speaker=False, min_speech_s=4.0
+        database_url=db_url, redis=worker_redis, model_path=pain_model_path, speaker=False, min_speech_s=4.0,
+        flag_channel="painline:test-build:flags",
     )
     try:
         assert ctx.model.version == "test-egemaps-1"

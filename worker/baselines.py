@@ -21,7 +21,7 @@ same embedder (those embeddings are the embedder's raw output, from enrolment au
 stored ``Score.embedding`` of resolved calls). A different embedder needs new audio: re-enrol.
 
 Alongside each patient's model baselines there is one *evidence baseline* (embedder
-:data:`EVIDENCE_BASELINE_EMBEDDER`), over the plain-unit measures of :mod:`analysis.evidence`, grown
+:data:`schema.contract.EVIDENCE_BASELINE_EMBEDDER`), over the plain-unit measures of :mod:`analysis.evidence`, grown
 by the same policy at the same moments: it is what "pitch +2.3 semitones" is measured against. Its
 contributions mirror the model baseline's (same utterance, or for enrolment the same timestamp), and
 :func:`rebuild` copies include/exclude decisions across.
@@ -51,6 +51,7 @@ from analysis.evidence import EVIDENCE_VERSION, MEASURE_KEYS, measure_vector
 from analysis.model import PainModel
 from analysis.segmentation import cut_clip
 from schema.audit import record
+from schema.contract import EVIDENCE_BASELINE_EMBEDDER
 from schema.db import session_scope
 from schema.models import (
     Baseline,
@@ -73,7 +74,6 @@ from worker.rows import from_bytes, get_or_create_locked, to_bytes
 
 log = logging.getLogger(__name__)
 
-EVIDENCE_BASELINE_EMBEDDER = "evidence-measures"
 EVIDENCE_BASELINE_VERSION = f"evidence-v{EVIDENCE_VERSION}"
 
 
@@ -536,7 +536,6 @@ def derive_for_model(session: Session, patient_id: int, new_model: PainModel) ->
 
 
 __all__ = [
-    "EVIDENCE_BASELINE_EMBEDDER",
     "EVIDENCE_BASELINE_VERSION",
     "CallNotReady",
     "EnrolmentResult",

@@ -23,8 +23,9 @@ from analysis.evidence import (
     compare_to_baseline,
     describe_measures,
 )
+from schema.contract import EVIDENCE_BASELINE_EMBEDDER
 from schema.models import Baseline, Call, Score, Utterance, UtteranceStatus
-from worker.baselines import EVIDENCE_BASELINE_EMBEDDER, EVIDENCE_BASELINE_VERSION
+from worker.baselines import EVIDENCE_BASELINE_VERSION
 from worker.context import WorkerContext
 from worker.flags import FlagChange, raise_or_update_flag
 

@@ -36,7 +36,7 @@ from analysis.embedders.base import Embedder, EmbedderSources, EmbedderUnavailab
 from analysis.model import ModelMismatchError, PainModel
 from analysis.segmentation import VadConfig
 from schema.db import make_engine, session_factory
-from worker.flags import FLAG_CHANNEL, WEBHOOK_TIMEOUT_S
+from worker.flags import WEBHOOK_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,12 @@ class WorkerContext:
     model: PainModel
     embedder: Embedder
     evidence_embedder: Embedder
+    flag_channel: str  # the deployment's (``schema.contract.flag_channel``): no default that another could share
     speaker_embedder: Embedder | None = None
     flag_threshold: float = 0.0  # 0: the model card's threshold
     min_speech_s: float = 3.0
     flag_webhook_url: str = ""
     flag_webhook_secret: str = ""
-    flag_channel: str = FLAG_CHANNEL
     speaker_threshold: float = DEFAULT_SPEAKER_THRESHOLD
     finalise_grace_s: float = DEFAULT_FINALISE_GRACE_S
     webhook_timeout_s: float = WEBHOOK_TIMEOUT_S

@@ -8,8 +8,8 @@ sentence. A resolved flag is left alone; the nurse has already decided.
 Two notifications follow a raise or a level upgrade, both sent only after the database
 transaction committed (a flag that was rolled back must not be announced):
 
-- a Redis ``PUBLISH`` on :data:`FLAG_CHANNEL` (``painline:flags``), which the web UI's live
-  view subscribes to;
+- a Redis ``PUBLISH`` on the deployment's flag channel (``WorkerContext.flag_channel``, named by
+  :func:`schema.contract.flag_channel`), which the web UI's live view subscribes to;
 - an HTTP ``POST`` to the hotline's own webhook, if one is configured, signed with HMAC-SHA256.
 
 Both carry the same small JSON document: event, flag and call ids, level, severity and the call's
@@ -39,9 +39,6 @@ from sqlalchemy.orm import Session
 from schema.models import Call, Flag, FlagLevel, FlagStatus, utcnow
 
 log = logging.getLogger(__name__)
-
-FLAG_CHANNEL = "painline:flags"
-"""Redis pub/sub channel every flag raise or upgrade is published on (JSON, see :func:`flag_message`)."""
 
 SIGNATURE_HEADER = "X-Painline-Signature"
 """Webhook header: ``sha256=<hex HMAC-SHA256 of the exact request body, keyed by the shared secret>``."""
@@ -158,7 +155,7 @@ def verify(body: bytes, secret: str, header_value: str) -> bool:
     return hmac.compare_digest(sign(body, secret), header_value or "")
 
 
-def publish(redis: Redis, change: FlagChange, channel: str = FLAG_CHANNEL) -> bool:
+def publish(redis: Redis, change: FlagChange, channel: str) -> bool:
     """PUBLISH the flag on ``channel``; False (logged) if Redis is unreachable."""
     try:
         redis.publish(channel, encode(flag_message(change)))
@@ -202,7 +199,7 @@ def announce(
     change: FlagChange,
     redis: Redis | None,
     *,
-    channel: str = FLAG_CHANNEL,
+    channel: str,
     webhook_url: str = "",
     webhook_secret: str = "",
     webhook_timeout_s: float = WEBHOOK_TIMEOUT_S,
@@ -215,7 +212,6 @@ def announce(
 
 
 __all__ = [
-    "FLAG_CHANNEL",
     "SIGNATURE_HEADER",
     "FlagChange",
     "announce",

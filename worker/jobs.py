@@ -51,6 +51,7 @@ from analysis.embedders.speaker import pooled_similarity
 from analysis.evidence import EVIDENCE_VERSION
 from analysis.model import PainModel
 from schema.audit import record
+from schema.contract import enrol_upload_key
 from schema.db import session_scope
 from schema.models import (
     Baseline,
@@ -282,9 +283,10 @@ def finalise_call(call_id: int) -> str:
     """Give an ended call its verdict, score and evidence; status ``finalised``. Idempotent.
 
     While utterances are still pending it raises :class:`CallNotReady`, which RQ's Retry turns into a
-    later attempt (enqueue with ``Retry(max=5, interval=[5, 15, 60, 300])`` and run the worker with
-    the scheduler). Once ``finalise_grace_s`` has passed since hang-up it stops waiting and finalises
-    on what was scored, recording how many utterances were left out.
+    later attempt (enqueued through ``schema.contract.enqueue``, whose ``JobOptions`` give it interval
+    retries; the worker must run with the scheduler). Once ``finalise_grace_s`` has passed since
+    hang-up it stops waiting and finalises on what was scored, recording how many utterances were left
+    out.
     """
     ctx = current()
     change: FlagChange | None = None
@@ -369,10 +371,6 @@ def enroll(
     return baselines.enroll(patient_id, clips_8k, actor, ctx=ctx or current(), check_speaker=check_speaker)
 
 
-# where the dashboard leaves uploaded enrolment audio (8 kHz mu-law, one clip per list item)
-ENROL_UPLOAD_KEY = "painline:enrol-upload:{token}"
-
-
 def enroll_uploaded(patient_id: int, token: str, actor: int | str) -> str:
     """RQ job: enrol clips an admin uploaded, read from (and then removed from) Redis.
 
@@ -386,7 +384,7 @@ def enroll_uploaded(patient_id: int, token: str, actor: int | str) -> str:
     ctx = current()
     if ctx.redis is None:
         raise RuntimeError("enroll_uploaded needs the worker's Redis connection")
-    key = ENROL_UPLOAD_KEY.format(token=token)
+    key = enrol_upload_key(token)
     pipe = ctx.redis.pipeline()
     pipe.lrange(key, 0, -1)
     pipe.delete(key)

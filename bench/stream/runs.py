@@ -321,13 +321,17 @@ def e2e_run(config: ServerConfig, plan: RunPlan, *, workers: int, database_url: 
             log_dir: Path, drain_timeout_s: float = 300.0, simple_workers: bool = False,
             speaker: bool = True) -> dict[str, Any]:
     """N calls with ``workers`` RQ workers scoring live; latencies from end of speech to score and flag."""
-    from worker.flags import FLAG_CHANNEL
+    from painline.config import Settings
+    from schema.contract import flag_channel
+
+    # the channel the server's workers publish on: the deployment's namespace from the same URLs
+    channel = flag_channel(Settings(database_url=database_url, redis_url=redis_url).channel_namespace)
 
     with web_server(config, database_url, redis_url, log_dir) as server:
         try:
             with rq_workers(workers, server, log_dir, simple=simple_workers, speaker=speaker) as procs:
                 _wait_for_workers(redis_url, server.queue_name, workers)
-                recorder = FlagRecorder(redis_url, FLAG_CHANNEL)
+                recorder = FlagRecorder(redis_url, channel)
                 try:
                     worker_cpu0 = procs.cpu_s()
                     outcome, cpu, wall = _stream(server, plan)

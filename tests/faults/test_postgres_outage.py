@@ -38,9 +38,10 @@ from bench.soak.services import (
     wait_until,
 )
 from painline.replay import new_sid
+from schema.contract import JobOptions, finalise_job_id
 from schema.db import make_engine, session_factory, session_scope
 from schema.models import Call
-from telephony.outbox import JobOptions, enqueue_score_utterance, finalise_job_id, sweep
+from telephony.outbox import enqueue_score_utterance, sweep
 from tests.faults.helpers import QUEUE, queue_on, seed_pending_utterances, serve_app, voice_webhook, worker
 from tests.reliability import ReliabilityRecorder
 

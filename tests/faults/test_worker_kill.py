@@ -34,8 +34,9 @@ import pytest
 from rq.job import Job, JobStatus
 
 from bench.soak.services import PrivatePostgres, PrivateRedis, horse_pids, outcome_counts, wait_until
+from schema.contract import JobOptions, score_job_id
 from schema.db import make_engine, session_factory
-from telephony.outbox import JobOptions, enqueue_score_utterance, score_job_id, sweep
+from telephony.outbox import enqueue_score_utterance, sweep
 from tests.faults.helpers import (
     backends_waiting_on_locks,
     call_row_locked,
@@ -113,7 +114,7 @@ def test_worker_killed_mid_job_scores_exactly_once(
         assert (counts["promoted"], counts["utterances"], finalise_enqueued) == (0, 0, 1)
         wait_until(lambda: outcome_counts(url).calls_finalised == 1, 60, interval_s=0.25, message="finalised")
         assert sweep(sessions, queue, older_than_s=0) == {"promoted": 0, "stale_streams": 0, "utterances": 0,
-                                                          "calls": 0}
+                                                          "calls": 0, "baselines": 0}
         final = outcome_counts(url)
     finally:
         for process in processes:
