@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from analysis.training import TrainConfig
+from painline.research import GainCheck, gain_check
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = (REPO / ".." / "shared" / "data").resolve()
@@ -27,27 +28,38 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def gain_aucs() -> dict[float, float]:
+def gain() -> GainCheck:
     from analysis.embedders.base import get_embedder
     from painline.config import Settings
-    from painline.research import gain_check
 
     settings = Settings().with_(data_dir=DATA_DIR, cache_dir=REPO / ".cache")
     check = gain_check("ravdess-distress", get_embedder("egemaps"), settings, TrainConfig())
-    assert check.clips >= 1400  # nearly every clip keeps an utterance at every gain: the AUCs compare like with like
     print("\nperson-level AUC by test gain: " + ", ".join(f"{g:+.0f} dB {a:.4f}" for g, a in check.auc.items())
           + f" over {check.clips} clips; clips without speech by gain: {check.lost}")
-    return check.auc
+    return check
 
 
-@pytest.mark.parametrize("gain_db", [12.0, -12.0])
-def test_person_level_auc_is_gain_invariant(gain_aucs: dict[float, float], gain_db: float) -> None:
-    delta = gain_aucs[gain_db] - gain_aucs[0.0]
+LOUD = pytest.mark.xfail(strict=True, reason=(
+    "+12 dB costs 0.025 AUC on the live path (0.756 -> 0.731): louder, clipped speech is cut differently by "
+    "the VAD; the whole-clip bench hid it (-0.006). Open: level-robust segmentation (docs/detection.md)"))
+
+
+@pytest.mark.parametrize("gain_db", [pytest.param(12.0, marks=LOUD), -12.0])
+def test_person_level_auc_is_gain_invariant(gain: GainCheck, gain_db: float) -> None:
+    delta = gain.auc[gain_db] - gain.auc[0.0]
     assert abs(delta) <= MAX_AUC_SHIFT, (
-        f"AUC {gain_aucs[0.0]:.4f} at 0 dB became {gain_aucs[gain_db]:.4f} at {gain_db:+.0f} dB (delta {delta:+.4f})"
+        f"AUC {gain.auc[0.0]:.4f} at 0 dB became {gain.auc[gain_db]:.4f} at {gain_db:+.0f} dB (delta {delta:+.4f})"
     )
 
 
-def test_model_is_better_than_chance_at_0db(gain_aucs: dict[float, float]) -> None:
+@pytest.mark.xfail(strict=True, reason=(
+    "at -12 dB webrtcvad finds no utterance in 219 of 1424 RAVDESS clips: a quiet caller is not heard at all. "
+    "Open: level-robust segmentation (docs/detection.md)"))
+def test_a_quiet_or_loud_caller_is_still_heard(gain: GainCheck) -> None:
+    """Each clip that gives an utterance at 0 dB gives one at +-12 dB too (at most 1% lost)."""
+    assert all(lost <= 0.01 * (gain.clips + lost) for lost in gain.lost.values()), gain.lost
+
+
+def test_model_is_better_than_chance_at_0db(gain: GainCheck) -> None:
     """Invariance of a useless model would prove nothing."""
-    assert gain_aucs[0.0] > 0.6
+    assert gain.auc[0.0] > 0.6
