@@ -62,7 +62,7 @@ def test_train_writes_an_artifact_the_loader_accepts(tmp_path: Path, capsys) -> 
     assert model.embedder_name == "egemaps" and model.dim == 88
     card = json.loads(card_path(out).read_text())
     assert card["model_version"] == model.version
-    assert card["channel"] == {"telephone": True, "rms_normalise": True}
+    assert card["channel"] == {"telephone": True, "rms_normalise": True, "segment": True}  # as calls cut it
     assert card["training_data"]["corpora"][0]["corpus"] == "ravdess"
     assert model.version in capsys.readouterr().out
     p = model.predict_proba(np.zeros((2, 88)) + model.normaliser.population.mean)  # type: ignore[union-attr]
