@@ -401,8 +401,11 @@ def grouped_bootstrap_ci(
         raise ValueError("alpha must be in (0, 1)")
     n = len(np.asarray(y))
     counts, inverse = _group_counts(groups, n, n_boot, seed)
-    point = float(metric(y, p))
-    values = _replicate_values(metric, y, p, counts, inverse)
+    return _interval(float(metric(y, p)), _replicate_values(metric, y, p, counts, inverse), alpha)
+
+
+def _interval(point: float, values: FloatArray, alpha: float) -> tuple[float, float, float]:
+    """``(point, low, high)``: the percentile interval of the defined replicate values (nan if none)."""
     values = values[np.isfinite(values)]
     if values.size == 0:
         return point, float("nan"), float("nan")
@@ -428,15 +431,10 @@ def paired_auc_difference(
     ya = np.asarray(y)
     n = len(ya)
     counts, inverse = _group_counts(groups, n, n_boot, seed)
-    point = roc_auc(ya, p_a) - roc_auc(ya, p_b)
     chunk = max(1, _CHUNK_ELEMENTS // max(n, 1))
     weights = (counts[i : i + chunk][:, inverse] for i in range(0, n_boot, chunk))
     diffs = np.concatenate([roc_auc_batch(ya, p_a, w) - roc_auc_batch(ya, p_b, w) for w in weights])
-    diffs = diffs[np.isfinite(diffs)]
-    if diffs.size == 0:
-        return float(point), float("nan"), float("nan")
-    low, high = np.quantile(diffs, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(point), float(low), float(high)
+    return _interval(float(roc_auc(ya, p_a) - roc_auc(ya, p_b)), diffs, alpha)
 
 
 # --------------------------------------------------------------------------- summary
