@@ -20,7 +20,13 @@ from bench.detection.__main__ import LIVE_TASKS
 from painline.live_path import CALL_SIZES, Condition, PooledRow, baseline_effect
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "detection.json"
-KNOWN_WORSE: dict[tuple[str, str], str] = {}
+NEMO = ("nEMO in-corpus (5 folds of 1-2 held-out speakers, 7 training speakers): the caller path does not "
+        "help and the threshold, chosen without a baseline, loses specificity with one (0.94 -> 0.84); the same "
+        "calls scored offline agree (0.833 vs 0.835), and on LOCO the baseline helps nEMO (+0.029)")
+KNOWN_WORSE: dict[tuple[str, str], str] = {
+    ("nemo-distress", "call_4"): "enrolled - not enrolled -0.024 [-0.131, +0.071]; " + NEMO,
+    ("nemo-distress", "call_8"): "enrolled - not enrolled -0.036 [-0.149, +0.078]; " + NEMO,
+}
 """(task, row) pairs where the committed run measured enrolled < not enrolled, with the figure."""
 
 
@@ -35,9 +41,10 @@ def test_every_shared_speech_corpus_has_a_full_live_path_run() -> None:
         result = live[task]
         assert result["mode"] == "full" and result["population_seeded"] is True
         for size in CALL_SIZES:
-            for condition in Condition:
-                row = result["rows"][f"call_{size}_{condition.value}"]
-                assert row is not None and row["n_speakers"] == result["n_speakers"]
+            enrolled, not_enrolled = (result["rows"][f"call_{size}_{c.value}"] for c in Condition)
+            # the same calls in both deployments; a speaker is left out only without enough clips for one
+            assert enrolled["n_clips"] == not_enrolled["n_clips"] > 0
+            assert enrolled["n_speakers"] == not_enrolled["n_speakers"] >= 0.75 * result["n_speakers"]
         assert set(result["baseline_effect"]) == {f"call_{n}" for n in CALL_SIZES} | {"utterance"}
 
 
