@@ -251,15 +251,31 @@ def enqueue(
     job_id: str,
     options: JobOptions,
     if_idle: bool = False,
+    new_id: bool = False,
 ) -> Enqueued:
     """Hand ``name(*args)`` to the queue under ``job_id``, per the module docstring; never raises for Redis.
 
     ``if_idle`` (the sweep): add nothing while a run is in progress either, only replace what is
     missing or dead; the sweep asks because the database says work is unfinished, not because it
     changed anything, so a running job already covers it.
+
+    ``new_id``: the caller has just created what the id names (a saved utterance, a call that just
+    ended), so neither id of the pair can be held yet. That is every utterance of every live call, so
+    it skips the lock and the state reads: one atomic ``unique`` enqueue. Should the id be held after
+    all (a retried enqueue whose first attempt reached Redis), the full decision above runs.
     """
     if queue is None:
         return Enqueued.UNAVAILABLE
+    if new_id and not if_idle:
+        try:
+            queue.enqueue(str(name.value), *args, job_id=job_id, retry=options.retry(),
+                          failure_ttl=options.failure_ttl_s, unique=True)
+            return Enqueued.NEW
+        except DuplicateJobError:
+            pass  # held after all: decide under the lock
+        except (RedisError, OSError) as exc:
+            log.warning("enqueue of %s failed (%s); the outbox sweep will retry", job_id, type(exc).__name__)
+            return Enqueued.UNAVAILABLE
     lock = queue.connection.lock(_lock_name(queue, job_id), timeout=ENQUEUE_LOCK_S, blocking_timeout=ENQUEUE_LOCK_S)
     try:
         if not lock.acquire():

@@ -68,14 +68,15 @@ from schema.models import Baseline, BaselineContribution, Call, CallStatus, Utte
 log = logging.getLogger(__name__)
 
 def enqueue_score_utterance(queue: Queue | None, utterance_id: int, options: JobOptions) -> bool:
-    """Hand a committed utterance to scoring; False if Redis is unreachable (the sweep retries)."""
+    """Hand a just-committed utterance to scoring; False if Redis is unreachable (the sweep retries)."""
     return enqueue(queue, JobName.SCORE_UTTERANCE, utterance_id, job_id=score_job_id(utterance_id),
-                   options=options).ok
+                   options=options, new_id=True).ok
 
 
 def enqueue_finalise_call(queue: Queue | None, call_id: int, options: JobOptions) -> bool:
-    """Hand an ended call to finalisation; False if Redis is unreachable (the sweep retries)."""
-    return enqueue(queue, JobName.FINALISE_CALL, call_id, job_id=finalise_job_id(call_id), options=options).ok
+    """Hand a just-ended call to finalisation; False if Redis is unreachable (the sweep retries)."""
+    return enqueue(queue, JobName.FINALISE_CALL, call_id, job_id=finalise_job_id(call_id), options=options,
+                   new_id=True).ok
 
 
 def reap_abandoned(queue: Queue, now: datetime | None = None) -> None:

@@ -7,6 +7,7 @@ a second rebuild request within RQ's result TTL of the first was taken for "alre
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from collections.abc import Iterator
@@ -109,6 +110,27 @@ def test_a_running_job_gets_one_follow_up_that_waits_for_it(worker_queue: Queue)
     _take(worker_queue, follow_up_id(JOB), JobStatus.STARTED)
     assert _ask(worker_queue) is Enqueued.FOLLOW_UP
     assert worker_queue.fetch_job(JOB).get_status() == JobStatus.DEFERRED
+
+
+def test_a_new_id_is_one_unique_enqueue_and_a_held_one_falls_back_to_the_full_decision(
+    worker_queue: Queue,
+) -> None:
+    locks: list[str] = []
+    real_lock = worker_queue.connection.lock
+
+    def counting_lock(name: str, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        locks.append(name)
+        return real_lock(name, *args, **kwargs)
+
+    worker_queue.connection.lock = counting_lock  # type: ignore[method-assign]
+    ask = functools.partial(enqueue, worker_queue, JobName.REBUILD_BASELINE, 77, job_id=JOB, options=OPTIONS,
+                            new_id=True)
+    assert ask() is Enqueued.NEW and locks == []  # the live path's case: no lock, no state reads
+    job = worker_queue.fetch_job(JOB)
+    assert job.retries_left == OPTIONS.retries and job.failure_ttl == OPTIONS.failure_ttl_s
+    assert ask() is Enqueued.WAITING and len(locks) == 1  # held after all: decided as any other request
+    _take(worker_queue, JOB, JobStatus.FINISHED)
+    assert ask() is Enqueued.NEW and worker_queue.job_ids == [JOB]  # a finished one is still replaced
 
 
 def test_a_follow_up_orphaned_by_its_dependency_is_replaced(worker_queue: Queue) -> None:
