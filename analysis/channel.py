@@ -9,18 +9,31 @@ from __future__ import annotations
 
 import sys
 import warnings
+from typing import Protocol
 
 import numpy as np
 
 from analysis.audio import resample
 
+
+class _AudioOp(Protocol):
+    """The two functions of ``audioop`` this module uses."""
+
+    def ulaw2lin(self, fragment: bytes, width: int, /) -> bytes: ...
+
+    def byteswap(self, fragment: bytes, width: int, /) -> bytes: ...
+
+
+_audioop: _AudioOp | None
 with warnings.catch_warnings():
     # the stdlib module is deprecated in 3.11-3.12 and provided by audioop-lts from 3.13 on
     warnings.simplefilter("ignore", DeprecationWarning)
     try:
-        import audioop as _audioop
+        import audioop as _audioop_module
     except ImportError:  # pragma: no cover - a Python without either
         _audioop = None
+    else:
+        _audioop = _audioop_module
 
 TELEPHONE_RATE = 8000
 _BIAS = 0x84
@@ -65,8 +78,8 @@ def mulaw_decode_pcm16(payload: bytes) -> np.ndarray:
 def mulaw_to_pcm16_bytes(payload: bytes) -> bytes:
     """G.711 mu-law bytes to little-endian 16-bit PCM bytes, for webrtcvad, once per 20 ms frame.
 
-    This runs for every frame of every live call, so it uses the C decoder of ``audioop`` (about
-    twenty times faster than the table lookup through numpy on a 160-byte frame); a test checks it
+    This runs for every frame of every live call, so it uses the C decoder of ``audioop`` (much
+    faster than the table lookup through numpy: ``docs/scaling.md``, Profiling); a test checks it
     gives the reference table's value for all 256 codes.
     """
     if _audioop is not None:
@@ -82,7 +95,8 @@ def mulaw_encode(x: np.ndarray) -> bytes:
     # G.711 (ITU-T G.191 reference) works on 14-bit magnitudes; negative samples take the one's
     # complement first, so the code is symmetric about zero
     mag = np.minimum(np.where(pcm < 0, (~pcm) >> 2, pcm >> 2) << 2, _CLIP)
-    return (~(sign | _ENCODE_MAG[mag]) & 0xFF).astype(np.uint8).tobytes()
+    encoded: np.ndarray = (~(sign | _ENCODE_MAG[mag]) & 0xFF).astype(np.uint8)
+    return encoded.tobytes()
 
 
 def telephone(x: np.ndarray, sr: int) -> np.ndarray:

@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -36,12 +36,16 @@ from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
+from rq.worker import BaseWorker
 
-from analysis.embedders.base import EmbedderSources
+from analysis.embedders import EmbedderSources
 from analysis.segmentation import VadConfig
 from painline import redis_conn
 from painline.config import Settings
 from schema.contract import flag_channel
+
+if TYPE_CHECKING:  # for the annotations only; the functions below import it when they run
+    from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +68,11 @@ class _PromptTeardown:
         )
 
 
-class PainlineWorker(_PromptTeardown, Worker):  # type: ignore[misc]
+class PainlineWorker(_PromptTeardown, Worker):
     """RQ's forking worker (``painline worker --fork``): one work-horse child per job."""
 
 
-class PainlineSimpleWorker(_PromptTeardown, SimpleWorker):  # type: ignore[misc]
+class PainlineSimpleWorker(_PromptTeardown, SimpleWorker):
     """RQ's in-process worker, painline's default: jobs reuse the worker's connections."""
 
 
@@ -96,8 +100,12 @@ class ThreadWorker(PainlineSimpleWorker):
     def _enqueue_due_jobs(self) -> None:
         """Move due retries to the queue while this worker holds (or refreshes) the scheduler lock."""
         if self._due is None:
-            self._due = RQScheduler(self.queues, connection=self.connection, serializer=self.serializer,
-                                    logging_level=self.log.getEffectiveLevel())
+            self._due = RQScheduler(
+                self.queues,
+                connection=self.connection,
+                serializer=self.serializer,
+                logging_level=self.log.getEffectiveLevel(),
+            )
         if self._due.acquire_locks():
             self._due.enqueue_scheduled_jobs()
 
@@ -121,14 +129,14 @@ class ThreadWorker(PainlineSimpleWorker):
         return super().execute_job(job, queue)
 
 
-def default_worker_class(fork: bool = False) -> type[Worker]:
+def default_worker_class(fork: bool = False) -> type[BaseWorker]:
     """:class:`PainlineSimpleWorker`, or the forking :class:`PainlineWorker` when asked and the platform can fork."""
     if fork and hasattr(os, "fork"):
         return PainlineWorker
     return PainlineSimpleWorker
 
 
-def build_context(settings: Settings, connection: Redis | None, *, speaker: bool = True) -> Any:
+def build_context(settings: Settings, connection: Redis | None, *, speaker: bool = True) -> WorkerContext:
     """A ``worker.context.WorkerContext`` for ``settings``: model, embedders, engine, Redis.
 
     Raises ``FileNotFoundError`` (with a hint to train) if the model artifact is missing and
@@ -159,7 +167,7 @@ def embedder_sources(settings: Settings) -> EmbedderSources:
     return EmbedderSources(hear_path=settings.hear_path if str(settings.hear_path) else None)
 
 
-def install_context(ctx: Any) -> Any:
+def install_context(ctx: WorkerContext) -> WorkerContext:
     from worker.context import install
 
     return install(ctx)
@@ -192,11 +200,15 @@ def run_worker(
         while True:
             worker = worker_class([queue], connection=connection, name=name)
             name = None  # a restarted worker takes a new name: the lost one may still be registered
-            log.info("worker %s (%s) on queue %s, model %s", worker.name, worker_class.__name__,
-                     settings.queue_name, ctx.model.version)
+            log.info(
+                "worker %s (%s) on queue %s, model %s",
+                worker.name,
+                worker_class.__name__,
+                settings.queue_name,
+                ctx.model.version,
+            )
             try:
-                worked = worker.work(burst=burst, with_scheduler=with_scheduler,
-                                     logging_level=logging_level) or worked
+                worked = worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=logging_level) or worked
             except (RedisError, OSError) as exc:  # raised from RQ's teardown while Redis is down
                 log.warning("worker %s: Redis unavailable (%s)", worker.name, type(exc).__name__)
             # a SIGTERM/SIGINT (warm shutdown) records when it came, idle or busy
@@ -230,8 +242,7 @@ class BackgroundWorker:
     installed before :meth:`start`.
     """
 
-    def __init__(self, queue: Queue, *, job_class: type[Job] | None = None,
-                 logging_level: str = "WARNING") -> None:
+    def __init__(self, queue: Queue, *, job_class: type[Job] | None = None, logging_level: str = "WARNING") -> None:
         self.queue = queue
         self.job_class = job_class or queue.job_class
         self.logging_level = logging_level
@@ -255,8 +266,9 @@ class BackgroundWorker:
             while not self._stop.is_set():
                 if self._worker is not None:
                     self._jobs_before += self._worker.jobs_run
-                self._worker = ThreadWorker([self.queue], connection=self.queue.connection,
-                                            job_class=self.job_class, stop_event=self._stop)
+                self._worker = ThreadWorker(
+                    [self.queue], connection=self.queue.connection, job_class=self.job_class, stop_event=self._stop
+                )
                 self._worker.work(logging_level=self.logging_level)
                 if not self._stop.is_set():
                     log.warning("background worker: RQ stopped working the queue; starting a new worker")

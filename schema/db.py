@@ -22,6 +22,9 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from schema.models import Base
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite writer waits for another writer's lock before raising."""
@@ -101,8 +104,24 @@ def session_scope(factory: Callable[[], Session]) -> Iterator[Session]:
         session.close()
 
 
+def delete_all_rows(url: str | URL) -> None:
+    """Delete every row of every painline table, children before parents; sequences keep counting.
+
+    For throw-away databases only: the tests empty the shared test database after each test with it,
+    and ``python -m bench.stream`` empties its bench database before each run.
+    """
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            for table in reversed(Base.metadata.sorted_tables):
+                conn.execute(table.delete())
+    finally:
+        engine.dispose()
+
+
 __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
+    "delete_all_rows",
     "is_sqlite",
     "make_engine",
     "session_factory",

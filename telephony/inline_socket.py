@@ -3,11 +3,10 @@
 flask-sock hands each route a ``simple_websocket.Server``, which starts a reader thread per socket:
 it receives and parses the frames and wakes the request thread through a ``threading.Event`` for
 each message. Twilio sends 50 messages a second per call, so that is two threads per call and two
-wake-ups per 20 ms frame. Reading inline halves both. Measured with ``python -m bench.stream``
-(``docs/stream.md``): the server's CPU per call-second did not move beyond the noise, because the
-remaining per-message thread wake-up and GIL hand-over (kernel scheduling was about a third of the
-server's CPU in ``perf``) still dominate, but frame-handling lag p99 fell and the thread count per
-call halved.
+wake-ups per 20 ms frame. Reading inline halves both. Measured with ``python -m bench.stream``, it
+lowered frame-handling lag but not the server's CPU per call-second, which the remaining per-message
+thread wake-up and GIL hand-over still dominate (the profile and the figures: ``docs/scaling.md``,
+Profiling).
 
 Here the reader thread is never started (``NoReaderThread`` is passed as simple-websocket's
 ``thread_class``, an option it offers for exactly this kind of replacement) and

@@ -29,14 +29,12 @@ from flask import Flask
 from redis import Redis
 from rq import Queue
 from rq.job import Job
-from sqlalchemy import create_engine
-from sqlalchemy.pool import NullPool
 
 from painline.app import close_app, configure, create_app, settings_of
 from painline.config import Settings
 from painline.devserver import make_dev_server
+from schema.db import delete_all_rows
 from schema.migrate import upgrade
-from schema.models import Base
 
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/0"
 AUTH_TOKEN = "app-test-auth-token-0123456789"
@@ -59,16 +57,6 @@ def cleanup_queue(connection: Redis, name: str) -> None:
     if keys:
         connection.delete(*keys)
     connection.srem("rq:queues", f"rq:queue:{name}")
-
-
-def delete_all_rows(url: str) -> None:
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.begin() as conn:
-            for table in reversed(Base.metadata.sorted_tables):
-                conn.execute(table.delete())
-    finally:
-        engine.dispose()
 
 
 def wav_file(path: Path, samples: np.ndarray, rate: int = 8000) -> Path:

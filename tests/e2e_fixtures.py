@@ -45,7 +45,7 @@ from analysis.audio import load_audio
 from analysis.baseline import RunningStats
 from analysis.channel import TELEPHONE_RATE, mulaw_decode, mulaw_encode, telephone
 from analysis.dataset import Clip, load_manifest
-from analysis.embedders.base import Embedder, get_embedder
+from analysis.embedders import Embedder, get_embedder
 from analysis.features import ChannelConfig, FeatureCache, extract, prepare, prepare_utterances
 from analysis.model import PainModel
 from analysis.segmentation import VadConfig, cut_clip
@@ -90,7 +90,7 @@ def channel_fingerprint(channel: ChannelConfig) -> str:
     """
     rng = np.random.default_rng(0)
     t = np.arange(16000) / 16000
-    probe = (0.3 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 3 * t) + rng.normal(0, 0.02, t.size))
+    probe = 0.3 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 3 * t) + rng.normal(0, 0.02, t.size)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "probe.wav"
         sf.write(str(path), probe.astype(np.float32), 16000, subtype="FLOAT")
@@ -107,8 +107,10 @@ def corpus_available(*corpora: str) -> bool:
 
 
 def missing_corpus_reason(*corpora: str) -> str:
-    return (f"shared corpora {', '.join(corpora)} not found under {data_dir()} "
-            f"(set PAINLINE_DATA_DIR to the folder holding them)")
+    return (
+        f"shared corpora {', '.join(corpora)} not found under {data_dir()} "
+        f"(set PAINLINE_DATA_DIR to the folder holding them)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -127,8 +129,11 @@ class OfflineScorer:
     @property
     def channel(self) -> ChannelConfig:
         card = self.model.card.get("channel", {})
-        return ChannelConfig(telephone=bool(card.get("telephone", True)), rms_normalise=self.model.rms_normalise,
-                             segment=bool(card.get("segment", False)))
+        return ChannelConfig(
+            telephone=bool(card.get("telephone", True)),
+            rms_normalise=self.model.rms_normalise,
+            segment=bool(card.get("segment", False)),
+        )
 
     @property
     def threshold(self) -> float:
@@ -153,8 +158,9 @@ class OfflineScorer:
         baseline = RunningStats.from_array(enrolled) if enrolled is not None and len(enrolled) else None
         return np.asarray(self.model.predict_proba(X, population=None, baseline=baseline), dtype=np.float64)
 
-    def proba_in_live_order(self, X: np.ndarray, population: RunningStats,
-                            enrolled: np.ndarray | None = None) -> np.ndarray:
+    def proba_in_live_order(
+        self, X: np.ndarray, population: RunningStats, enrolled: np.ndarray | None = None
+    ) -> np.ndarray:
         """Score rows one by one as the worker does: each against the live population as it stood,
         then folded into it (``population`` is updated in place, to carry on to the next call)."""
         baseline = RunningStats.from_array(enrolled) if enrolled is not None and len(enrolled) else None
@@ -168,8 +174,13 @@ class OfflineScorer:
         """What enrolment adds to a baseline for these clips: their VAD utterances' features."""
         return self.streamed(clips, work_dir, vad).X
 
-    def proba_of_audio(self, samples_8k: Sequence[np.ndarray], work_dir: Path,
-                       enrolled: np.ndarray | None = None, population: RunningStats | None = None) -> np.ndarray:
+    def proba_of_audio(
+        self,
+        samples_8k: Sequence[np.ndarray],
+        work_dir: Path,
+        enrolled: np.ndarray | None = None,
+        population: RunningStats | None = None,
+    ) -> np.ndarray:
         """Score utterances (8 kHz audio as the worker gets it) through training's own preparation (a file,
         ``prepare``, the embedder), not cut again; with ``population``, in the worker's order against the
         live population (see :meth:`proba_in_live_order`)."""
@@ -224,11 +235,14 @@ class Streamed:
     def per_clip(self, enrolled: np.ndarray | None = None) -> np.ndarray:
         """Each clip's probability by the call rule over its utterances (NaN if the VAD kept nothing)."""
         p = self.scorer.proba(self.X, enrolled) if len(self.X) else np.zeros(0)
-        return np.array([
-            call_probability(list(p[self.owner == k]), list(self.speech_s[self.owner == k]))
-            if np.any(self.owner == k) else float("nan")
-            for k in range(self.n_clips)
-        ])
+        return np.array(
+            [
+                call_probability(list(p[self.owner == k]), list(self.speech_s[self.owner == k]))
+                if np.any(self.owner == k)
+                else float("nan")
+                for k in range(self.n_clips)
+            ]
+        )
 
     def call(self, clip_indices: Sequence[int], enrolled: np.ndarray | None = None) -> float:
         """The call score of a call made of these clips, by the product's rule."""
@@ -245,8 +259,9 @@ def call_audio_of(clip: Clip) -> np.ndarray:
     return telephone(samples, rate)
 
 
-def vad_utterances(samples_8k: np.ndarray, vad: VadConfig | None = None,
-                   gap_s: float = CALL_GAP_S) -> list[tuple[np.ndarray, float]]:
+def vad_utterances(
+    samples_8k: np.ndarray, vad: VadConfig | None = None, gap_s: float = CALL_GAP_S
+) -> list[tuple[np.ndarray, float]]:
     """The utterances the socket's VAD cuts from ``samples_8k`` framed by silence: ``(audio, speech_s)``."""
     return [(u.samples, u.speech_s) for u in cut_clip(samples_8k, vad, margin_s=gap_s)]
 
@@ -366,16 +381,18 @@ def write_call_wav(clips: Sequence[Clip], path: Path, gap_s: float = CALL_GAP_S)
     return CallFile(path, spans)
 
 
-def replay_wav(server: AppServer, call: CallFile, patient_ref: str | None,
-               speed: float = 0) -> tuple[ReplayResult, bytes]:
+def replay_wav(
+    server: AppServer, call: CallFile, patient_ref: str | None, speed: float = 0
+) -> tuple[ReplayResult, bytes]:
     """Replay the file through the real webhook and socket; returns what was streamed too.
 
     ``speed`` 0 (the default) streams as fast as the socket takes it; 1 paces the frames in real time,
     as Twilio does, so a worker running meanwhile scores the call while it is still live.
     """
     mulaw = load_call_audio(call.path)
-    result = replay_call(mulaw, base_url=server.url, public_url=server.url, auth_token=AUTH_TOKEN,
-                         patient_ref=patient_ref, speed=speed)
+    result = replay_call(
+        mulaw, base_url=server.url, public_url=server.url, auth_token=AUTH_TOKEN, patient_ref=patient_ref, speed=speed
+    )
     assert result.close_code == 1000, f"the server closed the stream with {result.close_code}"
     return result, mulaw
 

@@ -10,7 +10,7 @@ import soundfile as sf
 
 from analysis.audio import rms_dbfs
 from analysis.dataset import Clip
-from analysis.embedders.base import Embedder
+from analysis.embedders import Embedder
 from analysis.features import ChannelConfig, FeatureCache, combine, extract, has_speech, prepare_utterances
 from tests.worker_fixtures import calm, pain
 
@@ -28,8 +28,9 @@ def silence(seconds: float, rate: int = 8000) -> np.ndarray:
 
 def test_a_clip_with_pauses_is_cut_into_the_calls_utterances_each_normalised(tmp_path: Path) -> None:
     # a loud and a quiet burst with a pause longer than the VAD's hangover between them
-    clip = write(tmp_path / "two.wav", silence(0.3), 8.0 * calm(seconds=1.5),
-                 silence(1.2), pain(seconds=1.5), silence(0.3))
+    clip = write(
+        tmp_path / "two.wav", silence(0.3), 8.0 * calm(seconds=1.5), silence(1.2), pain(seconds=1.5), silence(0.3)
+    )
     pieces = prepare_utterances(clip, SEGMENTED)
     assert len(pieces) == 2
     assert all(abs(rms_dbfs(p) - rms_dbfs(pieces[0])) < 0.5 for p in pieces)  # each on the same level
@@ -37,9 +38,7 @@ def test_a_clip_with_pauses_is_cut_into_the_calls_utterances_each_normalised(tmp
     assert len(whole) == 1 and len(whole[0]) > sum(len(p) for p in pieces)
 
 
-def test_a_silent_clip_has_no_row_and_a_spoken_one_is_its_utterances_vector(
-    tmp_path: Path, egemaps: Embedder
-) -> None:
+def test_a_silent_clip_has_no_row_and_a_spoken_one_is_its_utterances_vector(tmp_path: Path, egemaps: Embedder) -> None:
     spoken = write(tmp_path / "spoken.wav", silence(0.2), calm(seconds=2.0), silence(0.2))
     quiet = write(tmp_path / "quiet.wav", silence(2.0))
     clips = [Clip(path=spoken, speaker_id="s", label="neutral"), Clip(path=quiet, speaker_id="s", label="neutral")]

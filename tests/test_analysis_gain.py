@@ -29,19 +29,26 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def gain() -> GainCheck:
-    from analysis.embedders.base import get_embedder
+    from analysis.embedders import get_embedder
     from painline.config import Settings
 
     settings = Settings().with_(data_dir=DATA_DIR, cache_dir=REPO / ".cache")
     check = gain_check("ravdess-distress", get_embedder("egemaps"), settings, TrainConfig())
-    print("\nperson-level AUC by test gain: " + ", ".join(f"{g:+.0f} dB {a:.4f}" for g, a in check.auc.items())
-          + f" over {check.clips} clips; clips without speech by gain: {check.lost}")
+    print(
+        "\nperson-level AUC by test gain: "
+        + ", ".join(f"{g:+.0f} dB {a:.4f}" for g, a in check.auc.items())
+        + f" over {check.clips} clips; clips without speech by gain: {check.lost}"
+    )
     return check
 
 
-LOUD = pytest.mark.xfail(strict=True, reason=(
-    "+12 dB costs 0.025 AUC on the live path (0.756 -> 0.731): louder, clipped speech is cut differently by "
-    "the VAD; the whole-clip bench hid it (-0.006). Open: level-robust segmentation (docs/detection.md)"))
+LOUD = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "+12 dB costs 0.025 AUC on the live path (0.756 -> 0.731): louder, clipped speech is cut differently by "
+        "the VAD; the whole-clip bench hid it (-0.006). Open: level-robust segmentation (docs/detection.md)"
+    ),
+)
 
 
 @pytest.mark.parametrize("gain_db", [pytest.param(12.0, marks=LOUD), -12.0])
@@ -52,9 +59,13 @@ def test_person_level_auc_is_gain_invariant(gain: GainCheck, gain_db: float) -> 
     )
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "at -12 dB webrtcvad finds no utterance in 219 of 1424 RAVDESS clips: a quiet caller is not heard at all. "
-    "Open: level-robust segmentation (docs/detection.md)"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "at -12 dB webrtcvad finds no utterance in 219 of 1424 RAVDESS clips: a quiet caller is not heard at all. "
+        "Open: level-robust segmentation (docs/detection.md)"
+    ),
+)
 def test_a_quiet_or_loud_caller_is_still_heard(gain: GainCheck) -> None:
     """Each clip that gives an utterance at 0 dB gives one at +-12 dB too (at most 1% lost)."""
     assert all(lost <= 0.01 * (gain.clips + lost) for lost in gain.lost.values()), gain.lost

@@ -21,7 +21,7 @@ from rq.job import Job, JobStatus
 from sqlalchemy import Engine, func, select
 
 import worker.jobs
-from analysis.embedders.base import Embedder
+from analysis.embedders import Embedder
 from analysis.model import PainModel
 from dashboard.config import config_of
 from painline.app import dashboard_config
@@ -123,8 +123,9 @@ def test_a_new_id_is_one_unique_enqueue_and_a_held_one_falls_back_to_the_full_de
         return real_lock(name, *args, **kwargs)
 
     worker_queue.connection.lock = counting_lock  # type: ignore[method-assign]
-    ask = functools.partial(enqueue, worker_queue, JobName.REBUILD_BASELINE, 77, job_id=JOB, options=OPTIONS,
-                            new_id=True)
+    ask = functools.partial(
+        enqueue, worker_queue, JobName.REBUILD_BASELINE, 77, job_id=JOB, options=OPTIONS, new_id=True
+    )
     assert ask() is Enqueued.NEW and locks == []  # the live path's case: no lock, no state reads
     job = worker_queue.fetch_job(JOB)
     assert job.retries_left == OPTIONS.retries and job.failure_ttl == OPTIONS.failure_ttl_s
@@ -157,8 +158,12 @@ def app_worker(dash_app: Flask, pain_model: PainModel, egemaps: Embedder) -> Ite
     """The app's queue, with a worker context on the app's own database installed to run its jobs."""
     engine: Engine = dash_app.extensions["painline.engine"]
     ctx = context.WorkerContext(
-        engine=engine, sessions=dash_app.extensions["painline.sessions"], redis=dash_app.extensions["painline.redis"],
-        model=pain_model, embedder=egemaps, evidence_embedder=egemaps,
+        engine=engine,
+        sessions=dash_app.extensions["painline.sessions"],
+        redis=dash_app.extensions["painline.redis"],
+        model=pain_model,
+        embedder=egemaps,
+        evidence_embedder=egemaps,
         flag_channel=config_of(dash_app).flag_channel,
     )
     context.install(ctx)
@@ -172,8 +177,11 @@ def _baseline(app: Flask, baseline_id: int) -> tuple[int, int]:
     """The baseline's stored count and its included contributions (equal unless a rebuild is pending)."""
     with session_scope(app.extensions["painline.sessions"]) as s:
         count = s.get_one(Baseline, baseline_id).count
-        included = s.scalar(select(func.count()).select_from(BaselineContribution).where(
-            BaselineContribution.baseline_id == baseline_id, BaselineContribution.included.is_(True)))
+        included = s.scalar(
+            select(func.count())
+            .select_from(BaselineContribution)
+            .where(BaselineContribution.baseline_id == baseline_id, BaselineContribution.included.is_(True))
+        )
     return count, int(included or 0)
 
 
@@ -233,8 +241,13 @@ def test_sweep_requeues_the_rebuild_of_a_stale_baseline(dash_app: Flask, dash_se
     # a rebuild that ran out of retries leaves the baseline stale: the next sweep replaces it
     with session_scope(sessions) as s:
         s.get_one(BaselineContribution, dash_seed.contribution_ids[0]).included = True
-    enqueue(app_worker, JobName.REBUILD_BASELINE, dash_seed.baseline_id, job_id=rebuild_job_id(dash_seed.baseline_id),
-            options=OPTIONS)
+    enqueue(
+        app_worker,
+        JobName.REBUILD_BASELINE,
+        dash_seed.baseline_id,
+        job_id=rebuild_job_id(dash_seed.baseline_id),
+        options=OPTIONS,
+    )
     _take(app_worker, rebuild_job_id(dash_seed.baseline_id), JobStatus.FAILED)
     assert sweep(sessions, app_worker)["baselines"] == 1
     run_burst(app_worker)
@@ -264,8 +277,10 @@ def test_deployments_on_one_redis_server_have_channels_of_their_own(pg_url: str)
     named = here.with_(deployment_name="ward-7")
     assert dashboard_config(named).flag_channel == "painline:ward-7:flags"
     assert all("DEPLOYMENT" not in p.message for p in production_problems(named))
-    assert any("PAINLINE_DEPLOYMENT_NAME" in p.message and p.fatal
-               for p in production_problems(here.with_(deployment_name="ward 7/flags")))
+    assert any(
+        "PAINLINE_DEPLOYMENT_NAME" in p.message and p.fatal
+        for p in production_problems(here.with_(deployment_name="ward 7/flags"))
+    )
 
 
 def test_the_worker_publishes_on_its_deployments_channel(pain_model_path: Path, sqlite_url: str) -> None:
@@ -298,8 +313,9 @@ def test_a_flag_published_by_another_deployment_does_not_reach_this_dashboard() 
         dashboard.subscribe(ours)
         while dashboard.get_message(timeout=0.2) is not None:
             pass
-        change = FlagChange(event="flag.raised", flag_id=1, call_id=99, level="high", severity=0.9,
-                            probability=0.9, status="open")
+        change = FlagChange(
+            event="flag.raised", flag_id=1, call_id=99, level="high", severity=0.9, probability=0.9, status="open"
+        )
         assert publish(other_redis, change, theirs)  # the other painline's worker, in its own Redis db
         assert _received(dashboard) == []
         assert publish(this_redis, change, ours)  # this deployment's own flags still arrive

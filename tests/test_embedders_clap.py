@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analysis import embedders as base
 from analysis.channel import TELEPHONE_RATE
-from analysis.embedders import base
 from analysis.embedders.clap import CLAP_RATE, ClapEmbedder
 
 REPO = Path(__file__).resolve().parents[1]

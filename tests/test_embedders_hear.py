@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analysis import embedders as base
 from analysis.channel import TELEPHONE_RATE
-from analysis.embedders import base
 from analysis.embedders.hear import HEAR_RATE, PATH_SETTING, WINDOW_SAMPLES, HearEmbedder, window_starts
 from painline.config import Settings
 from painline.workers import embedder_sources
@@ -127,9 +127,7 @@ def test_short_clip_is_zero_padded(embedder: HearEmbedder) -> None:
     (clip,) = _clips([0.8], sr=HEAR_RATE, seed=3)
     padded = np.zeros(WINDOW_SAMPLES, dtype=np.float32)
     padded[: len(clip)] = clip
-    np.testing.assert_allclose(
-        embedder.embed([clip], sr=HEAR_RATE), embedder.embed([padded], sr=HEAR_RATE), rtol=1e-6
-    )
+    np.testing.assert_allclose(embedder.embed([clip], sr=HEAR_RATE), embedder.embed([padded], sr=HEAR_RATE), rtol=1e-6)
 
 
 def test_no_overlap_option_uses_fewer_windows(model_dir: Path) -> None:

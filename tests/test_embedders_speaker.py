@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analysis import embedders as base
 from analysis.channel import TELEPHONE_RATE, telephone
-from analysis.embedders import base
 from analysis.embedders.speaker import SpeakerEmbedder, cosine_similarity
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,8 +144,9 @@ def test_pooled_similarity_weighs_each_utterance_the_same() -> None:
     reference = np.array([1.0, 0.0, 0.0])
     loud_match, quiet_other = np.array([10.0, 0.0, 0.0]), np.array([0.0, 0.1, 0.0])
     # normalised before averaging: the long (large-norm) vector does not drown the other
-    assert pooled_similarity([loud_match, quiet_other], reference) == pytest.approx(cosine_similarity(
-        np.array([1.0, 1.0, 0.0]), reference))
+    assert pooled_similarity([loud_match, quiet_other], reference) == pytest.approx(
+        cosine_similarity(np.array([1.0, 1.0, 0.0]), reference)
+    )
     assert pooled_similarity([loud_match], reference) == pytest.approx(1.0)
     assert pooled_similarity([], reference) == 0.0
     assert pooled_similarity([np.zeros(3)], reference) == 0.0

@@ -25,7 +25,7 @@ from sqlalchemy.pool import NullPool
 from analysis.aggregate import CallVerdict
 from analysis.audio import load_audio
 from analysis.channel import telephone
-from analysis.embedders.base import get_embedder
+from analysis.embedders import get_embedder
 from analysis.features import ChannelConfig, extract
 from analysis.model import PainModel
 from bench.soak.services import PrivateRedis
@@ -89,8 +89,12 @@ def test_a_clip_scores_the_same_offline_as_through_a_replayed_call(shipped_model
     from analysis.dataset import load_manifest
 
     assert shipped_model.card["channel"].get("segment") is True, "the shipped model was trained on whole clips"
-    clips = [c for corpus in ("ravdess", "nemo") for c in load_manifest(data_dir() / corpus, name=corpus).clips
-             if c.label in ("neutral", "angry", "sad")][::97][:8]
+    clips = [
+        c
+        for corpus in ("ravdess", "nemo")
+        for c in load_manifest(data_dir() / corpus, name=corpus).clips
+        if c.label in ("neutral", "angry", "sad")
+    ][::97][:8]
     embedder = get_embedder(shipped_model.embedder_name)
     offline = shipped_model.predict_proba(extract(clips, embedder, DEFAULT_CHANNEL, progress=False))
     whole = ChannelConfig(telephone=True, rms_normalise=True)
@@ -99,8 +103,9 @@ def test_a_clip_scores_the_same_offline_as_through_a_replayed_call(shipped_model
     live: list[float] = []
     for n, clip in enumerate(clips):
         samples, rate = load_audio(clip.path)
-        with LiveDeployment.build(SHIPPED_MODEL, settings_for(tmp_path / str(n)), work_dir=tmp_path / str(n),
-                                  speaker=False) as deployment:
+        with LiveDeployment.build(
+            SHIPPED_MODEL, settings_for(tmp_path / str(n)), work_dir=tmp_path / str(n), speaker=False
+        ) as deployment:
             result = deployment.play([telephone(samples, rate)])
         assert len(result.utterances) == 1, f"{clip.path.name}: the VAD cut {len(result.utterances)} utterances"
         live.append(result.utterances[0].probability)
@@ -119,8 +124,14 @@ class Process:
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         with open(log_path, "wb") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "painline.cli", *args], env=env, cwd=REPO,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "painline.cli", *args],
+                env=env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -179,17 +190,18 @@ def stored_call(url: str, call_sid: str) -> Stored:
     engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            call = conn.execute(select(Call.id, Call.status, Call.call_score, Call.verdict)
-                                .where(Call.call_sid == call_sid)).one_or_none()
+            call = conn.execute(
+                select(Call.id, Call.status, Call.call_score, Call.verdict).where(Call.call_sid == call_sid)
+            ).one_or_none()
             if call is None:
                 return "", [], None, None
             rows = conn.execute(
                 select(Utterance.start_ms, Score.probability, Score.baseline_applied, Score.speaker_similarity)
                 .join(Score, Score.utterance_id == Utterance.id)
-                .where(Utterance.call_id == call.id).order_by(Utterance.seq)
+                .where(Utterance.call_id == call.id)
+                .order_by(Utterance.seq)
             ).all()
-            return (call.status, [(r[0], float(r[1]), bool(r[2]), r[3]) for r in rows], call.call_score,
-                    call.verdict)
+            return (call.status, [(r[0], float(r[1]), bool(r[2]), r[3]) for r in rows], call.call_score, call.verdict)
     finally:
         engine.dispose()
 
@@ -205,10 +217,17 @@ def test_harness_scores_what_painline_serve_and_worker_score(
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAINLINE_") and k != "TWILIO_AUTH_TOKEN"}
     env.update(
         PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-        PAINLINE_DATABASE_URL=fresh_pg, PAINLINE_REDIS_URL=own_redis, PAINLINE_QUEUE_NAME=queue,
-        PAINLINE_MODEL_PATH=str(pain_model_path), PAINLINE_PUBLIC_URL=url, TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-        PAINLINE_HMAC_KEY=HMAC_KEY, PAINLINE_SECRET_KEY="live-path", PAINLINE_NEXT_ENQUEUE="nurses",
-        PAINLINE_VAR_DIR=str(tmp_path / "var"), PAINLINE_LOG_LEVEL="WARNING",
+        PAINLINE_DATABASE_URL=fresh_pg,
+        PAINLINE_REDIS_URL=own_redis,
+        PAINLINE_QUEUE_NAME=queue,
+        PAINLINE_MODEL_PATH=str(pain_model_path),
+        PAINLINE_PUBLIC_URL=url,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        PAINLINE_HMAC_KEY=HMAC_KEY,
+        PAINLINE_SECRET_KEY="live-path",
+        PAINLINE_NEXT_ENQUEUE="nurses",
+        PAINLINE_VAR_DIR=str(tmp_path / "var"),
+        PAINLINE_LOG_LEVEL="WARNING",
     )
     enrolment = synthetic_call(pained=False, f0=120.0, seed=70)
     calls: list[tuple[str | None, list[np.ndarray]]] = [
@@ -239,12 +258,15 @@ def test_harness_scores_what_painline_serve_and_worker_score(
         wait_for(healthy, 60, "painline serve healthy", processes)
         for ref, clips in calls:
             mulaw, _ = call_mulaw(clips)
-            result = replay_call(mulaw, base_url=url, public_url=url, auth_token=AUTH_TOKEN, patient_ref=ref,
-                                 speed=0)
+            result = replay_call(mulaw, base_url=url, public_url=url, auth_token=AUTH_TOKEN, patient_ref=ref, speed=0)
             assert result.close_code == 1000
             # one call at a time, as the harness plays them: population statistics in the same order
-            wait_for(lambda sid=result.call_sid: stored_call(fresh_pg, sid)[0] == CallStatus.FINALISED.value,
-                     60, "call finalised", processes)
+            wait_for(
+                lambda sid=result.call_sid: stored_call(fresh_pg, sid)[0] == CallStatus.FINALISED.value,
+                60,
+                "call finalised",
+                processes,
+            )
             live.append(stored_call(fresh_pg, result.call_sid))
     finally:
         for p in processes:
@@ -262,8 +284,9 @@ def test_harness_scores_what_painline_serve_and_worker_score(
         np.testing.assert_allclose([r[1] for r in rows], mine.probabilities, rtol=0, atol=1e-6)
         # the speaker check ran on both sides (the enrolled patient has a voiceprint) and agreed
         assert [r[3] is None for r in rows] == [u.speaker_similarity is None for u in mine.utterances]
-        np.testing.assert_allclose([r[3] or 0.0 for r in rows], [u.speaker_similarity or 0.0 for u in mine.utterances],
-                                   rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            [r[3] or 0.0 for r in rows], [u.speaker_similarity or 0.0 for u in mine.utterances], rtol=0, atol=1e-6
+        )
         assert call_score is not None and mine.call_score is not None
         assert abs(call_score - mine.call_score) <= 1e-6
         assert verdict == (mine.verdict.value if mine.verdict is not None else None)
@@ -273,5 +296,6 @@ def test_harness_scores_what_painline_serve_and_worker_score(
     for call in (harness[0], harness[2]):
         assert all(u.speaker_similarity is not None for u in call.utterances)
         assert [u.baseline_applied for u in call.utterances] == [
-            u.speaker_similarity is not None and u.speaker_similarity >= threshold for u in call.utterances]
+            u.speaker_similarity is not None and u.speaker_similarity >= threshold for u in call.utterances
+        ]
     assert not any(u.baseline_applied or u.speaker_similarity is not None for u in harness[1].utterances)

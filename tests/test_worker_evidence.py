@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from analysis.baseline import RunningStats
-from analysis.embedders.base import Embedder
+from analysis.embedders import Embedder
 from analysis.evidence import (
     MEASURE_KEYS,
     MissingFunctional,
@@ -103,9 +103,7 @@ def test_compare_skips_measures_missing_on_either_side() -> None:
 
 
 def test_baseline_measures_from_running_stats() -> None:
-    rows = np.array(
-        [[30.0, 2.0, -25.0, 1.0, 1.0, 10.0, 3.0, 2.0], [32.0, 2.0, -23.0, 1.4, 1.2, 12.0, 4.0, 2.0]]
-    )
+    rows = np.array([[30.0, 2.0, -25.0, 1.0, 1.0, 10.0, 3.0, 2.0], [32.0, 2.0, -23.0, 1.4, 1.2, 12.0, 4.0, 2.0]])
     mean, std = baseline_measures(RunningStats.from_array(rows))
     assert list(mean) == list(MEASURE_KEYS)
     assert mean["pitch"] == pytest.approx(31.0)
@@ -115,9 +113,7 @@ def test_baseline_measures_from_running_stats() -> None:
 
 
 def test_combine_measures_weights_by_speech_and_skips_missing() -> None:
-    combined = combine_measures(
-        [({"pitch": 30.0, "loudness": -20.0}, 3.0), ({"pitch": None, "loudness": -30.0}, 1.0)]
-    )
+    combined = combine_measures([({"pitch": 30.0, "loudness": -20.0}, 3.0), ({"pitch": None, "loudness": -30.0}, 1.0)])
     assert combined["pitch"] == pytest.approx(30.0)
     assert combined["loudness"] == pytest.approx(-22.5)
     assert combined["jitter"] is None

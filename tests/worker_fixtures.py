@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from analysis.baseline import RunningStats, TwoLevelNormaliser
 from analysis.channel import TELEPHONE_RATE, mulaw_encode
-from analysis.embedders.base import Embedder, EmbedderUnavailable, get_embedder
+from analysis.embedders import Embedder, EmbedderUnavailable, get_embedder
 from analysis.model import PainModel
 from painline.workers import PainlineSimpleWorker
 from schema.db import session_factory
@@ -120,9 +120,7 @@ def pain_model(egemaps: Embedder) -> PainModel:
     population_clf = _pipeline().fit(normaliser.standardise(X), y)
     relative = np.vstack(
         [
-            normaliser.relative(
-                X[g == s], normaliser.caller_offset(RunningStats.from_array(X[(g == s) & (y == 0)]))
-            )
+            normaliser.relative(X[g == s], normaliser.caller_offset(RunningStats.from_array(X[(g == s) & (y == 0)])))
             for s in np.unique(g)
         ]
     )
@@ -228,9 +226,7 @@ def make_call(session: Session, patient: Patient | None, status: CallStatus = Ca
     return call
 
 
-def add_utterance(
-    session: Session, call: Call, seq: int, clip: np.ndarray, speech_s: float | None = None
-) -> int:
+def add_utterance(session: Session, call: Call, seq: int, clip: np.ndarray, speech_s: float | None = None) -> int:
     """An utterance with its mu-law audio, exactly as the telephony side persists it."""
     length_ms = int(1000 * len(clip) / TELEPHONE_RATE)
     utterance = Utterance(

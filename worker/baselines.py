@@ -38,14 +38,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from analysis.baseline import RunningStats
-from analysis.embedders.base import EmbedderUnavailable
+from analysis.embedders import EmbedderUnavailable
 from analysis.embedders.speaker import cosine_similarity
 from analysis.evidence import EVIDENCE_VERSION, MEASURE_KEYS, measure_vector
 from analysis.model import PainModel
@@ -137,14 +137,10 @@ def rederive(session: Session, baseline: Baseline) -> RunningStats:
 def _mirror_inclusion(session: Session, source: Baseline, target: Baseline) -> int:
     """Copy include/exclude decisions from ``source``'s contributions to their twins in ``target``."""
     changed = 0
-    twins = session.scalars(
-        select(BaselineContribution).where(BaselineContribution.baseline_id == target.id)
-    ).all()
+    twins = session.scalars(select(BaselineContribution).where(BaselineContribution.baseline_id == target.id)).all()
     by_utterance = {c.utterance_id: c for c in twins if c.utterance_id is not None}
     by_time = {c.created_at: c for c in twins if c.utterance_id is None}
-    for c in session.scalars(
-        select(BaselineContribution).where(BaselineContribution.baseline_id == source.id)
-    ):
+    for c in session.scalars(select(BaselineContribution).where(BaselineContribution.baseline_id == source.id)):
         twin = by_utterance.get(c.utterance_id) if c.utterance_id is not None else by_time.get(c.created_at)
         if twin is not None and twin.included != c.included:
             twin.included = c.included
@@ -160,7 +156,7 @@ def _add_contribution(
     *,
     utterance_id: int | None = None,
     call_id: int | None = None,
-    created_at=None,  # type: ignore[no-untyped-def]
+    created_at: datetime | None = None,
 ) -> BaselineContribution:
     row = BaselineContribution(
         baseline_id=baseline.id,
@@ -255,10 +251,9 @@ def enroll(
             # twins share a timestamp (distinct per utterance), which is how exclusions are mirrored
             at = start + timedelta(microseconds=u)
             _add_contribution(session, baseline, X[u], ContributionSource.ENROLMENT, created_at=at)
-            if measure_rows[u] is not None:
-                _add_contribution(
-                    session, ev_baseline, measure_rows[u], ContributionSource.ENROLMENT, created_at=at
-                )
+            measure_row = measure_rows[u]
+            if measure_row is not None:
+                _add_contribution(session, ev_baseline, measure_row, ContributionSource.ENROLMENT, created_at=at)
         stats = rederive(session, baseline)
         ev_stats = rederive(session, ev_baseline)
 
@@ -353,9 +348,7 @@ def grow_from_call(session: Session, ctx: WorkerContext, call_id: int) -> Growth
     if flag is None:
         return GrowthResult(reason="no flag: an unreviewed call never feeds a baseline")
     if flag.status != FlagStatus.RESOLVED.value or flag.label != FlagLabel.NO_PAIN.value:
-        return GrowthResult(
-            reason=f"flag {flag.status}/{flag.label or 'unlabelled'}: not resolved as no_pain"
-        )
+        return GrowthResult(reason=f"flag {flag.status}/{flag.label or 'unlabelled'}: not resolved as no_pain")
     if call.patient_id is None:
         return GrowthResult(reason="call has no patient")
     if call.status != CallStatus.FINALISED.value:
@@ -370,14 +363,10 @@ def grow_from_call(session: Session, ctx: WorkerContext, call_id: int) -> Growth
     if not rows:
         return GrowthResult(reason=f"no utterances scored by model {model.version}")
     has_voiceprint = (
-        session.scalar(
-            select(Voiceprint.id).where(Voiceprint.patient_id == call.patient_id, Voiceprint.count > 0)
-        )
+        session.scalar(select(Voiceprint.id).where(Voiceprint.patient_id == call.patient_id, Voiceprint.count > 0))
         is not None
     )
-    eligible = [
-        r for r in rows if speaker_passes(r.speaker_similarity, has_voiceprint, ctx.speaker_threshold)
-    ]
+    eligible = [r for r in rows if speaker_passes(r.speaker_similarity, has_voiceprint, ctx.speaker_threshold)]
     excluded = len(rows) - len(eligible)
 
     baseline = model_baseline(session, call.patient_id, model)
@@ -446,9 +435,7 @@ def grow_from_call(session: Session, ctx: WorkerContext, call_id: int) -> Growth
 
 def rebuild(session: Session, baseline_id: int) -> RunningStats:
     """Re-derive a baseline from its included contributions, mirroring to the evidence baseline."""
-    baseline = session.scalars(
-        select(Baseline).where(Baseline.id == baseline_id).with_for_update()
-    ).one_or_none()
+    baseline = session.scalars(select(Baseline).where(Baseline.id == baseline_id).with_for_update()).one_or_none()
     if baseline is None:
         raise LookupError(f"no baseline {baseline_id}")
     stats = rederive(session, baseline)
@@ -488,9 +475,7 @@ def derive_for_model(session: Session, patient_id: int, new_model: PainModel) ->
         )
     ).one_or_none()
     if existing is not None and session.scalar(
-        select(func.count())
-        .select_from(BaselineContribution)
-        .where(BaselineContribution.baseline_id == existing.id)
+        select(func.count()).select_from(BaselineContribution).where(BaselineContribution.baseline_id == existing.id)
     ):
         return existing
     source = session.scalars(
@@ -508,13 +493,9 @@ def derive_for_model(session: Session, patient_id: int, new_model: PainModel) ->
         return None
     target = model_baseline(session, patient_id, new_model)
     have = set(
-        session.scalars(
-            select(BaselineContribution.utterance_id).where(BaselineContribution.baseline_id == target.id)
-        )
+        session.scalars(select(BaselineContribution.utterance_id).where(BaselineContribution.baseline_id == target.id))
     )
-    for c in session.scalars(
-        select(BaselineContribution).where(BaselineContribution.baseline_id == source.id)
-    ):
+    for c in session.scalars(select(BaselineContribution).where(BaselineContribution.baseline_id == source.id)):
         if c.utterance_id is not None and c.utterance_id in have:
             continue
         dim = len(from_bytes(c.embedding))

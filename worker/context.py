@@ -32,7 +32,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from analysis.channel import TELEPHONE_RATE
-from analysis.embedders.base import Embedder, EmbedderSources, EmbedderUnavailable, get_embedder
+from analysis.embedders import Embedder, EmbedderSources, EmbedderUnavailable, get_embedder
 from analysis.model import ModelMismatchError, PainModel
 from analysis.segmentation import VadConfig
 from schema.db import make_engine, session_factory
@@ -109,9 +109,7 @@ class WorkerContext:
                 f"model {model.version} expects {model.dim}-d features but '{model.embedder_name}' "
                 f"produces {model_embedder.dim}-d"
             )
-        evidence = (
-            model_embedder if model.embedder_name == EVIDENCE_EMBEDDER else get_embedder(EVIDENCE_EMBEDDER)
-        )
+        evidence = model_embedder if model.embedder_name == EVIDENCE_EMBEDDER else get_embedder(EVIDENCE_EMBEDDER)
         speaker_embedder = load_speaker_embedder() if speaker else None
         engine = make_engine(database_url)
         ctx = cls(

@@ -2,11 +2,11 @@
 
 Scoring and enrolment both need two things from a clip: the model's features (on the RMS-normalised
 clip when the model card says so) and the eGeMAPS measures of :mod:`analysis.evidence`. openSMILE
-costs about 20 ms per call on top of its per-second work, so when the model's own features already
-contain the eGeMAPS functionals (the default ``egemaps`` model, or an ``egemaps+...`` fusion) the
-evidence is read from them instead of running openSMILE a second time. Evidence is always measured
-on the normalised clip (evidence version 2); loudness is put back by the gain the clip was
-normalised by, so "louder than usual" still means what the caller's line carried.
+has a fixed cost per call on top of its per-second work (``docs/scaling.md``), so when the model's
+own features already contain the eGeMAPS functionals (the default ``egemaps`` model, or an
+``egemaps+...`` fusion) the evidence is read from them instead of running openSMILE a second time.
+Evidence is always measured on the normalised clip (evidence version 2); loudness is put back by the
+gain the clip was normalised by, so "louder than usual" still means what the caller's line carried.
 """
 
 from __future__ import annotations

@@ -37,15 +37,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from analysis.baseline import RunningStats
 from analysis.channel import mulaw_decode
-from analysis.embedders.base import EmbedderUnavailable
+from analysis.embedders import EmbedderUnavailable
 from analysis.embedders.fusion import ConcatEmbedder
 from analysis.embedders.speaker import pooled_similarity
 from analysis.evidence import EVIDENCE_VERSION
@@ -118,17 +118,14 @@ def score_utterance(utterance_id: int) -> ScoreOutcome:
     embedding, measures = featurized.features[0], featurized.measures[0]
     d_vector = _speaker_vector(ctx, inputs, x, embedding)
     similarity = (
-        None if d_vector is None or inputs.voiceprint is None
+        None
+        if d_vector is None or inputs.voiceprint is None
         else pooled_similarity([*inputs.call_speaker_vectors, d_vector], inputs.voiceprint)
     )
 
     same_speaker = similarity is None or similarity >= ctx.speaker_threshold
-    baseline = (
-        inputs.baseline if same_speaker and inputs.baseline is not None and inputs.baseline.n > 0 else None
-    )
-    probability = float(
-        model.predict_proba(embedding[None, :], population=inputs.population, baseline=baseline)[0]
-    )
+    baseline = inputs.baseline if same_speaker and inputs.baseline is not None and inputs.baseline.n > 0 else None
+    probability = float(model.predict_proba(embedding[None, :], population=inputs.population, baseline=baseline)[0])
     applied = baseline is not None and model.caller_weight(baseline.n) > 0
 
     change: FlagChange | None = None
@@ -154,9 +151,7 @@ def score_utterance(utterance_id: int) -> ScoreOutcome:
             if utterance is not None:
                 utterance.status = UtteranceStatus.SCORED.value
             session.execute(delete(UtteranceAudio).where(UtteranceAudio.utterance_id == utterance_id))
-            call = session.scalars(
-                select(Call).where(Call.id == inputs.call_id).with_for_update()
-            ).one_or_none()
+            call = session.scalars(select(Call).where(Call.id == inputs.call_id).with_for_update()).one_or_none()
             if call is not None and call.status != CallStatus.FINALISED.value:
                 change = update_running_score(session, ctx, call)
     except IntegrityError:
@@ -212,8 +207,12 @@ def _read_inputs(ctx: WorkerContext, utterance_id: int) -> _Inputs | ScoreOutcom
         earlier = session.scalars(
             select(Score.speaker_vector)
             .join(Utterance, Utterance.id == Score.utterance_id)
-            .where(Utterance.call_id == utterance.call_id, Score.model_version == model.version,
-                   Score.speaker_vector.is_not(None), Utterance.id != utterance_id)
+            .where(
+                Utterance.call_id == utterance.call_id,
+                Score.model_version == model.version,
+                Score.speaker_vector.is_not(None),
+                Utterance.id != utterance_id,
+            )
         ).all()
         return _Inputs(
             utterance_id=utterance_id,
@@ -229,9 +228,7 @@ def _read_inputs(ctx: WorkerContext, utterance_id: int) -> _Inputs | ScoreOutcom
         )
 
 
-def _speaker_vector(
-    ctx: WorkerContext, inputs: _Inputs, x: np.ndarray, embedding: np.ndarray
-) -> np.ndarray | None:
+def _speaker_vector(ctx: WorkerContext, inputs: _Inputs, x: np.ndarray, embedding: np.ndarray) -> np.ndarray | None:
     """The utterance's speaker embedding, or None when there is no voiceprint to compare it with.
 
     When the model's own features already contain the d-vector (``egemaps+speaker``) that slice is
@@ -250,11 +247,9 @@ def _speaker_vector(
         return None
 
 
-def _score_exists(session: Any, utterance_id: int, model_version: str) -> bool:
+def _score_exists(session: Session, utterance_id: int, model_version: str) -> bool:
     return (
-        session.scalar(
-            select(Score.id).where(Score.utterance_id == utterance_id, Score.model_version == model_version)
-        )
+        session.scalar(select(Score.id).where(Score.utterance_id == utterance_id, Score.model_version == model_version))
         is not None
     )
 
@@ -396,8 +391,10 @@ def enroll_uploaded(patient_id: int, token: str, actor: int | str) -> str:
         result = enroll(patient_id, clips, _actor_name(ctx, actor), ctx=ctx)
     except ValueError:  # no speech in any clip: nothing to retry
         return "no speech found in the uploaded audio"
-    return (f"enrolled {result.accepted} clip(s) as {result.utterances} utterance(s), "
-            f"{len(result.rejected_speaker)} refused by the speaker check, {len(result.no_speech)} without speech")
+    return (
+        f"enrolled {result.accepted} clip(s) as {result.utterances} utterance(s), "
+        f"{len(result.rejected_speaker)} refused by the speaker check, {len(result.no_speech)} without speech"
+    )
 
 
 def _actor_name(ctx: WorkerContext, actor: int | str) -> str:
@@ -421,9 +418,7 @@ def rebuild_baseline(baseline_id: int, *, ctx: WorkerContext | None = None) -> i
         return baselines.rebuild(session, baseline_id).n
 
 
-def derive_baseline_for_model(
-    patient_id: int, new_model: PainModel, *, ctx: WorkerContext | None = None
-) -> int | None:
+def derive_baseline_for_model(patient_id: int, new_model: PainModel, *, ctx: WorkerContext | None = None) -> int | None:
     """Start ``new_model``'s baseline for a patient from their baseline under an older model.
 
     Returns the new baseline's id, or None if the patient has no baseline in the same embedder's

@@ -1,4 +1,4 @@
-"""The one interface every embedder implements, and the registry that picks one by name.
+"""The one interface every embedder implements (the registry that builds one by name is the package).
 
 An embedder takes telephone-channel clips (float32 mono at :data:`analysis.channel.TELEPHONE_RATE`)
 and returns one row per clip. It resamples internally to whatever its model expects
@@ -8,7 +8,7 @@ and returns one row per clip. It resamples internally to whatever its model expe
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,55 +64,3 @@ class EmbedderSources:
     this in the composition root; nothing in ``analysis`` reads the environment."""
 
     hear_path: Path | None = None  # a HeAR SavedModel folder
-
-
-_REGISTRY: dict[str, Callable[..., Embedder]] = {}
-_NEEDS: dict[str, Callable[[EmbedderSources], dict[str, Any]]] = {}
-
-
-def register(
-    name: str, *, needs: Callable[[EmbedderSources], dict[str, Any]] | None = None
-) -> Callable[[Callable[..., Embedder]], Callable[..., Embedder]]:
-    """Class decorator: make an embedder constructible by name from configuration.
-
-    ``needs`` picks the constructor arguments it takes from :class:`EmbedderSources`.
-    """
-
-    def wrap(factory: Callable[..., Embedder]) -> Callable[..., Embedder]:
-        _REGISTRY[name] = factory
-        if needs is not None:
-            _NEEDS[name] = needs
-        return factory
-
-    return wrap
-
-
-def available() -> list[str]:
-    _import_builtin()
-    return sorted(_REGISTRY)
-
-
-def get_embedder(name: str, sources: EmbedderSources | None = None, **options: Any) -> Embedder:
-    """Build the embedder registered as ``name``: egemaps, compare, speaker, clap or hear.
-
-    ``a+b`` concatenates embedders (e.g. ``egemaps+speaker``); options go to every part, and each
-    part takes what it needs from ``sources``.
-    """
-    _import_builtin()
-    if "+" in name:
-        from analysis.embedders.fusion import ConcatEmbedder
-
-        return ConcatEmbedder([get_embedder(part, sources, **options) for part in name.split("+")])
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise EmbedderUnavailable(f"unknown embedder {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
-    needs = _NEEDS.get(name)
-    if needs is not None:
-        options = {**needs(sources or EmbedderSources()), **options}
-    return factory(**options)
-
-
-def _import_builtin() -> None:
-    # importing the modules runs their @register; their heavy imports stay inside methods
-    from analysis.embedders import clap, hear, opensmile_features, speaker  # noqa: F401

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.embedders.base import Embedder, EmbedderUnavailable, register
+from analysis.embedders.base import Embedder, EmbedderUnavailable
 
 CLAP_RATE = 48000
 DEFAULT_MODEL = "laion/clap-htsat-unfused"
@@ -36,7 +36,6 @@ def _l2_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
-@register("clap")
 class ClapEmbedder(Embedder):
     """One L2-normalised CLAP audio embedding per clip; dim is the checkpoint's ``projection_dim``.
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.embedders.base import Embedder, EmbedderSources, EmbedderUnavailable, register
+from analysis.embedders.base import Embedder, EmbedderSources, EmbedderUnavailable
 
 HEAR_RATE = 16000
 WINDOW_SAMPLES = 2 * HEAR_RATE
@@ -51,11 +51,11 @@ def _frame(clip: np.ndarray, window: int, hop: int) -> np.ndarray:
     return out
 
 
-def _needs(sources: EmbedderSources) -> dict[str, Any]:
+def options_from_sources(sources: EmbedderSources) -> dict[str, Any]:
+    """What this embedder takes from the deployment's :class:`EmbedderSources` (the registry passes it)."""
     return {"path": sources.hear_path}
 
 
-@register("hear", needs=_needs)
 class HearEmbedder(Embedder):
     """Mean-pooled HeAR embedding per clip; dim is whatever the SavedModel outputs (512 for HeAR).
 

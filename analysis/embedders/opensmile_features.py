@@ -6,8 +6,8 @@ is why it is the offline default. openSMILE is run at the telephone rate directl
 8 kHz audio up to 16 kHz would add nothing but cost.
 
 Cost per utterance. ``opensmile.Smile.process_signal`` builds, configures and frees a new openSMILE
-instance for every clip and wraps the result in pandas, about 20 ms whatever the clip's length,
-which is a third of the work on a two-second utterance. :class:`_ReusedSmile` keeps one
+instance for every clip and wraps the result in pandas, a fixed cost whatever the clip's length
+(measured in ``docs/scaling.md``, Profiling). :class:`_ReusedSmile` keeps one
 configured instance and resets it between clips (openSMILE's documented ``reset``: run again
 without re-initialising), with the same input conversion, so the functionals are identical (a test
 compares every value). It leans on opensmile-python's internals for the configuration; if they
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from analysis.channel import TELEPHONE_RATE
-from analysis.embedders.base import Embedder, EmbedderUnavailable, register
+from analysis.embedders.base import Embedder, EmbedderUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,13 @@ class _ReusedSmile:
         options["nBits"] = 16
         self._lib = lib
         self._instance = lib.OpenSMILE()
-        self._instance.initialize(config_file=smile.config_path, options=options, loglevel=smile.loglevel,
-                                  log_file=smile.logfile, debug=smile.verbose)
+        self._instance.initialize(
+            config_file=smile.config_path,
+            options=options,
+            loglevel=smile.loglevel,
+            log_file=smile.logfile,
+            debug=smile.verbose,
+        )
         self._source = config.EXTERNAL_SOURCE_COMPONENT
         self._sink = config.EXTERNAL_OUTPUT_COMPONENT.encode("ascii")
         self._rows: list[np.ndarray] = []
@@ -140,11 +145,9 @@ class OpenSmileEmbedder(Embedder):
         return {**super().describe(), "feature_set": self._feature_set}
 
 
-@register("egemaps")
-def _egemaps(**_: object) -> Embedder:
+def egemaps_embedder(**_: object) -> Embedder:
     return OpenSmileEmbedder("eGeMAPSv02", "egemaps")
 
 
-@register("compare")
-def _compare(**_: object) -> Embedder:
+def compare_embedder(**_: object) -> Embedder:
     return OpenSmileEmbedder("ComParE_2016", "compare")

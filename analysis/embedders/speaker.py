@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.embedders.base import Embedder, EmbedderUnavailable, register
+from analysis.embedders.base import Embedder, EmbedderUnavailable
 
 SPEAKER_RATE = 16000
 # resemblyzer's own target level: quiet telephone audio is raised to it, loud audio left alone
@@ -89,13 +89,12 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@register("speaker")
 class SpeakerEmbedder(Embedder):
     """256-d, L2-normalised d-vector per clip (resemblyzer ``VoiceEncoder.embed_utterance``).
 
     ``torch_threads`` (default 1) caps torch's intra-op threads while embedding: one clip is only
     a handful of 1.6 s partials through a small LSTM, so extra threads mostly wait on each other
-    (2 threads measured 2-3x slower than 1 on a busy 2-core worker). ``None`` leaves torch alone.
+    (measured slower, not faster: ``docs/scaling.md``, Profiling). ``None`` leaves torch alone.
     """
 
     name = "speaker"

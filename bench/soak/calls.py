@@ -72,15 +72,21 @@ class CallResult:
     close_code: int | None = None
 
 
-def _webhook(base_url: str, auth_token: str, call_sid: str) -> tuple[int, str]:
+def voice_webhook(base_url: str, auth_token: str, call_sid: str, *, timeout_s: float = 15.0) -> tuple[int, str]:
+    """POST Twilio's signed incoming-call webhook; returns the HTTP status and the TwiML."""
     params = voice_webhook_params(new_sid("AC"), call_sid, "+15551234567", "+15557654321")
     url = base_url + "/twilio/voice"
-    request = urllib.request.Request(url, data=urllib.parse.urlencode(params).encode(), method="POST", headers={
-        "X-Twilio-Signature": RequestValidator(auth_token).compute_signature(url, params),
-        "Content-Type": "application/x-www-form-urlencoded",
-    })
+    request = urllib.request.Request(
+        url,
+        data=urllib.parse.urlencode(params).encode(),
+        method="POST",
+        headers={
+            "X-Twilio-Signature": RequestValidator(auth_token).compute_signature(url, params),
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
     try:
-        with urllib.request.urlopen(request, timeout=15) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -90,7 +96,7 @@ def faulty_call(mulaw: bytes, base_url: str, auth_token: str, kind: str, speed: 
     """Stream half the call, then drop the socket (``drop``) or send garbage (``malformed``)."""
     call_sid = new_sid("CA")
     try:
-        status, twiml = _webhook(base_url, auth_token, call_sid)
+        status, twiml = voice_webhook(base_url, auth_token, call_sid)
     except OSError as exc:  # the server is restarting
         return CallResult(kind, "error", type(exc).__name__)
     if status != 200:
@@ -101,8 +107,9 @@ def faulty_call(mulaw: bytes, base_url: str, auth_token: str, kind: str, speed: 
         return CallResult(kind, "no-stream")
     signature = RequestValidator(auth_token).compute_signature(instruction.url, {})
     try:
-        ws = websocket.create_connection(connect_url(instruction.url, base_url),
-                                         header=[f"X-Twilio-Signature: {signature}"], timeout=15)
+        ws = websocket.create_connection(
+            connect_url(instruction.url, base_url), header=[f"X-Twilio-Signature: {signature}"], timeout=15
+        )
     except (websocket.WebSocketException, OSError) as exc:
         return CallResult(kind, "error", type(exc).__name__)
     messages = StreamMessages(account_sid=new_sid("AC"), call_sid=call_sid)
@@ -142,8 +149,9 @@ def faulty_call(mulaw: bytes, base_url: str, auth_token: str, kind: str, speed: 
 
 def normal_call(mulaw: bytes, base_url: str, auth_token: str, speed: float) -> CallResult:
     try:
-        result = replay_call(mulaw, base_url=base_url, public_url=base_url, auth_token=auth_token, speed=speed,
-                             status_callbacks=False)
+        result = replay_call(
+            mulaw, base_url=base_url, public_url=base_url, auth_token=auth_token, speed=speed, status_callbacks=False
+        )
     except ReplayError as exc:
         if "without <Start><Stream>" in str(exc):
             return CallResult("normal", "no-stream")

@@ -8,8 +8,11 @@ same time, so fault injection never touches them: each fault test (``tests/fault
   the harshest kind of Redis restart, exactly what the outbox must survive).
 - :class:`PrivatePostgres`: a throw-away cluster made with ``initdb`` in a temp dir; PostgreSQL refuses
   to run as root, so as root the binaries run as the ``postgres`` user (``runuser``).
+- :class:`ScratchServices`: services a bench measures rather than breaks (``python -m bench.worker``):
+  a :class:`PrivateRedis` and a fresh database on the shared PostgreSQL, dropped afterwards.
 - :class:`PainlineProcess`: ``painline worker`` / ``painline serve --gunicorn`` / ``painline sweep``
-  subprocesses in a process group of their own, so a test can SIGKILL the whole process tree.
+  subprocesses (or the gunicorn command itself, as ``python -m bench.stream`` runs it) in a process
+  group of their own, so a test can SIGKILL the whole process tree.
 - :func:`outcome_counts`: what the database says happened to every utterance (detected, scored,
   pending, duplicate scores, audio left).
 """
@@ -27,16 +30,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
+
+if TYPE_CHECKING:
+    from rq import Queue
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,8 +55,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.1,
-               message: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.1, message: str = "condition"
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; raise ``TimeoutError`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -87,9 +96,23 @@ class PrivateRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         binary = shutil.which("redis-server") or "redis-server"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory), "--logfile", str(self.directory / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_until(self._pings, timeout_s, message=f"redis on port {self.port}")
 
@@ -128,6 +151,32 @@ class PrivateRedis:
 
 # ---------------------------------------------------------------------------------------------------
 # PostgreSQL
+
+
+def _admin_execute(admin_url: str, statement: str) -> None:
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(statement))
+    finally:
+        admin.dispose()
+
+
+def create_database(admin_url: str, name: str, *, migrate: bool = True) -> str:
+    """Create database ``name`` on the server of ``admin_url`` (migrated to head unless told otherwise);
+    returns its URL."""
+    _admin_execute(admin_url, f'CREATE DATABASE "{name}"')
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    if migrate:
+        from schema.migrate import upgrade
+
+        upgrade(url)
+    return url
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    """Drop database ``name`` on the server of ``admin_url``, disconnecting whoever is still on it."""
+    _admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def postgres_bin_dir() -> Path:
@@ -189,13 +238,26 @@ class PrivatePostgres:
     def start(self) -> None:
         if self.running:
             return
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   f"-c synchronous_commit=off -c full_page_writes=off -c max_connections={self.max_connections}")
-        result = self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.logfile), "-w",
-                           "-t", "60", "start", check=False)
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            f"-c synchronous_commit=off -c full_page_writes=off -c max_connections={self.max_connections}"
+        )
+        result = self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.logfile),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            check=False,
+        )
         if result.returncode != 0:
-            raise RuntimeError(f"private PostgreSQL did not start: {result.stdout}{result.stderr}\n"
-                               f"{self.log_tail()}")
+            raise RuntimeError(f"private PostgreSQL did not start: {result.stdout}{result.stderr}\n{self.log_tail()}")
 
     def stop(self, mode: str = "fast") -> None:
         """``fast``: the server disconnects every client and stops; ``immediate``: as if it crashed."""
@@ -213,28 +275,14 @@ class PrivatePostgres:
     def new_database(self, migrate: bool = True) -> str:
         """Create ``painline_<random>`` (migrated to head unless told otherwise) and make it :attr:`url`."""
         name = f"painline_{secrets.token_hex(5)}"
-        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-        try:
-            with admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-        finally:
-            admin.dispose()
+        create_database(self.admin_url, name, migrate=migrate)
         self.database = name
-        if migrate:
-            from schema.migrate import upgrade
-
-            upgrade(self.url)
         return self.url
 
     def drop_database(self) -> None:
         if self.database is None or not self.running:
             return
-        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-        try:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'))
-        finally:
-            admin.dispose()
+        drop_database(self.admin_url, self.database)
         self.database = None
 
     def destroy(self) -> None:
@@ -243,12 +291,73 @@ class PrivatePostgres:
 
 
 # ---------------------------------------------------------------------------------------------------
+# services a bench measures (and does not break)
+
+SHARED_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass
+class ScratchServices:
+    """A :class:`PrivateRedis` on a free port (RQ job ids are deterministic per utterance id, so a
+    shared Redis would collide with other runs) and a fresh database on the shared PostgreSQL server,
+    migrated to head and dropped afterwards."""
+
+    database_url: str
+    redis_url: str
+    redis: Redis
+    queue_name: str = "bench-worker"
+    hmac_key: str = "bench-hmac-key"
+
+    @classmethod
+    @contextmanager
+    def start(cls, admin_url: str = SHARED_ADMIN_URL) -> Iterator[ScratchServices]:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not installed")
+        name = f"painline_bench_{secrets.token_hex(4)}"
+        with tempfile.TemporaryDirectory(prefix="painline-redis-") as directory:
+            redis = PrivateRedis(free_port(), Path(directory))
+            redis.start()
+            try:
+                url = create_database(admin_url, name)
+                yield cls(database_url=url, redis_url=redis.url, redis=redis.client())
+            finally:
+                redis.stop()
+                drop_database(admin_url, name)
+
+    def settings(self):  # type: ignore[no-untyped-def]
+        from painline.config import Settings
+
+        return Settings(
+            database_url=self.database_url, redis_url=self.redis_url, queue_name=self.queue_name, hmac_key=self.hmac_key
+        )
+
+    def env(self) -> dict[str, str]:
+        return painline_environment(
+            database_url=self.database_url,
+            redis_url=self.redis_url,
+            queue_name=self.queue_name,
+            PAINLINE_HMAC_KEY=self.hmac_key,
+        )
+
+    def queue(self) -> Queue:
+        from rq import Queue
+
+        return Queue(self.queue_name, connection=self.redis)
+
+
+# ---------------------------------------------------------------------------------------------------
 # painline processes
 
 
-def painline_environment(*, database_url: str, redis_url: str, queue_name: str = "painline",
-                         model_path: Path | None = None, var_dir: Path | None = None,
-                         **extra: str) -> dict[str, str]:
+def painline_environment(
+    *,
+    database_url: str,
+    redis_url: str,
+    queue_name: str = "painline",
+    model_path: Path | None = None,
+    var_dir: Path | None = None,
+    **extra: str,
+) -> dict[str, str]:
     """This process's environment minus any PAINLINE_* / Twilio settings, plus the given ones."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAINLINE_") and k != "TWILIO_AUTH_TOKEN"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
@@ -261,20 +370,40 @@ def painline_environment(*, database_url: str, redis_url: str, queue_name: str =
     return env
 
 
-class PainlineProcess:
-    """``python -m painline.cli ARGS`` in a new session (its own process group), output to a log file."""
+PAINLINE_CLI = (sys.executable, "-m", "painline.cli")
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+
+class PainlineProcess:
+    """``python -m painline.cli ARGS`` in a new session (its own process group), output to a log file.
+
+    ``program`` replaces ``python -m painline.cli`` (``()``: ``args`` is the whole command, such as
+    :func:`painline.cli.gunicorn_command`); with ``stdout=False`` only stderr goes to the log and
+    stdout (gunicorn's access log) is discarded.
+    """
+
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        program: Sequence[str] = PAINLINE_CLI,
+        stdout: bool = True,
+    ) -> None:
         self.args = args
         self.env = env
         self.log_path = Path(log_path)
+        self.program = list(program)
+        self.keep_stdout = stdout
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> PainlineProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it; closed in wait()
-        self.process = subprocess.Popen([sys.executable, "-m", "painline.cli", *self.args], env=self.env,
-                                        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stdout, stderr = (log, subprocess.STDOUT) if self.keep_stdout else (subprocess.DEVNULL, log)
+        self.process = subprocess.Popen(
+            [*self.program, *self.args], env=self.env, cwd=REPO, stdout=stdout, stderr=stderr, start_new_session=True
+        )
         log.close()
         return self
 
@@ -337,8 +466,7 @@ def worker_fork_option() -> list[str]:
     return ["--fork"] if "fork" in inspect.signature(run_worker).parameters else []
 
 
-def start_worker(env: dict[str, str], log_path: Path, name: str | None = None, *,
-                 fork: bool = True) -> PainlineProcess:
+def start_worker(env: dict[str, str], log_path: Path, name: str | None = None, *, fork: bool = True) -> PainlineProcess:
     """A real ``painline worker`` with the scheduler, speaker check off: the forking rq.Worker (a
     work-horse child per job) when ``fork``, else the default class (rq.SimpleWorker, jobs in-process)."""
     args = ["worker", "--no-speaker"] + (worker_fork_option() if fork else []) + (["--name", name] if name else [])
@@ -394,8 +522,11 @@ class Outcome:
 
     @property
     def exactly_once(self) -> bool:
-        return (self.detected == self.scored == self.score_rows and self.duplicate_scores == 0
-                and self.audio_left_on_scored == 0)
+        return (
+            self.detected == self.scored == self.score_rows
+            and self.duplicate_scores == 0
+            and self.audio_left_on_scored == 0
+        )
 
     @property
     def lost(self) -> int:
@@ -408,6 +539,7 @@ def outcome_counts(database_url: str, call_ids: list[int] | None = None) -> Outc
     engine = create_engine(database_url, poolclass=NullPool)
     try:
         with engine.connect() as conn:
+
             def where(q: Any, column: Any) -> Any:
                 return q.where(column.in_(call_ids)) if call_ids is not None else q
 
@@ -416,8 +548,10 @@ def outcome_counts(database_url: str, call_ids: list[int] | None = None) -> Outc
             ids = [r.id for r in rows]
             statuses = [r.status for r in rows]
             per_utterance = conn.execute(
-                where(select(Score.utterance_id, func.count()).join(Utterance, Utterance.id == Score.utterance_id),
-                      Utterance.call_id).group_by(Score.utterance_id)
+                where(
+                    select(Score.utterance_id, func.count()).join(Utterance, Utterance.id == Score.utterance_id),
+                    Utterance.call_id,
+                ).group_by(Score.utterance_id)
             ).all()
             scored_ids = {r.id for r in rows if r.status == "scored"}
             audio_ids = set(conn.scalars(select(UtteranceAudio.utterance_id)).all())

@@ -29,7 +29,7 @@ import numpy as np
 
 from analysis.audio import load_audio
 from analysis.channel import telephone
-from analysis.embedders.base import Embedder, get_embedder
+from analysis.embedders import Embedder, get_embedder
 from analysis.segmentation import VadConfig, cut_clip
 from bench.speaker_check.measure import (
     ALT_VOICEPRINT,

@@ -35,10 +35,10 @@ from bench.stream.server import (
     ServerConfig,
     WebServer,
     clear_queue,
-    clear_rows,
     rq_workers,
     web_server,
 )
+from schema.db import delete_all_rows
 from schema.models import Call, Score, Utterance
 from telephony.stream_stats import LagHistogram
 
@@ -82,8 +82,9 @@ def _call_ids(database_url: str, call_sids: Sequence[str]) -> dict[str, int]:
         engine.dispose()
 
 
-def _stream_metrics(server: WebServer, plan: RunPlan, outcome: loadgen.ProcessOutcome, cpu_s: float,
-                    wall_s: float) -> dict[str, Any]:
+def _stream_metrics(
+    server: WebServer, plan: RunPlan, outcome: loadgen.ProcessOutcome, cpu_s: float, wall_s: float
+) -> dict[str, Any]:
     results = outcome.results
     ids = _call_ids(server.database_url, [r.call_sid for r in results])
     records: dict[int, dict[str, Any]] = {}
@@ -130,8 +131,12 @@ def _stream_metrics(server: WebServer, plan: RunPlan, outcome: loadgen.ProcessOu
         "frames_sent": sent,
         "frames_received": sum(int(x["frames"]) for x in ours),
         "frames_lost": frames_lost,
-        "lost_breakdown": {"discarded_backpressure": discarded_bp, "discarded_generator": discarded_gen,
-                           "never_received": missing, "jitter_late_dropped": late_dropped},
+        "lost_breakdown": {
+            "discarded_backpressure": discarded_bp,
+            "discarded_generator": discarded_gen,
+            "never_received": missing,
+            "jitter_late_dropped": late_dropped,
+        },
         "frames_handled_over_1s_late": late_1s,
         "duplicates": sum(int(x["duplicates"]) for x in ours),
         "gap_ms_filled": sum(int(x["gap_ms_filled"]) for x in ours),
@@ -142,8 +147,11 @@ def _stream_metrics(server: WebServer, plan: RunPlan, outcome: loadgen.ProcessOu
         "utterances_saved": sum(int(x["utterances_saved"]) for x in ours),
         "utterances_lost": sum(int(x["utterances_lost"]) for x in ours),
         "jobs_deferred": sum(int(x["jobs_deferred"]) for x in ours),
-        "lag_ms": {"p50": round(lag.quantile(0.5), 2), "p99": round(lag.quantile(0.99), 2),
-                   "max": round(lag.max_ms, 1)},
+        "lag_ms": {
+            "p50": round(lag.quantile(0.5), 2),
+            "p99": round(lag.quantile(0.99), 2),
+            "max": round(lag.max_ms, 1),
+        },
         "lag_histogram": lag.to_dict(),
         "server_cpu_s": round(cpu_s, 2),
         "call_seconds": round(call_seconds, 1),
@@ -153,15 +161,21 @@ def _stream_metrics(server: WebServer, plan: RunPlan, outcome: loadgen.ProcessOu
         "generator": {
             "cpu_s": round(outcome.cpu_s, 2),
             "cpu_cores_mean": round(outcome.cpu_s / wall_s, 3) if wall_s else None,
-            "send_late_ms": {"p50": round(lateness.quantile(0.5), 2), "p99": round(lateness.quantile(0.99), 2),
-                             "max": round(lateness.max_ms, 1)},
+            "send_late_ms": {
+                "p50": round(lateness.quantile(0.5), 2),
+                "p99": round(lateness.quantile(0.99), 2),
+                "max": round(lateness.max_ms, 1),
+            },
             "unobstructed_send_late_ms": {"p99": round(wake_p99, 2), "max": round(wake.max_ms, 1)},
             "blocked_sends": sum(r.blocked_sends for r in results),
             "limited": generator_limited,
         },
         "webhook_ms": _quantiles([r.webhook_ms for r in results if r.error is None]),
         "handshake_ms": _quantiles([r.handshake_ms for r in results if r.error is None]),
-        "sustained": frames_lost == 0 and late_1s == 0 and not errors and not generator_limited
+        "sustained": frames_lost == 0
+        and late_1s == 0
+        and not errors
+        and not generator_limited
         and len(ours) == plan.calls,
     }
 
@@ -176,8 +190,9 @@ def _stream(server: WebServer, plan: RunPlan) -> tuple[loadgen.ProcessOutcome, f
     return outcome, server.cpu_s() - cpu_before, wall
 
 
-def ingest_run(config: ServerConfig, plan: RunPlan, *, database_url: str, redis_url: str,
-               log_dir: Path) -> dict[str, Any]:
+def ingest_run(
+    config: ServerConfig, plan: RunPlan, *, database_url: str, redis_url: str, log_dir: Path
+) -> dict[str, Any]:
     """N calls with no worker: the web tier alone. Rows and queued jobs are deleted afterwards."""
     with web_server(config, database_url, redis_url, log_dir) as server:
         try:
@@ -185,7 +200,7 @@ def ingest_run(config: ServerConfig, plan: RunPlan, *, database_url: str, redis_
             metrics = _stream_metrics(server, plan, outcome, cpu, wall)
         finally:
             clear_queue(redis_url, server.queue_name)
-            clear_rows(database_url)
+            delete_all_rows(database_url)
     return metrics
 
 
@@ -245,12 +260,15 @@ def _drain(database_url: str, call_ids: Sequence[int], timeout_s: float) -> tupl
     try:
         while True:
             with engine.connect() as conn:
-                n_utt = int(conn.scalar(select(func.count(Utterance.id)).where(Utterance.call_id.in_(call_ids)))
-                            or 0)
-                n_scored = int(conn.scalar(
-                    select(func.count(Score.utterance_id.distinct()))
-                    .join(Utterance, Utterance.id == Score.utterance_id)
-                    .where(Utterance.call_id.in_(call_ids))) or 0)
+                n_utt = int(conn.scalar(select(func.count(Utterance.id)).where(Utterance.call_id.in_(call_ids))) or 0)
+                n_scored = int(
+                    conn.scalar(
+                        select(func.count(Score.utterance_id.distinct()))
+                        .join(Utterance, Utterance.id == Score.utterance_id)
+                        .where(Utterance.call_id.in_(call_ids))
+                    )
+                    or 0
+                )
             waited = time.monotonic() - began
             if n_scored >= n_utt or waited > timeout_s:
                 return n_utt, n_scored, waited
@@ -259,15 +277,25 @@ def _drain(database_url: str, call_ids: Sequence[int], timeout_s: float) -> tupl
         engine.dispose()
 
 
-def _latencies(database_url: str, results: Sequence[loadgen.CallResult], ids: dict[str, int],
-               flags: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
+def _latencies(
+    database_url: str,
+    results: Sequence[loadgen.CallResult],
+    ids: dict[str, int],
+    flags: list[tuple[float, dict[str, Any]]],
+) -> dict[str, Any]:
     t0 = {ids[r.call_sid]: r.t0_wall for r in results if r.call_sid in ids}
     engine = create_engine(database_url, poolclass=NullPool)
     try:
         with engine.connect() as conn:
             rows = conn.execute(
-                select(Utterance.id, Utterance.call_id, Utterance.end_ms, Utterance.start_ms, Utterance.created_at,
-                       Score.created_at)
+                select(
+                    Utterance.id,
+                    Utterance.call_id,
+                    Utterance.end_ms,
+                    Utterance.start_ms,
+                    Utterance.created_at,
+                    Score.created_at,
+                )
                 .join(Score, Score.utterance_id == Utterance.id, isouter=True)
                 .where(Utterance.call_id.in_(list(t0)))
             ).all()
@@ -317,9 +345,18 @@ def _epoch(value: datetime) -> float:
     return value.timestamp()
 
 
-def e2e_run(config: ServerConfig, plan: RunPlan, *, workers: int, database_url: str, redis_url: str,
-            log_dir: Path, drain_timeout_s: float = 300.0, simple_workers: bool = False,
-            speaker: bool = True) -> dict[str, Any]:
+def e2e_run(
+    config: ServerConfig,
+    plan: RunPlan,
+    *,
+    workers: int,
+    database_url: str,
+    redis_url: str,
+    log_dir: Path,
+    drain_timeout_s: float = 300.0,
+    simple_workers: bool = False,
+    speaker: bool = True,
+) -> dict[str, Any]:
     """N calls with ``workers`` RQ workers scoring live; latencies from end of speech to score and flag."""
     from painline.config import Settings
     from schema.contract import flag_channel
@@ -345,17 +382,19 @@ def e2e_run(config: ServerConfig, plan: RunPlan, *, workers: int, database_url: 
             latencies = _latencies(database_url, outcome.results, ids, recorder.received)
         finally:
             clear_queue(redis_url, server.queue_name)
-            clear_rows(database_url)
+            delete_all_rows(database_url)
     audio = latencies["utterance_audio_s"]
     metrics.update(latencies)
-    metrics.update({
-        "rq_workers": workers,
-        "rq_worker_kind": "--simple (in-process)" if simple_workers else "painline worker default",
-        "speaker_verification": speaker,
-        "utterances_detected": detected,
-        "utterances_scored": scored,
-        "drain_s_after_last_call": round(waited, 1),
-        "worker_cpu_s": round(worker_cpu, 2),
-        "worker_cpu_s_per_audio_s": round(worker_cpu / audio, 4) if audio else None,
-    })
+    metrics.update(
+        {
+            "rq_workers": workers,
+            "rq_worker_kind": "--simple (in-process)" if simple_workers else "painline worker default",
+            "speaker_verification": speaker,
+            "utterances_detected": detected,
+            "utterances_scored": scored,
+            "drain_s_after_last_call": round(waited, 1),
+            "worker_cpu_s": round(worker_cpu, 2),
+            "worker_cpu_s_per_audio_s": round(worker_cpu / audio, 4) if audio else None,
+        }
+    )
     return metrics

@@ -15,10 +15,7 @@ for the bench's.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,21 +32,16 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from bench.soak.services import REPO, PainlineProcess, free_port, painline_environment
 from painline.cli import gunicorn_command
+from schema.db import delete_all_rows
 from telephony.stream_stats import parse_stats_line
 
-REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/painline_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/11"
 AUTH_TOKEN = "bench-stream-auth-token"
 HMAC_KEY = "bench-stream-hmac-key"
 ID_FLOOR = 500_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -68,9 +60,15 @@ def prepare_database(url: str) -> None:
     finally:
         admin.dispose()
     env = server_environment(url, DEFAULT_REDIS_URL, "unused")
-    subprocess.run([sys.executable, "-m", "painline.cli", "--log-level", "WARNING", "migrate"], env=env, cwd=REPO,
-                   check=True, capture_output=True, text=True)
-    clear_rows(url)
+    subprocess.run(
+        [sys.executable, "-m", "painline.cli", "--log-level", "WARNING", "migrate"],
+        env=env,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    delete_all_rows(url)
     engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.begin() as conn:
@@ -78,19 +76,6 @@ def prepare_database(url: str) -> None:
                 current = conn.scalar(text(f'SELECT COALESCE(last_value, 0) FROM "{seq}"'))
                 if int(current or 0) < ID_FLOOR:
                     conn.execute(text(f'ALTER SEQUENCE "{seq}" RESTART WITH {ID_FLOOR}'))
-    finally:
-        engine.dispose()
-
-
-def clear_rows(url: str) -> None:
-    """Delete every row the bench made (ids keep counting up, so job ids are never reused)."""
-    from schema.models import Base
-
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.begin() as conn:
-            for table in reversed(Base.metadata.sorted_tables):
-                conn.execute(table.delete())
     finally:
         engine.dispose()
 
@@ -112,21 +97,21 @@ def clear_queue(redis_url: str, queue_name: str) -> int:
 
 def server_environment(database_url: str, redis_url: str, queue_name: str, **extra: str) -> dict[str, str]:
     """The environment of every bench process: this one's minus any PAINLINE_* / Twilio settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAINLINE_") and k != "TWILIO_AUTH_TOKEN"}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(
-        PAINLINE_DATABASE_URL=database_url,
-        PAINLINE_REDIS_URL=redis_url,
-        PAINLINE_QUEUE_NAME=queue_name,
-        PAINLINE_HMAC_KEY=HMAC_KEY,
-        PAINLINE_SECRET_KEY="bench-stream-secret",
-        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-        PAINLINE_NEXT_ENQUEUE="nurses",
-        PAINLINE_LOG_LEVEL="INFO",
-        PAINLINE_VAR_DIR=str(REPO / "var" / "bench-stream"),
+    settings = {
+        "PAINLINE_HMAC_KEY": HMAC_KEY,
+        "PAINLINE_SECRET_KEY": "bench-stream-secret",
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "PAINLINE_NEXT_ENQUEUE": "nurses",
+        "PAINLINE_LOG_LEVEL": "INFO",
+        **extra,
+    }
+    return painline_environment(
+        database_url=database_url,
+        redis_url=redis_url,
+        queue_name=queue_name,
+        var_dir=REPO / "var" / "bench-stream",
+        **settings,
     )
-    env.update(extra)
-    return env
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -163,7 +148,7 @@ class ServerConfig:
 class WebServer:
     config: ServerConfig
     url: str
-    process: subprocess.Popen[bytes]
+    process: PainlineProcess  # gunicorn; its stderr is the log
     log_path: Path
     queue_name: str
     database_url: str
@@ -191,11 +176,11 @@ class WebServer:
             return "".join(f.readlines()[-lines:])
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+def _wait_healthy(url: str, process: PainlineProcess, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}")
+        if not process.alive:
+            raise RuntimeError(f"the server exited with {process.process and process.process.returncode}")
         try:
             with urllib.request.urlopen(url + "/healthz", timeout=5) as response:
                 if response.status == 200:
@@ -206,41 +191,33 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float =
     raise RuntimeError(f"{url} not healthy within {timeout_s:.0f} s")
 
 
-def _stop(process: subprocess.Popen[bytes], timeout_s: float = 40.0) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 @contextlib.contextmanager
-def web_server(config: ServerConfig, database_url: str, redis_url: str, log_dir: Path,
-               queue_name: str | None = None) -> Iterator[WebServer]:
+def web_server(
+    config: ServerConfig, database_url: str, redis_url: str, log_dir: Path, queue_name: str | None = None
+) -> Iterator[WebServer]:
     """gunicorn as ``painline serve --gunicorn`` runs it, on a free port, until the block ends."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     queue_name = queue_name or f"painline-bench-{secrets.token_hex(4)}"
     threads = config.capacity if config.worker_class == "gthread" else 1
-    command = gunicorn_command("127.0.0.1", port, config.processes, threads, worker_class=config.worker_class,
-                               worker_connections=max(config.capacity, 64))
+    command = gunicorn_command(
+        "127.0.0.1",
+        port,
+        config.processes,
+        threads,
+        worker_class=config.worker_class,
+        worker_connections=max(config.capacity, 64),
+    )
     env = server_environment(database_url, redis_url, queue_name, PAINLINE_PUBLIC_URL=url)
-    log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"server-{config.label}-{port}.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log_file,
-                                   start_new_session=True)
-        server = WebServer(config, url, process, log_path, queue_name, database_url, redis_url)
-        try:
-            _wait_healthy(url, process)
-            yield server
-        finally:
-            _stop(process)
+    log_path.unlink(missing_ok=True)  # its stats lines are read back: they must be this run's only
+    # stderr only: stdout is gunicorn's access log, not wanted here
+    process = PainlineProcess(command, env, log_path, program=(), stdout=False).start()
+    try:
+        _wait_healthy(url, process)
+        yield WebServer(config, url, process, log_path, queue_name, database_url, redis_url)
+    finally:
+        process.stop(timeout_s=40.0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -249,7 +226,7 @@ def web_server(config: ServerConfig, database_url: str, redis_url: str, log_dir:
 
 @dataclass
 class Workers:
-    processes: list[subprocess.Popen[bytes]]
+    processes: list[PainlineProcess]
     log_path: Path
 
     def cpu_s(self) -> float:
@@ -261,21 +238,19 @@ class Workers:
 
 
 @contextlib.contextmanager
-def rq_workers(count: int, server: WebServer, log_dir: Path, *, simple: bool = False,
-               speaker: bool = True) -> Iterator[Workers]:
+def rq_workers(
+    count: int, server: WebServer, log_dir: Path, *, simple: bool = False, speaker: bool = True
+) -> Iterator[Workers]:
     """``count`` ``painline worker`` processes on the server's queue, each with the default model."""
     env = server_environment(server.database_url, server.redis_url, server.queue_name, PAINLINE_LOG_LEVEL="WARNING")
     log_path = log_dir / f"workers-{server.queue_name}.log"
     args = ["worker", *(["--simple"] if simple else []), *([] if speaker else ["--no-speaker"])]
-    processes = []
-    with log_path.open("wb") as log_file:
-        try:
-            for i in range(count):
-                processes.append(subprocess.Popen(
-                    [sys.executable, "-m", "painline.cli", "--log-level", "WARNING", *args, "--name",
-                     f"bench-{server.queue_name}-{i}"],
-                    env=env, cwd=REPO, stdout=log_file, stderr=log_file, start_new_session=True))
-            yield Workers(processes, log_path)
-        finally:
-            for p in processes:
-                _stop(p, timeout_s=20)
+    processes: list[PainlineProcess] = []
+    try:
+        for i in range(count):
+            name = f"bench-{server.queue_name}-{i}"
+            processes.append(PainlineProcess(["--log-level", "WARNING", *args, "--name", name], env, log_path).start())
+        yield Workers(processes, log_path)
+    finally:
+        for p in processes:
+            p.stop(timeout_s=20)

@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from bench.worker.scratch import ScratchServices, persist_utterances, speech_utterances
+from bench.soak.services import ScratchServices
+from bench.worker.utterances import persist_utterances, speech_utterances
 from telephony.outbox import score_job_id
 
 RESULTS = Path("bench/results/worker.json")
@@ -52,7 +53,7 @@ class EmbedderResult:
 
     @staticmethod
     def measure(name: str, clips: list[np.ndarray]) -> EmbedderResult | None:
-        from analysis.embedders.base import EmbedderUnavailable, get_embedder
+        from analysis.embedders import EmbedderUnavailable, get_embedder
 
         try:
             embedder = get_embedder(name)
@@ -68,8 +69,15 @@ class EmbedderResult:
         durations = np.array([len(c) / 8000.0 for c in clips])
         slope, intercept = np.polyfit(durations, np.array(costs), 1)
         audio, cpu = float(durations.sum()), float(sum(costs))
-        return EmbedderResult(name, len(clips), round(audio, 2), round(cpu, 3), round(audio / cpu, 1),
-                              round(1000 * intercept, 1), round(1000 * slope, 1))
+        return EmbedderResult(
+            name,
+            len(clips),
+            round(audio, 2),
+            round(cpu, 3),
+            round(audio / cpu, 1),
+            round(1000 * intercept, 1),
+            round(1000 * slope, 1),
+        )
 
 
 @dataclass
@@ -113,8 +121,17 @@ class WorkerProcess:
     def __init__(self, services: ScratchServices, simple: bool) -> None:
         self.services = services
         self.name = f"bench-{secrets.token_hex(4)}"
-        cmd = [sys.executable, "-m", "painline.cli", "--log-level", "warning", "worker", "--no-scheduler",
-               "--name", self.name]
+        cmd = [
+            sys.executable,
+            "-m",
+            "painline.cli",
+            "--log-level",
+            "warning",
+            "worker",
+            "--no-scheduler",
+            "--name",
+            self.name,
+        ]
         if simple:
             cmd.append("--simple")
         self.started = time.perf_counter()
@@ -125,8 +142,11 @@ class WorkerProcess:
         """(CPU s, wall s) from launch until the worker registered and took no job yet."""
         from rq import Worker
 
-        _wait_until(lambda: any(w.name == self.name for w in Worker.all(connection=self.services.redis)),
-                    180.0, "the worker to start")
+        _wait_until(
+            lambda: any(w.name == self.name for w in Worker.all(connection=self.services.redis)),
+            180.0,
+            "the worker to start",
+        )
         return _cpu_s(self.process), time.perf_counter() - self.started
 
     def run_batch(self, ids: list[int]) -> tuple[float, float]:
@@ -141,8 +161,10 @@ class WorkerProcess:
         def done() -> bool:
             if self.popen.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.popen.returncode}")
-            statuses = [j.get_status(refresh=False) if j else None
-                        for j in Job.fetch_many(job_ids, connection=self.services.redis)]
+            statuses = [
+                j.get_status(refresh=False) if j else None
+                for j in Job.fetch_many(job_ids, connection=self.services.redis)
+            ]
             return all(s in (JobStatus.FINISHED, JobStatus.FAILED) for s in statuses)
 
         _wait_until(done, 600.0, "the jobs to finish")
@@ -236,16 +258,19 @@ def measure_worker(services: ScratchServices, clips: list[bytes], simple: bool) 
         job_wall_ms_p50=round(float(np.percentile(walls, 50)), 1) if len(walls) else float("nan"),
         job_wall_ms_p95=round(float(np.percentile(walls, 95)), 1) if len(walls) else float("nan"),
     )
-    print(f"  {label}: {run.audio_s_per_cpu_s} audio-s/CPU-s, overhead {100 * run.overhead_fraction:.1f}% "
-          f"(worker {cpu:.2f} CPU-s for {len(ids)} jobs, the job function alone {direct:.2f}); start-up "
-          f"{startup_cpu:.1f} CPU-s in {startup_wall:.1f} s; job wall p50 {run.job_wall_ms_p50} ms")
+    print(
+        f"  {label}: {run.audio_s_per_cpu_s} audio-s/CPU-s, overhead {100 * run.overhead_fraction:.1f}% "
+        f"(worker {cpu:.2f} CPU-s for {len(ids)} jobs, the job function alone {direct:.2f}); start-up "
+        f"{startup_cpu:.1f} CPU-s in {startup_wall:.1f} s; job wall p50 {run.job_wall_ms_p50} ms"
+    )
     return run
 
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -268,8 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         result = EmbedderResult.measure(name, floats)
         if result is not None:
             embedders.append(result)
-            print(f"  {name}: {result.audio_s_per_cpu_s} audio-s/CPU-s "
-                  f"({result.fixed_ms} ms per call + {result.per_audio_s_ms} ms per audio second)")
+            print(
+                f"  {name}: {result.audio_s_per_cpu_s} audio-s/CPU-s "
+                f"({result.fixed_ms} ms per call + {result.per_audio_s_ms} ms per audio second)"
+            )
     print("scoring workers (shipped model, real PostgreSQL, private Redis):")
     with ScratchServices.start() as services:
         runs = [measure_worker(services, mulaw, simple) for simple in (False, True)]

@@ -1,17 +1,20 @@
-"""Helpers shared by the fault tests: seeding work, holding a row lock, watching a job mid-flight."""
+"""Helpers shared by the fault tests: the fault stack, seeding work, holding a row lock, a real server.
+
+:class:`FaultStack` (the ``fault_stack`` fixture, ``tests/faults/conftest.py``) is what every fault test
+stands on: a private PostgreSQL with a fresh migrated database, a private Redis, the test model and
+the test's tmp dir, and the painline processes a test starts on them (stopped when the test ends).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,15 @@ from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.pool import NullPool
 from twilio.request_validator import RequestValidator
 
-from bench.soak.services import PainlineProcess, painline_environment, start_worker, wait_worker_ready
+from bench.soak.calls import voice_webhook as signed_voice_webhook
+from bench.soak.services import (
+    PainlineProcess,
+    PrivatePostgres,
+    PrivateRedis,
+    painline_environment,
+    start_worker,
+    wait_worker_ready,
+)
 from painline.app import close_app, configure, create_app
 from painline.config import Settings
 from painline.devserver import make_dev_server
@@ -36,7 +47,6 @@ from painline.replay import (
     new_sid,
     parse_twiml,
     replay_call,
-    voice_webhook_params,
 )
 from schema.db import make_engine, session_factory, session_scope
 from tests.worker_fixtures import add_utterance, calm, make_call, make_patient
@@ -86,27 +96,90 @@ def backends_waiting_on_locks(database_url: str) -> int:
     engine = create_engine(database_url, poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            return int(conn.scalar(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-            )) or 0)
+            return int(
+                conn.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                    )
+                )
+                or 0
+            )
     finally:
         engine.dispose()
 
 
-def worker(database_url: str, redis_url: str, model_path: Path, log_dir: Path, connection: Redis,
-           name: str, *, fork: bool = True) -> PainlineProcess:
-    """A real ``painline worker`` subprocess on the private services, registered and ready
-    (forking rq.Worker unless ``fork`` is False: then painline's default class)."""
-    env = painline_environment(database_url=database_url, redis_url=redis_url, queue_name=QUEUE,
-                               model_path=model_path, var_dir=log_dir / "var", PAINLINE_LOG_LEVEL="INFO")
-    process = start_worker(env, log_dir / f"{name}.log", name=name, fork=fork)
-    wait_worker_ready(connection, QUEUE, process)
-    return process
-
-
 def queue_on(connection: Redis) -> Queue:
     return Queue(QUEUE, connection=connection)
+
+
+@dataclass
+class FaultStack:
+    """The private services of one fault test, the test model, and the processes run on them.
+
+    ``connection`` is a Redis client on the private Redis; every process started through
+    :meth:`worker` or :meth:`sweeper` is stopped by :meth:`close` (the fixture calls it at the end).
+    """
+
+    postgres: PrivatePostgres
+    redis: PrivateRedis
+    model_path: Path
+    tmp_path: Path
+    connection: Redis
+    processes: list[PainlineProcess] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """The test's database on the private PostgreSQL."""
+        return self.postgres.url
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
+
+    @property
+    def var_dir(self) -> Path:
+        return self.tmp_path / "var"
+
+    def queue(self) -> Queue:
+        return queue_on(self.connection)
+
+    def environment(self, **extra: str) -> dict[str, str]:
+        """The environment of a painline process on this stack."""
+        return painline_environment(
+            database_url=self.url,
+            redis_url=self.redis_url,
+            queue_name=QUEUE,
+            model_path=self.model_path,
+            var_dir=self.var_dir,
+            **extra,
+        )
+
+    def worker(self, name: str, *, fork: bool = True) -> PainlineProcess:
+        """A real ``painline worker`` subprocess, registered and ready, logging to ``<tmp>/<name>.log``
+        (forking rq.Worker unless ``fork`` is False: then painline's default class)."""
+        process = start_worker(
+            self.environment(PAINLINE_LOG_LEVEL="INFO"), self.tmp_path / f"{name}.log", name=name, fork=fork
+        )
+        self.processes.append(process)
+        wait_worker_ready(self.connection, QUEUE, process)
+        return process
+
+    def sweeper(self, *options: str) -> PainlineProcess:
+        """A real ``painline sweep OPTIONS`` subprocess, logging to ``<tmp>/sweep.log``."""
+        process = PainlineProcess(["sweep", *options], self.environment(), self.tmp_path / "sweep.log").start()
+        self.processes.append(process)
+        return process
+
+    def serve_app(self) -> contextlib.AbstractContextManager[RunningApp]:
+        return serve_app(self.url, self.redis_url, self.var_dir)
+
+    def close(self) -> None:
+        try:
+            for process in self.processes:
+                process.stop()
+        finally:
+            self.connection.close()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -127,8 +200,14 @@ class RunningApp:
 def serve_app(database_url: str, redis_url: str, var_dir: Path) -> Iterator[RunningApp]:
     """The real painline app (``create_app``) on a free port, in a thread, on the given services."""
     settings = Settings(
-        var_dir=var_dir, database_url=database_url, redis_url=redis_url, public_url="http://127.0.0.1:1",
-        twilio_auth_token=AUTH_TOKEN, hmac_key=HMAC_KEY, secret_key="fault-test", queue_name=QUEUE,
+        var_dir=var_dir,
+        database_url=database_url,
+        redis_url=redis_url,
+        public_url="http://127.0.0.1:1",
+        twilio_auth_token=AUTH_TOKEN,
+        hmac_key=HMAC_KEY,
+        secret_key="fault-test",
+        queue_name=QUEUE,
         next_enqueue="nurses",
     )
     app = create_app(settings)
@@ -149,17 +228,7 @@ def serve_app(database_url: str, redis_url: str, var_dir: Path) -> Iterator[Runn
 
 def voice_webhook(base_url: str, call_sid: str, *, timeout_s: float = 10.0) -> tuple[int, str]:
     """POST Twilio's signed incoming-call webhook; returns the HTTP status and the TwiML."""
-    params = voice_webhook_params(new_sid("AC"), call_sid, "+15551234567", "+15557654321")
-    url = base_url + "/twilio/voice"
-    request = urllib.request.Request(url, data=urllib.parse.urlencode(params).encode(), method="POST", headers={
-        "X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(url, params),
-        "Content-Type": "application/x-www-form-urlencoded",
-    })
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+    return signed_voice_webhook(base_url, AUTH_TOKEN, call_sid, timeout_s=timeout_s)
 
 
 @dataclass
@@ -187,8 +256,9 @@ def open_stream(base_url: str) -> OpenStream:
     assert status == 200, twiml
     instruction = parse_twiml(twiml)
     signature = RequestValidator(AUTH_TOKEN).compute_signature(instruction.url, {})
-    ws = websocket.create_connection(connect_url(instruction.url, base_url),
-                                     header=[f"X-Twilio-Signature: {signature}"], timeout=10)
+    ws = websocket.create_connection(
+        connect_url(instruction.url, base_url), header=[f"X-Twilio-Signature: {signature}"], timeout=10
+    )
     messages = StreamMessages(account_sid=new_sid("AC"), call_sid=call_sid)
     ws.send(json.dumps(messages.connected()))
     ws.send(json.dumps(messages.start(instruction.parameters)))
@@ -208,8 +278,12 @@ class CallThroughFault:
 
 
 def replay_through_fault(
-    database_url: str, redis_url: str, model_path: Path, tmp_path: Path, mulaw: bytes, *,
-    fault: Callable[[], None], speed: float, max_call_s: float,
+    stack: FaultStack,
+    mulaw: bytes,
+    *,
+    fault: Callable[[], None],
+    speed: float,
+    max_call_s: float,
 ) -> CallThroughFault:
     """Replay ``mulaw`` as a live call while ``fault`` runs, with a worker and a 1 s sweep; wait for the end.
 
@@ -220,18 +294,17 @@ def replay_through_fault(
     """
     from bench.soak.services import outcome_counts, wait_until
 
-    connection = Redis.from_url(redis_url)
-    env = painline_environment(database_url=database_url, redis_url=redis_url, queue_name=QUEUE,
-                               model_path=model_path, var_dir=tmp_path / "var")
-    sweeper = PainlineProcess(["sweep", "--every", "1", "--older-than", "2"], env, tmp_path / "sweep.log").start()
-    processes = [sweeper, worker(database_url, redis_url, model_path, tmp_path, connection, "w1")]
+    database_url = stack.url
+    processes = [stack.sweeper("--every", "1", "--older-than", "2"), stack.worker("w1")]
     result: dict[str, ReplayResult | BaseException] = {}
     try:
-        with serve_app(database_url, redis_url, tmp_path / "var") as app:
+        with stack.serve_app() as app:
+
             def call() -> None:
                 try:
-                    result["replay"] = replay_call(mulaw, base_url=app.url, public_url=app.url,
-                                                   auth_token=AUTH_TOKEN, speed=speed)
+                    result["replay"] = replay_call(
+                        mulaw, base_url=app.url, public_url=app.url, auth_token=AUTH_TOKEN, speed=speed
+                    )
                 except BaseException as exc:  # reported below
                     result["replay"] = exc
 
@@ -246,12 +319,14 @@ def replay_through_fault(
         assert replay.close_code == 1000, replay.close_code
         assert replay.elapsed_s < max_call_s, "the call was held up by the fault"
         exited = [p.args[0] for p in processes if not p.alive]
-        wait_until(lambda: outcome_counts(database_url).pending == 0
-                   and outcome_counts(database_url).calls_finalised,
-                   120, interval_s=0.5, message="every utterance scored and the call finalised")
+        wait_until(
+            lambda: outcome_counts(database_url).pending == 0 and outcome_counts(database_url).calls_finalised,
+            120,
+            interval_s=0.5,
+            message="every utterance scored and the call finalised",
+        )
         time.sleep(2.0)  # a few more sweeps: nothing may run twice
         return CallThroughFault(final=outcome_counts(database_url), exited=exited)
     finally:
         for process in processes:
             process.stop()
-        connection.close()

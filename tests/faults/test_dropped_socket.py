@@ -9,13 +9,10 @@ the socket handler's own clean-up has to do it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from redis import Redis
 
-from bench.soak.services import PrivatePostgres, PrivateRedis, outcome_counts, wait_until
-from tests.faults.helpers import open_stream, serve_app, worker
+from bench.soak.services import outcome_counts, wait_until
+from tests.faults.helpers import FaultStack, open_stream
 from tests.reliability import ReliabilityRecorder
 from tests.telephony_fixtures import synthetic_call
 
@@ -25,26 +22,22 @@ CUT_AT_S = 6.5  # one second into the third utterance
 
 @pytest.mark.slow
 def test_socket_dropped_without_stop_keeps_and_finalises(
-    private_postgres: PrivatePostgres,
-    private_redis: PrivateRedis,
-    pain_model_path: Path,
-    tmp_path: Path,
+    fault_stack: FaultStack,
     reliability: ReliabilityRecorder,
 ) -> None:
-    url = private_postgres.url
-    connection = Redis.from_url(private_redis.url)
-    process = worker(url, private_redis.url, pain_model_path, tmp_path, connection, "w1")
-    try:
-        with serve_app(url, private_redis.url, tmp_path / "var") as app:
-            stream = open_stream(app.url)
-            stream.send_audio(synthetic_call(BURSTS, CUT_AT_S))
-            stream.drop()
-            wait_until(lambda: outcome_counts(url).calls_finalised == 1, 60, interval_s=0.25,
-                       message="call finalised after the drop")
-        final = outcome_counts(url)
-    finally:
-        process.stop()
-        connection.close()
+    url = fault_stack.url
+    fault_stack.worker("w1")
+    with fault_stack.serve_app() as app:
+        stream = open_stream(app.url)
+        stream.send_audio(synthetic_call(BURSTS, CUT_AT_S))
+        stream.drop()
+        wait_until(
+            lambda: outcome_counts(url).calls_finalised == 1,
+            60,
+            interval_s=0.25,
+            message="call finalised after the drop",
+        )
+    final = outcome_counts(url)
 
     survived = final.exactly_once and final.detected == len(BURSTS) and final.calls_finalised == 1
     reliability.record_outcome(

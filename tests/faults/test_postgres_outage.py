@@ -24,25 +24,17 @@ import os
 import time
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from redis import Redis
 
-from bench.soak.services import (
-    PainlineProcess,
-    PrivatePostgres,
-    PrivateRedis,
-    outcome_counts,
-    painline_environment,
-    wait_until,
-)
+from bench.soak.services import PrivatePostgres, PrivateRedis, outcome_counts, wait_until
 from painline.replay import new_sid
 from schema.contract import JobOptions, finalise_job_id
 from schema.db import make_engine, session_factory, session_scope
 from schema.models import Call
 from telephony.outbox import enqueue_score_utterance, sweep
-from tests.faults.helpers import QUEUE, queue_on, seed_pending_utterances, serve_app, voice_webhook, worker
+from tests.faults.helpers import FaultStack, queue_on, seed_pending_utterances, voice_webhook
 from tests.reliability import ReliabilityRecorder
 
 OUTAGE_S = float(os.environ.get("PAINLINE_FAULT_PG_OUTAGE_S", "30"))
@@ -63,57 +55,52 @@ def test_retry_intervals_cover_a_30_s_outage() -> None:
 
 @pytest.mark.slow
 def test_postgres_outage_jobs_retry_and_nothing_is_lost(
-    private_postgres: PrivatePostgres,
-    private_redis: PrivateRedis,
-    pain_model_path: Path,
-    tmp_path: Path,
+    fault_stack: FaultStack,
     reliability: ReliabilityRecorder,
 ) -> None:
-    url = private_postgres.url
-    connection = Redis.from_url(private_redis.url)
-    queue = queue_on(connection)
+    url = fault_stack.url
+    queue = fault_stack.queue()
     _, retrying = seed_pending_utterances(url, RETRYING)
     _, (exhausted,) = seed_pending_utterances(url, 1)
-    env = painline_environment(database_url=url, redis_url=private_redis.url, queue_name=QUEUE,
-                               model_path=pain_model_path, var_dir=tmp_path / "var")
-    processes = [worker(url, private_redis.url, pain_model_path, tmp_path, connection, "w1")]
+    fault_stack.worker("w1")
     webhook_answers: list[tuple[int, list[str], float]] = []
-    try:
-        with serve_app(url, private_redis.url, tmp_path / "var") as app:
+    with fault_stack.serve_app() as app:
+        status, body = voice_webhook(app.url, new_sid("CA"))
+        assert status == 200 and twiml_tags(body)[0] == "Say"  # consent, then <Start><Stream>
+        fault_stack.postgres.stop(mode="fast")
+        down_at = time.monotonic()
+        for utterance_id in retrying:
+            assert enqueue_score_utterance(queue, utterance_id, JobOptions())
+        assert enqueue_score_utterance(queue, exhausted, JobOptions(retries=1, retry_intervals=(1,)))
+        fault_stack.sweeper("--every", "1", "--older-than", "0")
+        while time.monotonic() - down_at < OUTAGE_S:
+            started = time.monotonic()
             status, body = voice_webhook(app.url, new_sid("CA"))
-            assert status == 200 and twiml_tags(body)[0] == "Say"  # consent, then <Start><Stream>
-            private_postgres.stop(mode="fast")
-            down_at = time.monotonic()
-            for utterance_id in retrying:
-                assert enqueue_score_utterance(queue, utterance_id, JobOptions())
-            assert enqueue_score_utterance(queue, exhausted, JobOptions(retries=1, retry_intervals=(1,)))
-            processes.append(PainlineProcess(["sweep", "--every", "1", "--older-than", "0"], env,
-                                             tmp_path / "sweep.log").start())
-            while time.monotonic() - down_at < OUTAGE_S:
-                started = time.monotonic()
-                status, body = voice_webhook(app.url, new_sid("CA"))
-                webhook_answers.append((status, twiml_tags(body) if status == 200 else [],
-                                        time.monotonic() - started))
-                time.sleep(max(0.0, min(2.0, OUTAGE_S - (time.monotonic() - down_at))))
-            failed_status = queue.fetch_job(f"score-utterance-{exhausted}").get_status()
-            private_postgres.start()
-            # calls get their stream again (the first request may meet a stale pooled connection)
-            wait_until(lambda: twiml_tags(voice_webhook(app.url, new_sid("CA"))[1])[0] == "Say", 20,
-                       interval_s=0.5, message="webhook streaming again")
-        during = outcome_counts(url)
-        wait_until(lambda: outcome_counts(url).scored == RETRYING + 1, 180, interval_s=1.0,
-                   message="every utterance scored")
-        final = outcome_counts(url)
-        retries_used = [JobOptions().retries - (queue.fetch_job(f"score-utterance-{u}").retries_left or 0)
-                        for u in retrying]
-        assert all(p.alive for p in processes), "the worker or the sweeper died with the database"
-    finally:
-        for process in processes:
-            process.stop()
-        connection.close()
+            webhook_answers.append((status, twiml_tags(body) if status == 200 else [], time.monotonic() - started))
+            time.sleep(max(0.0, min(2.0, OUTAGE_S - (time.monotonic() - down_at))))
+        failed_status = queue.fetch_job(f"score-utterance-{exhausted}").get_status()
+        fault_stack.postgres.start()
+        # calls get their stream again (the first request may meet a stale pooled connection)
+        wait_until(
+            lambda: twiml_tags(voice_webhook(app.url, new_sid("CA"))[1])[0] == "Say",
+            20,
+            interval_s=0.5,
+            message="webhook streaming again",
+        )
+    during = outcome_counts(url)
+    wait_until(
+        lambda: outcome_counts(url).scored == RETRYING + 1, 180, interval_s=1.0, message="every utterance scored"
+    )
+    final = outcome_counts(url)
+    retries_used = [
+        JobOptions().retries - (queue.fetch_job(f"score-utterance-{u}").retries_left or 0) for u in retrying
+    ]
+    assert all(p.alive for p in fault_stack.processes), "the worker or the sweeper died with the database"
 
-    webhook_ok = all(status == 200 and tags == ["Enqueue"] and elapsed < WEBHOOK_BUDGET_S
-                     for status, tags, elapsed in webhook_answers)
+    webhook_ok = all(
+        status == 200 and tags == ["Enqueue"] and elapsed < WEBHOOK_BUDGET_S
+        for status, tags, elapsed in webhook_answers
+    )
     survived = final.exactly_once and final.detected == RETRYING + 1 and webhook_ok
     reliability.record_outcome(
         "postgres-outage",

@@ -13,12 +13,10 @@ utterances were dropped (the 1,000-call soak counted 35).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-from bench.soak.services import PrivatePostgres, PrivateRedis
-from tests.faults.helpers import replay_through_fault
+from tests.faults.helpers import FaultStack, replay_through_fault
 from tests.reliability import ReliabilityRecorder
 from tests.telephony_fixtures import synthetic_call
 
@@ -30,21 +28,21 @@ OUTAGE_S = 4.0  # at least one utterance ends inside it
 
 @pytest.mark.slow
 def test_postgres_outage_mid_call_loses_no_utterance(
-    private_postgres: PrivatePostgres,
-    private_redis: PrivateRedis,
-    pain_model_path: Path,
-    tmp_path: Path,
+    fault_stack: FaultStack,
     reliability: ReliabilityRecorder,
 ) -> None:
-    url = private_postgres.url
-
     def stop_postgres() -> None:
-        private_postgres.stop("fast")
+        fault_stack.postgres.stop("fast")
         time.sleep(OUTAGE_S)
-        private_postgres.start()
+        fault_stack.postgres.start()
 
-    final = replay_through_fault(url, private_redis.url, pain_model_path, tmp_path, synthetic_call(BURSTS, CALL_S),
-                                 fault=stop_postgres, speed=SPEED, max_call_s=CALL_S / SPEED + OUTAGE_S + 5).final
+    final = replay_through_fault(
+        fault_stack,
+        synthetic_call(BURSTS, CALL_S),
+        fault=stop_postgres,
+        speed=SPEED,
+        max_call_s=CALL_S / SPEED + OUTAGE_S + 5,
+    ).final
 
     survived = final.exactly_once and final.detected == len(BURSTS) and final.calls_finalised == 1
     reliability.record_outcome(

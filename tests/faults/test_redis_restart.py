@@ -14,12 +14,11 @@ worker both have to ride out the outage themselves: nobody restarts them.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-from bench.soak.services import Outcome, PrivatePostgres, PrivateRedis, outcome_counts
-from tests.faults.helpers import replay_through_fault
+from bench.soak.services import Outcome, outcome_counts
+from tests.faults.helpers import FaultStack, replay_through_fault
 from tests.reliability import ReliabilityRecorder
 from tests.telephony_fixtures import synthetic_call
 
@@ -30,27 +29,25 @@ SPEED = 2.5  # the call takes 10 s on the wire
 
 @pytest.mark.slow
 def test_redis_restart_mid_call_loses_no_utterance(
-    private_postgres: PrivatePostgres,
-    private_redis: PrivateRedis,
-    pain_model_path: Path,
-    tmp_path: Path,
+    fault_stack: FaultStack,
     reliability: ReliabilityRecorder,
 ) -> None:
-    url = private_postgres.url
+    url = fault_stack.url
     seen: dict[str, Outcome] = {}
 
     def restart_redis() -> None:
         seen["before"] = outcome_counts(url)
-        private_redis.stop()
+        fault_stack.redis.stop()
         time.sleep(3.0)  # two more utterances while Redis is down
         seen["during"] = outcome_counts(url)
-        private_redis.start()
+        fault_stack.redis.start()
 
     # rq 3's worker quits when Redis refuses a connection at the wrong moment ("found an unhandled
     # exception, quitting"); painline.workers.run_worker waits for Redis and starts a fresh RQ
     # worker on the loaded model, so every process must still be up with nobody restarting it
-    run = replay_through_fault(url, private_redis.url, pain_model_path, tmp_path, synthetic_call(BURSTS, CALL_S),
-                               fault=restart_redis, speed=SPEED, max_call_s=CALL_S / SPEED + 5)
+    run = replay_through_fault(
+        fault_stack, synthetic_call(BURSTS, CALL_S), fault=restart_redis, speed=SPEED, max_call_s=CALL_S / SPEED + 5
+    )
     final, before, during, exited = run.final, seen["before"], seen["during"], run.exited
 
     survived = final.exactly_once and final.detected == len(BURSTS) and final.calls_finalised == 1

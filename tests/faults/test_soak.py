@@ -24,10 +24,34 @@ from tests.reliability import ReliabilityRecorder
 def test_quick_soak(tmp_path: Path, reliability: ReliabilityRecorder) -> None:
     out = tmp_path / "soak.json"
     result = subprocess.run(
-        [sys.executable, "-m", "bench.soak", "--calls", "50", "--concurrency", "4", "--speed", "2",
-         "--faults", "kill-horse,redis-restart,postgres-outage", "--fault-interval", "3", "6", "--worker-class", "fork",
-         "--drain-timeout", "90", "--data-dir", str(data_dir()), "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "bench.soak",
+            "--calls",
+            "50",
+            "--concurrency",
+            "4",
+            "--speed",
+            "2",
+            "--faults",
+            "kill-horse,redis-restart,postgres-outage",
+            "--fault-interval",
+            "3",
+            "6",
+            "--worker-class",
+            "fork",
+            "--drain-timeout",
+            "90",
+            "--data-dir",
+            str(data_dir()),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert out.exists(), result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())

@@ -28,22 +28,15 @@ from __future__ import annotations
 import os
 import signal
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from rq.job import Job, JobStatus
 
-from bench.soak.services import PrivatePostgres, PrivateRedis, horse_pids, outcome_counts, wait_until
+from bench.soak.services import horse_pids, outcome_counts, wait_until
 from schema.contract import JobOptions, score_job_id
 from schema.db import make_engine, session_factory
 from telephony.outbox import enqueue_score_utterance, sweep
-from tests.faults.helpers import (
-    backends_waiting_on_locks,
-    call_row_locked,
-    queue_on,
-    seed_pending_utterances,
-    worker,
-)
+from tests.faults.helpers import FaultStack, backends_waiting_on_locks, call_row_locked, seed_pending_utterances
 from tests.reliability import ReliabilityRecorder
 
 # how far past "now" the sweep's clock is set: beyond RQ's heartbeat lease of the killed job. A forking
@@ -61,65 +54,60 @@ KILLED = {
 @pytest.mark.parametrize("victim", ["horse", "whole-worker", "simple-worker"])
 def test_worker_killed_mid_job_scores_exactly_once(
     victim: str,
-    private_postgres: PrivatePostgres,
-    private_redis: PrivateRedis,
-    pain_model_path: Path,
-    tmp_path: Path,
+    fault_stack: FaultStack,
     reliability: ReliabilityRecorder,
 ) -> None:
-    url = private_postgres.url
-    connection = private_redis.client()
-    queue = queue_on(connection)
+    url = fault_stack.url
+    connection = fault_stack.connection
+    queue = fault_stack.queue()
     call_id, (utterance_id,) = seed_pending_utterances(url, 1)
     job_id = score_job_id(utterance_id)
     fork = victim != "simple-worker"
-    first = worker(url, private_redis.url, pain_model_path, tmp_path, connection, "first", fork=fork)
-    processes = [first]
-    try:
-        with call_row_locked(url, call_id):
-            assert enqueue_score_utterance(queue, utterance_id, JobOptions())
-            wait_until(lambda: backends_waiting_on_locks(url) >= 1, 60, message="job blocked mid-transaction")
-            assert Job.fetch(job_id, connection=connection).get_status() == JobStatus.STARTED
-            horses = horse_pids(first, private_postgres.port)
-            assert len(horses) == (1 if fork else 0), f"work-horses: {horses}"
-            if victim == "horse":
-                os.kill(horses[0], signal.SIGKILL)
-            else:
-                first.kill_group(signal.SIGKILL)
-        # the uncommitted Score died with its connection
-        killed = outcome_counts(url)
-        assert (killed.score_rows, killed.pending) == (0, 1)
+    first = fault_stack.worker("first", fork=fork)
+    with call_row_locked(url, call_id):
+        assert enqueue_score_utterance(queue, utterance_id, JobOptions())
+        wait_until(lambda: backends_waiting_on_locks(url) >= 1, 60, message="job blocked mid-transaction")
+        assert Job.fetch(job_id, connection=connection).get_status() == JobStatus.STARTED
+        horses = horse_pids(first, fault_stack.postgres.port)
+        assert len(horses) == (1 if fork else 0), f"work-horses: {horses}"
+        if victim == "horse":
+            os.kill(horses[0], signal.SIGKILL)
+        else:
+            first.kill_group(signal.SIGKILL)
+    # the uncommitted Score died with its connection
+    killed = outcome_counts(url)
+    assert (killed.score_rows, killed.pending) == (0, 1)
 
-        second = worker(url, private_redis.url, pain_model_path, tmp_path, connection, "second", fork=fork)
-        processes.append(second)
-        sweeps = finalise_enqueued = 0
-        if victim != "horse":
-            # nothing in RQ has noticed: the job is still "started" in the registry of a dead worker
-            assert Job.fetch(job_id, connection=connection).get_status() == JobStatus.STARTED
-            sessions = session_factory(make_engine(url))
-            later = datetime.now(UTC) + timedelta(seconds=LEASE_S[victim])
-            counts = sweep(sessions, queue, older_than_s=60, now=later)
-            sweeps += 1
-            # RQ's own cleanup gave it a retry (retries left), overdue at "later": promoted to the queue
-            assert counts["promoted"] == 1 and counts["utterances"] == 0
-            finalise_enqueued += counts["calls"]  # its clock is past the call's end too
-        wait_until(lambda: outcome_counts(url).scored == 1, 60, interval_s=0.25, message="utterance scored")
-        job = Job.fetch(job_id, connection=connection)
-        retried = JobOptions().retries - (job.retries_left or 0)
-        # the call had ended before the kill (its finalise job never enqueued): the sweep finalises it,
-        # and after that finds nothing left to do
+    fault_stack.worker("second", fork=fork)
+    sweeps = finalise_enqueued = 0
+    if victim != "horse":
+        # nothing in RQ has noticed: the job is still "started" in the registry of a dead worker
+        assert Job.fetch(job_id, connection=connection).get_status() == JobStatus.STARTED
         sessions = session_factory(make_engine(url))
-        counts = sweep(sessions, queue, older_than_s=0)
-        finalise_enqueued += counts["calls"]
-        assert (counts["promoted"], counts["utterances"], finalise_enqueued) == (0, 0, 1)
-        wait_until(lambda: outcome_counts(url).calls_finalised == 1, 60, interval_s=0.25, message="finalised")
-        assert sweep(sessions, queue, older_than_s=0) == {"promoted": 0, "stale_streams": 0, "utterances": 0,
-                                                          "calls": 0, "baselines": 0}
-        final = outcome_counts(url)
-    finally:
-        for process in processes:
-            process.stop()
-        connection.close()
+        later = datetime.now(UTC) + timedelta(seconds=LEASE_S[victim])
+        counts = sweep(sessions, queue, older_than_s=60, now=later)
+        sweeps += 1
+        # RQ's own cleanup gave it a retry (retries left), overdue at "later": promoted to the queue
+        assert counts["promoted"] == 1 and counts["utterances"] == 0
+        finalise_enqueued += counts["calls"]  # its clock is past the call's end too
+    wait_until(lambda: outcome_counts(url).scored == 1, 60, interval_s=0.25, message="utterance scored")
+    job = Job.fetch(job_id, connection=connection)
+    retried = JobOptions().retries - (job.retries_left or 0)
+    # the call had ended before the kill (its finalise job never enqueued): the sweep finalises it,
+    # and after that finds nothing left to do
+    sessions = session_factory(make_engine(url))
+    counts = sweep(sessions, queue, older_than_s=0)
+    finalise_enqueued += counts["calls"]
+    assert (counts["promoted"], counts["utterances"], finalise_enqueued) == (0, 0, 1)
+    wait_until(lambda: outcome_counts(url).calls_finalised == 1, 60, interval_s=0.25, message="finalised")
+    assert sweep(sessions, queue, older_than_s=0) == {
+        "promoted": 0,
+        "stale_streams": 0,
+        "utterances": 0,
+        "calls": 0,
+        "baselines": 0,
+    }
+    final = outcome_counts(url)
 
     survived = final.exactly_once and final.detected == 1 and final.calls_finalised == 1
     reliability.record_outcome(
