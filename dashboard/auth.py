@@ -8,9 +8,15 @@ Who may do what:
 - ``auditor``: may view, never change. Besides the per-route roles, every state-changing request by
   an auditor is refused here (403), whatever the route says, except signing out.
 
-Sessions are Flask's signed cookies (HttpOnly, SameSite=Lax, Secure when ``public_url`` is https)
-holding the user id, a CSRF token and a last-seen time: a session idle for longer than
-``PAINLINE_IDLE_TIMEOUT_S`` (default 30 minutes) is cleared. The user row is read on every request,
+Sessions are server-side (:mod:`dashboard.sessions`): the ``painline_session`` cookie (HttpOnly,
+SameSite=Lax, Secure when ``public_url`` is https) carries only a random id; the record in Redis holds
+the user id, the CSRF token and the created/last-active times. Signing out, a password change and
+deactivation revoke *every* session of the user (:func:`revoke_user_sessions`), so a copied cookie
+dies with them and cannot come back when the account is activated again. A session idle for longer
+than ``PAINLINE_IDLE_TIMEOUT_S`` (default 30 minutes) is revoked. Only requests a person made count as
+activity: the queue page's background refresh (``X-Painline-Background``) and its event stream
+(``Accept: text/event-stream``, which browsers send on every reconnect) do not, so a queue tab left
+open at an unattended station is signed out like any other. The user row is read on every request,
 so a deactivated account or a changed role takes effect at once.
 
 CSRF: every POST/PUT/PATCH/DELETE must carry the session's token, as the ``csrf_token`` form field or
@@ -19,18 +25,23 @@ and API calls that present a bearer token (a browser never attaches one by itsel
 nothing to forge). An API request with an ``Authorization`` header is judged on that header alone: a
 bad token is a 401 even if a session cookie came with it.
 
-Sign-in failures are counted per (username, address) in Redis (:class:`dashboard.security.LoginThrottle`):
-after 5 in 5 minutes that pair gets 429 until the window ends. Sign-in, sign-out, failures, refusals
+Sign-in attempts are admitted by :class:`dashboard.limiter.LoginLimiter` (atomic counters per
+username at an address, per address and per username; its docstring says why). A refused attempt gets
+429 with ``Retry-After`` and the time to try again. The client address is ``request.remote_addr``,
+which the composition root corrects behind ``PAINLINE_TRUSTED_PROXIES`` reverse proxies.
+Sign-in, sign-out, failures, refusals
 and idle expiry are written to the audit trail; passwords never are, and a failed sign-in for an
 unknown username records no username (people type passwords into the username field).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
@@ -55,14 +66,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException
 
 from dashboard.config import config_of
+from dashboard.formatting import clock, duration
+from dashboard.limiter import LoginLimiter
 from dashboard.security import (
-    LoginThrottle,
     hash_api_token,
     new_csrf_token,
     safe_next_url,
     tokens_match,
     verify_password,
 )
+from dashboard.sessions import RedisSessionInterface, ServerSession, SessionRecord, SessionStore, store_of
 from schema.audit import record
 from schema.db import session_scope
 from schema.models import ApiToken, User, UserRole
@@ -88,6 +101,9 @@ NO_USER_BLUEPRINTS = frozenset({"telephony", "health"})
 """Blueprints that never look at users, so their requests skip the user lookup entirely."""
 API_BLUEPRINT = "api"
 API_PREFIX = "/api/"
+BACKGROUND_HEADER = "X-Painline-Background"
+"""Sent by the queue page's own refreshes: such a request is served but is not activity."""
+EVENT_STREAM = "text/event-stream"
 
 
 P = ParamSpec("P")
@@ -132,6 +148,7 @@ def init_app(app: Flask) -> None:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
     )
+    app.session_interface = RedisSessionInterface()
     app.before_request(_load_current_user)
     app.before_request(_check_csrf)
     app.before_request(_refuse_auditor_changes)
@@ -184,23 +201,50 @@ def _load_current_user() -> None:
     user_id = session.get("user_id")
     if user_id is None:
         return
-    now = int(time.time())
-    last_seen = session.get("last_seen", 0)
-    if now - int(last_seen) > config_of().idle_timeout_s:
-        username = session.get("username", "unknown")
-        session.clear()
+    current = _server_session()
+    now = time.time()
+    if now - current.last_active > config_of().idle_timeout_s:
+        _end_session(current, user_id)
         g.session_expired = True
         with session_scope(_sessions()) as db:
-            record(db, username, "auth.session_expired", "user", user_id)
+            user = db.get(User, user_id)
+            record(db, user.username if user is not None else "unknown", "auth.session_expired", "user", user_id)
         return
     with session_scope(_sessions()) as db:
         user = db.get(User, user_id)
         if user is None or not user.active:
-            session.clear()
+            _end_session(current, user_id)
             return
         g.current_user = CurrentUser(user.id, user.username, user.role)
     g.auth_method = "session"
-    session["last_seen"] = now
+    if not is_background_request():
+        current.touch(now)
+
+
+def is_background_request() -> bool:
+    """Whether this request was made by a page on its own (refresh, event stream), not by a person."""
+    return BACKGROUND_HEADER in request.headers or request.accept_mimetypes.best == EVENT_STREAM
+
+
+def _server_session() -> ServerSession:
+    current = session._get_current_object()  # type: ignore[attr-defined]
+    assert isinstance(current, ServerSession)
+    return current
+
+
+def _end_session(current: ServerSession, user_id: int) -> None:
+    """Revoke this one session (idle, or its account gone or inactive) and forget it for this request."""
+    if current.session_id is not None:
+        try:
+            store_of(current_app).revoke(current.session_id, user_id)
+        except RedisError:
+            log.warning("could not revoke a session: Redis error")
+    current.forget()
+
+
+def revoke_user_sessions(store: SessionStore, user_id: int) -> int:
+    """End every session of ``user_id`` (sign-out, password change, deactivation); returns how many."""
+    return store.revoke_user(user_id)
 
 
 def _user_from_bearer(header: str) -> CurrentUser | None:
@@ -309,7 +353,9 @@ def require_api_role(*roles: str) -> Callable[[Callable[P, R]], Callable[P, R | 
             user = current_user()
             if user is None:
                 return json_error(
-                    401, "unauthorized", "a valid bearer token or a signed-in session is required",
+                    401,
+                    "unauthorized",
+                    "a valid bearer token or a signed-in session is required",
                     **{"WWW-Authenticate": 'Bearer realm="painline"'},
                 )
             if not user.has_role(*roles):
@@ -337,25 +383,32 @@ def _audit_refusal(user: CurrentUser) -> None:
 # sign-in and sign-out
 
 
-def _throttle() -> LoginThrottle:
+def _limiter() -> LoginLimiter:
     secret = current_app.secret_key or ""
     key = secret if isinstance(secret, bytes) else str(secret).encode("utf-8")
-    return LoginThrottle(
+    config = config_of()
+    return LoginLimiter(
         redis=current_app.extensions["painline.redis"],
         key=key,
-        prefix=config_of().login_throttle_prefix,
-        limit=config_of().login_limit,
-        window_s=config_of().login_window_s,
+        namespace=config.key_namespace,
+        limit=config.login_limit,
+        address_limit=config.login_address_limit,
+        user_limit=config.login_user_limit,
+        window_s=config.login_window_s,
     )
 
 
 def _client_address() -> str:
+    """The client's address: the socket's, or (behind ``PAINLINE_TRUSTED_PROXIES``) the one ProxyFix took
+    from ``X-Forwarded-For``."""
     return request.remote_addr or "unknown"
 
 
-def _render_login(error: str | None = None, status: int = 200, username: str = "") -> ResponseReturnValue:
+def _render_login(
+    error: str | None = None, status: int = 200, username: str = "", headers: dict[str, str] | None = None
+) -> ResponseReturnValue:
     next_url = safe_next_url(request.values.get("next"), "")
-    return render_template("auth/login.html", error=error, next_url=next_url, username=username), status
+    return render_template("auth/login.html", error=error, next_url=next_url, username=username), status, headers or {}
 
 
 @bp.get("/login")
@@ -370,16 +423,22 @@ def login_post() -> ResponseReturnValue:
     username = request.form.get("username", "").strip()
     password = request.form.get("password", "")
     address = _client_address()
-    throttle = _throttle()
+    limiter = _limiter()
     try:
-        if throttle.blocked(username, address):
-            with session_scope(_sessions()) as db:
-                record(db, "anonymous", "auth.login_throttled", "user", "-")
-            return _render_login("Too many failed sign-ins. Wait a few minutes and try again.", 429, username)
+        admission = limiter.admit(username, address)
     except RedisError:
-        # without the counter there is no brute-force protection, so sign-in waits for Redis
-        log.warning("login throttle unavailable: Redis error")
+        # without the counters there is no brute-force protection, so sign-in waits for Redis
+        log.warning("sign-in limiter unavailable: Redis error")
         return _render_login("Sign-in is temporarily unavailable. Try again shortly.", 503, username)
+    if not admission.admitted:
+        with session_scope(_sessions()) as db:
+            limit = admission.refused_by.value if admission.refused_by is not None else "-"
+            record(db, "anonymous", "auth.login_throttled", "user", "-", limit=limit)
+        wait = admission.retry_after_s
+        # the clock shows whole minutes: round up, so "after 14:03" is never too early
+        retry_at = datetime.now(UTC) + timedelta(seconds=wait + 59)
+        message = f"Too many sign-in attempts. Try again in {duration(wait)} (after {clock(retry_at)})."
+        return _render_login(message, 429, username, {"Retry-After": str(wait)})
 
     with session_scope(_sessions()) as db:
         user = db.execute(select(User).where(User.username == username)).scalar_one_or_none() if username else None
@@ -396,32 +455,48 @@ def login_post() -> ResponseReturnValue:
             signed_in = CurrentUser(user.id, user.username, user.role)
             failed = False
     if failed:
-        try:
-            throttle.failed(username, address)
-        except RedisError:
-            log.warning("login throttle unavailable: could not count a failure")
         return _render_login("Unknown username or wrong password.", 401, username)
 
+    store = store_of(current_app)
+    current = _server_session()
+    now = time.time()
     try:
-        throttle.succeeded(username, address)
+        limiter.succeeded(username, address)
+        # a fresh session under a fresh id: nothing from before sign-in (its id, its CSRF token) carries
+        # over, so an id planted in the browser beforehand is worth nothing
+        if current.session_id is not None:
+            store.revoke(current.session_id)
+        fresh = SessionRecord(user_id=signed_in.id, csrf_token=new_csrf_token(), created_at=now, last_active=now)
+        session_id = store.create(fresh)
     except RedisError:
-        log.warning("login throttle unavailable: could not clear a count")
-    # a fresh session: nothing from before sign-in (including its CSRF token) carries over
-    session.clear()
-    session["user_id"] = signed_in.id
-    session["username"] = signed_in.username
-    session["last_seen"] = int(time.time())
-    session[CSRF_FIELD] = new_csrf_token()
+        log.warning("session store unavailable: Redis error")
+        return _render_login("Sign-in is temporarily unavailable. Try again shortly.", 503, username)
+    current.forget()
+    current.session_id = session_id
+    current.created_at = current.last_active = now
+    current["user_id"] = signed_in.id
+    current[CSRF_FIELD] = fresh.csrf_token
     return redirect(safe_next_url(request.form.get("next"), "/"))
 
 
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
     user = current_user()
-    if user is not None:
+    current = _server_session()
+    if user is not None and not user.via_token:
+        # every session of the user, not just this one: a copy of this cookie, or a forgotten tab on
+        # another station, must not outlive the sign-out
+        try:
+            revoked = revoke_user_sessions(store_of(current_app), user.id)
+        except RedisError:
+            log.warning("could not revoke sessions at sign-out: Redis error")
+            return _render_login("Sign-out could not be completed. Try again shortly.", 503)
         with session_scope(_sessions()) as db:
-            record(db, user.username, "auth.logout", "user", user.id)
-    session.clear()
+            record(db, user.username, "auth.logout", "user", user.id, sessions=revoked)
+    elif current.session_id is not None:
+        with contextlib.suppress(RedisError):
+            store_of(current_app).revoke(current.session_id)
+    current.forget()
     if _is_api_request() or request.accept_mimetypes.best == "application/json":
         return jsonify({"signed_out": True})
     flash("You have signed out.", "info")
@@ -432,6 +507,7 @@ __all__ = [
     "ACTORS",
     "ADMIN",
     "AUDITOR",
+    "BACKGROUND_HEADER",
     "CSRF_FIELD",
     "CSRF_HEADER",
     "NURSE",
@@ -441,7 +517,9 @@ __all__ = [
     "csrf_token",
     "current_user",
     "init_app",
+    "is_background_request",
     "json_error",
     "require_api_role",
     "require_role",
+    "revoke_user_sessions",
 ]

@@ -25,19 +25,26 @@ class DashboardConfig:
 
     ``flag_channel`` has no default: a dashboard listening on another deployment's channel shows
     nurses flags for calls that do not exist here, so the composition root must name it
-    (``schema.contract.flag_channel(settings.channel_namespace)``). ``jobs`` is the deployment's retry
-    policy, the same the telephony layer enqueues with.
+    (``schema.contract.flag_channel(settings.channel_namespace)``). ``key_namespace`` has none for the
+    same reason: a shared default would let two deployments on one Redis honour each other's sessions
+    (``settings.channel_namespace`` again; tests give each app one of its own). ``jobs`` is the
+    deployment's retry policy, the same the telephony layer enqueues with.
     """
 
     flag_channel: str
+    key_namespace: str  # names the Redis keys of sessions and sign-in counters (schema.contract)
     jobs: JobOptions = field(default_factory=JobOptions)
     model_path: Path | None = None  # the model card beside it gives the flag threshold
     flag_threshold: float | None = None  # the deployment's override of the card's threshold
     secure_cookies: bool = False  # behind https: session cookies only over TLS
-    idle_timeout_s: int = 30 * 60
-    login_limit: int = 5
+    idle_timeout_s: int = 30 * 60  # background refreshes do not count as activity
+    login_limit: int = 5  # attempts per (username, address) and window
+    login_address_limit: int = 20  # failures per address and window, all usernames
+    login_user_limit: int = 50  # failures per username and window, all addresses
     login_window_s: int = 5 * 60
-    login_throttle_prefix: str = "painline:login-failures:"  # Redis key prefix of the sign-in limiter
+    # Deprecated and unused since the sign-in counters moved under ``key_namespace``; kept only because
+    # tests/test_privacy_leaks.py still passes it. Remove with that fixture's argument.
+    login_throttle_prefix: str = ""
     sse_heartbeat_s: float = 15.0
     sse_max_stream_s: float = 300.0
 

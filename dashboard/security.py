@@ -5,8 +5,7 @@
   usernames exist;
 - API tokens are random, shown once, and stored only as their SHA-256 (a token is 256 random bits, so
   a fast hash is enough: there is nothing to brute-force, unlike a password);
-- the login rate limiter counts failures per (username, client address) in Redis under keys that are
-  an HMAC of the pair, so neither usernames nor addresses sit in Redis in clear;
+- (the sign-in limiter, which needs Redis, is :mod:`dashboard.limiter`; sessions are :mod:`dashboard.sessions`);
 - ``safe_next_url`` stops the ``?next=`` parameter of the login page from becoming an open redirect.
 """
 
@@ -15,9 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 from urllib.parse import urlsplit
 
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -86,47 +83,9 @@ def safe_next_url(target: str | None, default: str) -> str:
     return target
 
 
-@dataclass(frozen=True)
-class LoginThrottle:
-    """At most ``limit`` failed sign-ins per (username, address) per ``window_s`` seconds.
-
-    Counts live in Redis (shared by every web process) under ``prefix`` + HMAC-SHA256(key, username
-    and address). The count expires ``window_s`` after the first failure of a window; a successful
-    sign-in clears it.
-    """
-
-    redis: Any
-    key: bytes
-    prefix: str = "painline:login-failures:"
-    limit: int = 5
-    window_s: int = 300
-
-    def _redis_key(self, username: str, address: str) -> str:
-        material = f"{username.strip().lower()}\x00{address}".encode()
-        return self.prefix + hmac.new(self.key, material, hashlib.sha256).hexdigest()
-
-    def blocked(self, username: str, address: str) -> bool:
-        """True when this pair has used up its failures for the current window."""
-        count = self.redis.get(self._redis_key(username, address))
-        return count is not None and int(count) >= self.limit
-
-    def failed(self, username: str, address: str) -> int:
-        """Count one failure; returns the count in the current window."""
-        name = self._redis_key(username, address)
-        pipe = self.redis.pipeline()
-        pipe.incr(name)
-        pipe.expire(name, self.window_s, nx=True)
-        count, _ = pipe.execute()
-        return int(count)
-
-    def succeeded(self, username: str, address: str) -> None:
-        self.redis.delete(self._redis_key(username, address))
-
-
 __all__ = [
     "API_TOKEN_PREFIX",
     "MIN_PASSWORD_LENGTH",
-    "LoginThrottle",
     "hash_api_token",
     "hash_password",
     "new_api_token",

@@ -5,6 +5,12 @@ There is no default account and no default password: the first admin is created 
 from standard input when it is not a terminal, for provisioning scripts). API tokens are printed
 once by ``painline users token USERNAME``; only their SHA-256 is stored, so a lost token is revoked
 (``painline users revoke-tokens USERNAME``) and a new one issued.
+
+A password change and a deactivation end every signed-in web session of the account
+(:class:`SessionRevoker`, the deployment's :class:`dashboard.sessions.SessionStore`), after the change
+is committed: a sign-in racing the change then either used the old password before the revocation (and
+is revoked) or needs the new one. Without that, a stolen session would outlive the password it was
+opened with, and a deactivated account's sessions would come back when it is activated again.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import argparse
 import getpass
 import re
 import sys
-from typing import IO
+from typing import IO, Protocol
 
+from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,6 +38,25 @@ EXIT_FAILED = 1
 
 class UserError(ValueError):
     """The account could not be created or changed as asked; the message says why."""
+
+
+class SessionRevoker(Protocol):
+    """Ends every web session of a user (``dashboard.sessions.SessionStore`` is one)."""
+
+    def revoke_user(self, user_id: int) -> int: ...
+
+
+def _end_sessions(revoker: SessionRevoker | None, user_id: int, change: str) -> None:
+    """Revoke ``user_id``'s sessions after ``change`` was committed; ``None``: the caller has no web sessions."""
+    if revoker is None:
+        return
+    try:
+        revoker.revoke_user(user_id)
+    except RedisError as exc:
+        raise UserError(
+            f"{change}, but the account's signed-in sessions could not be ended (Redis unavailable: "
+            f"{type(exc).__name__}); run the command again once Redis answers"
+        ) from None
 
 
 def check_password(password: str) -> None:
@@ -57,7 +83,10 @@ def add_user(sessions: sessionmaker[Session], username: str, role: str, password
         return user.id
 
 
-def set_password(sessions: sessionmaker[Session], username: str, password: str, *, actor: str = "cli") -> None:
+def set_password(
+    sessions: sessionmaker[Session], username: str, password: str, *, revoker: SessionRevoker | None, actor: str = "cli"
+) -> None:
+    """Change the password and end every web session of the account (see the module docstring)."""
     check_password(password)
     with session_scope(sessions) as session:
         user = session.scalars(select(User).where(User.username == username)).one_or_none()
@@ -65,16 +94,24 @@ def set_password(sessions: sessionmaker[Session], username: str, password: str, 
             raise UserError(f"no user {username!r}")
         user.password_hash = hash_password(password)
         record(session, actor, "user.password", "user", user.id)
+        user_id = user.id
+    _end_sessions(revoker, user_id, "the password was changed")
 
 
-def set_active(sessions: sessionmaker[Session], username: str, active: bool, *, actor: str = "cli") -> None:
-    """Deactivate (or reactivate) an account: sessions and tokens stop working on the next request."""
+def set_active(
+    sessions: sessionmaker[Session], username: str, active: bool, *, revoker: SessionRevoker | None, actor: str = "cli"
+) -> None:
+    """Deactivate (or reactivate) an account. Deactivation ends its web sessions for good (activating
+    it again does not bring them back); tokens stop working on the next request and stay revocable."""
     with session_scope(sessions) as session:
         user = session.scalars(select(User).where(User.username == username)).one_or_none()
         if user is None:
             raise UserError(f"no user {username!r}")
         user.active = active
         record(session, actor, "user.activate" if active else "user.deactivate", "user", user.id)
+        user_id = user.id
+    if not active:
+        _end_sessions(revoker, user_id, "the account was deactivated")
 
 
 def create_api_token(sessions: sessionmaker[Session], username: str, *, actor: str = "cli") -> str:
@@ -118,15 +155,24 @@ def read_password(stdin: IO[str] | None = None, prompt: str = "Password: ") -> s
     return stdin.readline().rstrip("\r\n")
 
 
-def run_command(sessions: sessionmaker[Session], args: argparse.Namespace, stdin: IO[str] | None = None) -> int:
-    """``painline users add|password|token|revoke-tokens|deactivate|activate``; returns the exit status."""
+def run_command(
+    sessions: sessionmaker[Session],
+    args: argparse.Namespace,
+    stdin: IO[str] | None = None,
+    *,
+    revoker: SessionRevoker | None,
+) -> int:
+    """``painline users add|password|token|revoke-tokens|deactivate|activate``; returns the exit status.
+
+    ``revoker`` ends web sessions on ``password`` and ``deactivate`` (the CLI passes the deployment's
+    session store)."""
     actor = f"cli:{getpass.getuser()}"
     try:
         if args.users_command == "add":
             user_id = add_user(sessions, args.username, args.role, read_password(stdin), actor=actor)
             print(f"user {args.username} ({args.role}) created with id {user_id}")
         elif args.users_command == "password":
-            set_password(sessions, args.username, read_password(stdin, "New password: "), actor=actor)
+            set_password(sessions, args.username, read_password(stdin, "New password: "), revoker=revoker, actor=actor)
             print(f"password of {args.username} changed")
         elif args.users_command == "token":
             token = create_api_token(sessions, args.username, actor=actor)
@@ -135,7 +181,7 @@ def run_command(sessions: sessionmaker[Session], args: argparse.Namespace, stdin
         elif args.users_command == "revoke-tokens":
             print(f"{revoke_api_tokens(sessions, args.username, actor=actor)} token(s) revoked")
         elif args.users_command in {"deactivate", "activate"}:
-            set_active(sessions, args.username, args.users_command == "activate", actor=actor)
+            set_active(sessions, args.username, args.users_command == "activate", revoker=revoker, actor=actor)
             print(f"{args.username} {args.users_command}d")
         else:  # pragma: no cover - argparse restricts the choices
             raise UserError(f"unknown action {args.users_command!r}")
@@ -145,7 +191,7 @@ def run_command(sessions: sessionmaker[Session], args: argparse.Namespace, stdin
     return 0
 
 
-def add_cli_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def add_cli_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add ``painline users ...`` to the CLI's subcommands (the CLI then sets ``func``)."""
     p = sub.add_parser("users", help="web UI accounts and API tokens")
     actions = p.add_subparsers(dest="users_command", required=True, metavar="ACTION")
@@ -165,6 +211,7 @@ def add_cli_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser: 
 
 __all__ = [
     "USERNAME_PATTERN",
+    "SessionRevoker",
     "UserError",
     "add_cli_parser",
     "add_user",

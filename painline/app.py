@@ -30,16 +30,19 @@ from alembic.runtime.migration import MigrationContext
 from flask import Blueprint, Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
 from flask_sock import Sock
+from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from analysis.segmentation import VadConfig
 from dashboard import init_app as init_dashboard
 from dashboard.config import DashboardConfig
 from dashboard.config import config_of as dashboard_config_of
 from dashboard.config import configure as configure_dashboard
+from dashboard.sessions import SessionStore
 from painline import redis_conn
 from painline.config import Settings
 from painline.datakeys import install_data_keys
@@ -94,6 +97,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["painline.redis"] = connection
     app.extensions["painline.queue"] = Queue(settings.queue_name, connection=connection)
 
+    if settings.trusted_proxies:
+        # the client's address (sign-in limits, logs) is the one the nearest trusted proxy saw; only
+        # X-Forwarded-For is taken, so a client cannot change the scheme or host painline believes in
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app,
+            x_for=settings.trusted_proxies,
+            x_proto=0,
+            x_host=0,
+            x_port=0,
+            x_prefix=0,
+        )
+
     sock = Sock(app)
     app.extensions["painline.sock"] = sock
     init_telephony(app, sock, telephony_config(settings))
@@ -109,10 +124,14 @@ def telephony_config(settings: Settings) -> TelephonyConfig:
         twilio_auth_token=settings.twilio_auth_token,
         consent_message=settings.consent_message,
         stream_token_ttl_s=settings.stream_token_ttl_s,
-        next_step=NextStep(redirect_url=settings.next_redirect_url, dial=settings.next_dial,
-                           enqueue=settings.next_enqueue),
-        stream=StreamConfig(hmac_key=settings.hmac_key, vad=VadConfig(aggressiveness=settings.vad_aggressiveness),
-                            jobs=job_options(settings)),
+        next_step=NextStep(
+            redirect_url=settings.next_redirect_url, dial=settings.next_dial, enqueue=settings.next_enqueue
+        ),
+        stream=StreamConfig(
+            hmac_key=settings.hmac_key,
+            vad=VadConfig(aggressiveness=settings.vad_aggressiveness),
+            jobs=job_options(settings),
+        ),
     )
 
 
@@ -129,10 +148,19 @@ def dashboard_config(settings: Settings) -> DashboardConfig:
         model_path=settings.model_path,
         flag_threshold=settings.flag_threshold_override,
         secure_cookies=settings.public_url.lower().startswith("https://"),
+        key_namespace=settings.channel_namespace,
         idle_timeout_s=settings.idle_timeout_s,
         login_limit=settings.login_limit,
+        login_address_limit=settings.login_address_limit,
+        login_user_limit=settings.login_user_limit,
         login_window_s=settings.login_window_s,
     )
+
+
+def session_store(settings: Settings, connection: Any) -> SessionStore:
+    """The deployment's web sessions, for processes other than the web app (``painline users`` ends an
+    account's sessions on a password change or deactivation). Same namespace as :func:`dashboard_config`."""
+    return SessionStore(connection, settings.channel_namespace, settings.idle_timeout_s)
 
 
 def settings_of(app: Flask) -> Settings:
@@ -145,13 +173,21 @@ def settings_of(app: Flask) -> Settings:
 def configure(app: Flask, settings: Settings) -> None:
     """Apply changed settings to a built app: the demo learns its port only after binding, and tests
     point an app at their own server. Engine and Redis are not rebuilt; the per-request configs are.
-    Test-only dashboard overrides (flag channel, sign-in key prefix) are kept."""
+    Test-only dashboard overrides (flag channel, Redis key namespace) are kept."""
     app.extensions[SETTINGS] = settings
     configure_telephony(app, telephony_config(settings))
     old = dashboard_config_of(app)
-    configure_dashboard(app, replace(dashboard_config(settings), flag_channel=old.flag_channel,
-                                     login_throttle_prefix=old.login_throttle_prefix,
-                                     sse_heartbeat_s=old.sse_heartbeat_s, sse_max_stream_s=old.sse_max_stream_s))
+    configure_dashboard(
+        app,
+        replace(
+            dashboard_config(settings),
+            flag_channel=old.flag_channel,
+            key_namespace=old.key_namespace,
+            login_throttle_prefix=old.login_throttle_prefix,
+            sse_heartbeat_s=old.sse_heartbeat_s,
+            sse_max_stream_s=old.sse_max_stream_s,
+        ),
+    )
 
 
 def close_app(app: Flask) -> None:
@@ -182,7 +218,7 @@ def check_database(engine: Engine, expected_revision: str | None) -> str:
     return "ok"
 
 
-def check_redis(connection: Any) -> str:
+def check_redis(connection: Redis) -> str:
     try:
         connection.ping()
     except (RedisError, OSError) as exc:
@@ -217,6 +253,19 @@ def health_blueprint() -> Blueprint:
     return bp
 
 
-__all__ = ["PG_CONNECT_TIMEOUT_S", "SETTINGS", "check_database", "check_redis", "close_app", "configure",
-           "create_app", "dashboard_config", "health_blueprint", "job_options", "make_app_engine", "settings_of",
-           "telephony_config"]
+__all__ = [
+    "PG_CONNECT_TIMEOUT_S",
+    "SETTINGS",
+    "check_database",
+    "check_redis",
+    "close_app",
+    "configure",
+    "create_app",
+    "dashboard_config",
+    "health_blueprint",
+    "job_options",
+    "make_app_engine",
+    "session_store",
+    "settings_of",
+    "telephony_config",
+]

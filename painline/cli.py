@@ -76,19 +76,23 @@ DEFAULT_WORKER_CLASS = "gthread"
 DEFAULT_WORKER_CONNECTIONS = 1000
 
 
-def gunicorn_command(host: str, port: int, workers: int, threads: int, *,
-                     worker_class: str = DEFAULT_WORKER_CLASS,
-                     worker_connections: int = DEFAULT_WORKER_CONNECTIONS) -> list[str]:
+def gunicorn_command(
+    host: str,
+    port: int,
+    workers: int,
+    threads: int,
+    *,
+    worker_class: str = DEFAULT_WORKER_CLASS,
+    worker_connections: int = DEFAULT_WORKER_CONNECTIONS,
+) -> list[str]:
     """The production server command (see painline.wsgi).
 
     gthread (the default): one thread per open Media Stream, so ``threads`` bounds the calls per
-    process. gevent: one greenlet per stream, ``worker_connections`` bounds them. Measured by
-    ``python -m bench.stream`` (docs/stream.md; 2 web processes, 30 s calls, the load generator on
-    the same 2-core machine): both held 100 concurrent calls with no frame lost; gevent spent less
-    CPU (10.2 against 13.3 ms per call-second) with lower lag (p99 41 against 104 ms), and both fell
-    behind at 200 calls while CPU was still free, a stall whose cause is not found yet. gthread stays
-    the default because it is the configuration the test suite exercises end to end; gevent
-    monkey-patches every library the web process uses, and only the bench covers that.
+    process. gevent: one greenlet per stream, ``worker_connections`` bounds them. Both are measured by
+    ``python -m bench.stream``: calls held, CPU and lag of each are in docs/stream.md (gevent was the
+    cheaper of the two). gthread stays the default because it is the configuration the test suite
+    exercises end to end; gevent monkey-patches every library the web process uses, and only the
+    bench covers that.
     """
     from painline.devserver import ACCESS_LOG_FORMAT
 
@@ -96,23 +100,33 @@ def gunicorn_command(host: str, port: int, workers: int, threads: int, *,
         raise ValueError(f"worker class must be one of {', '.join(WORKER_CLASSES)}")
     capacity = ["--threads", str(threads)] if worker_class == "gthread" else []
     return [
-        sys.executable, "-m", "gunicorn",
-        "--worker-class", worker_class,
-        "--workers", str(workers),
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--worker-class",
+        worker_class,
+        "--workers",
+        str(workers),
         *capacity,
-        "--worker-connections", str(worker_connections),
-        "--bind", f"{host}:{port}",
+        "--worker-connections",
+        str(worker_connections),
+        "--bind",
+        f"{host}:{port}",
         # gthread and gevent workers heartbeat from their main loop, so a socket open for a whole call
         # does not trip --timeout; on SIGTERM, calls still streaming get this long before the worker exits
-        "--graceful-timeout", "30",
-        "--access-logfile", "-",
-        "--access-logformat", ACCESS_LOG_FORMAT,  # no query strings: they may carry a patient reference
+        "--graceful-timeout",
+        "30",
+        "--access-logfile",
+        "-",
+        "--access-logformat",
+        ACCESS_LOG_FORMAT,  # no query strings: they may carry a patient reference
         # gunicorn 27's control socket defaults to one path per user, shared by every instance on the
         # host (two servers fought over it in the soak); painline never uses it, so it is off
         "--no-control-socket",
         # server hooks: the master holds the embedded Redis (when PAINLINE_REDIS_URL is empty) for the
         # life of the server, so it stops with the last process using it and never under a live one
-        "--config", "python:painline.gunicorn_conf",
+        "--config",
+        "python:painline.gunicorn_conf",
         "painline.wsgi:app",
     ]
 
@@ -147,8 +161,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not startup_check(_settings(), "serve", web_processes=args.workers if args.gunicorn else 1):
         return EXIT_USAGE
     if args.gunicorn:
-        command = gunicorn_command(args.host, args.port, args.workers, args.threads,
-                                   worker_class=args.worker_class, worker_connections=args.worker_connections)
+        command = gunicorn_command(
+            args.host,
+            args.port,
+            args.workers,
+            args.threads,
+            worker_class=args.worker_class,
+            worker_connections=args.worker_connections,
+        )
         print("exec:", " ".join(command[1:]), flush=True)
         os.execv(command[0], command)
     from painline.app import close_app, create_app
@@ -253,19 +273,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     options = job_options(settings)
 
     def once() -> None:
-        counts = sweep(sessions, queue, older_than_s=args.older_than, options=options,
-                       scheduler_grace_s=args.scheduler_grace, stale_stream_s=args.stale_stream_after)
+        counts = sweep(
+            sessions,
+            queue,
+            older_than_s=args.older_than,
+            options=options,
+            scheduler_grace_s=args.scheduler_grace,
+            stale_stream_s=args.stale_stream_after,
+        )
         if any(counts.values()) or not args.every:
-            log.info("sweep re-enqueued %d utterance(s), %d call(s), %d baseline rebuild(s); promoted %d overdue "
-                     "retry(ies); ended %d stale stream(s)", counts["utterances"], counts["calls"],
-                     counts["baselines"], counts["promoted"], counts["stale_streams"])
+            log.info(
+                "sweep re-enqueued %d utterance(s), %d call(s), %d baseline rebuild(s); promoted %d overdue "
+                "retry(ies); ended %d stale stream(s)",
+                counts["utterances"],
+                counts["calls"],
+                counts["baselines"],
+                counts["promoted"],
+                counts["stale_streams"],
+            )
 
     try:
         return _repeat(once, args.every, "sweep")
     finally:
         engine.dispose()
         connection.close()
-
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -293,8 +324,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except (ReplayError, ValueError) as exc:
         print(f"painline replay: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"replayed {result.audio_s:.1f} s of audio as call {result.call_sid} "
-          f"({result.media_messages} media messages in {result.elapsed_s:.1f} s)")
+    print(
+        f"replayed {result.audio_s:.1f} s of audio as call {result.call_sid} "
+        f"({result.media_messages} media messages in {result.elapsed_s:.1f} s)"
+    )
     if not args.wait:
         return 0
     return _print_outcome(settings, result.call_sid, args.timeout)
@@ -315,8 +348,11 @@ def _print_outcome(settings: Settings, call_sid: str, timeout_s: float) -> int:
         return EXIT_FAILED
     print(format_report(report))
     if not report.finished:
-        print(f"\nnot finalised: no progress for {timeout_s:.0f} s; is a worker running on queue "
-              f"'{settings.queue_name}'?", file=sys.stderr)
+        print(
+            f"\nnot finalised: no progress for {timeout_s:.0f} s; is a worker running on queue "
+            f"'{settings.queue_name}'?",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return 0
 
@@ -347,12 +383,16 @@ def cmd_population_seed(args: argparse.Namespace) -> int:
     try:
         if clips:
             result = seed_from_audio(ctx, clips)
-            print(f"population: {result.utterances} utterance(s) from {len(clips)} recording(s) folded in "
-                  f"({result.clips_without_speech} without speech); statistics now hold {result.population_n}")
+            print(
+                f"population: {result.utterances} utterance(s) from {len(clips)} recording(s) folded in "
+                f"({result.clips_without_speech} without speech); statistics now hold {result.population_n}"
+            )
         if args.from_calls:
             result = seed_from_calls(ctx)
-            print(f"population: {result.utterances} utterance(s) of past calls folded in; statistics now hold "
-                  f"{result.population_n}")
+            print(
+                f"population: {result.utterances} utterance(s) of past calls folded in; statistics now hold "
+                f"{result.population_n}"
+            )
     finally:
         ctx.engine.dispose()
     return 0
@@ -414,18 +454,27 @@ def cmd_baseline_enroll(args: argparse.Namespace) -> int:
         # with --phone every positional is a recording; a first one that is no file is most likely a
         # patient reference given as well (not echoed: it may be the number itself)
         if not settings.hmac_key:
-            print(f"{prog}: --phone needs PAINLINE_HMAC_KEY, the secret the voice webhook keys caller numbers "
-                  "with; set it to the deployment's value", file=sys.stderr)
+            print(
+                f"{prog}: --phone needs PAINLINE_HMAC_KEY, the secret the voice webhook keys caller numbers "
+                "with; set it to the deployment's value",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         if not Path(inputs[0]).is_file():
-            print(f"{prog}: the first argument is not an audio file: with --phone give only recordings "
-                  "(PATIENT_REF and --phone are mutually exclusive)", file=sys.stderr)
+            print(
+                f"{prog}: the first argument is not an audio file: with --phone give only recordings "
+                "(PATIENT_REF and --phone are mutually exclusive)",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         try:
             key = caller_key(args.phone, settings.hmac_key)
         except ValueError:
-            print(f"{prog}: --phone is not an E.164 phone number: give it as Twilio sends it, with + and "
-                  "the country code", file=sys.stderr)
+            print(
+                f"{prog}: --phone is not an E.164 phone number: give it as Twilio sends it, with + and "
+                "the country code",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         kind, audio = PatientKeyKind.CALLER_NUMBER, [Path(p) for p in inputs]
         shown = f"caller number {mask_number(args.phone)}, keyed"
@@ -439,11 +488,13 @@ def cmd_baseline_enroll(args: argparse.Namespace) -> int:
             print(f"{prog}: {exc}", file=sys.stderr)
             return EXIT_USAGE
         if looks_like_phone_number(inputs[0]):
-            print(f"{prog}: warning: the patient reference looks like a phone number; a call from that number "
-                  "without a patient_ref is keyed by the number and would not use this baseline. To enrol a "
-                  "caller by number, use --phone NUMBER instead (the reference is stored as typed, the number "
-                  "would only be stored keyed). Enrolling under the reference as given.",
-                  file=sys.stderr)
+            print(
+                f"{prog}: warning: the patient reference looks like a phone number; a call from that number "
+                "without a patient_ref is keyed by the number and would not use this baseline. To enrol a "
+                "caller by number, use --phone NUMBER instead (the reference is stored as typed, the number "
+                "would only be stored keyed). Enrolling under the reference as given.",
+                file=sys.stderr,
+            )
         kind, audio = PatientKeyKind.HOTLINE_REFERENCE, [Path(p) for p in inputs[1:]]
         shown = "hotline reference"
     clips = []
@@ -467,11 +518,13 @@ def cmd_baseline_enroll(args: argparse.Namespace) -> int:
                         patient = Patient(key=key)
                         session.add(patient)
                     patient_id = patient.id
-                    audit.record(session, actor, "patient.create", "patient", patient_id, source="enrolment",
-                                 key_kind=kind)
+                    audit.record(
+                        session, actor, "patient.create", "patient", patient_id, source="enrolment", key_kind=kind
+                    )
                 except IntegrityError:
                     # a call from this caller created the patient between our SELECT and INSERT
                     patient_id = session.scalar(select(Patient.id).where(Patient.key == key))
+                    assert patient_id is not None  # the row whose insert conflicted with ours
         try:
             result = enroll(patient_id, clips, actor, ctx=ctx, check_speaker=not args.no_speaker_check)
         except ValueError:  # the VAD found no speech in any recording
@@ -480,8 +533,10 @@ def cmd_baseline_enroll(args: argparse.Namespace) -> int:
     finally:
         ctx.engine.dispose()
         connection.close()
-    print(f"patient {patient_id} ({shown}): {result.accepted} clip(s) enrolled as {result.utterances} "
-          f"utterance(s), baseline now {result.baseline_n} utterance(s) (model {ctx.model.version})")
+    print(
+        f"patient {patient_id} ({shown}): {result.accepted} clip(s) enrolled as {result.utterances} "
+        f"utterance(s), baseline now {result.baseline_n} utterance(s) (model {ctx.model.version})"
+    )
     if result.no_speech:
         silent = ", ".join(str(audio[i]) for i in result.no_speech)
         print(f"no speech found, not enrolled: {silent}", file=sys.stderr)
@@ -517,8 +572,10 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     ring = current_key_ring()
     if ring is None:
-        print("painline keys rotate: PAINLINE_DATA_KEYS is empty; add a key first ('painline keys generate')",
-              file=sys.stderr)
+        print(
+            "painline keys rotate: PAINLINE_DATA_KEYS is empty; add a key first ('painline keys generate')",
+            file=sys.stderr,
+        )
         engine.dispose()
         return EXIT_USAGE
     actor = args.actor or f"cli:{getpass.getuser()}"
@@ -552,10 +609,16 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
     def once() -> None:
         result = sweep_retention(sessions, audio_hours=audio_hours, score_days=score_days, actor=actor)
-        log.info("retention: %d unscored audio clip(s) older than %g h deleted (%d utterance(s) skipped); "
-                 "%d utterance(s) and %d score(s) older than %g days deleted",
-                 result.audio_deleted, audio_hours, result.utterances_skipped,
-                 result.utterances_deleted, result.scores_deleted, score_days)
+        log.info(
+            "retention: %d unscored audio clip(s) older than %g h deleted (%d utterance(s) skipped); "
+            "%d utterance(s) and %d score(s) older than %g days deleted",
+            result.audio_deleted,
+            audio_hours,
+            result.utterances_skipped,
+            result.utterances_deleted,
+            result.scores_deleted,
+            score_days,
+        )
 
     try:
         return _repeat(once, args.every, "retention sweep")
@@ -563,25 +626,31 @@ def cmd_retention(args: argparse.Namespace) -> int:
         engine.dispose()
 
 
-def add_data_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_data_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``painline keys generate|rotate`` and ``painline retention``."""
     p = sub.add_parser("keys", help="data encryption keys (PAINLINE_DATA_KEYS)")
     keys = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     k = keys.add_parser("generate", help="print a new key (put it first in PAINLINE_DATA_KEYS)")
     k.set_defaults(func=cmd_keys_generate)
-    k = keys.add_parser("rotate", help="re-encrypt every encrypted column with the newest key",
-                        description="Run after the new key is first in PAINLINE_DATA_KEYS on every process; "
-                                    "then the old key can be removed. Also encrypts values stored before "
-                                    "keys were configured.")
+    k = keys.add_parser(
+        "rotate",
+        help="re-encrypt every encrypted column with the newest key",
+        description="Run after the new key is first in PAINLINE_DATA_KEYS on every process; "
+        "then the old key can be removed. Also encrypts values stored before "
+        "keys were configured.",
+    )
     k.add_argument("--batch", type=int, default=500, help="rows per transaction (default: 500)")
     k.add_argument("--actor", default=None, help="who rotates, for the audit trail (default: cli:<user>)")
     k.set_defaults(func=cmd_keys_rotate)
 
-    p = sub.add_parser("retention", help="delete unscored audio and old per-utterance data (audited)",
-                       description="Deletes utterance audio left unscored for PAINLINE_AUDIO_RETENTION_HOURS "
-                                   "(default 24) and utterances and scores older than "
-                                   "PAINLINE_SCORE_RETENTION_DAYS (default 365); calls, flags and the audit "
-                                   "trail are kept. Run with --every as its own process, or once from cron.")
+    p = sub.add_parser(
+        "retention",
+        help="delete unscored audio and old per-utterance data (audited)",
+        description="Deletes utterance audio left unscored for PAINLINE_AUDIO_RETENTION_HOURS "
+        "(default 24) and utterances and scores older than "
+        "PAINLINE_SCORE_RETENTION_DAYS (default 365); calls, flags and the audit "
+        "trail are kept. Run with --every as its own process, or once from cron.",
+    )
     p.add_argument("--every", type=float, default=0.0, metavar="SECONDS", help="repeat forever at this interval")
     p.add_argument("--audio-hours", type=float, default=0.0, help="override PAINLINE_AUDIO_RETENTION_HOURS")
     p.add_argument("--score-days", type=float, default=0.0, help="override PAINLINE_SCORE_RETENTION_DAYS")
@@ -602,8 +671,7 @@ def run_research(command: str, argv: Sequence[str]) -> int:
     except ModuleNotFoundError as exc:
         if exc.name != "painline.research":
             raise  # the module exists but one of its own imports is missing: show that
-        print(f"painline {command}: the research commands are not part of this installation",
-              file=sys.stderr)
+        print(f"painline {command}: the research commands are not part of this installation", file=sys.stderr)
         return EXIT_FAILED
     entry = getattr(research, RESEARCH_COMMANDS[command])
     result = entry(list(argv))
@@ -616,13 +684,17 @@ def run_research(command: str, argv: Sequence[str]) -> int:
 
 def cmd_users(args: argparse.Namespace) -> int:
     from dashboard.users import run_command
-    from painline.app import make_app_engine
+    from painline import redis_conn
+    from painline.app import make_app_engine, session_store
     from schema.db import session_factory
 
-    engine = make_app_engine(_settings())
+    settings = _settings()
+    engine = make_app_engine(settings)
+    connection = redis_conn.connect(settings)  # a password change or deactivation ends web sessions
     try:
-        return run_command(session_factory(engine), args)
+        return run_command(session_factory(engine), args, revoker=session_store(settings, connection))
     finally:
+        connection.close()
         engine.dispose()
 
 
@@ -635,119 +707,198 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", default="head", help="target revision (default: head)")
     p.set_defaults(func=cmd_migrate)
 
-    p = sub.add_parser("serve", help="run the web app",
-                       description="Development server by default; --gunicorn for production "
-                                   "(gunicorn -k gthread --threads N 'painline.wsgi:app').")
+    p = sub.add_parser(
+        "serve",
+        help="run the web app",
+        description="Development server by default; --gunicorn for production "
+        "(gunicorn -k gthread --threads N 'painline.wsgi:app').",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--gunicorn", action="store_true", help="exec gunicorn with gthread workers")
     p.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default: 2)")
-    p.add_argument("--threads", type=int, default=64,
-                   help="gthread only: threads per gunicorn worker; each open call holds one (default: 64)")
-    p.add_argument("--worker-class", choices=WORKER_CLASSES, default=DEFAULT_WORKER_CLASS,
-                   help=f"gunicorn worker class (default: {DEFAULT_WORKER_CLASS})")
-    p.add_argument("--worker-connections", type=int, default=DEFAULT_WORKER_CONNECTIONS,
-                   help="most simultaneous connections per worker process; for gevent, the calls it can "
-                        f"hold (default: {DEFAULT_WORKER_CONNECTIONS})")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=64,
+        help="gthread only: threads per gunicorn worker; each open call holds one (default: 64)",
+    )
+    p.add_argument(
+        "--worker-class",
+        choices=WORKER_CLASSES,
+        default=DEFAULT_WORKER_CLASS,
+        help=f"gunicorn worker class (default: {DEFAULT_WORKER_CLASS})",
+    )
+    p.add_argument(
+        "--worker-connections",
+        type=int,
+        default=DEFAULT_WORKER_CONNECTIONS,
+        help="most simultaneous connections per worker process; for gevent, the calls it can "
+        f"hold (default: {DEFAULT_WORKER_CONNECTIONS})",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run an RQ worker (model loaded once per process)")
-    p.add_argument("--fork", action="store_true",
-                   help="run each job in a forked child (rq.Worker): crash isolation for 8-13%% more CPU per job")
-    p.add_argument("--simple", action="store_true",
-                   help="run jobs in-process (rq.SimpleWorker); the default, accepted for old scripts")
+    p.add_argument(
+        "--fork",
+        action="store_true",
+        help="run each job in a forked child (rq.Worker): crash isolation for 8-13%% more CPU per job",
+    )
+    p.add_argument(
+        "--simple",
+        action="store_true",
+        help="run jobs in-process (rq.SimpleWorker); the default, accepted for old scripts",
+    )
     p.add_argument("--burst", action="store_true", help="quit when the queue is empty")
-    p.add_argument("--no-scheduler", action="store_true",
-                   help="do not run RQ's scheduler (interval retries then wait for a worker that does)")
+    p.add_argument(
+        "--no-scheduler",
+        action="store_true",
+        help="do not run RQ's scheduler (interval retries then wait for a worker that does)",
+    )
     p.add_argument("--no-speaker", action="store_true", help="skip speaker verification (no resemblyzer)")
     p.add_argument("--name", help="worker name (default: RQ's random name)")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("sweep", help="re-enqueue pending work left in the database by a Redis outage",
-                       description="Re-enqueues unfinished work whose job is missing or dead (Redis outage, "
-                                   "killed worker, retries exhausted); run it as its own process with --every "
-                                   "(docker-compose's `sweep` service runs `painline sweep --every 30`).")
-    p.add_argument("--every", type=float, default=0.0, metavar="SECONDS",
-                   help="repeat forever at this interval")
-    p.add_argument("--older-than", type=float, default=60.0, metavar="SECONDS",
-                   help="only work older than this (default: 60)")
-    p.add_argument("--scheduler-grace", type=float, default=30.0, metavar="SECONDS",
-                   help="enqueue retries overdue by more than this: no RQ scheduler is running (default: 30)")
-    p.add_argument("--stale-stream-after", type=float, default=4 * 3600 + 600, metavar="SECONDS",
-                   help="end calls still 'streaming' with no activity for this long, e.g. a stream that "
-                        "ended while the database was down (default: 15000, past the longest allowed stream)")
+    p = sub.add_parser(
+        "sweep",
+        help="re-enqueue pending work left in the database by a Redis outage",
+        description="Re-enqueues unfinished work whose job is missing or dead (Redis outage, "
+        "killed worker, retries exhausted); run it as its own process with --every "
+        "(docker-compose's `sweep` service runs `painline sweep --every 30`).",
+    )
+    p.add_argument("--every", type=float, default=0.0, metavar="SECONDS", help="repeat forever at this interval")
+    p.add_argument(
+        "--older-than", type=float, default=60.0, metavar="SECONDS", help="only work older than this (default: 60)"
+    )
+    p.add_argument(
+        "--scheduler-grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="enqueue retries overdue by more than this: no RQ scheduler is running (default: 30)",
+    )
+    p.add_argument(
+        "--stale-stream-after",
+        type=float,
+        default=4 * 3600 + 600,
+        metavar="SECONDS",
+        help="end calls still 'streaming' with no activity for this long, e.g. a stream that "
+        "ended while the database was down (default: 15000, past the longest allowed stream)",
+    )
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("replay", help="play an audio file into a painline server exactly as Twilio would",
-                       description="Signs with TWILIO_AUTH_TOKEN over PAINLINE_PUBLIC_URL (or --public-url), "
-                                   "which must equal the server's; requests go to --url.")
+    p = sub.add_parser(
+        "replay",
+        help="play an audio file into a painline server exactly as Twilio would",
+        description="Signs with TWILIO_AUTH_TOKEN over PAINLINE_PUBLIC_URL (or --public-url), "
+        "which must equal the server's; requests go to --url.",
+    )
     p.add_argument("audio", type=Path, help="any audio file (resampled to the 8 kHz telephone channel)")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="where the server is reached")
-    p.add_argument("--public-url", default="",
-                   help="the URL Twilio would sign (default: PAINLINE_PUBLIC_URL)")
+    p.add_argument("--public-url", default="", help="the URL Twilio would sign (default: PAINLINE_PUBLIC_URL)")
     p.add_argument("--speed", type=float, default=1.0, help="1.0 real time, 0 as fast as possible")
     p.add_argument("--from", dest="from_number", default="+15551234567", help="caller number to present")
     p.add_argument("--to", dest="to_number", default="+15557654321", help="hotline number to present")
     p.add_argument("--patient-ref", default=None, help="the hotline's patient reference (webhook query)")
-    p.add_argument("--wait", action="store_true",
-                   help="poll the database (PAINLINE_DATABASE_URL) for the scores and the verdict")
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="with --wait: give up once the call has made no progress for this many seconds")
+    p.add_argument(
+        "--wait", action="store_true", help="poll the database (PAINLINE_DATABASE_URL) for the scores and the verdict"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="with --wait: give up once the call has made no progress for this many seconds",
+    )
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("demo", help="run one sample call end to end on this machine, offline")
     p.add_argument("--model", type=Path, default=None, help="model artifact (default: PAINLINE_MODEL_PATH)")
     p.add_argument("--audio", type=Path, default=None, help="audio to replay (default: the bundled sample)")
-    p.add_argument("--var-dir", type=Path, default=None,
-                   help="keep the demo's database and Redis here (default: a temporary directory)")
+    p.add_argument(
+        "--var-dir",
+        type=Path,
+        default=None,
+        help="keep the demo's database and Redis here (default: a temporary directory)",
+    )
     p.add_argument("--speed", type=float, default=4.0, help="replay speed (1.0 real time, 0 no pacing)")
     p.add_argument("--speaker", action="store_true", help="load the speaker-verification model too")
-    p.add_argument("--timeout", type=float, default=60.0,
-                   help="give up once the call has made no progress for this many seconds (default: 60)")
-    p.add_argument("--serve", action="store_true",
-                   help="keep the web app running after the call, with a throwaway nurse account (Ctrl-C stops)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="give up once the call has made no progress for this many seconds (default: 60)",
+    )
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep the web app running after the call, with a throwaway nurse account (Ctrl-C stops)",
+    )
     p.add_argument("--port", type=int, default=0, help="with --serve: the port to serve on (default: any free one)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("population", help="the deployment's population statistics")
     population = p.add_subparsers(dest="population_command", required=True, metavar="ACTION")
-    q = population.add_parser("seed", help="fold recordings or past calls into the population statistics",
-                              description="Gives a new hotline (or a new model version) its own callers' scale "
-                                          "before go-live: recordings are cut and embedded exactly as calls are; "
-                                          "no labels are read and no audio is kept.")
+    q = population.add_parser(
+        "seed",
+        help="fold recordings or past calls into the population statistics",
+        description="Gives a new hotline (or a new model version) its own callers' scale "
+        "before go-live: recordings are cut and embedded exactly as calls are; "
+        "no labels are read and no audio is kept.",
+    )
     q.add_argument("audio", nargs="*", type=Path, help="recordings of the hotline's callers (any format)")
-    q.add_argument("--from-calls", action="store_true",
-                   help="also fold in the stored embeddings of past calls scored with the same embedder")
+    q.add_argument(
+        "--from-calls",
+        action="store_true",
+        help="also fold in the stored embeddings of past calls scored with the same embedder",
+    )
     q.set_defaults(func=cmd_population_seed)
 
-    p = sub.add_parser("check", help="list every missing or contradictory production setting",
-                       description="Reads the settings from the environment as serve and worker would and lists "
-                                   "every problem for a deployment; exit 1 if there is any.")
-    p.add_argument("--web-processes", type=int, default=2,
-                   help="web processes that will share sessions (default: 2, as serve --gunicorn)")
+    p = sub.add_parser(
+        "check",
+        help="list every missing or contradictory production setting",
+        description="Reads the settings from the environment as serve and worker would and lists "
+        "every problem for a deployment; exit 1 if there is any.",
+    )
+    p.add_argument(
+        "--web-processes",
+        type=int,
+        default=2,
+        help="web processes that will share sessions (default: 2, as serve --gunicorn)",
+    )
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("baseline", help="patient baselines")
     baseline = p.add_subparsers(dest="baseline_command", required=True, metavar="ACTION")
     e = baseline.add_parser(
-        "enroll", help="enrol recordings of a patient's normal voice",
+        "enroll",
+        help="enrol recordings of a patient's normal voice",
         # one positional list, split by the command: argparse cannot tell an optional PATIENT_REF from AUDIO
         usage="%(prog)s [-h] [--actor ACTOR] [--no-speaker] [--no-speaker-check]\n"
-              "       (PATIENT_REF | --phone NUMBER) AUDIO [AUDIO ...]",
+        "       (PATIENT_REF | --phone NUMBER) AUDIO [AUDIO ...]",
         description="Enrol the patient under the key their calls will have: the hotline's reference for calls "
-                    "that pass patient_ref, or with --phone the caller's number (keyed with PAINLINE_HMAC_KEY, "
-                    "never stored) for calls that do not. A baseline under the wrong one is never used.")
-    e.add_argument("inputs", nargs="+", metavar="[PATIENT_REF] AUDIO",
-                   help="the hotline's patient reference (not with --phone), then recordings of the patient's "
-                        "normal voice")
-    e.add_argument("--phone", metavar="NUMBER", default=None,
-                   help="key the patient by this caller number (E.164, e.g. +15550002222) as a call from it is "
-                        "keyed; needs PAINLINE_HMAC_KEY. Instead of PATIENT_REF")
-    e.add_argument("--actor", default=None,
-                   help="who is enrolling, for the audit trail (default: cli:<user>)")
+        "that pass patient_ref, or with --phone the caller's number (keyed with PAINLINE_HMAC_KEY, "
+        "never stored) for calls that do not. A baseline under the wrong one is never used.",
+    )
+    e.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="[PATIENT_REF] AUDIO",
+        help="the hotline's patient reference (not with --phone), then recordings of the patient's normal voice",
+    )
+    e.add_argument(
+        "--phone",
+        metavar="NUMBER",
+        default=None,
+        help="key the patient by this caller number (E.164, e.g. +15550002222) as a call from it is "
+        "keyed; needs PAINLINE_HMAC_KEY. Instead of PATIENT_REF",
+    )
+    e.add_argument("--actor", default=None, help="who is enrolling, for the audit trail (default: cli:<user>)")
     e.add_argument("--no-speaker", action="store_true", help="do not load speaker verification")
-    e.add_argument("--no-speaker-check", action="store_true",
-                   help="accept clips even if they do not match the patient's voiceprint")
+    e.add_argument(
+        "--no-speaker-check",
+        action="store_true",
+        help="accept clips even if they do not match the patient's voiceprint",
+    )
     e.set_defaults(func=cmd_baseline_enroll)
 
     add_data_parsers(sub)
@@ -755,8 +906,10 @@ def build_parser() -> argparse.ArgumentParser:
     from dashboard.users import add_cli_parser
 
     add_cli_parser(sub).set_defaults(func=cmd_users)
-    for name, summary in (("train", "train a model (painline.research)"),
-                          ("evaluate", "evaluate a model (painline.research)")):
+    for name, summary in (
+        ("train", "train a model (painline.research)"),
+        ("evaluate", "evaluate a model (painline.research)"),
+    ):
         sub.add_parser(name, help=summary, add_help=False)
     return parser
 

@@ -39,79 +39,171 @@ class Settings:
     """All runtime settings. Build with :meth:`from_env`; override with :meth:`with_`."""
 
     # -- storage and services ---------------------------------------------------------------------
-    var_dir: Path = field(default=Path("var"), metadata=_doc(
-        "Folder for the embedded SQLite database and the embedded Redis (used when the URLs below are empty)."))
-    database_url: str = field(default="", metadata=_doc(
-        "SQLAlchemy URL of the database (`postgresql+psycopg://...` in production). Empty: SQLite under "
-        "`PAINLINE_VAR_DIR`.", production=True))
-    redis_url: str = field(default="", metadata=_doc(
-        "URL of the Redis server that carries the job queue and the flag channel. Empty: an embedded "
-        "redis-server under `PAINLINE_VAR_DIR`, started by the first painline process and stopped with the "
-        "last.", production=True))
-    queue_name: str = field(default="painline", metadata=_doc(
-        "Name of the RQ queue the web and worker processes share."))
-    deployment_name: str = field(default="", metadata=_doc(
-        "Names this deployment's Redis pub/sub channels (`painline:<name>:flags`), which every database of a "
-        "Redis server shares. Letters, digits, `.`, `_` and `-`. Empty: derived from the Redis database number "
-        "and the database URL, so processes with the same `PAINLINE_REDIS_URL` and `PAINLINE_DATABASE_URL` "
-        "agree; set it when they reach the same servers by different URLs."))
+    var_dir: Path = field(
+        default=Path("var"),
+        metadata=_doc(
+            "Folder for the embedded SQLite database and the embedded Redis (used when the URLs below are empty)."
+        ),
+    )
+    database_url: str = field(
+        default="",
+        metadata=_doc(
+            "SQLAlchemy URL of the database (`postgresql+psycopg://...` in production). Empty: SQLite under "
+            "`PAINLINE_VAR_DIR`.",
+            production=True,
+        ),
+    )
+    redis_url: str = field(
+        default="",
+        metadata=_doc(
+            "URL of the Redis server that carries the job queue and the flag channel. Empty: an embedded "
+            "redis-server under `PAINLINE_VAR_DIR`, started by the first painline process and stopped with the "
+            "last.",
+            production=True,
+        ),
+    )
+    queue_name: str = field(
+        default="painline", metadata=_doc("Name of the RQ queue the web and worker processes share.")
+    )
+    deployment_name: str = field(
+        default="",
+        metadata=_doc(
+            "Names this deployment's Redis pub/sub channels (`painline:<name>:flags`), which every database of a "
+            "Redis server shares. Letters, digits, `.`, `_` and `-`. Empty: derived from the Redis database number "
+            "and the database URL, so processes with the same `PAINLINE_REDIS_URL` and `PAINLINE_DATABASE_URL` "
+            "agree; set it when they reach the same servers by different URLs."
+        ),
+    )
     # -- Twilio and the call flow ------------------------------------------------------------------
-    public_url: str = field(default="http://localhost:8000", metadata=_doc(
-        "The https URL Twilio is configured with; Twilio's request signatures are checked against it.",
-        production=True))
-    twilio_auth_token: str = field(default="", metadata=_doc(
-        "The Twilio account's auth token, which verifies X-Twilio-Signature.", production=True, secret=True))
-    next_redirect_url: str = field(default="", metadata=_doc(
-        "The hotline's own TwiML URL, `<Redirect>`ed to once the stream has started."))
+    public_url: str = field(
+        default="http://localhost:8000",
+        metadata=_doc(
+            "The https URL Twilio is configured with; Twilio's request signatures are checked against it.",
+            production=True,
+        ),
+    )
+    twilio_auth_token: str = field(
+        default="",
+        metadata=_doc(
+            "The Twilio account's auth token, which verifies X-Twilio-Signature.", production=True, secret=True
+        ),
+    )
+    next_redirect_url: str = field(
+        default="", metadata=_doc("The hotline's own TwiML URL, `<Redirect>`ed to once the stream has started.")
+    )
     next_dial: str = field(default="", metadata=_doc("A number to `<Dial>` once the stream has started."))
-    next_enqueue: str = field(default="", metadata=_doc(
-        "A Twilio queue to `<Enqueue>` the caller in once the stream has started."))
-    consent_message: str = field(default=(
-        "This call may be analysed by an automated system to help our nurses prioritise callers."),
-        metadata=_doc("What the caller hears before any audio is analysed."))
-    stream_token_ttl_s: int = field(default=120, metadata=_doc(
-        "Seconds a single-use stream token stays valid between the webhook and the stream's start."))
-    vad_aggressiveness: int = field(default=2, metadata=_doc(
-        "webrtcvad aggressiveness (0-3) used to cut the caller's speech into utterances."))
+    next_enqueue: str = field(
+        default="", metadata=_doc("A Twilio queue to `<Enqueue>` the caller in once the stream has started.")
+    )
+    consent_message: str = field(
+        default=("This call may be analysed by an automated system to help our nurses prioritise callers."),
+        metadata=_doc("What the caller hears before any audio is analysed."),
+    )
+    stream_token_ttl_s: int = field(
+        default=120,
+        metadata=_doc("Seconds a single-use stream token stays valid between the webhook and the stream's start."),
+    )
+    vad_aggressiveness: int = field(
+        default=2, metadata=_doc("webrtcvad aggressiveness (0-3) used to cut the caller's speech into utterances.")
+    )
     # -- secrets -----------------------------------------------------------------------------------
-    hmac_key: str = field(default="", metadata=_doc(
-        "Long random secret that keys caller numbers and signs stream tokens; never change it once calls are "
-        "stored.", production=True, secret=True))
-    secret_key: str = field(default="", metadata=_doc(
-        "Long random secret signing the web UI's sessions; every web process must share it.",
-        production=True, secret=True))
-    data_keys: str = field(default="", metadata=_doc(
-        "Fernet keys, comma-separated, newest first, encrypting audio, embeddings and baselines at rest "
-        "(`painline keys generate`). Empty stores them unencrypted: the demo and tests only.",
-        production=True, secret=True))
+    hmac_key: str = field(
+        default="",
+        metadata=_doc(
+            "Long random secret that keys caller numbers and signs stream tokens; never change it once calls are "
+            "stored.",
+            production=True,
+            secret=True,
+        ),
+    )
+    secret_key: str = field(
+        default="",
+        metadata=_doc(
+            "Long random secret signing the web UI's sessions; every web process must share it.",
+            production=True,
+            secret=True,
+        ),
+    )
+    data_keys: str = field(
+        default="",
+        metadata=_doc(
+            "Fernet keys, comma-separated, newest first, encrypting audio, embeddings and baselines at rest "
+            "(`painline keys generate`). Empty stores them unencrypted: the demo and tests only.",
+            production=True,
+            secret=True,
+        ),
+    )
     # -- the model and scoring ---------------------------------------------------------------------
-    model_path: Path = field(default=_PACKAGE_DIR / "models" / "default.joblib", metadata=_doc(
-        "The trained model artifact (`.joblib`, with its `.card.json` beside it).", default_text="the bundled model"))
+    model_path: Path = field(
+        default=_PACKAGE_DIR / "models" / "default.joblib",
+        metadata=_doc(
+            "The trained model artifact (`.joblib`, with its `.card.json` beside it).", default_text="the bundled model"
+        ),
+    )
     embedder: str = field(default="", metadata=_doc("Embedder to score with. Empty: the one the model card names."))
-    hear_path: Path = field(default=Path(""), metadata=_doc(
-        "A local Google HeAR SavedModel folder, for the `hear` embedder."))
-    flag_threshold: float = field(default=0.0, metadata=_doc(
-        "Call probability at which a call is flagged. 0: the model card's threshold."))
-    min_speech_s: float = field(default=3.0, metadata=_doc(
-        "Seconds of scored speech below which a call's verdict is inconclusive."))
+    hear_path: Path = field(
+        default=Path(""), metadata=_doc("A local Google HeAR SavedModel folder, for the `hear` embedder.")
+    )
+    flag_threshold: float = field(
+        default=0.0, metadata=_doc("Call probability at which a call is flagged. 0: the model card's threshold.")
+    )
+    min_speech_s: float = field(
+        default=3.0, metadata=_doc("Seconds of scored speech below which a call's verdict is inconclusive.")
+    )
     flag_webhook_url: str = field(default="", metadata=_doc("The hotline's URL told about every flag (signed POST)."))
     flag_webhook_secret: str = field(default="", metadata=_doc("Secret signing the flag webhook.", secret=True))
     # -- jobs --------------------------------------------------------------------------------------
     job_retries: int = field(default=5, metadata=_doc("Retries of a failed job before it waits for `painline sweep`."))
     failure_ttl_s: int = field(default=24 * 3600, metadata=_doc("Seconds RQ keeps a failed job for inspection."))
     # -- the web UI --------------------------------------------------------------------------------
-    idle_timeout_s: int = field(default=30 * 60, metadata=_doc(
-        "Seconds without a page load (background refreshes excluded) after which a nurse is signed out."))
-    login_limit: int = field(default=5, metadata=_doc("Failed sign-ins allowed per window before further tries wait."))
-    login_window_s: int = field(default=5 * 60, metadata=_doc("The window of `PAINLINE_LOGIN_LIMIT`, in seconds."))
+    idle_timeout_s: int = field(
+        default=30 * 60,
+        metadata=_doc("Seconds without a page load (background refreshes excluded) after which a nurse is signed out."),
+    )
+    login_limit: int = field(
+        default=5,
+        metadata=_doc(
+            "Sign-in attempts allowed for one username from one client address per window; a successful one is "
+            "not counted. Beyond it that pair waits for the window to end (429 with Retry-After)."
+        ),
+    )
+    login_address_limit: int = field(
+        default=20,
+        metadata=_doc(
+            "Failed sign-ins allowed from one client address per window, whatever the username (password spraying)."
+        ),
+    )
+    login_user_limit: int = field(
+        default=50,
+        metadata=_doc(
+            "Failed sign-ins allowed for one username per window, from all addresses together (distributed "
+            "guessing). Beyond it the account signs in only from addresses it has signed in from before."
+        ),
+    )
+    login_window_s: int = field(default=5 * 60, metadata=_doc("The window of the sign-in limits, in seconds."))
+    trusted_proxies: int = field(
+        default=0,
+        metadata=_doc(
+            "Reverse proxies in front of the web processes whose `X-Forwarded-For` entries are trusted (as "
+            "werkzeug's ProxyFix `x_for`). 0: the socket's address is the client's. Behind one proxy set 1, or "
+            "every client shares the proxy's address for the sign-in limits."
+        ),
+    )
     # -- retention ---------------------------------------------------------------------------------
-    audio_retention_hours: float = field(default=24.0, metadata=_doc(
-        "Unscored audio older than this is deleted by `painline retention`."))
-    score_retention_days: float = field(default=365.0, metadata=_doc(
-        "Scores and utterances of calls older than this are deleted (flags and the audit trail are kept)."))
+    audio_retention_hours: float = field(
+        default=24.0, metadata=_doc("Unscored audio older than this is deleted by `painline retention`.")
+    )
+    score_retention_days: float = field(
+        default=365.0,
+        metadata=_doc(
+            "Scores and utterances of calls older than this are deleted (flags and the audit trail are kept)."
+        ),
+    )
     # -- research and operations -------------------------------------------------------------------
-    data_dir: Path = field(default=Path("../shared/data"), metadata=_doc(
-        "Corpora for `painline train` and `painline evaluate` (a `manifest.csv` per corpus)."))
+    data_dir: Path = field(
+        default=Path("../shared/data"),
+        metadata=_doc("Corpora for `painline train` and `painline evaluate` (a `manifest.csv` per corpus)."),
+    )
     cache_dir: Path = field(default=Path(".cache"), metadata=_doc("Feature cache for train and evaluate."))
     log_level: str = field(default="INFO", metadata=_doc("Log level of every painline process."))
 
@@ -273,13 +365,17 @@ def production_problems(settings: Settings, *, web_processes: int = 1) -> list[P
     if not settings.secret_key:
         message = "PAINLINE_SECRET_KEY is not set: sign-ins would not survive a restart"
         if web_processes > 1:
-            refuse(f"{message} or be shared between the {web_processes} web processes (sign-ins fail at random); "
-                   + SECRET_KEY_HINT)
+            refuse(
+                f"{message} or be shared between the {web_processes} web processes (sign-ins fail at random); "
+                + SECRET_KEY_HINT
+            )
         else:
             warn(f"{message}; {SECRET_KEY_HINT}")
     if not settings.data_keys:
-        warn("PAINLINE_DATA_KEYS is not set: voice data would be stored unencrypted; "
-             "make one with: painline keys generate")
+        warn(
+            "PAINLINE_DATA_KEYS is not set: voice data would be stored unencrypted; "
+            "make one with: painline keys generate"
+        )
     if not settings.database_url:
         warn("PAINLINE_DATABASE_URL is not set: the embedded SQLite database is for the demo only")
     elif settings.database_url.startswith("sqlite"):
@@ -291,12 +387,18 @@ def production_problems(settings: Settings, *, web_processes: int = 1) -> list[P
     if settings.next_redirect_url and urlsplit(settings.next_redirect_url).scheme not in {"http", "https"}:
         refuse("PAINLINE_NEXT_REDIRECT_URL must be an http(s) URL")
     if settings.flag_webhook_url and not settings.flag_webhook_secret:
-        refuse("PAINLINE_FLAG_WEBHOOK_URL is set without PAINLINE_FLAG_WEBHOOK_SECRET: the hotline could not "
-               "tell painline's flags from forged ones")
+        refuse(
+            "PAINLINE_FLAG_WEBHOOK_URL is set without PAINLINE_FLAG_WEBHOOK_SECRET: the hotline could not "
+            "tell painline's flags from forged ones"
+        )
     if not settings.model_path.exists():
         warn(f"PAINLINE_MODEL_PATH: no model at {settings.model_path}; workers cannot start")
     if settings.deployment_name and not _NAMESPACE.fullmatch(settings.deployment_name):
         refuse("PAINLINE_DEPLOYMENT_NAME may hold only letters, digits, '.', '_' and '-' (at most 64)")
+    if settings.trusted_proxies < 0:
+        refuse("PAINLINE_TRUSTED_PROXIES must be 0 or more")
+    if min(settings.login_limit, settings.login_address_limit, settings.login_user_limit) < 1:
+        refuse("PAINLINE_LOGIN_LIMIT, PAINLINE_LOGIN_ADDRESS_LIMIT and PAINLINE_LOGIN_USER_LIMIT must be 1 or more")
     if not 0 <= settings.vad_aggressiveness <= 3:
         refuse("PAINLINE_VAD_AGGRESSIVENESS must be 0, 1, 2 or 3")
     if not 0 <= settings.flag_threshold < 1:

@@ -42,6 +42,9 @@ is unfinished. Every job is idempotent, so the worst case of any remaining race 
 
 **Flag channels** are namespaced per deployment (:func:`flag_channel`): Redis pub/sub ignores the
 database number, so two painlines on one Redis server would otherwise hear each other's flags.
+
+**Dashboard sessions and sign-in counters** (:func:`session_key`, :func:`user_sessions_key`,
+:func:`login_counter_key`, :func:`known_address_key`) live under the same per-deployment namespace.
 """
 
 from __future__ import annotations
@@ -119,9 +122,54 @@ def follow_up_id(job_id: str) -> str:
 EVIDENCE_BASELINE_EMBEDDER = "evidence-measures"
 """The ``Baseline.embedder`` of each patient's plain-unit measure baseline (beside the model baselines)."""
 
+
 def enrol_upload_key(token: str) -> str:
     """Redis list where the dashboard leaves uploaded enrolment audio (8 kHz mu-law, one clip an item)."""
     return f"painline:enrol-upload:{token}"
+
+
+def _require_namespace(namespace: str, what: str) -> None:
+    if not namespace:
+        raise ValueError(f"{what} needs the deployment's namespace")
+
+
+def session_key(namespace: str, session_digest: str) -> str:
+    """The record of one dashboard sign-in session (``dashboard.sessions``).
+
+    ``session_digest`` is the SHA-256 of the cookie's session id, never the id itself: whoever can read
+    Redis (``SCAN``, a dump) learns which sessions exist but holds no cookie that would sign them in.
+    Namespaced per deployment like :func:`flag_channel`, so two painlines sharing one Redis database
+    (or one test run beside another) never honour each other's sessions.
+    """
+    _require_namespace(namespace, "a session key")
+    return f"painline:{namespace}:session:{session_digest}"
+
+
+def user_sessions_key(namespace: str, user_id: int) -> str:
+    """Redis set of the session digests of one user, so sign-out, a password change or deactivation
+    can revoke every session of that user at once, on every device."""
+    _require_namespace(namespace, "a user-sessions key")
+    return f"painline:{namespace}:user-sessions:{user_id}"
+
+
+class LoginCounter(StrEnum):
+    """What one sign-in limiter counter counts attempts of (``dashboard.limiter``)."""
+
+    USER_AT_ADDRESS = "user-at-address"
+    ADDRESS = "address"
+    USER = "user"
+
+
+def login_counter_key(namespace: str, counter: LoginCounter, digest: str) -> str:
+    """A sign-in attempt counter; ``digest`` is an HMAC of the username and/or address, never them in clear."""
+    _require_namespace(namespace, "a sign-in counter key")
+    return f"painline:{namespace}:login:{counter.value}:{digest}"
+
+
+def known_address_key(namespace: str, digest: str) -> str:
+    """Marks an address a user has signed in from successfully (``digest``: HMAC of the pair)."""
+    _require_namespace(namespace, "a known-address key")
+    return f"painline:{namespace}:login:known:{digest}"
 
 
 def flag_channel(namespace: str) -> str:
@@ -183,7 +231,7 @@ def _state(queue: Queue, job_id: str) -> tuple[_State, Job | None]:
     job = _fetch(queue, job_id)
     if job is None:
         return _State.NONE, None
-    status = job.get_status(refresh=False)
+    status: JobStatus | None = job.get_status(refresh=False)
     if status == JobStatus.STARTED:
         return _State.RUNNING, job
     if status == JobStatus.DEFERRED and not _waits_on_live_job(queue, job):
@@ -203,26 +251,35 @@ def _waits_on_live_job(queue: Queue, job: Job) -> bool:
     return False
 
 
-def _put(queue: Queue, name: JobName, args: tuple[int | str, ...], job_id: str, options: JobOptions,
-         after: Job | None) -> None:
+def _put(
+    queue: Queue, name: JobName, args: tuple[int | str, ...], job_id: str, options: JobOptions, after: Job | None
+) -> None:
     # the plain string, not the enum member: RQ pickles what it is given and workers resolve the name
     func = str(name.value)
     if after is None:
         try:
-            queue.enqueue(func, *args, job_id=job_id, retry=options.retry(), failure_ttl=options.failure_ttl_s,
-                          unique=True)
+            queue.enqueue(
+                func, *args, job_id=job_id, retry=options.retry(), failure_ttl=options.failure_ttl_s, unique=True
+            )
         except DuplicateJobError:
             # only an enqueuer outside this contract could have put it there since our check; it has not
             # run yet, so it still reads the database after the caller's commit
             log.info("job %s appeared while enqueueing it; keeping that one", job_id)
         return
     # RQ refuses unique=True with a dependency; the lock held by every enqueuer makes it unique here
-    queue.enqueue(func, *args, job_id=job_id, retry=options.retry(), failure_ttl=options.failure_ttl_s,
-                  depends_on=Dependency(jobs=[after], allow_failure=True))
+    queue.enqueue(
+        func,
+        *args,
+        job_id=job_id,
+        retry=options.retry(),
+        failure_ttl=options.failure_ttl_s,
+        depends_on=Dependency(jobs=[after], allow_failure=True),
+    )
 
 
-def _decide(queue: Queue, name: JobName, args: tuple[int | str, ...], job_id: str, options: JobOptions,
-            if_idle: bool) -> Enqueued:
+def _decide(
+    queue: Queue, name: JobName, args: tuple[int | str, ...], job_id: str, options: JobOptions, if_idle: bool
+) -> Enqueued:
     pair = (job_id, follow_up_id(job_id))
     states = [_state(queue, slot) for slot in pair]
     if any(state is _State.WAITING for state, _ in states):
@@ -238,7 +295,7 @@ def _decide(queue: Queue, name: JobName, args: tuple[int | str, ...], job_id: st
         # sweep re-queues the work once they have ended
         log.error("jobs %s and %s are both running; %s not queued again", *pair, job_id)
         return Enqueued.UNAVAILABLE
-    (running_slot, running_job), = running
+    ((running_slot, running_job),) = running
     other = pair[1] if running_slot == pair[0] else pair[0]
     _put(queue, name, args, other, options, after=running_job)
     return Enqueued.FOLLOW_UP
@@ -268,8 +325,14 @@ def enqueue(
         return Enqueued.UNAVAILABLE
     if new_id and not if_idle:
         try:
-            queue.enqueue(str(name.value), *args, job_id=job_id, retry=options.retry(),
-                          failure_ttl=options.failure_ttl_s, unique=True)
+            queue.enqueue(
+                str(name.value),
+                *args,
+                job_id=job_id,
+                retry=options.retry(),
+                failure_ttl=options.failure_ttl_s,
+                unique=True,
+            )
             return Enqueued.NEW
         except DuplicateJobError:
             pass  # held after all: decide under the lock
@@ -300,6 +363,7 @@ __all__ = [
     "Enqueued",
     "JobName",
     "JobOptions",
+    "LoginCounter",
     "enqueue",
     "enrol_job_id",
     "enrol_upload_key",
@@ -307,6 +371,10 @@ __all__ = [
     "flag_channel",
     "follow_up_id",
     "grow_job_id",
+    "known_address_key",
+    "login_counter_key",
     "rebuild_job_id",
     "score_job_id",
+    "session_key",
+    "user_sessions_key",
 ]

@@ -1,8 +1,8 @@
 """Fixtures for the dashboard's sign-in, API and shared queries, on the real app, PostgreSQL and Redis.
 
-- ``dash_app``: ``painline_app`` (tests/app_fixtures.py) with a login-throttle key prefix of its own
-  (its Redis keys are deleted afterwards) and a tiny ``probe`` blueprint whose pages are guarded by
-  :func:`dashboard.auth.require_role`, so page guards can be tested without the real pages.
+- ``dash_app``: ``painline_app`` (tests/app_fixtures.py) with a Redis key namespace of its own for
+  sessions and sign-in counters (its keys are deleted afterwards) and a tiny ``probe`` blueprint
+  whose pages are guarded by :func:`dashboard.auth.require_role`, so page guards can be tested without the real pages.
 - ``dash_users``: one account per role (``nurse1``, ``admin1``, ``auditor1``) with password
   :data:`PASSWORD`, plus a bearer token each: ``dash_users.tokens[role]``.
 - ``dash_seed``: a patient with a finalised flagged call (three scored utterances, open flag), a live
@@ -74,15 +74,15 @@ def probe_blueprint() -> Blueprint:
 
 @pytest.fixture
 def dash_app(painline_app: Flask) -> Iterator[Flask]:
-    prefix = f"painline-test-login:{secrets.token_hex(6)}:"
-    configure(painline_app, replace(config_of(painline_app), login_throttle_prefix=prefix))
+    namespace = f"test-dash-{secrets.token_hex(6)}"
+    configure(painline_app, replace(config_of(painline_app), key_namespace=namespace))
     painline_app.config["TESTING"] = True
     painline_app.register_blueprint(probe_blueprint())
     try:
         yield painline_app
     finally:
         redis: Redis = painline_app.extensions["painline.redis"]
-        keys = list(redis.scan_iter(match=f"{prefix}*"))
+        keys = list(redis.scan_iter(match=f"painline:{namespace}:*"))
         if keys:
             redis.delete(*keys)
 
@@ -132,55 +132,122 @@ def dash_seed(dash_app: Flask) -> Seed:
         s.add(patient)
         s.flush()
         call = Call(
-            call_sid="CA" + "1" * 32, patient_id=patient.id, started_at=now - timedelta(minutes=10),
-            ended_at=now - timedelta(minutes=2), status=CallStatus.FINALISED.value,
-            verdict=Verdict.PAIN_LIKELY.value, call_score=0.81, speech_s=12.5, consent=True,
-            evidence={"model_version": MODEL_VERSION, "threshold": 0.6, "speaker_mismatches": 0,
-                      "moved": [{"key": "pitch", "delta": 2.3, "unit": "semitones"}]},
+            call_sid="CA" + "1" * 32,
+            patient_id=patient.id,
+            started_at=now - timedelta(minutes=10),
+            ended_at=now - timedelta(minutes=2),
+            status=CallStatus.FINALISED.value,
+            verdict=Verdict.PAIN_LIKELY.value,
+            call_score=0.81,
+            speech_s=12.5,
+            consent=True,
+            evidence={
+                "model_version": MODEL_VERSION,
+                "threshold": 0.6,
+                "speaker_mismatches": 0,
+                "moved": [{"key": "pitch", "delta": 2.3, "unit": "semitones"}],
+            },
         )
-        live = Call(call_sid="CA" + "2" * 32, patient_id=patient.id, started_at=now - timedelta(minutes=1),
-                    status=CallStatus.STREAMING.value)
+        live = Call(
+            call_sid="CA" + "2" * 32,
+            patient_id=patient.id,
+            started_at=now - timedelta(minutes=1),
+            status=CallStatus.STREAMING.value,
+        )
         s.add_all([call, live])
         s.flush()
         utterance_ids = []
         for seq, p in enumerate((0.4, 0.9, 0.85)):
-            u = Utterance(call_id=call.id, seq=seq, start_ms=seq * 4000, end_ms=seq * 4000 + 3000,
-                          speech_s=3.0, status=UtteranceStatus.SCORED.value)
+            u = Utterance(
+                call_id=call.id,
+                seq=seq,
+                start_ms=seq * 4000,
+                end_ms=seq * 4000 + 3000,
+                speech_s=3.0,
+                status=UtteranceStatus.SCORED.value,
+            )
             s.add(u)
             s.flush()
-            s.add(Score(utterance_id=u.id, model_version=MODEL_VERSION, probability=p, baseline_applied=True,
-                        baseline_n=2, speaker_similarity=0.9, embedding=_vectors(1, 4, seq).tobytes()))
+            s.add(
+                Score(
+                    utterance_id=u.id,
+                    model_version=MODEL_VERSION,
+                    probability=p,
+                    baseline_applied=True,
+                    baseline_n=2,
+                    speaker_similarity=0.9,
+                    embedding=_vectors(1, 4, seq).tobytes(),
+                )
+            )
             utterance_ids.append(u.id)
-        flag = Flag(call_id=call.id, patient_id=patient.id, severity=0.81, level="high",
-                    status=FlagStatus.OPEN.value, raised_at=now - timedelta(minutes=5))
+        flag = Flag(
+            call_id=call.id,
+            patient_id=patient.id,
+            severity=0.81,
+            level="high",
+            status=FlagStatus.OPEN.value,
+            raised_at=now - timedelta(minutes=5),
+        )
         s.add(flag)
         model_vectors = _vectors(2, 4, 7)
-        baseline = Baseline(patient_id=patient.id, embedder="egemaps", model_version=MODEL_VERSION,
-                            stats=RunningStats.from_array(model_vectors.astype(np.float64)).to_dict(), count=2)
+        baseline = Baseline(
+            patient_id=patient.id,
+            embedder="egemaps",
+            model_version=MODEL_VERSION,
+            stats=RunningStats.from_array(model_vectors.astype(np.float64)).to_dict(),
+            count=2,
+        )
         ev_vectors = _vectors(2, len(MEASURE_KEYS), 8) + 10
-        evidence = Baseline(patient_id=patient.id, embedder=EVIDENCE_BASELINE_EMBEDDER,
-                            model_version=f"evidence-v{EVIDENCE_VERSION}",
-                            stats=RunningStats.from_array(ev_vectors.astype(np.float64)).to_dict(), count=2)
+        evidence = Baseline(
+            patient_id=patient.id,
+            embedder=EVIDENCE_BASELINE_EMBEDDER,
+            model_version=f"evidence-v{EVIDENCE_VERSION}",
+            stats=RunningStats.from_array(ev_vectors.astype(np.float64)).to_dict(),
+            count=2,
+        )
         s.add_all([baseline, evidence])
         s.flush()
         contributions = [
-            BaselineContribution(baseline_id=baseline.id, source=ContributionSource.ENROLMENT.value,
-                                 embedding=model_vectors[0].astype("<f4").tobytes(), created_at=now),
-            BaselineContribution(baseline_id=baseline.id, source=ContributionSource.RESOLVED_CALL.value,
-                                 utterance_id=utterance_ids[0], call_id=call.id,
-                                 embedding=model_vectors[1].astype("<f4").tobytes(), created_at=now),
-            BaselineContribution(baseline_id=evidence.id, source=ContributionSource.ENROLMENT.value,
-                                 embedding=ev_vectors[0].astype("<f4").tobytes(), created_at=now),
-            BaselineContribution(baseline_id=evidence.id, source=ContributionSource.RESOLVED_CALL.value,
-                                 utterance_id=utterance_ids[0], call_id=call.id,
-                                 embedding=ev_vectors[1].astype("<f4").tobytes(), created_at=now),
+            BaselineContribution(
+                baseline_id=baseline.id,
+                source=ContributionSource.ENROLMENT.value,
+                embedding=model_vectors[0].astype("<f4").tobytes(),
+                created_at=now,
+            ),
+            BaselineContribution(
+                baseline_id=baseline.id,
+                source=ContributionSource.RESOLVED_CALL.value,
+                utterance_id=utterance_ids[0],
+                call_id=call.id,
+                embedding=model_vectors[1].astype("<f4").tobytes(),
+                created_at=now,
+            ),
+            BaselineContribution(
+                baseline_id=evidence.id,
+                source=ContributionSource.ENROLMENT.value,
+                embedding=ev_vectors[0].astype("<f4").tobytes(),
+                created_at=now,
+            ),
+            BaselineContribution(
+                baseline_id=evidence.id,
+                source=ContributionSource.RESOLVED_CALL.value,
+                utterance_id=utterance_ids[0],
+                call_id=call.id,
+                embedding=ev_vectors[1].astype("<f4").tobytes(),
+                created_at=now,
+            ),
         ]
         s.add_all(contributions)
         s.flush()
         return Seed(
-            patient_id=patient.id, call_id=call.id, flag_id=flag.id, live_call_id=live.id,
-            baseline_id=baseline.id, evidence_baseline_id=evidence.id,
-            contribution_ids=[c.id for c in contributions[:2]], utterance_ids=utterance_ids,
+            patient_id=patient.id,
+            call_id=call.id,
+            flag_id=flag.id,
+            live_call_id=live.id,
+            baseline_id=baseline.id,
+            evidence_baseline_id=evidence.id,
+            contribution_ids=[c.id for c in contributions[:2]],
+            utterance_ids=utterance_ids,
         )
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import time
 
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from dashboard.config import config_of
-from dashboard.security import LoginThrottle, hash_api_token, safe_next_url, verify_password
+from dashboard.security import hash_api_token, safe_next_url, verify_password
+from dashboard.sessions import ServerSession, store_of
 from dashboard.users import revoke_api_tokens, set_active
+from painline.config import Settings
 from schema.db import session_scope
 from schema.models import ApiToken, AuditEvent, User
 from tests.dashboard_fixtures import PASSWORD, DashUsers, bearer, csrf_of, login
@@ -38,7 +41,8 @@ def test_login_success_sets_a_hardened_session_and_is_audited(dash_app: Flask, d
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
     assert "Secure" not in cookie  # public_url is http in the tests
     me = client.get("/api/v1/me")
-    assert me.status_code == 200 and me.json["username"] == "nurse1" and me.json["via_token"] is False
+    assert me.status_code == 200 and me.json is not None
+    assert me.json["username"] == "nurse1" and me.json["via_token"] is False
     rows = audit_rows(dash_app, "auth.login")
     assert [r.actor for r in rows] == ["nurse1"]
     assert PASSWORD not in str([r.detail for r in audit_rows(dash_app, "auth.login")])
@@ -63,7 +67,7 @@ def test_login_failure_is_401_and_audited_without_the_password(dash_app: Flask, 
 
 
 def test_inactive_account_cannot_sign_in(dash_app: Flask, dash_users: DashUsers) -> None:
-    set_active(dash_app.extensions["painline.sessions"], "nurse1", False)
+    set_active(dash_app.extensions["painline.sessions"], "nurse1", False, revoker=store_of(dash_app))
     assert login(dash_app.test_client(), "nurse1").status_code == 401
 
 
@@ -79,18 +83,8 @@ def test_rate_limit_gives_429_after_five_failures_even_with_the_right_password(
     assert login(dash_app.test_client(), "nurse1").status_code == 302
     # keys hold no username in clear
     redis = dash_app.extensions["painline.redis"]
-    keys = [k.decode() for k in redis.scan_iter(match=config_of(dash_app).login_throttle_prefix + "*")]
+    keys = [k.decode() for k in redis.scan_iter(match=f"painline:{config_of(dash_app).key_namespace}:login:*")]
     assert keys and all("admin1" not in k for k in keys)
-
-
-def test_throttle_window_expires(dash_app: Flask) -> None:
-    throttle = LoginThrottle(dash_app.extensions["painline.redis"], b"k",
-                             prefix=config_of(dash_app).login_throttle_prefix, limit=2, window_s=1)
-    throttle.failed("u", "1.2.3.4")
-    throttle.failed("u", "1.2.3.4")
-    assert throttle.blocked("u", "1.2.3.4") and not throttle.blocked("u", "5.6.7.8")
-    time.sleep(1.2)
-    assert not throttle.blocked("u", "1.2.3.4")
 
 
 def test_success_clears_the_failure_count(dash_app: Flask, dash_users: DashUsers) -> None:
@@ -116,12 +110,19 @@ def test_logout_is_post_only(dash_app: Flask) -> None:
     assert dash_app.test_client().get("/logout").status_code == 405
 
 
+def backdate(client: FlaskClient, seconds: float) -> None:
+    """Make the client's session look ``seconds`` older than its last activity."""
+    with client.session_transaction() as session:
+        assert isinstance(session, ServerSession)
+        session.last_active -= seconds
+        session.modified = True
+
+
 def test_idle_timeout_signs_out(dash_app: Flask, dash_users: DashUsers) -> None:
     client = dash_app.test_client()
     login(client, "nurse1")
     assert client.get("/probe/nurse").status_code == 200
-    with client.session_transaction() as session:
-        session["last_seen"] = int(time.time()) - config_of(dash_app).idle_timeout_s - 5
+    backdate(client, config_of(dash_app).idle_timeout_s + 5)
     response = client.get("/probe/nurse")
     assert response.status_code == 302 and "/login" in response.headers["Location"]
     assert client.get("/api/v1/me").status_code == 401
@@ -131,11 +132,11 @@ def test_idle_timeout_signs_out(dash_app: Flask, dash_users: DashUsers) -> None:
 def test_activity_keeps_the_session_alive(dash_app: Flask, dash_users: DashUsers) -> None:
     client = dash_app.test_client()
     login(client, "nurse1")
-    with client.session_transaction() as session:
-        session["last_seen"] = int(time.time()) - config_of(dash_app).idle_timeout_s + 60
+    backdate(client, config_of(dash_app).idle_timeout_s - 60)
     assert client.get("/probe/nurse").status_code == 200
     with client.session_transaction() as session:
-        assert int(time.time()) - session["last_seen"] < 5
+        assert isinstance(session, ServerSession)
+        assert time.time() - session.last_active < 5
 
 
 def test_page_guard_redirects_anonymous_and_forbids_the_wrong_role(dash_app: Flask, dash_users: DashUsers) -> None:
@@ -182,9 +183,7 @@ def test_sign_in_rotates_the_csrf_token(dash_app: Flask, dash_users: DashUsers) 
     assert csrf_of(client) != before
 
 
-def test_auditor_can_never_change_anything_even_where_a_route_allows_it(
-    dash_app: Flask, dash_users: DashUsers
-) -> None:
+def test_auditor_can_never_change_anything_even_where_a_route_allows_it(dash_app: Flask, dash_users: DashUsers) -> None:
     client = dash_app.test_client()
     login(client, "auditor1")
     # /probe/form lists "auditor" among its roles; the read-only rule still wins
@@ -204,7 +203,7 @@ def test_api_token_auth_valid_missing_malformed_revoked(dash_app: Flask, dash_us
     ok = client.get("/api/v1/me", headers=bearer(dash_users.tokens["nurse"]))
     assert ok.status_code == 200 and ok.json == {"username": "nurse1", "role": "nurse", "via_token": True}
     missing = client.get("/api/v1/me")
-    assert missing.status_code == 401 and missing.json["error"] == "unauthorized"
+    assert missing.status_code == 401 and missing.json is not None and missing.json["error"] == "unauthorized"
     assert missing.headers["WWW-Authenticate"].startswith("Bearer")
     assert client.get("/api/v1/me", headers=bearer("pl_not-a-token")).status_code == 401
     assert client.get("/api/v1/me", headers={"Authorization": "Basic abc"}).status_code == 401
@@ -214,7 +213,7 @@ def test_api_token_auth_valid_missing_malformed_revoked(dash_app: Flask, dash_us
 
 
 def test_token_of_a_deactivated_user_stops_working(dash_app: Flask, dash_users: DashUsers) -> None:
-    set_active(dash_app.extensions["painline.sessions"], "admin1", False)
+    set_active(dash_app.extensions["painline.sessions"], "admin1", False, revoker=store_of(dash_app))
     assert dash_app.test_client().get("/api/v1/me", headers=bearer(dash_users.tokens["admin"])).status_code == 401
 
 
@@ -240,7 +239,7 @@ def test_safe_next_url() -> None:
         assert safe_next_url(bad, "/home") == "/home"
 
 
-def test_session_cookie_is_secure_behind_https(app_settings, dash_app: Flask) -> None:  # type: ignore[no-untyped-def]
+def test_session_cookie_is_secure_behind_https(app_settings: Settings, dash_app: Flask) -> None:
     from painline.app import close_app, create_app
 
     app = create_app(app_settings.with_(public_url="https://painline.example"))

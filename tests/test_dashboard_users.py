@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy import select
 from dashboard import queries
 from dashboard.config import config_of
 from dashboard.queries import Store, patient_label
+from dashboard.sessions import store_of
 from dashboard.users import UserError, add_cli_parser, add_user, create_api_token, run_command
 from painline.app import dashboard_config
 from schema.db import session_scope
@@ -29,8 +31,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def test_first_admin_from_the_documented_command_with_password_on_stdin(dash_app: Flask) -> None:
     sessions = dash_app.extensions["painline.sessions"]
-    status = run_command(sessions, parse(["users", "add", "--role", "admin", "chief"]),
-                         stdin=io.StringIO("a long enough secret\n"))
+    status = run_command(
+        sessions,
+        parse(["users", "add", "--role", "admin", "chief"]),
+        stdin=io.StringIO("a long enough secret\n"),
+        revoker=None,
+    )
     assert status == 0
     with session_scope(sessions) as s:
         user = s.scalars(select(User).where(User.username == "chief")).one()
@@ -42,7 +48,12 @@ def test_first_admin_from_the_documented_command_with_password_on_stdin(dash_app
 
 def test_cli_refuses_weak_passwords_duplicates_and_bad_roles(dash_app: Flask, capsys: pytest.CaptureFixture) -> None:
     sessions = dash_app.extensions["painline.sessions"]
-    assert run_command(sessions, parse(["users", "add", "--role", "nurse", "n1"]), stdin=io.StringIO("short\n")) == 1
+    assert (
+        run_command(
+            sessions, parse(["users", "add", "--role", "nurse", "n1"]), stdin=io.StringIO("short\n"), revoker=None
+        )
+        == 1
+    )
     assert "at least" in capsys.readouterr().err
     add_user(sessions, "n1", "nurse", "twelve chars ok")
     with pytest.raises(UserError, match="already exists"):
@@ -58,12 +69,12 @@ def test_cli_refuses_weak_passwords_duplicates_and_bad_roles(dash_app: Flask, ca
 def test_token_command_prints_a_working_token_once(dash_app: Flask, capsys: pytest.CaptureFixture) -> None:
     sessions = dash_app.extensions["painline.sessions"]
     add_user(sessions, "svc", "auditor", "twelve chars ok")
-    assert run_command(sessions, parse(["users", "token", "svc"])) == 0
+    assert run_command(sessions, parse(["users", "token", "svc"]), revoker=None) == 0
     token = capsys.readouterr().out.strip()
     assert token.startswith("pl_")
     me = dash_app.test_client().get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
-    assert me.json["role"] == "auditor"
-    assert run_command(sessions, parse(["users", "revoke-tokens", "svc"])) == 0
+    assert me.json is not None and me.json["role"] == "auditor"
+    assert run_command(sessions, parse(["users", "revoke-tokens", "svc"]), revoker=None) == 0
     assert dash_app.test_client().get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
     with pytest.raises(UserError):
         create_api_token(sessions, "nobody")
@@ -72,10 +83,14 @@ def test_token_command_prints_a_working_token_once(dash_app: Flask, capsys: pyte
 def test_password_and_deactivate_commands(dash_app: Flask) -> None:
     sessions = dash_app.extensions["painline.sessions"]
     add_user(sessions, "n1", "nurse", "twelve chars ok")
-    assert run_command(sessions, parse(["users", "password", "n1"]), stdin=io.StringIO("another secret!\n")) == 0
+    store = store_of(dash_app)
+    assert (
+        run_command(sessions, parse(["users", "password", "n1"]), stdin=io.StringIO("another secret!\n"), revoker=store)
+        == 0
+    )
     assert login(dash_app.test_client(), "n1", "twelve chars ok").status_code == 401
     assert login(dash_app.test_client(), "n1", "another secret!").status_code == 302
-    assert run_command(sessions, parse(["users", "deactivate", "n1"])) == 0
+    assert run_command(sessions, parse(["users", "deactivate", "n1"]), revoker=store) == 0
     assert login(dash_app.test_client(), "n1", "another secret!").status_code == 401
 
 
@@ -106,11 +121,12 @@ def test_flag_changes_are_published_for_live_queues(dash_app: Flask, dash_seed: 
     assert set(body) == {"event", "flag_id", "call_id", "level", "severity", "status", "sent_at"}
 
 
-def test_threshold_falls_back_to_the_model_card(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_threshold_falls_back_to_the_model_card(tmp_path: Path) -> None:
     from painline.config import Settings
 
     model = tmp_path / "m.joblib"
     (tmp_path / "m.card.json").write_text(json.dumps({"threshold": {"value": 0.42}}))
+
     def threshold(**settings: Any) -> float | None:
         return queries.configured_threshold(dashboard_config(Settings(**settings)))
 
