@@ -23,14 +23,17 @@ class CallVerdict(StrEnum):
 
 def logit(p: np.ndarray | Sequence[float]) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=np.float64), _CLIP, 1 - _CLIP)
-    return np.log(p / (1 - p))
+    log_odds: np.ndarray = np.log(p / (1 - p))
+    return log_odds
 
 
 def sigmoid(z: np.ndarray | float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
 
 
-def call_probability(probs: Sequence[float], speech_s: Sequence[float] | None = None) -> float:
+def call_probability(
+    probs: Sequence[float] | np.ndarray, speech_s: Sequence[float] | np.ndarray | None = None
+) -> float:
     """Speech-weighted mean log-odds of the utterances, mapped back to a probability."""
     if len(probs) == 0:
         return float("nan")

@@ -64,10 +64,11 @@ def _load_with_pydub(path: Path, cause: Exception) -> tuple[np.ndarray, int]:
 def rms_dbfs(x: np.ndarray) -> float:
     """Root-mean-square level in dB relative to full scale (-inf guarded to -120 dB)."""
     rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
-    return 20.0 * np.log10(max(rms, 1e-6))
+    return float(20.0 * np.log10(max(rms, 1e-6)))
 
 
 def rms_normalise(x: np.ndarray, target_dbfs: float = -23.0) -> np.ndarray:
     """Scale to a target RMS level: removes recording level, which is a confound in the corpora."""
     gain = 10.0 ** ((target_dbfs - rms_dbfs(x)) / 20.0)
-    return np.clip(x * gain, -1.0, 1.0).astype(np.float32)
+    scaled: np.ndarray = np.clip(x * gain, -1.0, 1.0)
+    return scaled.astype(np.float32)

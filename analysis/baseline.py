@@ -83,7 +83,8 @@ class RunningStats:
 
     @property
     def std(self) -> np.ndarray:
-        return np.sqrt(self.var)
+        std: np.ndarray = np.sqrt(self.var)
+        return std
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": int(self.n), "mean": self.mean.tolist(), "m2": self.m2.tolist()}
@@ -138,7 +139,8 @@ class TwoLevelNormaliser:
         pop = population or self.population
         if pop is None:
             raise RuntimeError("normaliser is not fitted and no population statistics were given")
-        return (np.asarray(X, dtype=np.float64) - pop.mean) / (pop.std + _EPS)
+        z: np.ndarray = (np.asarray(X, dtype=np.float64) - pop.mean) / (pop.std + _EPS)
+        return z
 
     def caller_offset(self, caller: RunningStats, population: RunningStats | None = None) -> np.ndarray:
         """The caller's shrunk mean in standardised units, from their raw-feature baseline statistics.
@@ -152,7 +154,8 @@ class TwoLevelNormaliser:
     def relative(self, X: np.ndarray, offset: np.ndarray, population: RunningStats | None = None) -> np.ndarray:
         """Utterances relative to the caller: standardised, minus the caller's offset, rescaled."""
         assert self.within_scale is not None
-        return (self.standardise(X, population) - offset) / self.within_scale
+        rel: np.ndarray = (self.standardise(X, population) - offset) / self.within_scale
+        return rel
 
     def to_dict(self) -> dict[str, Any]:
         assert self.population is not None and self.within_scale is not None

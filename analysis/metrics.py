@@ -244,7 +244,7 @@ def expected_calibration_error(y: ArrayLike, p: ArrayLike, n_bins: int = 10) -> 
     return float(np.abs(sum_y - sum_p).sum() / yb.size)
 
 
-def confusion(y: ArrayLike, yhat: ArrayLike, labels: Sequence[Any] | None = None) -> NDArray[np.int64]:
+def confusion(y: ArrayLike, yhat: ArrayLike, labels: Sequence[Any] | NDArray[Any] | None = None) -> NDArray[np.int64]:
     """Confusion matrix: rows are true labels, columns predicted labels, in ``labels`` order.
 
     ``labels`` defaults to the sorted union of both inputs; for binary pain labels pass
@@ -267,7 +267,7 @@ def confusion(y: ArrayLike, yhat: ArrayLike, labels: Sequence[Any] | None = None
 # --------------------------------------------------------------------------- multi-class
 
 
-def macro_auc_ovr(y: ArrayLike, P: ArrayLike, labels: Sequence[Any] | None = None) -> float:
+def macro_auc_ovr(y: ArrayLike, P: ArrayLike, labels: Sequence[Any] | NDArray[Any] | None = None) -> float:
     """Macro-averaged one-vs-rest AUC for a (clips, classes) probability matrix.
 
     Column ``k`` of ``P`` scores class ``labels[k]`` (default ``k``). Classes absent from ``y``
@@ -289,7 +289,9 @@ def macro_auc_ovr(y: ArrayLike, P: ArrayLike, labels: Sequence[Any] | None = Non
     return float(defined.mean()) if defined.size else float("nan")
 
 
-def balanced_accuracy_multiclass(y: ArrayLike, yhat: ArrayLike, labels: Sequence[Any] | None = None) -> float:
+def balanced_accuracy_multiclass(
+    y: ArrayLike, yhat: ArrayLike, labels: Sequence[Any] | NDArray[Any] | None = None
+) -> float:
     """Mean per-class recall over the classes present in ``y``.
 
     ``yhat`` is either predicted labels or a (clips, classes) probability matrix, in which case the

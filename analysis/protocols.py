@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 
 from analysis.aggregate import call_probability
@@ -45,7 +46,7 @@ class Scored:
     def new(cls) -> Scored:
         return cls([], [], [])
 
-    def add(self, y: np.ndarray, p: np.ndarray, g: np.ndarray) -> None:
+    def add(self, y: ArrayLike, p: ArrayLike, g: ArrayLike) -> None:
         self.y.append(np.asarray(y))
         self.p.append(np.asarray(p))
         self.g.append(np.asarray(g))
@@ -64,7 +65,7 @@ def assert_person_split(groups: np.ndarray, train: np.ndarray, test: np.ndarray)
         raise AssertionError(f"speaker(s) on both sides of a person-level split: {sorted(shared)[:5]}")
 
 
-def random_split(X, y, groups, fit: FitFn, folds: int = 5, seed: int = 0) -> Scored:  # type: ignore[no-untyped-def]
+def random_split(X: np.ndarray, y: np.ndarray, groups: np.ndarray, fit: FitFn, folds: int = 5, seed: int = 0) -> Scored:
     out = Scored.new()
     normal = np.zeros(len(y), dtype=bool)  # no baselines in the random protocol
     for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):

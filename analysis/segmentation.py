@@ -174,8 +174,9 @@ CALL_GAP_S = 0.7
 """Silence around a clip in :func:`cut_clip`: the pause between two clips of a bench call."""
 
 
-def cut_clip(samples_8k: np.ndarray, config: VadConfig | None = None, *,
-             margin_s: float = CALL_GAP_S) -> list[SegmentedUtterance]:
+def cut_clip(
+    samples_8k: np.ndarray, config: VadConfig | None = None, *, margin_s: float = CALL_GAP_S
+) -> list[SegmentedUtterance]:
     """The utterances a call would cut from ``samples_8k`` (8 kHz float audio) spoken between pauses.
 
     The clip, framed by ``margin_s`` of silence either side as it would be in a call, goes through

@@ -145,18 +145,18 @@ def probability_chart(
             f"threshold {threshold:.2f}</text>"
         )
     if len(ordered) > 1:
-        path = " ".join(f"{_num(x((p.start_s + p.end_s) / 2))},{_num(y(p.probability))}" for p in ordered)
+        path = " ".join(f"{_num(x((pt.start_s + pt.end_s) / 2))},{_num(y(pt.probability))}" for pt in ordered)
         parts.append(f'<polyline class="trace" fill="none" points="{path}"/>')
-    for p in ordered:
-        mid = (p.start_s + p.end_s) / 2
-        over = threshold is not None and p.probability >= threshold
-        classes = "utterance" + (" over" if over else "") + (" other-speaker" if p.speaker_mismatch else "")
-        label = f"utterance {p.seq + 1} at {_clock(p.start_s)}: probability {p.probability:.2f}"
-        if p.speaker_mismatch:
+    for pt in ordered:
+        mid = (pt.start_s + pt.end_s) / 2
+        over = threshold is not None and pt.probability >= threshold
+        classes = "utterance" + (" over" if over else "") + (" other-speaker" if pt.speaker_mismatch else "")
+        label = f"utterance {pt.seq + 1} at {_clock(pt.start_s)}: probability {pt.probability:.2f}"
+        if pt.speaker_mismatch:
             label += " (speaker check failed)"
         parts.append(
-            f'<circle class="{classes}" cx="{_num(x(mid))}" cy="{_num(y(p.probability))}" r="5" '
-            f'data-seq="{p.seq}" data-probability="{p.probability:.4f}"><title>{escape(label)}</title></circle>'
+            f'<circle class="{classes}" cx="{_num(x(mid))}" cy="{_num(y(pt.probability))}" r="5" '
+            f'data-seq="{pt.seq}" data-probability="{pt.probability:.4f}"><title>{escape(label)}</title></circle>'
         )
     if not ordered:
         parts.append(
@@ -205,11 +205,11 @@ def measures_plot(
             f"{_fmt(r.population_mean, r.decimals)} ± {_fmt(r.population_sd, r.decimals)} {r.unit}"
         )
     parts.append(f'<desc id="mp-desc">{escape("; ".join(summary) or "no measures")}</desc>')
-    for z in (-2, -1, 0, 1, 2):
-        xx = _num(x(z))
-        cls = "axis-zero" if z == 0 else "grid"
+    for sd_tick in (-2, -1, 0, 1, 2):
+        xx = _num(x(sd_tick))
+        cls = "axis-zero" if sd_tick == 0 else "grid"
         parts.append(f'<line class="{cls}" x1="{xx}" x2="{xx}" y1="{top - 6}" y2="{height - 24}"/>')
-        label = "mean" if z == 0 else f"{z:+d} SD"
+        label = "mean" if sd_tick == 0 else f"{sd_tick:+d} SD"
         parts.append(f'<text class="tick" x="{xx}" y="{top - 10}" text-anchor="middle">{label}</text>')
     for i, r in enumerate(rows):
         cy = top + row_height * i + row_height / 2
@@ -218,11 +218,12 @@ def measures_plot(
             f'<text class="measure-label" x="{label_w - 10}" y="{_num(cy)}" text-anchor="end" dy="0.35em">'
             f"{escape(r.label)} ({escape(r.unit)})</text>"
         )
-        parts.append(f'<rect class="band" x="{_num(x(-1))}" y="{_num(cy - 7)}" width="{_num(x(1) - x(-1))}" '
-                     'height="14" rx="3"/>')
-        have_spread = r.population_sd is not None and r.population_sd > 0 and r.population_mean is not None
+        parts.append(
+            f'<rect class="band" x="{_num(x(-1))}" y="{_num(cy - 7)}" width="{_num(x(1) - x(-1))}" height="14" rx="3"/>'
+        )
         if r.patient is not None and math.isfinite(r.patient) and r.population_mean is not None:
-            z = (r.patient - r.population_mean) / r.population_sd if have_spread else 0.0  # type: ignore[operator]
+            sd = r.population_sd
+            z = (r.patient - r.population_mean) / sd if sd is not None and sd > 0 else 0.0
             clipped = abs(z) > limit
             parts.append(
                 f'<circle class="patient-dot{" clipped" if clipped else ""}" cx="{_num(x(z))}" cy="{_num(cy)}" '

@@ -140,8 +140,9 @@ def events_response() -> Response:
     app = current_app
     redis: Redis = app.extensions["painline.redis"]
     config = config_of(app)
-    stream = flag_events(redis, config.flag_channel, heartbeat_s=config.sse_heartbeat_s,
-                         max_stream_s=config.sse_max_stream_s)
+    stream = flag_events(
+        redis, config.flag_channel, heartbeat_s=config.sse_heartbeat_s, max_stream_s=config.sse_max_stream_s
+    )
     response = Response(stream, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass events through as they come

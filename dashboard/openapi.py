@@ -50,8 +50,7 @@ _TEXT = {"type": "string", "pattern": "^[^\\u0000]*$"}
 
 
 def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "description": description,
-            "schema": schema or _TEXT}
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema or _TEXT}
 
 
 def _roles_note(roles: str, changes: bool) -> str:
@@ -305,8 +304,7 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "patient": {
                 "type": "object",
-                "properties": {"id": _ID, "label": {"type": "string"}, "key_kind": _KEY_KIND,
-                               "created_at": _DATETIME},
+                "properties": {"id": _ID, "label": {"type": "string"}, "key_kind": _KEY_KIND, "created_at": _DATETIME},
             },
             "baselines": {"type": "array", "items": _ref("Baseline")},
             "measures": {"type": "array", "items": _ref("Measure")},
@@ -371,33 +369,49 @@ def _paths() -> dict[str, Any]:
             }
         },
         "/api/v1/me": {
-            "get": _operation("me", "Who the token or session belongs to", "nurse, admin, auditor",
-                              _json(_ref("Me"), "The caller's account."))
+            "get": _operation(
+                "me",
+                "Who the token or session belongs to",
+                "nurse, admin, auditor",
+                _json(_ref("Me"), "The caller's account."),
+            )
         },
         "/api/v1/queue": {
             "get": _operation(
-                "queue", "Open flags (most severe, newest first), then live calls", "nurse, admin, auditor",
+                "queue",
+                "Open flags (most severe, newest first), then live calls",
+                "nurse, admin, auditor",
                 _json(_ref("Queue"), "The triage queue. Audited as queue.view."),
             )
         },
         "/api/v1/calls/{call_id}": {
             "get": _operation(
-                "call", "A call: utterance scores, threshold, verdict, evidence, speaker checks, flag",
-                "nurse, admin, auditor", _json(_ref("CallDetail"), "The call. Audited as call.view."),
-                parameters=[_path_id("call_id", "call id")], extra=not_found,
+                "call",
+                "A call: utterance scores, threshold, verdict, evidence, speaker checks, flag",
+                "nurse, admin, auditor",
+                _json(_ref("CallDetail"), "The call. Audited as call.view."),
+                parameters=[_path_id("call_id", "call id")],
+                extra=not_found,
             )
         },
         "/api/v1/flags/{flag_id}/acknowledge": {
             "post": _operation(
-                "acknowledgeFlag", "Acknowledge a flag (idempotent)", "nurse, admin",
-                _json(_ref("Flag"), "The flag, now acknowledged."), changes=True,
-                parameters=[_path_id("flag_id", "flag id")], extra={**not_found, **conflict},
+                "acknowledgeFlag",
+                "Acknowledge a flag (idempotent)",
+                "nurse, admin",
+                _json(_ref("Flag"), "The flag, now acknowledged."),
+                changes=True,
+                parameters=[_path_id("flag_id", "flag id")],
+                extra={**not_found, **conflict},
             )
         },
         "/api/v1/flags/{flag_id}/resolve": {
             "post": _operation(
-                "resolveFlag", "Resolve a flag with a label and note; no_pain lets the baseline grow",
-                "nurse, admin", _json(_ref("Flag"), "The resolved flag, with grow_job."), changes=True,
+                "resolveFlag",
+                "Resolve a flag with a label and note; no_pain lets the baseline grow",
+                "nurse, admin",
+                _json(_ref("Flag"), "The resolved flag, with grow_job."),
+                changes=True,
                 parameters=[_path_id("flag_id", "flag id")],
                 body={
                     "required": True,
@@ -411,7 +425,9 @@ def _paths() -> dict[str, Any]:
         },
         "/api/v1/patients": {
             "get": _operation(
-                "patients", "Search patients by hotline reference (or id)", "admin, auditor",
+                "patients",
+                "Search patients by hotline reference (or id)",
+                "admin, auditor",
                 _json(_ref("Patients"), "Matching patients, most recent call first. Audited."),
                 parameters=[_query("q", "part of the hotline reference, or a patient id")],
                 extra={"400": _error("q contains a NUL character.")},
@@ -419,35 +435,55 @@ def _paths() -> dict[str, Any]:
         },
         "/api/v1/patients/{patient_id}/baseline": {
             "get": _operation(
-                "patientBaseline", "A patient's baselines, contributions and plain-unit measures",
-                "admin, auditor", _json(_ref("PatientBaseline"), "The baseline. Audited as baseline.view."),
-                parameters=[_path_id("patient_id", "patient id")], extra=not_found,
+                "patientBaseline",
+                "A patient's baselines, contributions and plain-unit measures",
+                "admin, auditor",
+                _json(_ref("PatientBaseline"), "The baseline. Audited as baseline.view."),
+                parameters=[_path_id("patient_id", "patient id")],
+                extra=not_found,
             )
         },
         "/api/v1/patients/{patient_id}/baseline/reset": {
             "post": _operation(
-                "resetBaseline", "Exclude every contribution of the patient's baselines and rebuild them",
-                "admin", _json(_ref("BaselineReset"), "Excluded; rebuild jobs enqueued."), changes=True,
-                parameters=[_path_id("patient_id", "patient id")], extra=not_found, ok_status="202",
+                "resetBaseline",
+                "Exclude every contribution of the patient's baselines and rebuild them",
+                "admin",
+                _json(_ref("BaselineReset"), "Excluded; rebuild jobs enqueued."),
+                changes=True,
+                parameters=[_path_id("patient_id", "patient id")],
+                extra=not_found,
+                ok_status="202",
             )
         },
         "/api/v1/contributions/{contribution_id}/exclude": {
             "post": _operation(
-                "excludeContribution", "Exclude one contribution from its baseline, then rebuild",
-                "admin", _json(_ref("ContributionChange"), "Excluded; rebuild enqueued."), changes=True,
-                parameters=[_path_id("contribution_id", "contribution id")], extra=not_found, ok_status="202",
+                "excludeContribution",
+                "Exclude one contribution from its baseline, then rebuild",
+                "admin",
+                _json(_ref("ContributionChange"), "Excluded; rebuild enqueued."),
+                changes=True,
+                parameters=[_path_id("contribution_id", "contribution id")],
+                extra=not_found,
+                ok_status="202",
             )
         },
         "/api/v1/contributions/{contribution_id}/include": {
             "post": _operation(
-                "includeContribution", "Re-include an excluded contribution, then rebuild",
-                "admin", _json(_ref("ContributionChange"), "Included; rebuild enqueued."), changes=True,
-                parameters=[_path_id("contribution_id", "contribution id")], extra=not_found, ok_status="202",
+                "includeContribution",
+                "Re-include an excluded contribution, then rebuild",
+                "admin",
+                _json(_ref("ContributionChange"), "Included; rebuild enqueued."),
+                changes=True,
+                parameters=[_path_id("contribution_id", "contribution id")],
+                extra=not_found,
+                ok_status="202",
             )
         },
         "/api/v1/audit": {
             "get": _operation(
-                "audit", "The audit log, newest first, with filters", "admin, auditor",
+                "audit",
+                "The audit log, newest first, with filters",
+                "admin, auditor",
                 _json(_ref("AuditPage"), "A page of events. Reading it is audited too."),
                 parameters=[
                     _query("actor", "exact username or process name"),
@@ -455,11 +491,16 @@ def _paths() -> dict[str, Any]:
                     _query("object_type", "call, flag, patient, user, ..."),
                     _query("object_id", "exact object id"),
                     _query("before_id", "page: events with a smaller id", _ID),
-                    _query("limit", "page size (1-500, default 100)",
-                           {"type": "integer", "minimum": 1, "maximum": 500}),
+                    _query(
+                        "limit", "page size (1-500, default 100)", {"type": "integer", "minimum": 1, "maximum": 500}
+                    ),
                 ],
-                extra={"400": _error("before_id or limit is not an integer, before_id is out of range, or a filter "
-                                     "contains a NUL character.")},
+                extra={
+                    "400": _error(
+                        "before_id or limit is not an integer, before_id is out of range, or a filter "
+                        "contains a NUL character."
+                    )
+                },
             )
         },
     }
@@ -489,8 +530,12 @@ def openapi_document() -> dict[str, Any]:
                 "schemas": _SCHEMAS,
                 "securitySchemes": {
                     "bearerToken": {"type": "http", "scheme": "bearer", "description": "an API token (pl_...)"},
-                    "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "painline_session",
-                                      "description": "a signed-in browser session"},
+                    "sessionCookie": {
+                        "type": "apiKey",
+                        "in": "cookie",
+                        "name": "painline_session",
+                        "description": "a signed-in browser session",
+                    },
                 },
             },
         }

@@ -41,9 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app
+from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from analysis.baseline import RunningStats
@@ -222,7 +223,7 @@ class Store:
     sessions: sessionmaker[Session]
     config: DashboardConfig
     queue: Queue | None = None
-    redis: Any = None
+    redis: Redis | None = None
 
     @classmethod
     def for_app(cls, app: Flask | None = None) -> Store:
@@ -426,8 +427,14 @@ class Store:
             flag.updated_at = now
             # the note is free text and may hold anything: the audit row records only its length
             record(
-                session, actor, "flag.resolve", "flag", flag_id,
-                call_id=flag.call_id, label=label, note_chars=len(note or ""),
+                session,
+                actor,
+                "flag.resolve",
+                "flag",
+                flag_id,
+                call_id=flag.call_id,
+                label=label,
+                note_chars=len(note or ""),
             )
             call_id = flag.call_id
             doc = _flag_doc(flag)
@@ -481,7 +488,7 @@ class Store:
             )
             if q:
                 escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                conditions = [Patient.key.ilike(f"ref:%{escaped}%", escape="\\")]
+                conditions: list[ColumnElement[bool]] = [Patient.key.ilike(f"ref:%{escaped}%", escape="\\")]
                 # isdecimal: int() refuses digits like "²" that isdigit() accepts; ids are PostgreSQL integers
                 if len(q) <= 10 and q.isdecimal() and int(q) < 2**31:
                     conditions.append(Patient.id == int(q))
@@ -503,8 +510,15 @@ class Store:
                 for patient, last_call_at, calls in rows
             ]
             if actor is not None:
-                record(session, actor, "patient.search", "patient", "-", query_chars=len(q),
-                       patient_ids=[p["id"] for p in out])
+                record(
+                    session,
+                    actor,
+                    "patient.search",
+                    "patient",
+                    "-",
+                    query_chars=len(q),
+                    patient_ids=[p["id"] for p in out],
+                )
             return out
 
     def baseline(self, patient_id: int, actor: str | None) -> dict[str, Any]:
@@ -571,14 +585,19 @@ class Store:
                     }
                 )
             doc = {
-                "patient": {"id": patient.id, "label": patient_label(patient.key, patient.id),
-                            "key_kind": patient_key_kind(patient.key), "created_at": patient.created_at},
+                "patient": {
+                    "id": patient.id,
+                    "label": patient_label(patient.key, patient.id),
+                    "key_kind": patient_key_kind(patient.key),
+                    "created_at": patient.created_at,
+                },
                 "baselines": baselines,
                 "measures": self._measures(session, evidence_row),
             }
             if actor is not None:
-                record(session, actor, "baseline.view", "patient", patient_id,
-                       baseline_ids=[b["id"] for b in baselines])
+                record(
+                    session, actor, "baseline.view", "patient", patient_id, baseline_ids=[b["id"] for b in baselines]
+                )
             return doc
 
     @staticmethod
@@ -644,14 +663,19 @@ class Store:
             changed = bool(contribution.included) != included
             contribution.included = included
             record(
-                session, actor, "baseline.include" if included else "baseline.exclude", "patient",
-                baseline.patient_id, contribution_id=contribution_id, baseline_id=baseline.id, changed=changed,
+                session,
+                actor,
+                "baseline.include" if included else "baseline.exclude",
+                "patient",
+                baseline.patient_id,
+                contribution_id=contribution_id,
+                baseline_id=baseline.id,
+                changed=changed,
             )
             baseline_id = baseline.id
             patient_id = baseline.patient_id
         job_id = rebuild_job_id(baseline_id)
-        queued = enqueue(self.queue, JobName.REBUILD_BASELINE, baseline_id, job_id=job_id,
-                         options=self.config.jobs).ok
+        queued = enqueue(self.queue, JobName.REBUILD_BASELINE, baseline_id, job_id=job_id, options=self.config.jobs).ok
         return {
             "contribution_id": contribution_id,
             "baseline_id": baseline_id,
@@ -686,8 +710,9 @@ class Store:
                 ):
                     contribution.included = False
                     excluded += 1
-            record(session, actor, "baseline.reset", "patient", patient_id, baseline_ids=baseline_ids,
-                   excluded=excluded)
+            record(
+                session, actor, "baseline.reset", "patient", patient_id, baseline_ids=baseline_ids, excluded=excluded
+            )
         jobs = []
         for baseline_id in baseline_ids:
             job_id = rebuild_job_id(baseline_id)

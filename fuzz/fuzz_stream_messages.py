@@ -81,8 +81,11 @@ def structured_frame(fdp: atheris.FuzzedDataProvider) -> str:
     """A documented-looking message whose values the fuzzer picks (often valid, often not)."""
     event = EVENTS[fdp.ConsumeIntInRange(0, len(EVENTS) - 1)]
     valid = fdp.ConsumeBool()
-    message: dict[str, Any] = {"event": event, "streamSid": STREAM if valid else fuzzed_value(fdp),
-                               "sequenceNumber": str(fdp.ConsumeIntInRange(0, 10**6))}
+    message: dict[str, Any] = {
+        "event": event,
+        "streamSid": STREAM if valid else fuzzed_value(fdp),
+        "sequenceNumber": str(fdp.ConsumeIntInRange(0, 10**6)),
+    }
     if event == "media":
         payload = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 400))
         encoded = base64.b64encode(payload).decode() if fdp.ConsumeBool() else fdp.ConsumeUnicode(12)
@@ -94,11 +97,16 @@ def structured_frame(fdp: atheris.FuzzedDataProvider) -> str:
         }
     elif event == "start":
         message["start"] = {
-            "streamSid": STREAM, "callSid": CALL, "accountSid": ACCOUNT, "tracks": ["inbound"],
+            "streamSid": STREAM,
+            "callSid": CALL,
+            "accountSid": ACCOUNT,
+            "tracks": ["inbound"],
             "customParameters": {"token": fdp.ConsumeUnicode(20)},
-            "mediaFormat": {"encoding": "audio/x-mulaw" if valid else fuzzed_value(fdp),
-                            "sampleRate": 8000 if fdp.ConsumeBool() else fuzzed_value(fdp),
-                            "channels": 1 if fdp.ConsumeBool() else fuzzed_value(fdp)},
+            "mediaFormat": {
+                "encoding": "audio/x-mulaw" if valid else fuzzed_value(fdp),
+                "sampleRate": 8000 if fdp.ConsumeBool() else fuzzed_value(fdp),
+                "channels": 1 if fdp.ConsumeBool() else fuzzed_value(fdp),
+            },
         }
     elif event == "stop":
         message["stop"] = {"accountSid": ACCOUNT, "callSid": CALL if valid else fuzzed_value(fdp)}
@@ -111,9 +119,18 @@ def structured_frame(fdp: atheris.FuzzedDataProvider) -> str:
 
 def spliced_frame(fdp: atheris.FuzzedDataProvider) -> bytes:
     """A valid media message's bytes with a fuzz-chosen span replaced by fuzz bytes."""
-    base = json.dumps({"event": "media", "streamSid": STREAM, "media": {
-        "track": "inbound", "chunk": "1", "timestamp": "20", "payload": base64.b64encode(b"\xff" * 160).decode(),
-    }}).encode()
+    base = json.dumps(
+        {
+            "event": "media",
+            "streamSid": STREAM,
+            "media": {
+                "track": "inbound",
+                "chunk": "1",
+                "timestamp": "20",
+                "payload": base64.b64encode(b"\xff" * 160).decode(),
+            },
+        }
+    ).encode()
     at = fdp.ConsumeIntInRange(0, len(base))
     cut = fdp.ConsumeIntInRange(0, len(base) - at)
     return base[:at] + fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 32)) + base[at + cut :]

@@ -40,8 +40,18 @@ with atheris.instrument_imports(include=["telephony"]):
 PUBLIC_URL = "https://painline.example"
 AUTH_TOKEN = "fuzz-auth-token"
 ROUTES = ("/twilio/voice", "/twilio/stream-status")
-FIELDS = ("CallSid", "AccountSid", "From", "To", "CallStatus", "StreamSid", "StreamEvent", "StreamError",
-          "patient_ref", "Direction")
+FIELDS = (
+    "CallSid",
+    "AccountSid",
+    "From",
+    "To",
+    "CallStatus",
+    "StreamSid",
+    "StreamEvent",
+    "StreamError",
+    "patient_ref",
+    "Direction",
+)
 EVENTS = ("stream-started", "stream-stopped", "stream-error", "")
 ALLOWED = {"/twilio/voice": {200, 400, 413}, "/twilio/stream-status": {204, 400, 413}}
 
@@ -53,8 +63,13 @@ def build_app() -> Flask:
         url = f"sqlite:///{tempfile.mkdtemp(prefix='painline-fuzz-')}/fuzz.sqlite"
     upgrade(url)
     app = Flask("painline-fuzz")
-    settings = Settings(public_url=PUBLIC_URL, twilio_auth_token=AUTH_TOKEN, hmac_key="fuzz-key",
-                        next_dial="+15550100", database_url=url)
+    settings = Settings(
+        public_url=PUBLIC_URL,
+        twilio_auth_token=AUTH_TOKEN,
+        hmac_key="fuzz-key",
+        next_dial="+15550100",
+        database_url=url,
+    )
     app.extensions["painline.sessions"] = session_factory(make_engine(url))
     app.extensions["painline.queue"] = None
     init_app(app, Sock(app), telephony_config(settings))

@@ -68,15 +68,17 @@ def read_report(sessions: Callable[[], Session], call_sid: str) -> CallReport | 
             seen.add(utterance.id)
             if score is not None and score.model_version not in versions:
                 versions.append(score.model_version)
-            utterances.append(UtteranceRow(
-                seq=utterance.seq,
-                start_ms=utterance.start_ms,
-                end_ms=utterance.end_ms,
-                speech_s=float(utterance.speech_s),
-                status=utterance.status,
-                probability=None if score is None else float(score.probability),
-                baseline_applied=None if score is None else bool(score.baseline_applied),
-            ))
+            utterances.append(
+                UtteranceRow(
+                    seq=utterance.seq,
+                    start_ms=utterance.start_ms,
+                    end_ms=utterance.end_ms,
+                    speech_s=float(utterance.speech_s),
+                    status=utterance.status,
+                    probability=None if score is None else float(score.probability),
+                    baseline_applied=None if score is None else bool(score.baseline_applied),
+                )
+            )
         flag = session.scalars(select(Flag).where(Flag.call_id == call.id)).one_or_none()
         return CallReport(
             call_id=call.id,

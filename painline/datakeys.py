@@ -30,8 +30,7 @@ def install_data_keys(settings: Settings) -> KeyRing | None:
     ring = KeyRing.parse(settings.data_keys)
     install_key_ring(ring)
     if ring is None and not _warned:
-        log.warning("PAINLINE_DATA_KEYS is not set: %s; generate a key with 'painline keys generate'",
-                    describe(None))
+        log.warning("PAINLINE_DATA_KEYS is not set: %s; generate a key with 'painline keys generate'", describe(None))
         _warned = True
     return ring
 

@@ -133,12 +133,21 @@ def run_demo(
         raise DemoError(f"no audio at {audio} (regenerate the sample with scripts/make_sample_call.py)")
 
     keep = var_dir is not None
-    work_dir = Path(var_dir) if keep else Path(tempfile.mkdtemp(prefix="painline-demo-"))
+    work_dir = Path(var_dir) if var_dir is not None else Path(tempfile.mkdtemp(prefix="painline-demo-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     settings = demo_settings(work_dir, model_path, env_settings)
     try:
-        run = _run(settings, audio, speed=speed, speaker=speaker, stall_s=stall_s, started=started,
-                   serve=serve, port=port, until=until)
+        run = _run(
+            settings,
+            audio,
+            speed=speed,
+            speaker=speaker,
+            stall_s=stall_s,
+            started=started,
+            serve=serve,
+            port=port,
+            until=until,
+        )
     finally:
         if not keep:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -147,8 +156,18 @@ def run_demo(
     return 0 if run.report is not None and run.report.finished else 1
 
 
-def _run(settings: Settings, audio: Path, *, speed: float, speaker: bool, stall_s: float,
-         started: float, serve: bool, port: int, until: threading.Event | None) -> DemoRun:
+def _run(
+    settings: Settings,
+    audio: Path,
+    *,
+    speed: float,
+    speaker: bool,
+    stall_s: float,
+    started: float,
+    serve: bool,
+    port: int,
+    until: threading.Event | None,
+) -> DemoRun:
     from painline import redis_conn
     from painline.app import configure, create_app
     from painline.call_report import CallReport, format_report, wait_for_verdict, waiting_for
@@ -174,8 +193,7 @@ def _run(settings: Settings, audio: Path, *, speed: float, speaker: bool, stall_
         server_url = f"http://127.0.0.1:{server.server_port}"
         settings = settings.with_(public_url=server_url)
         configure(app, settings)  # signatures are checked against this URL
-        server_thread = threading.Thread(target=server.serve_forever, name="painline-demo-server",
-                                         daemon=True)
+        server_thread = threading.Thread(target=server.serve_forever, name="painline-demo-server", daemon=True)
         server_thread.start()
         _say(f"  server:   {server_url} (Twilio webhooks, Media Stream socket, /healthz)")
 
@@ -187,25 +205,28 @@ def _run(settings: Settings, audio: Path, *, speed: float, speaker: bool, stall_
             raise DemoError(missing_model_message(settings.model_path)) from exc
         install_context(ctx)
         worker = BackgroundWorker(app.extensions["painline.queue"]).start()
-        _say(f"  worker:   model {ctx.model.version} ({ctx.model.embedder_name}) loaded in "
-             f"{time.monotonic() - t0:.1f} s; speaker check {'on' if ctx.speaker_embedder else 'off'}")
+        _say(
+            f"  worker:   model {ctx.model.version} ({ctx.model.embedder_name}) loaded in "
+            f"{time.monotonic() - t0:.1f} s; speaker check {'on' if ctx.speaker_embedder else 'off'}"
+        )
 
         mulaw = load_call_audio(audio)
         pace = "as fast as possible" if speed <= 0 else f"at {speed:g}x real time"
         _say(f"\nreplaying {audio.name} ({len(mulaw) / 8000:.1f} s) as a Twilio call, {pace} ...")
         try:
-            result = replay_call(mulaw, base_url=server_url, public_url=server_url,
-                                 auth_token=settings.twilio_auth_token, speed=speed)
+            result = replay_call(
+                mulaw, base_url=server_url, public_url=server_url, auth_token=settings.twilio_auth_token, speed=speed
+            )
         except ReplayError as exc:
             raise DemoError(f"the replayed call failed: {exc}") from exc
-        _say(f"  call streamed: {result.media_messages} media messages, stream closed with code "
-             f"{result.close_code}")
+        _say(f"  call streamed: {result.media_messages} media messages, stream closed with code {result.close_code}")
 
         def progress(_report: CallReport | None, waiting: str) -> None:
             _say(f"  waiting for {waiting} ...")
 
-        report = wait_for_verdict(app.extensions["painline.sessions"], result.call_sid, stall_s=stall_s,
-                                  on_progress=progress)
+        report = wait_for_verdict(
+            app.extensions["painline.sessions"], result.call_sid, stall_s=stall_s, on_progress=progress
+        )
         if worker.error is not None:
             raise DemoError(f"the worker failed: {worker.error}")
         if report is None:
@@ -225,8 +246,9 @@ def _run(settings: Settings, audio: Path, *, speed: float, speaker: bool, stall_
 DEMO_NURSE = "demo-nurse"
 
 
-def _serve_until_stopped(app: Any, server_url: str, call_id: int, elapsed_s: float,
-                         until: threading.Event | None) -> None:
+def _serve_until_stopped(
+    app: Any, server_url: str, call_id: int, elapsed_s: float, until: threading.Event | None
+) -> None:
     """Keep serving with a throwaway nurse account until ``until`` is set, Ctrl-C or SIGTERM."""
     import signal
 
@@ -259,8 +281,15 @@ Ctrl-C stops the demo.""")
     _say("stopping the demo ...")
 
 
-def _shutdown(settings: Settings, app: Any, server: Any, server_thread: threading.Thread | None,
-              worker: Any, ctx: Any, worker_redis: Any) -> None:
+def _shutdown(
+    settings: Settings,
+    app: Any,
+    server: Any,
+    server_thread: threading.Thread | None,
+    worker: Any,
+    ctx: Any,
+    worker_redis: Any,
+) -> None:
     """Stop in dependency order: no new calls, then no new jobs, then connections, then Redis."""
     from painline import redis_conn
     from painline.app import close_app

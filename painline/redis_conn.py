@@ -155,8 +155,9 @@ def start_embedded(var_dir: Path) -> EmbeddedServer:
         server.holder = me
         _embedded[rdb] = server
     _install_release_hooks()
-    log.info("embedded Redis ready (socket recorded in %s; %d process(es) hold it)",
-             rdb.parent / URL_FILE, len(holders))
+    log.info(
+        "embedded Redis ready (socket recorded in %s; %d process(es) hold it)", rdb.parent / URL_FILE, len(holders)
+    )
     return server
 
 
@@ -252,8 +253,9 @@ def _registered_server(rdb: Path) -> EmbeddedServer | None:
     try:
         registry = json.loads(Path(f"{rdb}.settings").read_text())
         pidfile = registry["pidfile"]
-        server = EmbeddedServer(rdb=rdb, socket_file=registry["unixsocket"], pid=int(Path(pidfile).read_text()),
-                                pidfile=pidfile)
+        server = EmbeddedServer(
+            rdb=rdb, socket_file=registry["unixsocket"], pid=int(Path(pidfile).read_text()), pidfile=pidfile
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return server if _is_server(server) else None
@@ -318,8 +320,9 @@ def _shutdown(server: EmbeddedServer) -> None:
     if os.path.exists(server.socket_file):
         # a one-off connection without retries: a pooled client would retry the lost connection with
         # backoff for seconds after the server has (correctly) gone away
-        once = redis.Redis(unix_socket_path=server.socket_file, socket_timeout=SHUTDOWN_TIMEOUT_S,
-                           retry=Retry(NoBackoff(), 0))
+        once = redis.Redis(
+            unix_socket_path=server.socket_file, socket_timeout=SHUTDOWN_TIMEOUT_S, retry=Retry(NoBackoff(), 0)
+        )
         try:
             once.execute_command("SHUTDOWN", "SAVE")
         except redis.ResponseError as exc:

@@ -178,8 +178,9 @@ def voice_webhook_params(account_sid: str, call_sid: str, from_number: str, to_n
     }
 
 
-def stream_status_params(account_sid: str, call_sid: str, stream_sid: str, event: str,
-                         stream_name: str | None = None) -> dict[str, str]:
+def stream_status_params(
+    account_sid: str, call_sid: str, stream_sid: str, event: str, stream_name: str | None = None
+) -> dict[str, str]:
     """The form fields of a ``<Stream statusCallback>`` request (unnamed streams use their SID)."""
     return {
         "AccountSid": account_sid,
@@ -209,8 +210,10 @@ def parse_twiml(body: str) -> StreamInstruction:
         raise ReplayError(f"the voice webhook did not return XML ({exc})") from None
     stream = root.find("./Start/Stream")
     if stream is None or not stream.get("url"):
-        raise ReplayError("the voice webhook answered without <Start><Stream>: painline did not take the "
-                          "call (check the server log: database down, or no PAINLINE_HMAC_KEY?)")
+        raise ReplayError(
+            "the voice webhook answered without <Start><Stream>: painline did not take the "
+            "call (check the server log: database down, or no PAINLINE_HMAC_KEY?)"
+        )
     parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
     return StreamInstruction(
         url=stream.get("url", ""),
@@ -278,8 +281,10 @@ def voice_webhook_urls(public_url: str, base_url: str, patient_ref: str | None =
 def check_voice_answer(status: int, body: str) -> StreamInstruction:
     """The stream instruction of the voice webhook's answer; :class:`ReplayError` for a refusal."""
     if status == 403:
-        raise ReplayError("the voice webhook refused the signature (403): the replay's public URL and auth "
-                          "token must equal the server's PAINLINE_PUBLIC_URL and TWILIO_AUTH_TOKEN")
+        raise ReplayError(
+            "the voice webhook refused the signature (403): the replay's public URL and auth "
+            "token must equal the server's PAINLINE_PUBLIC_URL and TWILIO_AUTH_TOKEN"
+        )
     if status != 200:
         raise ReplayError(f"the voice webhook answered HTTP {status}")
     return parse_twiml(body)
@@ -287,8 +292,9 @@ def check_voice_answer(status: int, body: str) -> StreamInstruction:
 
 def _post_form(url: str, signed_url: str, params: dict[str, str], auth_token: str) -> tuple[int, str]:
     data = urllib.parse.urlencode(params).encode("ascii")
-    request = urllib.request.Request(url, data=data, method="POST",
-                                     headers=form_headers(auth_token, signed_url, params))
+    request = urllib.request.Request(
+        url, data=data, method="POST", headers=form_headers(auth_token, signed_url, params)
+    )
     try:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
             return response.status, response.read().decode("utf-8", "replace")
@@ -340,11 +346,15 @@ def replay_call(
     target = connect_url(instruction.url, base_url)
     try:
         ws = websocket.create_connection(
-            target, header=[f"{k}: {v}" for k, v in handshake_headers(auth_token, instruction.url).items()],
-            timeout=HTTP_TIMEOUT_S)
+            target,
+            header=[f"{k}: {v}" for k, v in handshake_headers(auth_token, instruction.url).items()],
+            timeout=HTTP_TIMEOUT_S,
+        )
     except websocket.WebSocketBadStatusException as exc:
-        raise ReplayError(f"the stream handshake was refused (HTTP {exc.status_code}): the signature is "
-                          f"checked against the server's public URL") from None
+        raise ReplayError(
+            f"the stream handshake was refused (HTTP {exc.status_code}): the signature is "
+            f"checked against the server's public URL"
+        ) from None
     except OSError as exc:
         raise ReplayError(f"cannot open the stream socket: {exc}") from None
 
@@ -385,12 +395,14 @@ def replay_call(
     )
 
 
-def _status(instruction: StreamInstruction, base_url: str, builder: StreamMessages, event: str,
-            auth_token: str) -> None:
+def _status(
+    instruction: StreamInstruction, base_url: str, builder: StreamMessages, event: str, auth_token: str
+) -> None:
     assert instruction.status_callback is not None
     params = stream_status_params(builder.account_sid, builder.call_sid, builder.stream_sid, event)
-    status, _ = _post_form(reroute(instruction.status_callback, base_url), instruction.status_callback,
-                           params, auth_token)
+    status, _ = _post_form(
+        reroute(instruction.status_callback, base_url), instruction.status_callback, params, auth_token
+    )
     if status >= 400:
         log.warning("stream status callback %s answered HTTP %d", event, status)
 

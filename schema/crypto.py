@@ -91,7 +91,7 @@ class KeyRing:
 
     def decrypt(self, stored: bytes) -> bytes:
         try:
-            return self._multi.decrypt(stored[len(ENCRYPTED_MARKER):])
+            return self._multi.decrypt(stored[len(ENCRYPTED_MARKER) :])
         except InvalidToken:
             raise DataKeyError(
                 f"an encrypted value could not be decrypted with any of the {self.size} key(s) in "
@@ -102,11 +102,11 @@ class KeyRing:
     def rotate(self, stored: bytes) -> bytes:
         """``stored`` re-encrypted under the newest key (``plain:`` values are encrypted for the first time)."""
         if stored.startswith(PLAIN_MARKER):
-            return self.encrypt(stored[len(PLAIN_MARKER):])
+            return self.encrypt(stored[len(PLAIN_MARKER) :])
         if not stored.startswith(ENCRYPTED_MARKER):
             raise DataKeyError("a stored value has no storage marker; has migration 0002 run?")
         try:
-            return ENCRYPTED_MARKER + self._multi.rotate(stored[len(ENCRYPTED_MARKER):])
+            return ENCRYPTED_MARKER + self._multi.rotate(stored[len(ENCRYPTED_MARKER) :])
         except InvalidToken:
             raise DataKeyError(
                 f"an encrypted value could not be re-encrypted: none of the {self.size} key(s) in "
@@ -145,13 +145,12 @@ def unseal(stored: bytes, ring: KeyRing | None = None) -> bytes:
     """The plaintext of a stored value; raises :class:`DataKeyError` if it cannot be opened."""
     stored = bytes(stored)
     if stored.startswith(PLAIN_MARKER):
-        return stored[len(PLAIN_MARKER):]
+        return stored[len(PLAIN_MARKER) :]
     if stored.startswith(ENCRYPTED_MARKER):
         ring = ring if ring is not None else _ring
         if ring is None:
             raise DataKeyError(
-                f"this value is encrypted but no data keys are configured: set {KEYS_VARIABLE} to the "
-                "deployment's keys"
+                f"this value is encrypted but no data keys are configured: set {KEYS_VARIABLE} to the deployment's keys"
             )
         return ring.decrypt(stored)
     raise DataKeyError("a stored value has no storage marker; has migration 0002 run?")

@@ -281,9 +281,7 @@ class UtteranceAudio(Base):
 
     __tablename__ = "utterance_audio"
 
-    utterance_id: Mapped[int] = mapped_column(
-        ForeignKey("utterances.id", ondelete="CASCADE"), primary_key=True
-    )
+    utterance_id: Mapped[int] = mapped_column(ForeignKey("utterances.id", ondelete="CASCADE"), primary_key=True)
     mulaw: Mapped[bytes] = mapped_column(EncryptedBytes)
 
     utterance: Mapped[Utterance] = relationship(back_populates="audio")
@@ -339,9 +337,7 @@ class Baseline(Base):
     count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
-    contributions: Mapped[list[BaselineContribution]] = relationship(
-        back_populates="baseline", passive_deletes=True
-    )
+    contributions: Mapped[list[BaselineContribution]] = relationship(back_populates="baseline", passive_deletes=True)
 
     __table_args__ = (
         UniqueConstraint("patient_id", "embedder", "model_version"),
@@ -356,9 +352,7 @@ class BaselineContribution(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     baseline_id: Mapped[int] = mapped_column(ForeignKey("baselines.id", ondelete="CASCADE"))
-    utterance_id: Mapped[int | None] = mapped_column(
-        ForeignKey("utterances.id", ondelete="SET NULL"), index=True
-    )
+    utterance_id: Mapped[int | None] = mapped_column(ForeignKey("utterances.id", ondelete="SET NULL"), index=True)
     call_id: Mapped[int | None] = mapped_column(ForeignKey("calls.id", ondelete="SET NULL"), index=True)
     source: Mapped[str] = mapped_column(String(16))
     embedding: Mapped[bytes] = mapped_column(EncryptedBytes)

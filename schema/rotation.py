@@ -57,8 +57,12 @@ def rotate_keys(engine: Engine, ring: KeyRing, *, actor: str, batch_size: int = 
         last: int | None = None
         while True:
             with engine.begin() as connection:
-                query = (select(t.c[pk], t.c[column_name]).where(t.c[column_name].is_not(None))
-                         .order_by(t.c[pk]).limit(batch_size))
+                query = (
+                    select(t.c[pk], t.c[column_name])
+                    .where(t.c[column_name].is_not(None))
+                    .order_by(t.c[pk])
+                    .limit(batch_size)
+                )
                 if last is not None:
                     query = query.where(t.c[pk] > last)
                 rows = connection.execute(query).all()
@@ -80,8 +84,17 @@ def rotate_keys(engine: Engine, ring: KeyRing, *, actor: str, batch_size: int = 
         result.first_encrypted[name] = first
         result.skipped_changed[name] = skipped
     with Session(engine) as session, session.begin():
-        record(session, actor, "keys.rotate", "data_keys", "all", keys=ring.size, rotated=result.rotated,
-               first_encrypted=result.first_encrypted, skipped_changed=result.skipped_changed)
+        record(
+            session,
+            actor,
+            "keys.rotate",
+            "data_keys",
+            "all",
+            keys=ring.size,
+            rotated=result.rotated,
+            first_encrypted=result.first_encrypted,
+            skipped_changed=result.skipped_changed,
+        )
     return result
 
 

@@ -58,8 +58,7 @@ DISTRESSED = [
 
 def espeak(line: Line, voice: str) -> np.ndarray:
     """Synthesise one line with espeak-ng and return it at 8 kHz, float32 in [-1, 1]."""
-    cmd = ["espeak-ng", "-v", voice, "-p", str(line.pitch), "-s", str(line.speed), "-a", "150", "--stdout",
-           line.text]
+    cmd = ["espeak-ng", "-v", voice, "-p", str(line.pitch), "-s", str(line.speed), "-a", "150", "--stdout", line.text]
     wav = subprocess.run(cmd, check=True, capture_output=True).stdout
     data, rate = sf.read(io.BytesIO(wav), dtype="float32")
     data = data if data.ndim == 1 else data.mean(axis=1)
@@ -76,8 +75,7 @@ def shape(x: np.ndarray, line: Line, rng: np.random.Generator) -> np.ndarray:
         y = y * wobble
         # breathiness: band-limited noise riding on the voice's own envelope
         envelope = np.abs(lfilter(*butter(2, 30 / (RATE / 2)), np.abs(y)))
-        breath = lfilter(*butter(4, [400 / (RATE / 2), 3000 / (RATE / 2)], btype="band"),
-                         rng.normal(0, 1, len(y)))
+        breath = lfilter(*butter(4, [400 / (RATE / 2), 3000 / (RATE / 2)], btype="band"), rng.normal(0, 1, len(y)))
         y = y + 0.25 * envelope * breath / (np.std(breath) + 1e-9)
     y = y / (np.max(np.abs(y)) + 1e-9)
     return (line.gain * y).astype(np.float32)

@@ -56,8 +56,11 @@ def check(paths: list[Path]) -> int:
     """``pip check``, reporting only packages these locks installed; 1 if any is broken."""
     ours = {name for path in paths for name, _ in blocks(path.read_text())}
     report = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True).stdout
-    broken = [line for line in report.splitlines()
-              if line.split(" ", 1)[0].lower().replace("_", "-") in ours and not _KNOWN.match(line)]
+    broken = [
+        line
+        for line in report.splitlines()
+        if line.split(" ", 1)[0].lower().replace("_", "-") in ours and not _KNOWN.match(line)
+    ]
     for line in broken:
         print(f"setup: {line}", file=sys.stderr)
     return 1 if broken else 0

@@ -8,4 +8,8 @@ PY=${PYTHON:-python3}
 bash scripts/setup.sh
 "$PY" -c "import importlib.metadata as m; print('testing with', ', '.join(f'{p} {m.version(p)}' for p in ('redis', 'rq', 'torch', 'flask', 'sqlalchemy', 'numpy')))"
 "$PY" -m ruff check .
+"$PY" -m ruff format --check .
+"$PY" -m mypy  # the targets and per-module strictness are in pyproject.toml ([tool.mypy])
+# lint-imports, run by this interpreter (import-linter has no `python -m` entry): the layering contracts in pyproject.toml
+"$PY" -c "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
 exec "$PY" -m pytest "$@"

@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -298,7 +298,7 @@ def _parse_dtmf(obj: Mapping[str, Any], _max_payload: int) -> Dtmf:
     )
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[Mapping[str, Any], int], Message]] = {
     "connected": _parse_connected,
     "start": _parse_start,
     "media": _parse_media,

@@ -67,23 +67,27 @@ from schema.models import Baseline, BaselineContribution, Call, CallStatus, Utte
 
 log = logging.getLogger(__name__)
 
+
 def enqueue_score_utterance(queue: Queue | None, utterance_id: int, options: JobOptions) -> bool:
     """Hand a just-committed utterance to scoring; False if Redis is unreachable (the sweep retries)."""
-    return enqueue(queue, JobName.SCORE_UTTERANCE, utterance_id, job_id=score_job_id(utterance_id),
-                   options=options, new_id=True).ok
+    return enqueue(
+        queue, JobName.SCORE_UTTERANCE, utterance_id, job_id=score_job_id(utterance_id), options=options, new_id=True
+    ).ok
 
 
 def enqueue_finalise_call(queue: Queue | None, call_id: int, options: JobOptions) -> bool:
     """Hand a just-ended call to finalisation; False if Redis is unreachable (the sweep retries)."""
-    return enqueue(queue, JobName.FINALISE_CALL, call_id, job_id=finalise_job_id(call_id), options=options,
-                   new_id=True).ok
+    return enqueue(
+        queue, JobName.FINALISE_CALL, call_id, job_id=finalise_job_id(call_id), options=options, new_id=True
+    ).ok
 
 
 def reap_abandoned(queue: Queue, now: datetime | None = None) -> None:
     """Run RQ's cleanup of the started registry: jobs whose worker died (lease expired) are retried or
     failed now, instead of at some worker's next maintenance pass (every 10 minutes)."""
-    registry = StartedJobRegistry(queue.name, connection=queue.connection, job_class=queue.job_class,
-                                  serializer=queue.serializer)
+    registry = StartedJobRegistry(
+        queue.name, connection=queue.connection, job_class=queue.job_class, serializer=queue.serializer
+    )
     registry.cleanup(timestamp=(now or datetime.now(UTC)).timestamp())
 
 
@@ -93,8 +97,9 @@ def promote_overdue(queue: Queue, grace_s: float, now: datetime | None = None) -
     Removing the job id from the registry is the claim: whoever removes it (this sweep, another sweep
     or a returning scheduler) is the only one that enqueues it.
     """
-    registry = ScheduledJobRegistry(queue.name, connection=queue.connection, job_class=queue.job_class,
-                                    serializer=queue.serializer)
+    registry = ScheduledJobRegistry(
+        queue.name, connection=queue.connection, job_class=queue.job_class, serializer=queue.serializer
+    )
     cutoff = (now or datetime.now(UTC)).timestamp() - grace_s
     promoted = 0
     for job_id in registry.get_jobs_to_schedule(int(cutoff)):
@@ -107,8 +112,11 @@ def promote_overdue(queue: Queue, grace_s: float, now: datetime | None = None) -
         queue.enqueue_job(job)
         promoted += 1
     if promoted:
-        log.warning("outbox sweep: %d scheduled job(s) overdue by more than %s s (no RQ scheduler running?); "
-                    "enqueued", promoted, grace_s)
+        log.warning(
+            "outbox sweep: %d scheduled job(s) overdue by more than %s s (no RQ scheduler running?); enqueued",
+            promoted,
+            grace_s,
+        )
     return promoted
 
 
@@ -148,9 +156,7 @@ def requeue_unfinalised(
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=older_than_s)
     with session_scope(session_factory) as session:
         ids = session.scalars(
-            select(Call.id)
-            .where(Call.status == CallStatus.ENDED.value, Call.ended_at < cutoff)
-            .order_by(Call.id)
+            select(Call.id).where(Call.status == CallStatus.ENDED.value, Call.ended_at < cutoff).order_by(Call.id)
         ).all()
     return _enqueue_missing(queue, JobName.FINALISE_CALL, ids, finalise_job_id, options or JobOptions())
 
@@ -192,9 +198,7 @@ def end_stale_streams(
     finalisation pass that follows picks the call up at once.
     """
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=stale_after_s)
-    last_utterance = (
-        select(func.max(Utterance.created_at)).where(Utterance.call_id == Call.id).scalar_subquery()
-    )
+    last_utterance = select(func.max(Utterance.created_at)).where(Utterance.call_id == Call.id).scalar_subquery()
     with session_scope(session_factory) as session:
         rows = session.execute(
             select(Call, last_utterance)
@@ -208,8 +212,7 @@ def end_stale_streams(
         for call, last in rows:
             call.status = CallStatus.ENDED.value
             call.ended_at = last or call.started_at
-            log.warning("call %s: still streaming after %s s without activity; marked ended", call.id,
-                        stale_after_s)
+            log.warning("call %s: still streaming after %s s without activity; marked ended", call.id, stale_after_s)
         return len(rows)
 
 

@@ -186,8 +186,12 @@ class StreamSession:
                 break
             if time.monotonic() >= deadline:
                 self.counters.utterances_lost += len(self._unsaved)
-                log.error("call %s: database unavailable at stream end (%s); %d utterances not saved",
-                          self.call_id, error or "utterances pending", len(self._unsaved))
+                log.error(
+                    "call %s: database unavailable at stream end (%s); %d utterances not saved",
+                    self.call_id,
+                    error or "utterances pending",
+                    len(self._unsaved),
+                )
                 self._unsaved.clear()
                 if error is not None:  # the sweep ends and finalises calls left streaming
                     self._log_stats()
@@ -198,10 +202,15 @@ class StreamSession:
             self.counters.jobs_deferred += 1
         stats = self.jitter.stats
         log.info(
-            "call %s stream ended: %d utterances saved, %d lost, %d deferred; jitter in=%d dup=%d late=%d "
-            "gap_ms=%d",
-            self.call_id, self.counters.utterances_saved, self.counters.utterances_lost,
-            self.counters.jobs_deferred, stats.frames_in, stats.duplicates, stats.late, stats.gap_ms_filled,
+            "call %s stream ended: %d utterances saved, %d lost, %d deferred; jitter in=%d dup=%d late=%d gap_ms=%d",
+            self.call_id,
+            self.counters.utterances_saved,
+            self.counters.utterances_lost,
+            self.counters.jobs_deferred,
+            stats.frames_in,
+            stats.duplicates,
+            stats.late,
+            stats.gap_ms_filled,
         )
         self._log_stats()
 
@@ -210,9 +219,14 @@ class StreamSession:
         assert self.call_id is not None
         jitter = self.jitter.stats
         log_stream_end(
-            self.call_id, self.stats, late=jitter.late, duplicates=jitter.duplicates,
-            gap_ms_filled=jitter.gap_ms_filled, utterances_saved=self.counters.utterances_saved,
-            utterances_lost=self.counters.utterances_lost, jobs_deferred=self.counters.jobs_deferred,
+            self.call_id,
+            self.stats,
+            late=jitter.late,
+            duplicates=jitter.duplicates,
+            gap_ms_filled=jitter.gap_ms_filled,
+            utterances_saved=self.counters.utterances_saved,
+            utterances_lost=self.counters.utterances_lost,
+            jobs_deferred=self.counters.jobs_deferred,
         )
 
     # -- message handlers ------------------------------------------------------------------------
@@ -271,8 +285,14 @@ class StreamSession:
         if self._streaming_since is None or self.state is not StreamState.STREAMING:
             return
         jitter = self.jitter.stats
-        idle = (self.counters.messages - self.counters.media + self.counters.ignored_tracks
-                + jitter.duplicates + jitter.late + jitter.empty)
+        idle = (
+            self.counters.messages
+            - self.counters.media
+            + self.counters.ignored_tracks
+            + jitter.duplicates
+            + jitter.late
+            + jitter.empty
+        )
         burst = self._config.flood_burst_messages
         if idle <= burst:
             return  # the common case, without a clock read

@@ -26,6 +26,7 @@ from telephony.webhooks import STREAM_PATH
 
 log = logging.getLogger(__name__)
 
+
 class WebSocketLike(Protocol):
     """The part of simple-websocket's ``Server`` the handler uses."""
 
@@ -61,8 +62,7 @@ def serve(ws: WebSocketLike, session: StreamSession, *, idle_timeout_s: float = 
             try:
                 session.receive(raw)
             except ProtocolError as exc:
-                log.warning("call %s: closing stream (%s, code %d)", session.call_id, exc.reason,
-                            exc.close_code)
+                log.warning("call %s: closing stream (%s, code %d)", session.call_id, exc.reason, exc.close_code)
                 _finish(session)
                 ws.close(exc.close_code, exc.reason)
                 return

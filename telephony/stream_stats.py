@@ -33,7 +33,27 @@ LOGGER_NAME = "telephony.stream_stats"
 log = logging.getLogger(LOGGER_NAME)
 
 LAG_EDGES_MS: tuple[float, ...] = (
-    0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000,
+    0.5,
+    1,
+    2,
+    3,
+    5,
+    7.5,
+    10,
+    15,
+    20,
+    30,
+    50,
+    75,
+    100,
+    150,
+    200,
+    300,
+    500,
+    750,
+    1000,
+    2000,
+    5000,
 )
 """Upper edges (ms) of the lag buckets; a last, open bucket holds everything above 5 s."""
 
@@ -100,8 +120,11 @@ class LagHistogram:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LagHistogram:
-        return cls(edges=tuple(float(e) for e in data["edges_ms"]), counts=[int(c) for c in data["counts"]],
-                   max_ms=float(data.get("max_ms", 0.0)))
+        return cls(
+            edges=tuple(float(e) for e in data["edges_ms"]),
+            counts=[int(c) for c in data["counts"]],
+            max_ms=float(data.get("max_ms", 0.0)),
+        )
 
     @classmethod
     def merged(cls, histograms: Iterable[LagHistogram], edges: Sequence[float] = LAG_EDGES_MS) -> LagHistogram:
@@ -143,8 +166,17 @@ class StreamStats:
         }
 
 
-def log_stream_end(call_id: int, stats: StreamStats, *, late: int, duplicates: int, gap_ms_filled: int,
-                   utterances_saved: int, utterances_lost: int, jobs_deferred: int) -> dict[str, Any]:
+def log_stream_end(
+    call_id: int,
+    stats: StreamStats,
+    *,
+    late: int,
+    duplicates: int,
+    gap_ms_filled: int,
+    utterances_saved: int,
+    utterances_lost: int,
+    jobs_deferred: int,
+) -> dict[str, Any]:
     """Log the stream's one stats line (JSON, ids only: never a number, call SID or patient reference)."""
     record: dict[str, Any] = {
         "event": STATS_EVENT,

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from schema import audit
 from schema.db import session_scope
@@ -49,7 +48,7 @@ def settings() -> TelephonyConfig:
     return config_of()
 
 
-def sessions() -> Any:
+def sessions() -> sessionmaker[Session]:
     return current_app.extensions["painline.sessions"]
 
 
@@ -93,14 +92,16 @@ def voice() -> Response:
         return twiml(continue_only(next_step))
     stream_url = public_ws_url(cfg.public_url, STREAM_PATH)
     status_url = public_http_url(cfg.public_url, STATUS_PATH)
-    return twiml(stream_response(
-        stream_url=stream_url,
-        status_callback_url=status_url,
-        token=issued.token,
-        next_step=next_step,
-        consent_message=consent_message,
-        patient_ref=ref,
-    ))
+    return twiml(
+        stream_response(
+            stream_url=stream_url,
+            status_callback_url=status_url,
+            token=issued.token,
+            next_step=next_step,
+            consent_message=consent_message,
+            patient_ref=ref,
+        )
+    )
 
 
 def _patient_ref() -> str | None:
@@ -160,13 +161,19 @@ def ensure_call(session: Session, call_sid: str, patient_id: int | None, *, cons
         return existing.id
     try:
         with session.begin_nested():
-            call = Call(call_sid=call_sid, patient_id=patient_id, consent=consent,
-                        status=CallStatus.STREAMING.value)
+            call = Call(call_sid=call_sid, patient_id=patient_id, consent=consent, status=CallStatus.STREAMING.value)
             session.add(call)
     except IntegrityError:
         return session.scalars(select(Call.id).where(Call.call_sid == call_sid)).one()
-    audit.record(session, "twilio", "call.received", "call", call.id,
-                 consent_notice=consent, patient_known=patient_id is not None)
+    audit.record(
+        session,
+        "twilio",
+        "call.received",
+        "call",
+        call.id,
+        consent_notice=consent,
+        patient_known=patient_id is not None,
+    )
     return call.id
 
 

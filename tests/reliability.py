@@ -187,9 +187,7 @@ def read_rows(path: Path | None = None) -> list[dict[str, Any]]:
 RECORDER = ReliabilityRecorder()
 
 
-def record_outcome(
-    name: str, category: str, detail: str, survived: bool, lost: int = 0, **counts: Any
-) -> Outcome:
+def record_outcome(name: str, category: str, detail: str, survived: bool, lost: int = 0, **counts: Any) -> Outcome:
     """Module-level shortcut to :meth:`ReliabilityRecorder.record_outcome` on the session recorder."""
     return RECORDER.record_outcome(name, category, detail, survived, lost, **counts)
 

@@ -74,43 +74,50 @@ def start_msg(
     encoding: str = "audio/x-mulaw",
     sample_rate: int = 8000,
 ) -> str:
-    return json.dumps({
-        "event": "start",
-        "sequenceNumber": str(sequence),
-        "start": {
-            "accountSid": account_sid,
+    return json.dumps(
+        {
+            "event": "start",
+            "sequenceNumber": str(sequence),
+            "start": {
+                "accountSid": account_sid,
+                "streamSid": stream_sid,
+                "callSid": call_sid,
+                "tracks": ["inbound"],
+                "mediaFormat": {"encoding": encoding, "sampleRate": sample_rate, "channels": 1},
+                "customParameters": parameters or {},
+            },
             "streamSid": stream_sid,
-            "callSid": call_sid,
-            "tracks": ["inbound"],
-            "mediaFormat": {"encoding": encoding, "sampleRate": sample_rate, "channels": 1},
-            "customParameters": parameters or {},
-        },
-        "streamSid": stream_sid,
-    })
+        }
+    )
 
 
-def media_msg(stream_sid: str, chunk: int, timestamp_ms: int, payload: bytes, *, sequence: int,
-              track: str = "inbound") -> str:
-    return json.dumps({
-        "event": "media",
-        "sequenceNumber": str(sequence),
-        "media": {
-            "track": track,
-            "chunk": str(chunk),
-            "timestamp": str(timestamp_ms),
-            "payload": base64.b64encode(payload).decode("ascii"),
-        },
-        "streamSid": stream_sid,
-    })
+def media_msg(
+    stream_sid: str, chunk: int, timestamp_ms: int, payload: bytes, *, sequence: int, track: str = "inbound"
+) -> str:
+    return json.dumps(
+        {
+            "event": "media",
+            "sequenceNumber": str(sequence),
+            "media": {
+                "track": track,
+                "chunk": str(chunk),
+                "timestamp": str(timestamp_ms),
+                "payload": base64.b64encode(payload).decode("ascii"),
+            },
+            "streamSid": stream_sid,
+        }
+    )
 
 
 def stop_msg(stream_sid: str, call_sid: str, account_sid: str, *, sequence: int) -> str:
-    return json.dumps({
-        "event": "stop",
-        "sequenceNumber": str(sequence),
-        "stop": {"accountSid": account_sid, "callSid": call_sid},
-        "streamSid": stream_sid,
-    })
+    return json.dumps(
+        {
+            "event": "stop",
+            "sequenceNumber": str(sequence),
+            "stop": {"accountSid": account_sid, "callSid": call_sid},
+            "streamSid": stream_sid,
+        }
+    )
 
 
 @dataclass
@@ -126,13 +133,19 @@ class TwilioStream:
         self.stream_sid = self.stream_sid or new_sid("MZ")
         self.account_sid = self.account_sid or new_sid("AC")
 
-    def messages(self, audio: bytes, *, chunk_bytes: int = 160, order: list[int] | None = None,
-                 duplicates: tuple[int, ...] = (), drop: tuple[int, ...] = ()) -> list[str]:
+    def messages(
+        self,
+        audio: bytes,
+        *,
+        chunk_bytes: int = 160,
+        order: list[int] | None = None,
+        duplicates: tuple[int, ...] = (),
+        drop: tuple[int, ...] = (),
+    ) -> list[str]:
         """connected, start, media chunks (optionally reordered/duplicated/dropped), stop."""
         chunks = [audio[i : i + chunk_bytes] for i in range(0, len(audio), chunk_bytes)]
         indices = order if order is not None else list(range(len(chunks)))
-        out = [connected_msg(), start_msg(self.stream_sid, self.call_sid, self.account_sid,
-                                          {"token": self.token})]
+        out = [connected_msg(), start_msg(self.stream_sid, self.call_sid, self.account_sid, {"token": self.token})]
         seq = 2
         for i in indices:
             if i in drop:

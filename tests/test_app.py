@@ -20,9 +20,7 @@ from painline.config import Settings
 from schema.models import Patient
 
 
-def test_factory_puts_resources_where_the_blueprints_look(
-    painline_app: Flask, app_settings: Settings
-) -> None:
+def test_factory_puts_resources_where_the_blueprints_look(painline_app: Flask, app_settings: Settings) -> None:
     app = painline_app
     assert settings_of(app) is app_settings
     assert app.secret_key == "app-test-secret"
@@ -165,8 +163,9 @@ def test_embedded_redis_is_shared_with_other_processes(embedded_settings: Settin
             r.set("painline-test-embedded-child", "from-child")
             print(r.connection_pool.connection_kwargs["path"])
         """)
-        out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60,
-                             check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", child], capture_output=True, text=True, timeout=60, check=True
+        ).stdout.split()
         assert out[0] == "from-parent"
         assert out[1] == connection.connection_pool.connection_kwargs["path"]
         # the child's exit did not stop the server: this process still holds it

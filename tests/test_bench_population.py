@@ -29,8 +29,9 @@ from tests.analysis_synthetic import fit_synthetic, make_corpus
 
 @pytest.fixture(scope="module")
 def model() -> PainModel:
-    return fit_synthetic(make_corpus(n_speakers=6, clips=10, dim=4, seed=1),
-                         TrainConfig(c_grid=(1.0,), draws=1, inner_folds=2))
+    return fit_synthetic(
+        make_corpus(n_speakers=6, clips=10, dim=4, seed=1), TrainConfig(c_grid=(1.0,), draws=1, inner_folds=2)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +64,7 @@ def test_order_matters(model: PainModel, shifted: np.ndarray) -> None:
     assert first[0] != pytest.approx(last[-1], abs=1e-3)
 
 
-def test_seed_rows_are_folded_in_before_the_first_arrival_and_not_scored(
-    model: PainModel, shifted: np.ndarray
-) -> None:
+def test_seed_rows_are_folded_in_before_the_first_arrival_and_not_scored(model: PainModel, shifted: np.ndarray) -> None:
     seed, live = shifted[:30], shifted[30:]
     probs = replay(model, live, np.arange(len(live)), seed_rows=seed)
     assert len(probs) == len(live)

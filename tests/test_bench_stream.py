@@ -33,8 +33,9 @@ def test_two_calls_through_gunicorn_lose_nothing(tmp_path: Path, pg_url: str) ->
     bench_url = pg_url  # the session's temporary database: migrated, emptied, its ids raised
     prepare_database(bench_url)
     plan = RunPlan(calls=2, duration_s=3.0, ramp_s=0.5, generator_processes=1)
-    run = ingest_run(ServerConfig("gthread", 1, 8), plan, database_url=bench_url, redis_url=app_redis_url(),
-                     log_dir=tmp_path)
+    run = ingest_run(
+        ServerConfig("gthread", 1, 8), plan, database_url=bench_url, redis_url=app_redis_url(), log_dir=tmp_path
+    )
     assert run["stats_lines"] == 2  # both streams' stats lines were found in the server's log and parsed
     assert run["frames_sent"] == run["frames_received"] == 2 * 150
     assert run["frames_lost"] == 0 and run["call_errors"] == 0

@@ -38,8 +38,14 @@ from tests.worker_fixtures import calm, pain
 from worker import context as worker_context
 
 SETTINGS_ENV = [
-    "PAINLINE_DATABASE_URL", "PAINLINE_REDIS_URL", "PAINLINE_VAR_DIR", "PAINLINE_PUBLIC_URL",
-    "PAINLINE_QUEUE_NAME", "PAINLINE_MODEL_PATH", "PAINLINE_HMAC_KEY", "TWILIO_AUTH_TOKEN",
+    "PAINLINE_DATABASE_URL",
+    "PAINLINE_REDIS_URL",
+    "PAINLINE_VAR_DIR",
+    "PAINLINE_PUBLIC_URL",
+    "PAINLINE_QUEUE_NAME",
+    "PAINLINE_MODEL_PATH",
+    "PAINLINE_HMAC_KEY",
+    "TWILIO_AUTH_TOKEN",
     "PAINLINE_FLAG_THRESHOLD",
 ]
 
@@ -87,13 +93,18 @@ def pending_utterance(database_url: str, clip: np.ndarray, *, age_s: float = 0.0
     try:
         with session_scope(session_factory(engine)) as session:
             created = utcnow() - timedelta(seconds=age_s)
-            call = Call(call_sid="CA" + "5" * 32, status=CallStatus.ENDED.value, started_at=created,
-                        ended_at=created)
+            call = Call(call_sid="CA" + "5" * 32, status=CallStatus.ENDED.value, started_at=created, ended_at=created)
             session.add(call)
             session.flush()
-            utterance = Utterance(call_id=call.id, seq=0, start_ms=0, end_ms=len(clip) // 8,
-                                  speech_s=len(clip) / 8000, status=UtteranceStatus.PENDING.value,
-                                  created_at=created)
+            utterance = Utterance(
+                call_id=call.id,
+                seq=0,
+                start_ms=0,
+                end_ms=len(clip) // 8,
+                speech_s=len(clip) / 8000,
+                status=UtteranceStatus.PENDING.value,
+                created_at=created,
+            )
             session.add(utterance)
             session.flush()
             session.add(UtteranceAudio(utterance_id=utterance.id, mulaw=mulaw_encode(clip)))
@@ -121,8 +132,9 @@ def test_train_and_evaluate_go_to_painline_research_untouched(monkeypatch: pytes
     ]
 
 
-def test_research_commands_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_research_commands_missing_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setitem(sys.modules, "painline.research", None)  # import raises ModuleNotFoundError
     assert cli.main(["train"]) == 1
     assert "not part of this installation" in capsys.readouterr().err
@@ -148,8 +160,9 @@ def test_gunicorn_command_uses_gthread_and_the_wsgi_app() -> None:
 # migrate, sweep, worker, baseline
 
 
-def test_migrate_creates_the_embedded_database(clean_env: pytest.MonkeyPatch, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_migrate_creates_the_embedded_database(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     clean_env.setenv("PAINLINE_VAR_DIR", str(tmp_path / "var"))
     assert cli.main(["migrate"]) == 0
     url = Settings.from_env().resolved_database_url
@@ -172,14 +185,16 @@ def test_sweep_reenqueues_pending_work(service_env: Settings, global_job_keys: l
         connection.close()
 
 
-def test_worker_burst_scores_with_the_model_loaded_once(service_env: Settings, global_job_keys: list[int],
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_burst_scores_with_the_model_loaded_once(
+    service_env: Settings, global_job_keys: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     utterance_id = pending_utterance(service_env.resolved_database_url, pain(seconds=3.0))
     global_job_keys.append(utterance_id)
     connection = Redis.from_url(service_env.redis_url)
     try:
         Queue(service_env.queue_name, connection=connection).enqueue(
-            "worker.jobs.score_utterance", utterance_id, job_id=f"score-utterance-{utterance_id}")
+            "worker.jobs.score_utterance", utterance_id, job_id=f"score-utterance-{utterance_id}"
+        )
     finally:
         connection.close()
     loads: list[Path] = []
@@ -215,11 +230,11 @@ def test_worker_without_a_model_says_how_to_get_one(
     assert "painline train" in capsys.readouterr().err
 
 
-def test_baseline_enroll_creates_the_patient_and_audits(service_env: Settings, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_baseline_enroll_creates_the_patient_and_audits(
+    service_env: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     files = [wav_file(tmp_path / f"normal{i}.wav", calm(120.0, seed=i, seconds=3.0)) for i in range(2)]
-    code = cli.main(["baseline", "enroll", "HOSP-0042", *map(str, files), "--no-speaker",
-                     "--actor", "nurse.jo"])
+    code = cli.main(["baseline", "enroll", "HOSP-0042", *map(str, files), "--no-speaker", "--actor", "nurse.jo"])
     assert code == 0
     out = capsys.readouterr().out
     assert "2 clip(s) enrolled" in out
@@ -229,8 +244,9 @@ def test_baseline_enroll_creates_the_patient_and_audits(service_env: Settings, t
         with session_factory(engine)() as session:
             key = patient_ref_key("HOSP-0042")
             patient = session.scalars(select(Patient).where(Patient.key == key)).one()
-            baseline = session.scalars(select(Baseline).where(Baseline.patient_id == patient.id,
-                                                              Baseline.embedder == "egemaps")).first()
+            baseline = session.scalars(
+                select(Baseline).where(Baseline.patient_id == patient.id, Baseline.embedder == "egemaps")
+            ).first()
             assert baseline is not None and baseline.count == 2
             events = session.scalars(select(AuditEvent).where(AuditEvent.actor == "nurse.jo")).all()
             actions = {e.action for e in events}
@@ -248,8 +264,9 @@ def test_baseline_enroll_creates_the_patient_and_audits(service_env: Settings, t
         engine.dispose()
 
 
-def test_baseline_enroll_refuses_a_bad_reference(service_env: Settings, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_baseline_enroll_refuses_a_bad_reference(
+    service_env: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = wav_file(tmp_path / "a.wav", calm())
     assert cli.main(["baseline", "enroll", "   ", str(path)]) == 2
     assert "empty patient reference" in capsys.readouterr().err
@@ -268,15 +285,27 @@ def test_replay_command_waits_for_the_verdict(
     worker_redis: Redis,
 ) -> None:
     clean_env.setenv("PAINLINE_PUBLIC_URL", app_server.url)
-    audio = np.concatenate([np.zeros(4000), pain(140.0, seed=5), np.zeros(6000), pain(140.0, seed=6),
-                            np.zeros(4000)])
+    audio = np.concatenate([np.zeros(4000), pain(140.0, seed=5), np.zeros(6000), pain(140.0, seed=6), np.zeros(4000)])
     path = wav_file(tmp_path / "call.wav", audio)
     ctx = build_context(service_env, worker_redis, speaker=False)
     install_context(ctx)
     worker = BackgroundWorker(app_server.queue).start()
     try:
-        code = cli.main(["replay", str(path), "--url", app_server.url, "--speed", "0", "--wait",
-                         "--timeout", "60", "--patient-ref", "HOSP-7"])
+        code = cli.main(
+            [
+                "replay",
+                str(path),
+                "--url",
+                app_server.url,
+                "--speed",
+                "0",
+                "--wait",
+                "--timeout",
+                "60",
+                "--patient-ref",
+                "HOSP-7",
+            ]
+        )
     finally:
         worker.stop()
         worker_context.uninstall()
@@ -289,16 +318,18 @@ def test_replay_command_waits_for_the_verdict(
     assert "HOSP-7" not in out and "5551234567" not in out
 
 
-def test_replay_command_reports_an_unreachable_server(clean_env: pytest.MonkeyPatch, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_replay_command_reports_an_unreachable_server(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     clean_env.setenv("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
     path = wav_file(tmp_path / "call.wav", calm())
     assert cli.main(["replay", str(path), "--url", "http://127.0.0.1:1", "--speed", "0"]) == 1
     assert "cannot reach" in capsys.readouterr().err
 
 
-def test_replay_command_needs_the_auth_token(clean_env: pytest.MonkeyPatch, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_replay_command_needs_the_auth_token(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = wav_file(tmp_path / "call.wav", calm())
     assert cli.main(["replay", str(path), "--url", "http://127.0.0.1:1"]) == 1
     assert "TWILIO_AUTH_TOKEN" in capsys.readouterr().err
@@ -308,8 +339,9 @@ def test_replay_command_needs_the_auth_token(clean_env: pytest.MonkeyPatch, tmp_
 # population
 
 
-def test_population_seed_from_recordings(service_env: Settings, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_population_seed_from_recordings(
+    service_env: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     files = [wav_file(tmp_path / f"caller{i}.wav", calm(110.0 + 30 * i, seed=i, seconds=3.0)) for i in range(3)]
     assert cli.main(["population", "seed", *map(str, files)]) == 0
     out = capsys.readouterr().out
@@ -325,8 +357,9 @@ def test_population_seed_from_recordings(service_env: Settings, tmp_path: Path,
     assert "give recordings, --from-calls, or both" in capsys.readouterr().err
 
 
-def test_baseline_enroll_reports_recordings_without_speech(service_env: Settings, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_baseline_enroll_reports_recordings_without_speech(
+    service_env: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     speech = wav_file(tmp_path / "speech.wav", calm(120.0, seed=3, seconds=3.0))
     silence = wav_file(tmp_path / "silence.wav", np.zeros(16000))
     assert cli.main(["baseline", "enroll", "HOSP-77", str(speech), str(silence), "--no-speaker"]) == 0

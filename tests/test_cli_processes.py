@@ -78,9 +78,15 @@ def server_env(app_settings: Settings) -> dict[str, str]:
 
 def run_server(args: list[str], env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "painline.cli", *args, "--port", str(port)],
-                               env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "painline.cli", *args, "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         yield f"http://127.0.0.1:{port}", process
     finally:
@@ -99,8 +105,9 @@ def test_serve_with_gunicorn_answers_health_checks(server_env: dict[str, str]) -
         body = wait_healthy(url + "/healthz", process)
         assert body["checks"] == {"database": "ok", "redis": "ok"}
         # the telephony routes are mounted: an unsigned webhook is refused, not missing
-        request = urllib.request.Request(url + "/twilio/voice?patient_ref=SECRET-REF-99", data=b"CallSid=CA1",
-                                         method="POST")
+        request = urllib.request.Request(
+            url + "/twilio/voice?patient_ref=SECRET-REF-99", data=b"CallSid=CA1", method="POST"
+        )
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=5)
         assert refused.value.code == 403
@@ -123,8 +130,14 @@ def test_development_server_answers_health_checks(server_env: dict[str, str]) ->
 
 def run_demo(args: list[str], timeout_s: float = 120.0) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "painline.cli", "demo", *args], env=clean_environment(),
-                            cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+    result = subprocess.run(
+        [sys.executable, "-m", "painline.cli", "demo", *args],
+        env=clean_environment(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
     return result, time.monotonic() - started
 
 
@@ -160,8 +173,9 @@ def test_demo_runs_a_call_end_to_end_and_cleans_up(pain_model_path: Path, tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not DEFAULT_MODEL.exists(),
-                    reason=f"no trained model at {DEFAULT_MODEL} (train one with `painline train`)")
+@pytest.mark.skipif(
+    not DEFAULT_MODEL.exists(), reason=f"no trained model at {DEFAULT_MODEL} (train one with `painline train`)"
+)
 def test_demo_with_the_default_model_while_both_cores_are_busy() -> None:
     """The first run on a fresh machine, model load included, with two other processes spinning."""
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
@@ -185,9 +199,27 @@ def test_demo_serve_ends_on_the_nurse_screen(pain_model_path: Path, tmp_path: Pa
     port = free_port()
     var_dir = tmp_path / "demo"
     process = subprocess.Popen(
-        [sys.executable, "-m", "painline.cli", "demo", "--serve", "--port", str(port), "--model",
-         str(pain_model_path), "--var-dir", str(var_dir), "--speed", "0"],
-        env=clean_environment(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "painline.cli",
+            "demo",
+            "--serve",
+            "--port",
+            str(port),
+            "--model",
+            str(pain_model_path),
+            "--var-dir",
+            str(var_dir),
+            "--speed",
+            "0",
+        ],
+        env=clean_environment(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seen: list[str] = []
     try:
         assert process.stdout is not None
@@ -207,8 +239,9 @@ def test_demo_serve_ends_on_the_nurse_screen(pain_model_path: Path, tmp_path: Pa
         with browser.open(fields["sign in at"], timeout=10) as response:
             token = _CSRF.search(response.read().decode())
         assert token is not None
-        form = urllib.parse.urlencode({"username": fields["username"], "password": fields["password"],
-                                       "csrf_token": token.group(1)}).encode()
+        form = urllib.parse.urlencode(
+            {"username": fields["username"], "password": fields["password"], "csrf_token": token.group(1)}
+        ).encode()
         with browser.open(fields["sign in at"], data=form, timeout=10) as response:
             assert response.status == 200 and "/login" not in response.url
         with browser.open(fields["the call"], timeout=10) as response:

@@ -49,14 +49,24 @@ REQUIRED = {
 
 # Containers that do not run painline read their image's own variables: the ones their image documents.
 IMAGE_ENVIRONMENT = {
-    "postgres": frozenset({"POSTGRES_PASSWORD", "POSTGRES_USER", "POSTGRES_DB", "POSTGRES_INITDB_ARGS",
-                           "POSTGRES_INITDB_WALDIR", "POSTGRES_HOST_AUTH_METHOD", "PGDATA"}),
+    "postgres": frozenset(
+        {
+            "POSTGRES_PASSWORD",
+            "POSTGRES_USER",
+            "POSTGRES_DB",
+            "POSTGRES_INITDB_ARGS",
+            "POSTGRES_INITDB_WALDIR",
+            "POSTGRES_HOST_AUTH_METHOD",
+            "PGDATA",
+        }
+    ),
     "redis": frozenset(),
 }
 
 
 # ---------------------------------------------------------------------------------------------------
 # reading YAML as Compose does
+
 
 class _ComposeYamlLoader(yaml.SafeLoader):
     """SafeLoader reading scalars as Compose's YAML parser does (checked against `docker compose config`)."""
@@ -75,16 +85,21 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
 # Only true/false are booleans (`yes`, `on` stay strings); no base-60 numbers (`1:30` stays a string);
 # 1e3 is a number. Timestamps keep PyYAML's reading: Compose reads them as dates too, and then rejects them.
 _ComposeYamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers
-            if tag not in {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}]
+    first: [
+        (tag, regexp)
+        for tag, regexp in resolvers
+        if tag not in {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+    ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 for _tag, _pattern, _firsts in (
     ("tag:yaml.org,2002:bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
     ("tag:yaml.org,2002:int", r"[-+]?(?:0b[01_]+|0o[0-7_]+|0x[0-9a-fA-F_]+|[0-9][0-9_]*)", "-+0123456789"),
-    ("tag:yaml.org,2002:float",
-     r"[-+]?(?:\.[0-9_]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
-     "-+.0123456789"),
+    (
+        "tag:yaml.org,2002:float",
+        r"[-+]?(?:\.[0-9_]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+        "-+.0123456789",
+    ),
 ):
     _ComposeYamlLoader.add_implicit_resolver(_tag, re.compile(rf"^(?:{_pattern})$"), list(_firsts))
 _ComposeYamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
@@ -108,6 +123,7 @@ def compose_document() -> dict[str, object]:
 
 # ---------------------------------------------------------------------------------------------------
 # interpolation as Compose does it
+
 
 class InterpolationError(ValueError):
     """What stops `docker compose`: a required variable without a value, a malformed `${...}`, a failed cast."""
@@ -166,7 +182,7 @@ def substitute(text: str, env: Mapping[str, str]) -> str:
     i = 0
     while (dollar := text.find("$", i)) >= 0:
         out.append(text[i:dollar])
-        following = text[dollar + 1:dollar + 2]
+        following = text[dollar + 1 : dollar + 2]
         if following == "$":
             out.append("$")
             i = dollar + 2
@@ -174,7 +190,7 @@ def substitute(text: str, env: Mapping[str, str]) -> str:
             end = _closing_brace(text, dollar + 2)
             if end < 0:
                 raise InterpolationError(f"invalid interpolation format: {text[dollar:]}")
-            out.append(_braced(text[dollar + 2:end], env))
+            out.append(_braced(text[dollar + 2 : end], env))
             i = end + 1
         elif match := _NAME.match(text, dollar + 1):
             out.append(env.get(match.group(), ""))
@@ -204,19 +220,57 @@ def _to_bool(value: str) -> bool:
 # The fields whose interpolated strings compose casts before validating (compose-go v2's loader; `*` is
 # any key, `[]` any list item). Other fields the schema types as numbers accept strings too.
 _SERVICE_CASTS: dict[Callable[[str], object], tuple[str, ...]] = {
-    _to_int: ("configs.[].mode", "cpu_count", "cpu_period", "cpu_quota", "cpu_rt_period", "cpu_rt_runtime",
-              "cpu_shares", "deploy.replicas", "deploy.update_config.parallelism",
-              "deploy.rollback_config.parallelism", "deploy.restart_policy.max_attempts",
-              "deploy.placement.max_replicas_per_node", "healthcheck.retries", "oom_score_adj", "pids_limit",
-              "ports.[].target", "scale", "secrets.[].mode", "ulimits.*", "ulimits.*.hard", "ulimits.*.soft"),
-    float: ("cpu_percent", "cpus", "deploy.update_config.max_failure_ratio",
-            "deploy.rollback_config.max_failure_ratio"),
-    _to_bool: ("init", "healthcheck.disable", "oom_kill_disable", "privileged", "read_only", "stdin_open", "tty",
-               "volumes.[].read_only", "volumes.[].volume.nocopy"),
+    _to_int: (
+        "configs.[].mode",
+        "cpu_count",
+        "cpu_period",
+        "cpu_quota",
+        "cpu_rt_period",
+        "cpu_rt_runtime",
+        "cpu_shares",
+        "deploy.replicas",
+        "deploy.update_config.parallelism",
+        "deploy.rollback_config.parallelism",
+        "deploy.restart_policy.max_attempts",
+        "deploy.placement.max_replicas_per_node",
+        "healthcheck.retries",
+        "oom_score_adj",
+        "pids_limit",
+        "ports.[].target",
+        "scale",
+        "secrets.[].mode",
+        "ulimits.*",
+        "ulimits.*.hard",
+        "ulimits.*.soft",
+    ),
+    float: (
+        "cpu_percent",
+        "cpus",
+        "deploy.update_config.max_failure_ratio",
+        "deploy.rollback_config.max_failure_ratio",
+    ),
+    _to_bool: (
+        "init",
+        "healthcheck.disable",
+        "oom_kill_disable",
+        "privileged",
+        "read_only",
+        "stdin_open",
+        "tty",
+        "volumes.[].read_only",
+        "volumes.[].volume.nocopy",
+    ),
 }
 _TOP_LEVEL_CASTS: dict[Callable[[str], object], tuple[str, ...]] = {
-    _to_bool: ("networks.*.external", "networks.*.internal", "networks.*.attachable", "networks.*.enable_ipv6",
-               "volumes.*.external", "secrets.*.external", "configs.*.external"),
+    _to_bool: (
+        "networks.*.external",
+        "networks.*.internal",
+        "networks.*.attachable",
+        "networks.*.enable_ipv6",
+        "volumes.*.external",
+        "secrets.*.external",
+        "configs.*.external",
+    ),
 }
 CASTS: dict[tuple[str, ...], Callable[[str], object]] = {
     **{("services", "*", *field.split(".")): cast for cast, fields in _SERVICE_CASTS.items() for field in fields},
@@ -276,6 +330,7 @@ def variables_in(node: object) -> set[str]:
 # ---------------------------------------------------------------------------------------------------
 # what the file passes into containers and what its header describes
 
+
 def environment_keys(block: object) -> list[str]:
     """The variable names of an `environment:` mapping or list (`KEY=value` or a bare `KEY`)."""
     if isinstance(block, dict):
@@ -308,8 +363,12 @@ def services(document: Mapping[str, object]) -> dict[str, dict[str, object]]:
 
 def painline_environment(document: Mapping[str, object]) -> set[str]:
     """The variables passed into any painline container."""
-    return {key for service in services(document).values() if runs_painline(service)
-            for key in environment_keys(service.get("environment"))}
+    return {
+        key
+        for service in services(document).values()
+        if runs_painline(service)
+        for key in environment_keys(service.get("environment"))
+    }
 
 
 def header_comment(text: str) -> str:
@@ -328,6 +387,7 @@ def mentions(text: str, name: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------------
 # the schema
+
 
 @cache
 def schema_validator() -> jsonschema.Draft7Validator:
@@ -353,48 +413,55 @@ def schema_errors(document: object) -> list[str]:
 # ---------------------------------------------------------------------------------------------------
 # tests
 
-@pytest.mark.parametrize(("template", "expected"), [
-    # each checked against `docker compose config` (v2.40.3) with SET=val, EMPTY= and UNSET unset
-    ("${SET}", "val"),
-    ("${UNSET}", ""),
-    ("$SET-tail", "val-tail"),
-    ("${EMPTY:-dflt}", "dflt"),
-    ("${EMPTY-dflt}", ""),
-    ("${UNSET-dflt}", "dflt"),
-    ("${SET:-dflt}", "val"),
-    ("${UNSET:-}", ""),
-    ("${UNSET:-a:-b}", "a:-b"),
-    ("${UNSET:-${SET:-x}y}", "valy"),
-    ("${UNSET-${EMPTY:-z}}", "z"),
-    ("${SET:-a}}", "val}"),
-    ("${EMPTY?must}", ""),
-    ("${SET:?must}", "val"),
-    ("${SET:+rep}", "rep"),
-    ("${EMPTY:+rep}", ""),
-    ("${EMPTY+rep}", "rep"),
-    ("${UNSET+rep}", ""),
-    ("$$SET", "$SET"),
-    ("$$$SET", "$val"),
-    ("$${SET}", "${SET}"),
-    ("${UNSET:-$$}", "$"),
-    ("a $ b", "a $ b"),
-    ("$1 end$", "$1 end$"),
-])
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        # each checked against `docker compose config` (v2.40.3) with SET=val, EMPTY= and UNSET unset
+        ("${SET}", "val"),
+        ("${UNSET}", ""),
+        ("$SET-tail", "val-tail"),
+        ("${EMPTY:-dflt}", "dflt"),
+        ("${EMPTY-dflt}", ""),
+        ("${UNSET-dflt}", "dflt"),
+        ("${SET:-dflt}", "val"),
+        ("${UNSET:-}", ""),
+        ("${UNSET:-a:-b}", "a:-b"),
+        ("${UNSET:-${SET:-x}y}", "valy"),
+        ("${UNSET-${EMPTY:-z}}", "z"),
+        ("${SET:-a}}", "val}"),
+        ("${EMPTY?must}", ""),
+        ("${SET:?must}", "val"),
+        ("${SET:+rep}", "rep"),
+        ("${EMPTY:+rep}", ""),
+        ("${EMPTY+rep}", "rep"),
+        ("${UNSET+rep}", ""),
+        ("$$SET", "$SET"),
+        ("$$$SET", "$val"),
+        ("$${SET}", "${SET}"),
+        ("${UNSET:-$$}", "$"),
+        ("a $ b", "a $ b"),
+        ("$1 end$", "$1 end$"),
+    ],
+)
 def test_interpolation_follows_compose(template: str, expected: str) -> None:
     assert substitute(template, {"SET": "val", "EMPTY": ""}) == expected
 
 
-@pytest.mark.parametrize(("template", "error"), [
-    ("${UNSET:?set UNSET}", "required variable UNSET is missing a value: set UNSET"),
-    ("${EMPTY:?}", "required variable EMPTY is missing a value"),
-    ("${UNSET?}", "required variable UNSET is missing a value"),
-    ("${}", "invalid interpolation format"),
-    ("${A:x}", "invalid interpolation format"),
-    ("${A.B}", "invalid interpolation format"),
-    ("${1A}", "invalid interpolation format"),
-    ("${A", "invalid interpolation format"),
-    ("${UNSET:-${SET}", "invalid interpolation format"),
-])
+@pytest.mark.parametrize(
+    ("template", "error"),
+    [
+        ("${UNSET:?set UNSET}", "required variable UNSET is missing a value: set UNSET"),
+        ("${EMPTY:?}", "required variable EMPTY is missing a value"),
+        ("${UNSET?}", "required variable UNSET is missing a value"),
+        ("${}", "invalid interpolation format"),
+        ("${A:x}", "invalid interpolation format"),
+        ("${A.B}", "invalid interpolation format"),
+        ("${1A}", "invalid interpolation format"),
+        ("${A", "invalid interpolation format"),
+        ("${UNSET:-${SET}", "invalid interpolation format"),
+    ],
+)
 def test_interpolation_errors_follow_compose(template: str, error: str) -> None:
     with pytest.raises(InterpolationError, match=re.escape(error)):
         substitute(template, {"SET": "val", "EMPTY": ""})
@@ -402,10 +469,26 @@ def test_interpolation_errors_follow_compose(template: str, error: str) -> None:
 
 def test_yaml_is_read_as_compose_reads_it() -> None:
     # each checked against `docker compose config` (v2.40.3)
-    document = load_yaml("a: yes\nb: on\nc: 1:30\nd: 0o17\ne: 0755\nf: 09\ng: -0755\nh: 0b101\ni: 1_000\n"
-                         "j: 1e3\nk: .5\nl: True\nm: ~\nn: 8000\n")
-    assert document == {"a": "yes", "b": "on", "c": "1:30", "d": 15, "e": 493, "f": 9, "g": -493, "h": 5,
-                        "i": 1000, "j": 1000.0, "k": 0.5, "l": True, "m": None, "n": 8000}
+    document = load_yaml(
+        "a: yes\nb: on\nc: 1:30\nd: 0o17\ne: 0755\nf: 09\ng: -0755\nh: 0b101\ni: 1_000\n"
+        "j: 1e3\nk: .5\nl: True\nm: ~\nn: 8000\n"
+    )
+    assert document == {
+        "a": "yes",
+        "b": "on",
+        "c": "1:30",
+        "d": 15,
+        "e": 493,
+        "f": 9,
+        "g": -493,
+        "h": 5,
+        "i": 1000,
+        "j": 1000.0,
+        "k": 0.5,
+        "l": True,
+        "m": None,
+        "n": 8000,
+    }
 
 
 def test_dates_are_rejected_as_compose_rejects_them() -> None:
@@ -463,24 +546,36 @@ def test_container_environment_is_what_the_containers_read() -> None:
     for name, service in services(document).items():
         keys = environment_keys(service.get("environment"))
         if runs_painline(service):
-            problems += [f"services.{name}.environment.{key}: painline reads no such setting "
-                         "(painline.config.env_names()); remove it, or add the setting to painline.config.Settings"
-                         for key in keys if key not in settings]
+            problems += [
+                f"services.{name}.environment.{key}: painline reads no such setting "
+                "(painline.config.env_names()); remove it, or add the setting to painline.config.Settings"
+                for key in keys
+                if key not in settings
+            ]
             continue
         image = str(service.get("image", "")).split(":", 1)[0]
         known = IMAGE_ENVIRONMENT.get(image)
         if known is None:
-            problems += [f"services.{name}.environment.{key}: image {image!r} is unknown to this test; add the "
-                         "variables its documentation lists to IMAGE_ENVIRONMENT" for key in keys]
+            problems += [
+                f"services.{name}.environment.{key}: image {image!r} is unknown to this test; add the "
+                "variables its documentation lists to IMAGE_ENVIRONMENT"
+                for key in keys
+            ]
         else:
-            problems += [f"services.{name}.environment.{key}: not a variable the {image!r} image documents"
-                         for key in keys if key not in known]
+            problems += [
+                f"services.{name}.environment.{key}: not a variable the {image!r} image documents"
+                for key in keys
+                if key not in known
+            ]
     for key, value in document.items():
         if str(key).startswith("x-"):
             for where, block in _environments_within(value, (str(key),)):
-                problems += [f"{where}.{name}: painline reads no such setting (painline.config.env_names()); "
-                             "remove it, or add the setting to painline.config.Settings"
-                             for name in environment_keys(block) if name not in settings]
+                problems += [
+                    f"{where}.{name}: painline reads no such setting (painline.config.env_names()); "
+                    "remove it, or add the setting to painline.config.Settings"
+                    for name in environment_keys(block)
+                    if name not in settings
+                ]
     assert not problems, "docker-compose.yml passes variables nothing reads:\n" + "\n".join(sorted(set(problems)))
 
 
@@ -490,7 +585,8 @@ def test_compose_only_variables_are_described_in_the_header() -> None:
     header = header_comment(compose_text())
     missing = sorted(name for name in knobs if not mentions(header, name))
     assert not missing, "\n".join(
-        f"{name}: used in ${{...}} in docker-compose.yml but not described in its comment header" for name in missing)
+        f"{name}: used in ${{...}} in docker-compose.yml but not described in its comment header" for name in missing
+    )
 
 
 def test_interpolated_settings_are_described_in_the_header() -> None:
@@ -501,4 +597,5 @@ def test_interpolated_settings_are_described_in_the_header() -> None:
     missing = sorted(name for name in passed if not mentions(header, name))
     assert not missing, "\n".join(
         f"{name}: set from ${{{name}...}} in docker-compose.yml but not described in its comment header"
-        for name in missing)
+        for name in missing
+    )

@@ -77,8 +77,14 @@ def test_a_bad_value_names_its_variable() -> None:
 
 
 def test_the_cli_reports_a_bad_value_in_one_line() -> None:
-    result = subprocess.run([sys.executable, "-m", "painline.cli", "check"], capture_output=True, text=True,
-                            env=clean_environment(PAINLINE_JOB_RETRIES="many"), cwd=ROOT, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "painline.cli", "check"],
+        capture_output=True,
+        text=True,
+        env=clean_environment(PAINLINE_JOB_RETRIES="many"),
+        cwd=ROOT,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == "painline: PAINLINE_JOB_RETRIES='many' is not a valid int"
 
@@ -90,12 +96,21 @@ def test_no_layer_reads_the_environment_or_settings_by_getattr() -> None:
         for path in (ROOT / layer).rglob("*.py"):
             tree = ast.parse(path.read_text())
             for node in ast.walk(tree):
-                if isinstance(node, ast.Attribute) and node.attr in {"environ", "getenv"} and \
-                        isinstance(node.value, ast.Name) and node.value.id == "os":
+                if (
+                    isinstance(node, ast.Attribute)
+                    and node.attr in {"environ", "getenv"}
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id == "os"
+                ):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} reads os.{node.attr}")
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr" \
-                        and len(node.args) == 3 and isinstance(node.args[0], ast.Name) \
-                        and node.args[0].id in {"settings", "cfg", "config"}:
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id == "getattr"
+                    and len(node.args) == 3
+                    and isinstance(node.args[0], ast.Name)
+                    and node.args[0].id in {"settings", "cfg", "config"}
+                ):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} getattr on {node.args[0].id}")
     assert offenders == []
 
@@ -105,12 +120,27 @@ def test_good_production_settings_have_no_problems(tmp_path: Path) -> None:
 
 
 def test_every_problem_is_listed_at_once() -> None:
-    problems = production_problems(Settings(public_url="http://painline.example.org", flag_webhook_url="https://x",
-                                            next_dial="+15550100", next_enqueue="nurses"), web_processes=2)
+    problems = production_problems(
+        Settings(
+            public_url="http://painline.example.org",
+            flag_webhook_url="https://x",
+            next_dial="+15550100",
+            next_enqueue="nurses",
+        ),
+        web_processes=2,
+    )
     text = "\n".join(p.message for p in problems)
-    for variable in ("PAINLINE_PUBLIC_URL", "TWILIO_AUTH_TOKEN", "PAINLINE_HMAC_KEY", "PAINLINE_SECRET_KEY",
-                     "PAINLINE_DATA_KEYS", "PAINLINE_DATABASE_URL", "PAINLINE_REDIS_URL", "PAINLINE_NEXT_DIAL",
-                     "PAINLINE_FLAG_WEBHOOK_SECRET"):
+    for variable in (
+        "PAINLINE_PUBLIC_URL",
+        "TWILIO_AUTH_TOKEN",
+        "PAINLINE_HMAC_KEY",
+        "PAINLINE_SECRET_KEY",
+        "PAINLINE_DATA_KEYS",
+        "PAINLINE_DATABASE_URL",
+        "PAINLINE_REDIS_URL",
+        "PAINLINE_NEXT_DIAL",
+        "PAINLINE_FLAG_WEBHOOK_SECRET",
+    ):
         assert variable in text
     fatal = {p.message.split(" ")[0] for p in problems if p.fatal}
     assert "PAINLINE_SECRET_KEY" in fatal  # two web processes: sign-ins would fail at random
@@ -125,7 +155,10 @@ def test_one_process_without_a_secret_key_only_warns() -> None:
 def test_gunicorn_with_two_processes_refuses_to_start_without_a_secret_key(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "painline.cli", "serve", "--gunicorn", "--workers", "2", "--port", "1"],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
         env=clean_environment(PAINLINE_VAR_DIR=str(tmp_path)),
     )
     assert result.returncode == 2
@@ -135,18 +168,32 @@ def test_gunicorn_with_two_processes_refuses_to_start_without_a_secret_key(tmp_p
 
 
 def test_painline_check_lists_every_problem(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "painline.cli", "check"], capture_output=True, text=True,
-                            env=clean_environment(PAINLINE_VAR_DIR=str(tmp_path),
-                                                  PAINLINE_PUBLIC_URL="http://example.org"), cwd=ROOT, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "painline.cli", "check"],
+        capture_output=True,
+        text=True,
+        env=clean_environment(PAINLINE_VAR_DIR=str(tmp_path), PAINLINE_PUBLIC_URL="http://example.org"),
+        cwd=ROOT,
+        timeout=60,
+    )
     assert result.returncode == 1
     lines = [line for line in result.stdout.splitlines() if line.startswith("  - ")]
     assert len(lines) == len(production_problems(Settings(public_url="http://example.org"), web_processes=2))
     assert any("[refuses to start] PAINLINE_SECRET_KEY" in line for line in lines)
     assert any("PAINLINE_PUBLIC_URL must be the https URL" in line for line in lines)
 
-    good = {env_name(f.name): str(getattr(GOOD_PRODUCTION, f.name)) for f in fields(Settings)
-            if getattr(GOOD_PRODUCTION, f.name) != f.default}
-    result = subprocess.run([sys.executable, "-m", "painline.cli", "check"], capture_output=True, text=True,
-                            env=clean_environment(**good), cwd=ROOT, timeout=60)
+    good = {
+        env_name(f.name): str(getattr(GOOD_PRODUCTION, f.name))
+        for f in fields(Settings)
+        if getattr(GOOD_PRODUCTION, f.name) != f.default
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "painline.cli", "check"],
+        capture_output=True,
+        text=True,
+        env=clean_environment(**good),
+        cwd=ROOT,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout
     assert "no problems" in result.stdout

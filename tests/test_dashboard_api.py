@@ -33,8 +33,9 @@ MATRIX = [
 
 
 def fill(path: str, seed: Seed) -> str:
-    return path.format(call_id=seed.call_id, flag_id=seed.flag_id, patient_id=seed.patient_id,
-                       contribution_id=seed.contribution_ids[0])
+    return path.format(
+        call_id=seed.call_id, flag_id=seed.flag_id, patient_id=seed.patient_id, contribution_id=seed.contribution_ids[0]
+    )
 
 
 def audit(app: Flask, action: str) -> list[AuditEvent]:
@@ -117,8 +118,11 @@ def test_acknowledge_then_resolve_no_pain_enqueues_growth_with_ids_only(
     headers = bearer(dash_users.tokens["nurse"])
     ack = client.post(f"/api/v1/flags/{dash_seed.flag_id}/acknowledge", headers=headers)
     assert ack.json["status"] == "acknowledged" and ack.json["acknowledged_by"] == "nurse1"
-    resolved = client.post(f"/api/v1/flags/{dash_seed.flag_id}/resolve", headers=headers,
-                           json={"label": "no_pain", "note": "settled, chatting normally"})
+    resolved = client.post(
+        f"/api/v1/flags/{dash_seed.flag_id}/resolve",
+        headers=headers,
+        json={"label": "no_pain", "note": "settled, chatting normally"},
+    )
     assert resolved.status_code == 200
     assert resolved.json["status"] == "resolved" and resolved.json["grow_job"] == grow_job_id(dash_seed.call_id)
     job = dash_app.extensions["painline.queue"].fetch_job(grow_job_id(dash_seed.call_id))
@@ -136,8 +140,11 @@ def test_acknowledge_then_resolve_no_pain_enqueues_growth_with_ids_only(
 
 def test_resolve_other_labels_enqueue_nothing(dash_app: Flask, dash_users: DashUsers, dash_seed: Seed) -> None:
     client = dash_app.test_client()
-    response = client.post(f"/api/v1/flags/{dash_seed.flag_id}/resolve", headers=bearer(dash_users.tokens["admin"]),
-                           data={"label": "pain_confirmed"})
+    response = client.post(
+        f"/api/v1/flags/{dash_seed.flag_id}/resolve",
+        headers=bearer(dash_users.tokens["admin"]),
+        data={"label": "pain_confirmed"},
+    )
     assert response.status_code == 200 and response.json["grow_job"] is None
     assert dash_app.extensions["painline.queue"].fetch_job(grow_job_id(dash_seed.call_id)) is None
 
@@ -204,8 +211,11 @@ def test_exclude_include_and_reset_are_audited_and_enqueue_rebuilds(
     assert reset.status_code == 202 and reset.json["excluded"] == 2
     assert reset.json["baseline_ids"] == [dash_seed.baseline_id]
     with session_scope(sessions) as s:
-        included_left = s.scalars(select(BaselineContribution).where(
-            BaselineContribution.baseline_id == dash_seed.baseline_id, BaselineContribution.included.is_(True))).all()
+        included_left = s.scalars(
+            select(BaselineContribution).where(
+                BaselineContribution.baseline_id == dash_seed.baseline_id, BaselineContribution.included.is_(True)
+            )
+        ).all()
     assert included_left == []
     assert audit(dash_app, "baseline.reset")[-1].actor == "admin1"
     assert client.post("/api/v1/contributions/999999/exclude", headers=headers).status_code == 404
@@ -220,8 +230,9 @@ def test_audit_log_filters_and_pages(dash_app: Flask, dash_users: DashUsers, das
     page = client.get("/api/v1/audit?actor=nurse1&action=call.view&limit=2", headers=auditor).json
     assert len(page["events"]) == 2 and page["next_before_id"] is not None
     assert all(e["actor"] == "nurse1" and e["action"] == "call.view" for e in page["events"])
-    rest = client.get(f"/api/v1/audit?actor=nurse1&action=call.view&before_id={page['next_before_id']}",
-                      headers=auditor).json
+    rest = client.get(
+        f"/api/v1/audit?actor=nurse1&action=call.view&before_id={page['next_before_id']}", headers=auditor
+    ).json
     assert len(rest["events"]) == 1 and rest["next_before_id"] is None
     by_type = client.get("/api/v1/audit?object_type=call", headers=auditor).json["events"]
     assert by_type and all(e["object_type"] == "call" for e in by_type)
@@ -248,7 +259,7 @@ def test_openapi_document_is_valid_and_lists_every_route(dash_app: Flask) -> Non
     validate(doc)
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     assert documented == api_routes(dash_app)
-    for (method, path, allowed) in MATRIX:
+    for method, path, allowed in MATRIX:
         operation = doc["paths"][path][method.lower()]
         assert operation["security"] and "401" in operation["responses"] and "403" in operation["responses"]
         for role in allowed:

@@ -41,8 +41,9 @@ def _read_until(chunks: Iterator[bytes], needle: str, timeout_s: float = 10.0) -
 
 
 def _change(call_id: int = 42) -> FlagChange:
-    return FlagChange(event="flag.raised", flag_id=7, call_id=call_id, level="high", severity=0.91,
-                      probability=0.91, status="open")
+    return FlagChange(
+        event="flag.raised", flag_id=7, call_id=call_id, level="high", severity=0.91, probability=0.91, status="open"
+    )
 
 
 def test_the_dashboard_spells_the_worker_constants_the_same() -> None:
@@ -93,8 +94,7 @@ def test_the_stream_ends_by_itself_after_its_maximum_life() -> None:
 
 
 def test_clean_message_forwards_only_known_typed_fields() -> None:
-    raw = json.dumps({"call_id": 3, "level": "low", "severity": 1, "patient": "ref:X", "flag_id": "7",
-                      "status": True})
+    raw = json.dumps({"call_id": 3, "level": "low", "severity": 1, "patient": "ref:X", "flag_id": "7", "status": True})
     assert live.clean_message(raw) == {"call_id": 3, "level": "low", "severity": 1.0}
     assert live.clean_message("[1, 2]") is None
     assert live.clean_message(json.dumps({"level": "high"})) is None

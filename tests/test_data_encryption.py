@@ -68,13 +68,21 @@ def _seed(session: Session) -> dict[str, int]:
     session.add_all([patient, call, utterance])
     session.flush()
     baseline = Baseline(patient_id=patient.id, embedder="egemaps", model_version="m1", stats=STATS, count=3)
-    session.add_all([
-        UtteranceAudio(utterance_id=utterance.id, mulaw=AUDIO),
-        Score(utterance_id=utterance.id, model_version="m1", probability=0.5, embedding=VECTOR, features=FEATURES,
-              speaker_vector=VECTOR),
-        Voiceprint(patient_id=patient.id, embedder="speaker", vector=VECTOR, count=1),
-        baseline,
-    ])
+    session.add_all(
+        [
+            UtteranceAudio(utterance_id=utterance.id, mulaw=AUDIO),
+            Score(
+                utterance_id=utterance.id,
+                model_version="m1",
+                probability=0.5,
+                embedding=VECTOR,
+                features=FEATURES,
+                speaker_vector=VECTOR,
+            ),
+            Voiceprint(patient_id=patient.id, embedder="speaker", vector=VECTOR, count=1),
+            baseline,
+        ]
+    )
     session.flush()
     session.add(BaselineContribution(baseline_id=baseline.id, source="enrolment", embedding=VECTOR))
     session.flush()
@@ -142,8 +150,9 @@ def test_rotation_re_encrypts_everything_and_retires_the_old_key(migrated_engine
         _seed(s)
     _use()  # one more value written before keys existed: rotation encrypts it too
     with session_scope(session_factory(migrated_engine)) as s:
-        s.add(BaselineContribution(baseline_id=s.scalars(select(Baseline.id)).one(), source="enrolment",
-                                   embedding=VECTOR))
+        s.add(
+            BaselineContribution(baseline_id=s.scalars(select(Baseline.id)).one(), source="enrolment", embedding=VECTOR)
+        )
     before = _raw(migrated_engine)
 
     ring = _use(KEY_B, KEY_A)  # the new key first, the old one still there to read with
@@ -202,21 +211,48 @@ def test_migration_0002_moves_existing_rows_in_and_out(fresh_db_url: str, keyrin
     try:
         with engine.begin() as conn:
             conn.execute(text("INSERT INTO patients (id, key, created_at) VALUES (1, 'ref:m', CURRENT_TIMESTAMP)"))
-            conn.execute(text("INSERT INTO calls (id, call_sid, patient_id, started_at, status, consent, verdict, "
-                              "speech_s) VALUES (1, 'CAm', 1, CURRENT_TIMESTAMP, 'ended', true, 'pending', 0)"))
-            conn.execute(text("INSERT INTO utterances (id, call_id, seq, start_ms, end_ms, speech_s, status, "
-                              "created_at) VALUES (1, 1, 0, 0, 1000, 1.0, 'pending', CURRENT_TIMESTAMP)"))
+            conn.execute(
+                text(
+                    "INSERT INTO calls (id, call_sid, patient_id, started_at, status, consent, verdict, "
+                    "speech_s) VALUES (1, 'CAm', 1, CURRENT_TIMESTAMP, 'ended', true, 'pending', 0)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO utterances (id, call_id, seq, start_ms, end_ms, speech_s, status, "
+                    "created_at) VALUES (1, 1, 0, 0, 1000, 1.0, 'pending', CURRENT_TIMESTAMP)"
+                )
+            )
             conn.execute(text("INSERT INTO utterance_audio (utterance_id, mulaw) VALUES (1, :a)"), {"a": AUDIO})
-            conn.execute(text("INSERT INTO scores (id, utterance_id, model_version, probability, baseline_applied, "
-                              "baseline_n, embedding, features, created_at) VALUES (1, 1, 'm1', 0.5, false, 0, :e, "
-                              ":f, CURRENT_TIMESTAMP)"), {"e": VECTOR, "f": json.dumps(FEATURES)})
-            conn.execute(text("INSERT INTO baselines (id, patient_id, embedder, model_version, stats, count, "
-                              "updated_at) VALUES (1, 1, 'egemaps', 'm1', :s, 3, CURRENT_TIMESTAMP)"),
-                         {"s": json.dumps(STATS)})
-            conn.execute(text("INSERT INTO baseline_contributions (id, baseline_id, source, embedding, included, "
-                              "created_at) VALUES (1, 1, 'enrolment', :e, true, CURRENT_TIMESTAMP)"), {"e": VECTOR})
-            conn.execute(text("INSERT INTO voiceprints (id, patient_id, embedder, vector, count, updated_at) "
-                              "VALUES (1, 1, 'speaker', :v, 1, CURRENT_TIMESTAMP)"), {"v": VECTOR})
+            conn.execute(
+                text(
+                    "INSERT INTO scores (id, utterance_id, model_version, probability, baseline_applied, "
+                    "baseline_n, embedding, features, created_at) VALUES (1, 1, 'm1', 0.5, false, 0, :e, "
+                    ":f, CURRENT_TIMESTAMP)"
+                ),
+                {"e": VECTOR, "f": json.dumps(FEATURES)},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO baselines (id, patient_id, embedder, model_version, stats, count, "
+                    "updated_at) VALUES (1, 1, 'egemaps', 'm1', :s, 3, CURRENT_TIMESTAMP)"
+                ),
+                {"s": json.dumps(STATS)},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO baseline_contributions (id, baseline_id, source, embedding, included, "
+                    "created_at) VALUES (1, 1, 'enrolment', :e, true, CURRENT_TIMESTAMP)"
+                ),
+                {"e": VECTOR},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO voiceprints (id, patient_id, embedder, vector, count, updated_at) "
+                    "VALUES (1, 1, 'speaker', :v, 1, CURRENT_TIMESTAMP)"
+                ),
+                {"v": VECTOR},
+            )
     finally:
         engine.dispose()
 
@@ -227,8 +263,14 @@ def test_migration_0002_moves_existing_rows_in_and_out(fresh_db_url: str, keyrin
         stored = _raw(engine)
         assert len(stored) == 6 and all(v.startswith(b"fernet:") for v in stored)
         audio, embedding, features, stats, vector, contribution = _read_all(engine)
-        assert (audio, embedding, features, stats, vector, contribution) == (AUDIO, VECTOR, FEATURES, STATS, VECTOR,
-                                                                              VECTOR)
+        assert (audio, embedding, features, stats, vector, contribution) == (
+            AUDIO,
+            VECTOR,
+            FEATURES,
+            STATS,
+            VECTOR,
+            VECTOR,
+        )
     finally:
         engine.dispose()
 
@@ -243,9 +285,14 @@ def test_migration_0002_moves_existing_rows_in_and_out(fresh_db_url: str, keyrin
         engine.dispose()
 
 
-def test_keys_cli_generates_and_rotates(migrated_engine: Engine, db_url: str, keyring: None,
-                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-                                        tmp_path: Path) -> None:
+def test_keys_cli_generates_and_rotates(
+    migrated_engine: Engine,
+    db_url: str,
+    keyring: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
     assert cli.main(["keys", "generate"]) == 0
     new_key = capsys.readouterr().out.strip()
     KeyRing([new_key])  # a valid Fernet key

@@ -71,8 +71,9 @@ CALL_CLIPS = 4  # clips per distressed call: several utterances, a short test
 MAX_NORMAL_CLIPS = 6  # clips per normal-voice call
 
 needs_ravdess = pytest.mark.skipif(not corpus_available("ravdess"), reason=missing_corpus_reason("ravdess"))
-needs_corpora = pytest.mark.skipif(not corpus_available("ravdess", "nemo"),
-                                   reason=missing_corpus_reason("ravdess", "nemo"))
+needs_corpora = pytest.mark.skipif(
+    not corpus_available("ravdess", "nemo"), reason=missing_corpus_reason("ravdess", "nemo")
+)
 
 
 def by_speaker(clips: list[Clip]) -> dict[str, list[int]]:
@@ -89,8 +90,10 @@ def fmt(values: np.ndarray | list[float]) -> str:
 def scores_of(server: AppServer, call_id: int) -> list[Score]:
     with session_scope(server.app.extensions["painline.sessions"]) as session:
         rows = session.scalars(
-            select(Score).join(Utterance, Utterance.id == Score.utterance_id)
-            .where(Utterance.call_id == call_id).order_by(Utterance.seq)
+            select(Score)
+            .join(Utterance, Utterance.id == Score.utterance_id)
+            .where(Utterance.call_id == call_id)
+            .order_by(Utterance.seq)
         ).all()
         session.expunge_all()
         return list(rows)
@@ -148,19 +151,26 @@ def strongest_distressed_actor(offline: OfflineScorer, n: int = CALL_CLIPS) -> D
 @pytest.mark.slow
 @needs_ravdess
 def test_distressed_call_from_the_corpus_is_scored_flagged_and_published(
-    app_server: AppServer, shipped_context: WorkerContext, flag_listener: FlagListener,
-    offline: OfflineScorer, tmp_path: Path,
+    app_server: AppServer,
+    shipped_context: WorkerContext,
+    flag_listener: FlagListener,
+    offline: OfflineScorer,
+    tmp_path: Path,
 ) -> None:
     threshold = shipped_context.threshold
     assert shipped_context.model.version == offline.model.version
     pick = strongest_distressed_actor(offline)
-    print(f"\nactor {pick.speaker} (aggregate {pick.speaker_score:.3f}; runner-up {pick.runner_up[0]} "
-          f"{pick.runner_up[1]:.3f}); clips {[c.path.name for c in pick.clips]} offline {fmt(pick.probs)}; "
-          f"threshold {threshold:.3f}")
+    print(
+        f"\nactor {pick.speaker} (aggregate {pick.speaker_score:.3f}; runner-up {pick.runner_up[0]} "
+        f"{pick.runner_up[1]:.3f}); clips {[c.path.name for c in pick.clips]} offline {fmt(pick.probs)}; "
+        f"threshold {threshold:.3f}"
+    )
     if aggregate(pick.probs) < threshold:
-        pytest.fail(f"the shipped model {offline.model.version} scores even the most distressed-sounding RAVDESS "
-                    f"actor's top clips below its threshold ({aggregate(pick.probs):.3f} < {threshold:.3f}): "
-                    "no corpus call can show the flag path")
+        pytest.fail(
+            f"the shipped model {offline.model.version} scores even the most distressed-sounding RAVDESS "
+            f"actor's top clips below its threshold ({aggregate(pick.probs):.3f} < {threshold:.3f}): "
+            "no corpus call can show the flag path"
+        )
 
     call = write_call_wav(pick.clips, tmp_path / "distressed.wav")
     result, streamed = replay_wav(app_server, call, patient_ref=f"E2E-{secrets.token_hex(4)}")
@@ -173,29 +183,42 @@ def test_distressed_call_from_the_corpus_is_scored_flagged_and_published(
         owners = [k for k, (a, b) in enumerate(call.spans_ms) if a - half_gap <= start and end <= b + half_gap]
         assert len(owners) == 1, f"utterance {start}-{end} ms is not inside one clip {call.spans_ms}"
         assert audio == streamed[start * 8 : end * 8]  # the stored audio is exactly what was streamed then
-    assert {k for s, e, _ in pending.values() for k, (a, b) in enumerate(call.spans_ms)
-            if a - half_gap <= s and e <= b + half_gap} == set(range(len(pick.clips)))
+    assert {
+        k
+        for s, e, _ in pending.values()
+        for k, (a, b) in enumerate(call.spans_ms)
+        if a - half_gap <= s and e <= b + half_gap
+    } == set(range(len(pick.clips)))
 
     # what training's own preparation makes of exactly the audio the worker is about to score
     ids = sorted(pending)
-    expected = offline.proba_of_audio([mulaw_decode(pending[i][2]) for i in ids], tmp_path / "utterances",
-                                      population=RunningStats.empty(offline.model.dim))
+    expected = offline.proba_of_audio(
+        [mulaw_decode(pending[i][2]) for i in ids],
+        tmp_path / "utterances",
+        population=RunningStats.empty(offline.model.dim),
+    )
 
     run_worker(app_server)
     call_id = call_id_of(app_server, result.call_sid)
     report = report_of(app_server, result.call_sid)
     scores = scores_of(app_server, call_id)
     live = np.array([s.probability for s in scores])
-    print(f"utterances {len(ids)}: live {fmt(live)} offline {fmt(expected)} (max diff "
-          f"{np.max(np.abs(live - expected)):.2e}); call score {report.call_score:.3f} "
-          f"over {report.speech_s:.1f} s; verdict {report.verdict}; flag {report.flag_level}")
+    print(
+        f"utterances {len(ids)}: live {fmt(live)} offline {fmt(expected)} (max diff "
+        f"{np.max(np.abs(live - expected)):.2e}); call score {report.call_score:.3f} "
+        f"over {report.speech_s:.1f} s; verdict {report.verdict}; flag {report.flag_level}"
+    )
 
     # one Score per utterance, by the shipped model, on the population path
     assert sorted(s.utterance_id for s in scores) == ids
     assert all(s.model_version == offline.model.version and not s.baseline_applied for s in scores)
-    np.testing.assert_allclose(live, expected, atol=LIVE_TOLERANCE,
-                               err_msg="the live path (decode, RMS normalisation, embedding, population) "
-                                       "disagrees with training's preparation of the same audio")
+    np.testing.assert_allclose(
+        live,
+        expected,
+        atol=LIVE_TOLERANCE,
+        err_msg="the live path (decode, RMS normalisation, embedding, population) "
+        "disagrees with training's preparation of the same audio",
+    )
     with session_scope(app_server.app.extensions["painline.sessions"]) as session:
         assert session.scalar(select(func.count()).select_from(UtteranceAudio)) == 0  # audio gone once scored
         population = session.scalars(select(PopulationStats)).one()
@@ -228,14 +251,16 @@ def test_training_feature_cache_matches_what_the_live_channel_hears(offline: Off
     if not cached:
         pytest.skip(f"the project feature cache {project_cache_dir()} holds none of the probe clips")
     fresh = extract([c for c, _ in cached], offline.embedder, offline.channel, cache=None, progress=False)
-    stale = [c.path.name for (c, v), f in zip(cached, fresh, strict=True)
-             if not np.allclose(v, f, rtol=1e-4, atol=1e-3)]
+    stale = [
+        c.path.name for (c, v), f in zip(cached, fresh, strict=True) if not np.allclose(v, f, rtol=1e-4, atol=1e-3)
+    ]
     p_cached = offline.proba(np.vstack([v for _, v in cached]).astype(np.float64))
     p_fresh = offline.proba(fresh.astype(np.float64))
     assert not stale, (
         f"{len(stale)}/{len(cached)} cached training vectors differ from what the channel produces now ({stale}); "
         f"probabilities cached {fmt(p_cached)} vs live {fmt(p_fresh)}. Clear {project_cache_dir()} and retrain, "
-        "and key the cache by the channel code")
+        "and key the cache by the channel code"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -257,10 +282,12 @@ class BaselineCase:
     view: str  # "whole clips" or "as streamed" (VAD-cut utterances, speech-weighted)
 
     def describe(self, threshold: float) -> str:
-        return (f"{self.corpus} {self.speaker}: normal voice {self.all_normal:.3f} on the population path "
-                f"(all {self.corpus} normal clips); normal call {self.normal_before:.3f} -> {self.normal_after:.3f} "
-                f"after enrolling {len(self.enrol)} clips; distressed call {self.distressed_after:.3f} after "
-                f"enrolment ({self.view}); threshold {threshold:.3f}")
+        return (
+            f"{self.corpus} {self.speaker}: normal voice {self.all_normal:.3f} on the population path "
+            f"(all {self.corpus} normal clips); normal call {self.normal_before:.3f} -> {self.normal_after:.3f} "
+            f"after enrolling {len(self.enrol)} clips; distressed call {self.distressed_after:.3f} after "
+            f"enrolment ({self.view}); threshold {threshold:.3f}"
+        )
 
 
 def _speaker_split(offline: OfflineScorer, corpus: str) -> list[tuple[str, list[Clip], np.ndarray, list[Clip]]]:
@@ -280,8 +307,9 @@ def _speaker_split(offline: OfflineScorer, corpus: str) -> list[tuple[str, list[
     return out
 
 
-def _top_distressed_live(offline: OfflineScorer, clips: list[Clip], enrolled: np.ndarray, work_dir: Path,
-                         vad: VadConfig) -> tuple[list[Clip], float]:
+def _top_distressed_live(
+    offline: OfflineScorer, clips: list[Clip], enrolled: np.ndarray, work_dir: Path, vad: VadConfig
+) -> tuple[list[Clip], float]:
     """The distressed clips scored highest against the baseline, confirmed on the utterances the VAD cuts."""
     shortlist = np.argsort(-offline.proba(offline.features(clips), enrolled=enrolled))[: 2 * CALL_CLIPS]
     live = offline.streamed([clips[i] for i in shortlist], work_dir, vad)
@@ -327,14 +355,30 @@ def flipping_case(offline: OfflineScorer, work_dir: Path, vad: VadConfig) -> Bas
             key = (len(flips), margin)
             if margin > 0 and key > best_key:
                 best_key = key
-                best = BaselineCase(corpus, speaker, [normal[i] for i in rest],
-                                    [normal[shortlist[i]] for i in flips], distressed, aggregate(p),
-                                    normal_before, normal_after, distressed_after, margin, "as streamed")
+                best = BaselineCase(
+                    corpus,
+                    speaker,
+                    [normal[i] for i in rest],
+                    [normal[shortlist[i]] for i in flips],
+                    distressed,
+                    aggregate(p),
+                    normal_before,
+                    normal_after,
+                    distressed_after,
+                    margin,
+                    "as streamed",
+                )
     return best
 
 
-def run_baseline_calls(case: BaselineCase, offline: OfflineScorer, server: AppServer, ctx: WorkerContext,
-                       flags: FlagListener, tmp_path: Path) -> None:
+def run_baseline_calls(
+    case: BaselineCase,
+    offline: OfflineScorer,
+    server: AppServer,
+    ctx: WorkerContext,
+    flags: FlagListener,
+    tmp_path: Path,
+) -> None:
     """Enrol the caller, then three calls: their normal voice as a stranger (control) and as themselves,
     and their distressed voice as themselves. Only the enrolled normal call may stay unflagged."""
     threshold = ctx.threshold
@@ -348,30 +392,44 @@ def run_baseline_calls(case: BaselineCase, offline: OfflineScorer, server: AppSe
     enrolled = offline.enrolment_features(case.enrol, tmp_path / "enrol", ctx.vad)
     expected = {}
     population = RunningStats.empty(offline.model.dim)  # the worker scores the three calls in this order
-    for name, r, baseline in (("control", control, None), ("normal", normal, enrolled),
-                              ("distressed", distressed, enrolled)):
+    for name, r, baseline in (
+        ("control", control, None),
+        ("normal", normal, enrolled),
+        ("distressed", distressed, enrolled),
+    ):
         pending = pending_audio(server, r.call_sid)
         audio = [mulaw_decode(pending[i][2]) for i in sorted(pending)]
         expected[name] = offline.proba_of_audio(audio, tmp_path / f"expected-{name}", baseline, population)
     run_worker(server)
 
-    reports = {name: report_of(server, r.call_sid) for name, r in
-               (("control", control), ("normal", normal), ("distressed", distressed))}
-    ids = {name: call_id_of(server, r.call_sid) for name, r in
-           (("control", control), ("normal", normal), ("distressed", distressed))}
+    reports = {
+        name: report_of(server, r.call_sid)
+        for name, r in (("control", control), ("normal", normal), ("distressed", distressed))
+    }
+    ids = {
+        name: call_id_of(server, r.call_sid)
+        for name, r in (("control", control), ("normal", normal), ("distressed", distressed))
+    }
     scores = {name: scores_of(server, call_id) for name, call_id in ids.items()}
     for name, report in reports.items():
         live = [s.probability for s in scores[name]]
-        print(f"{name:10s} call: {len(live)} utterances {fmt(live)}; call score {report.call_score:.3f} over "
-              f"{report.speech_s:.1f} s; verdict {report.verdict}; flag {report.flag_level}")
+        print(
+            f"{name:10s} call: {len(live)} utterances {fmt(live)}; call score {report.call_score:.3f} over "
+            f"{report.speech_s:.1f} s; verdict {report.verdict}; flag {report.flag_level}"
+        )
         assert len(live) == len(report.utterances) >= 1
-        np.testing.assert_allclose(live, expected[name], atol=LIVE_TOLERANCE,
-                                   err_msg=f"{name} call: the live path disagrees with training's preparation")
+        np.testing.assert_allclose(
+            live,
+            expected[name],
+            atol=LIVE_TOLERANCE,
+            err_msg=f"{name} call: the live path disagrees with training's preparation",
+        )
 
     # the stranger is scored on the population path, and their normal voice flags there
     assert not any(s.baseline_applied for s in scores["control"])
-    assert reports["control"].verdict == Verdict.PAIN_LIKELY.value, \
+    assert reports["control"].verdict == Verdict.PAIN_LIKELY.value, (
         "the normal-voice call should look like pain to the population model (that is the premise)"
+    )
     control_flag = flag_of(server, ids["control"])
     assert control_flag is not None
     assert_flag_published(flags, control_flag)
@@ -397,8 +455,11 @@ def run_baseline_calls(case: BaselineCase, offline: OfflineScorer, server: AppSe
 @pytest.mark.slow
 @needs_corpora
 def test_baseline_unflags_the_normal_clips_a_population_model_flags(
-    app_server: AppServer, shipped_context: WorkerContext, flag_listener: FlagListener,
-    offline: OfflineScorer, tmp_path: Path,
+    app_server: AppServer,
+    shipped_context: WorkerContext,
+    flag_listener: FlagListener,
+    offline: OfflineScorer,
+    tmp_path: Path,
 ) -> None:
     """Issue 3: normal-voice clips that a population model flags are kept unflagged by the caller's baseline.
 
@@ -410,9 +471,11 @@ def test_baseline_unflags_the_normal_clips_a_population_model_flags(
     vad = VadConfig(aggressiveness=app_server.settings.vad_aggressiveness)
     case = flipping_case(offline, tmp_path / "selection", vad)
     if case is None:
-        pytest.fail(f"the shipped model {offline.model.version} has no RAVDESS or nEMO speaker with three or more "
-                    "normal clips above the threshold that their baseline brings below it while their distressed "
-                    "speech stays above it")
+        pytest.fail(
+            f"the shipped model {offline.model.version} has no RAVDESS or nEMO speaker with three or more "
+            "normal clips above the threshold that their baseline brings below it while their distressed "
+            "speech stays above it"
+        )
     print(f"\nchosen: {case.describe(threshold)}; clips {[c.path.name for c in case.normal]}")
     run_baseline_calls(case, offline, app_server, shipped_context, flag_listener, tmp_path)
 
@@ -431,8 +494,14 @@ def test_demo_runs_with_the_shipped_model() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAINLINE_") and k != "TWILIO_AUTH_TOKEN"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "painline.cli", "demo", "--speed", "0"], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=150)
+    result = subprocess.run(
+        [sys.executable, "-m", "painline.cli", "demo", "--speed", "0"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     elapsed = time.monotonic() - started
     print(f"\ndemo took {elapsed:.1f} s\n{result.stdout}")
     assert result.returncode == 0, result.stdout + result.stderr

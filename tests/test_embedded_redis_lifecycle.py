@@ -50,8 +50,14 @@ class Embedded:
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         """``python -m painline.cli ARGS`` in its own session, output to ``<logs>/<name>.log``."""
         with (self.logs / f"{name}.log").open("ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "painline.cli", *args], env=self.env, cwd=ROOT,
-                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "painline.cli", *args],
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.processes.append(process)
         return process
 
@@ -114,8 +120,14 @@ def embedded(tmp_path: Path, pain_model_path: Path) -> Iterator[Embedded]:
         PAINLINE_LOG_LEVEL="INFO",
     )
     assert "PAINLINE_REDIS_URL" not in env and "PAINLINE_DATABASE_URL" not in env
-    migrate = subprocess.run([sys.executable, "-m", "painline.cli", "migrate"], env=env, cwd=ROOT,
-                             capture_output=True, text=True, timeout=120)
+    migrate = subprocess.run(
+        [sys.executable, "-m", "painline.cli", "migrate"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert migrate.returncode == 0, migrate.stdout + migrate.stderr
     state = Embedded(var_dir=var_dir, env=env, logs=logs)
     since = time.time() - 1.0
@@ -149,8 +161,9 @@ def session_members(session_id: int, since: float) -> list[psutil.Process]:
 # waiting, always bounded
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout_s: float, *,
-               on_fail: Callable[[], str] = lambda: "") -> None:
+def wait_until(
+    check: Callable[[], bool], what: str, timeout_s: float, *, on_fail: Callable[[], str] = lambda: ""
+) -> None:
     """Poll ``check`` until it is true; fail after ``timeout_s`` with ``on_fail()`` (the logs by then)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -201,8 +214,12 @@ def wait_serving(state: Embedded, name: str, process: subprocess.Popen[bytes], p
             last[0] = exc
         return last[0] == 200
 
-    wait_until(healthy, f"{name}: /healthz did not answer 200", START_TIMEOUT_S,
-               on_fail=lambda: f"last answer: {last[0]!r}\n{state.log(name)}")
+    wait_until(
+        healthy,
+        f"{name}: /healthz did not answer 200",
+        START_TIMEOUT_S,
+        on_fail=lambda: f"last answer: {last[0]!r}\n{state.log(name)}",
+    )
 
 
 def wait_worker_registered(state: Embedded, name: str, process: subprocess.Popen[bytes]) -> None:
@@ -231,8 +248,7 @@ def terminate(state: Embedded, name: str, process: subprocess.Popen[bytes]) -> i
     try:
         return process.wait(timeout=EXIT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"{name} still running {EXIT_TIMEOUT_S:.0f} s after SIGTERM:\n"
-                             f"{state.log(name)}") from None
+        raise AssertionError(f"{name} still running {EXIT_TIMEOUT_S:.0f} s after SIGTERM:\n{state.log(name)}") from None
 
 
 def all_logs(state: Embedded, names: tuple[str, ...]) -> str:
@@ -240,8 +256,12 @@ def all_logs(state: Embedded, names: tuple[str, ...]) -> str:
 
 
 def assert_no_server_left(state: Embedded, *names: str) -> None:
-    wait_until(lambda: not state.servers(), "the embedded redis-server was still running after its last user "
-               "exited", GONE_TIMEOUT_S, on_fail=lambda: all_logs(state, names))
+    wait_until(
+        lambda: not state.servers(),
+        "the embedded redis-server was still running after its last user exited",
+        GONE_TIMEOUT_S,
+        on_fail=lambda: all_logs(state, names),
+    )
     assert not (state.var_dir / "redis.url").exists(), "redis.url names a server that is gone"
 
 
@@ -254,8 +274,9 @@ def assert_one_server(state: Embedded) -> psutil.Process:
 def assert_still_serving(state: Embedded, server: psutil.Process, *names: str) -> None:
     """The same redis-server is running and answers: nobody stopped it under a remaining user."""
     time.sleep(1.0)  # a shutdown racing the exit would show by now
-    assert server.is_running() and server.status() != psutil.STATUS_ZOMBIE, \
+    assert server.is_running() and server.status() != psutil.STATUS_ZOMBIE, (
         f"the embedded redis-server was stopped under a process still using it\n{all_logs(state, names)}"
+    )
     connection = state.redis()
     try:
         assert connection.ping()
@@ -280,13 +301,16 @@ def test_development_server_stops_the_embedded_redis_on_sigterm(embedded: Embedd
 
 def test_gunicorn_stops_the_embedded_redis_on_sigterm(embedded: Embedded) -> None:
     port = free_port()
-    serve = embedded.start("gunicorn", "serve", "--gunicorn", "--workers", "2", "--threads", "4",
-                           "--port", str(port))
+    serve = embedded.start("gunicorn", "serve", "--gunicorn", "--workers", "2", "--threads", "4", "--port", str(port))
     wait_serving(embedded, "gunicorn", serve, port)
     # both workers have booted the app (each opened its connection to the shared server)
     master = psutil.Process(serve.pid)
-    wait_until(lambda: len(master.children()) >= 2 and embedded.log("gunicorn").count("Booting worker") >= 2,
-               "gunicorn did not boot 2 workers", START_TIMEOUT_S, on_fail=lambda: embedded.log("gunicorn"))
+    wait_until(
+        lambda: len(master.children()) >= 2 and embedded.log("gunicorn").count("Booting worker") >= 2,
+        "gunicorn did not boot 2 workers",
+        START_TIMEOUT_S,
+        on_fail=lambda: embedded.log("gunicorn"),
+    )
     # both workers' apps (not only whichever accepts first) have a connection open on the server when
     # SIGTERM comes, as they would while serving calls: connections queued at once are accepted by both
     assert health_checks_in_parallel(port, 16) == [200] * 16

@@ -41,8 +41,14 @@ _SPELLINGS = re.compile(r"(?:\+|%2b|00)?1?[\s().\-]*" + r"[\s().\-/]*".join(DIGI
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 SETTINGS_ENV = [
-    "PAINLINE_DATABASE_URL", "PAINLINE_REDIS_URL", "PAINLINE_VAR_DIR", "PAINLINE_PUBLIC_URL",
-    "PAINLINE_QUEUE_NAME", "PAINLINE_MODEL_PATH", "PAINLINE_HMAC_KEY", "TWILIO_AUTH_TOKEN",
+    "PAINLINE_DATABASE_URL",
+    "PAINLINE_REDIS_URL",
+    "PAINLINE_VAR_DIR",
+    "PAINLINE_PUBLIC_URL",
+    "PAINLINE_QUEUE_NAME",
+    "PAINLINE_MODEL_PATH",
+    "PAINLINE_HMAC_KEY",
+    "TWILIO_AUTH_TOKEN",
     "PAINLINE_FLAG_THRESHOLD",
 ]
 
@@ -74,11 +80,18 @@ def clips(tmp_path: Path) -> list[str]:
 def post_voice_webhook(app: Flask, from_number: str) -> str:
     """A signed ``POST /twilio/voice`` as Twilio sends it for an inbound call, without ``patient_ref``."""
     call_sid = new_sid("CA")
-    form = {"CallSid": call_sid, "AccountSid": new_sid("AC"), "From": from_number, "To": "+14155550100",
-            "CallStatus": "ringing", "Direction": "inbound"}
+    form = {
+        "CallSid": call_sid,
+        "AccountSid": new_sid("AC"),
+        "From": from_number,
+        "To": "+14155550100",
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+    }
     public = settings_of(app).public_url + "/twilio/voice"  # what Twilio signs
-    response = app.test_client().post("/twilio/voice", data=form,
-                                      headers={"X-Twilio-Signature": sign(public, form, AUTH_TOKEN)})
+    response = app.test_client().post(
+        "/twilio/voice", data=form, headers={"X-Twilio-Signature": sign(public, form, AUTH_TOKEN)}
+    )
     assert response.status_code == 200
     assert "<Stream" in response.get_data(as_text=True)  # a stream was started: the patient was keyed
     return call_sid
@@ -102,8 +115,11 @@ def audit_text(app: Flask) -> str:
 
 
 def test_enrolled_by_phone_then_called_from_that_number_is_one_patient(
-    enrol_env: pytest.MonkeyPatch, painline_app: Flask, clips: list[str],
-    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+    enrol_env: pytest.MonkeyPatch,
+    painline_app: Flask,
+    clips: list[str],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     code = cli.main(["baseline", "enroll", "--phone", TYPED, *clips, "--no-speaker", "--actor", "nurse.jo"])
@@ -128,7 +144,10 @@ def test_enrolled_by_phone_then_called_from_that_number_is_one_patient(
 
 
 def test_phone_enrolment_reaches_a_patient_a_call_already_created(
-    enrol_env: pytest.MonkeyPatch, painline_app: Flask, clips: list[str], capsys: pytest.CaptureFixture[str],
+    enrol_env: pytest.MonkeyPatch,
+    painline_app: Flask,
+    clips: list[str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     call_sid = post_voice_webhook(painline_app, NUMBER)
     assert cli.main(["baseline", "enroll", "--phone", NUMBER, clips[0], "--no-speaker"]) == 0
@@ -143,7 +162,10 @@ def test_phone_enrolment_reaches_a_patient_a_call_already_created(
 
 
 def test_a_phone_shaped_reference_warns_and_still_enrols(
-    enrol_env: pytest.MonkeyPatch, painline_app: Flask, clips: list[str], capsys: pytest.CaptureFixture[str],
+    enrol_env: pytest.MonkeyPatch,
+    painline_app: Flask,
+    clips: list[str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert cli.main(["baseline", "enroll", NUMBER, clips[0], "--no-speaker"]) == 0
     out, err = capsys.readouterr()
@@ -177,7 +199,10 @@ def test_the_mask_hides_the_middle_digits() -> None:
 
 
 def test_phone_without_the_hmac_key_is_a_clear_one_line_error(
-    enrol_env: pytest.MonkeyPatch, painline_app: Flask, clips: list[str], capsys: pytest.CaptureFixture[str],
+    enrol_env: pytest.MonkeyPatch,
+    painline_app: Flask,
+    clips: list[str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     enrol_env.delenv("PAINLINE_HMAC_KEY")
     assert cli.main(["baseline", "enroll", "--phone", NUMBER, *clips, "--no-speaker"]) == 2
@@ -188,7 +213,10 @@ def test_phone_without_the_hmac_key_is_a_clear_one_line_error(
 
 
 def test_reference_and_phone_are_mutually_exclusive_and_one_is_required(
-    enrol_env: pytest.MonkeyPatch, painline_app: Flask, clips: list[str], capsys: pytest.CaptureFixture[str],
+    enrol_env: pytest.MonkeyPatch,
+    painline_app: Flask,
+    clips: list[str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert cli.main(["baseline", "enroll", "--phone", NUMBER, "HOSP-0042", *clips, "--no-speaker"]) == 2
     assert "mutually exclusive" in capsys.readouterr().err
@@ -209,7 +237,10 @@ def test_reference_and_phone_are_mutually_exclusive_and_one_is_required(
 
 
 def test_admin_pages_and_api_show_the_key_kind_never_the_key(
-    enrol_env: pytest.MonkeyPatch, dash_app: Flask, dash_users: DashUsers, clips: list[str],
+    enrol_env: pytest.MonkeyPatch,
+    dash_app: Flask,
+    dash_users: DashUsers,
+    clips: list[str],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert cli.main(["baseline", "enroll", "--phone", NUMBER, clips[0], "--no-speaker"]) == 0
@@ -248,7 +279,10 @@ def test_admin_pages_and_api_show_the_key_kind_never_the_key(
     headers = bearer(dash_users.tokens["admin"])
     rows = client.get("/api/v1/patients", headers=headers).json["patients"]
     assert {r["id"]: r["key_kind"] for r in rows} == {
-        caller_id: "caller_number", ref_id: "hotline_reference", mistaken_id: "hotline_reference"}
+        caller_id: "caller_number",
+        ref_id: "hotline_reference",
+        mistaken_id: "hotline_reference",
+    }
     schemas = openapi_document()["components"]["schemas"]
     assert set(rows[0]) <= set(schemas["PatientRow"]["properties"]) and "key_kind" in schemas["PatientRow"]["required"]
     kinds_documented = schemas["PatientRow"]["properties"]["key_kind"]["enum"]

@@ -20,9 +20,11 @@ from bench.detection.__main__ import LIVE_TASKS
 from painline.live_path import CALL_SIZES, Condition, PooledRow, baseline_effect
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "detection.json"
-NEMO = ("nEMO in-corpus (5 folds of 1-2 held-out speakers, 7 training speakers): the caller path does not "
-        "help and the threshold, chosen without a baseline, loses specificity with one (0.94 -> 0.84); the same "
-        "calls scored offline agree (0.833 vs 0.835), and on LOCO the baseline helps nEMO (+0.029)")
+NEMO = (
+    "nEMO in-corpus (5 folds of 1-2 held-out speakers, 7 training speakers): the caller path does not "
+    "help and the threshold, chosen without a baseline, loses specificity with one (0.94 -> 0.84); the same "
+    "calls scored offline agree (0.833 vs 0.835), and on LOCO the baseline helps nEMO (+0.029)"
+)
 KNOWN_WORSE: dict[tuple[str, str], str] = {
     ("nemo-distress", "call_4"): "enrolled - not enrolled -0.024 [-0.131, +0.071]; " + NEMO,
     ("nemo-distress", "call_8"): "enrolled - not enrolled -0.036 [-0.149, +0.078]; " + NEMO,

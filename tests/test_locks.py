@@ -58,7 +58,8 @@ def test_every_requirement_is_locked_at_an_allowed_version(extra: str | None) ->
         name = canonicalize_name(requirement.name)
         assert name in locked, f"{requirement.name} is not locked for {extra or 'the core'}"
         assert requirement.specifier.contains(locked[name], prereleases=True), (
-            f"{name}=={locked[name]} is locked but pyproject asks for {requirement.specifier}")
+            f"{name}=={locked[name]} is locked but pyproject asks for {requirement.specifier}"
+        )
 
 
 def test_every_locked_package_has_a_hash() -> None:

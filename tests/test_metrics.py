@@ -119,9 +119,7 @@ def test_auc_properties(data: tuple[list[int], list[int]]) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(binary_data, st.floats(0.0, 1.0), st.floats(0.0, 1.0))
-def test_sensitivity_falls_as_specificity_target_rises(
-    data: tuple[list[int], list[int]], a: float, b: float
-) -> None:
+def test_sensitivity_falls_as_specificity_target_rises(data: tuple[list[int], list[int]], a: float, b: float) -> None:
     y, p = np.array(data[0]), np.array(data[1], dtype=float)
     if y.min() == y.max():
         return
@@ -304,9 +302,7 @@ def test_vectorised_bootstrap_equals_explicit_concatenation() -> None:
     np.testing.assert_allclose(fast, via_concat, atol=1e-12)
 
     t = float(np.median(p))
-    ba_fast = M.grouped_bootstrap_ci(
-        y, p, g, functools.partial(M.balanced_accuracy, threshold=t), n_boot=200, seed=9
-    )
+    ba_fast = M.grouped_bootstrap_ci(y, p, g, functools.partial(M.balanced_accuracy, threshold=t), n_boot=200, seed=9)
 
     def ba_concat(yy: np.ndarray, pp: np.ndarray) -> float:
         return float(balanced_accuracy_score(yy, (pp >= t).astype(int)))

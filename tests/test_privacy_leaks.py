@@ -205,11 +205,11 @@ class Browser:
         self.redirects: list[str] = []  # where the server sent it
         self.linked: list[str] = []  # every href, form action and src in the pages it got
         jar = http.cookiejar.CookieJar()
-        self._opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar),
-                                                   _Recorder(self.redirects))
+        self._opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), _Recorder(self.redirects))
 
-    def request(self, method: str, path: str, data: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, str]:
+    def request(
+        self, method: str, path: str, data: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, str]:
         url = self.base_url + path
         self.urls.append(url)
         req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
@@ -234,12 +234,15 @@ class Browser:
         for name, value in fields.items():
             parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
         for name, file in files.items():
-            head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{file.name}"\r\n'
-                    "Content-Type: audio/wav\r\n\r\n").encode()
+            head = (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{file.name}"\r\n'
+                "Content-Type: audio/wav\r\n\r\n"
+            ).encode()
             parts.append(head + file.read_bytes() + b"\r\n")
         parts.append(f"--{boundary}--\r\n".encode())
-        return self.request("POST", path, b"".join(parts),
-                            {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        return self.request(
+            "POST", path, b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        )
 
     def login(self, username: str) -> None:
         _, page = self.get("/login")
@@ -253,8 +256,9 @@ class _Recorder(urllib.request.HTTPRedirectHandler):
     def __init__(self, urls: list[str]) -> None:
         self.urls = urls
 
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
-                         newurl: str) -> urllib.request.Request | None:
+    def redirect_request(
+        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
         self.urls.append(newurl)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
@@ -285,8 +289,10 @@ def privacy_context(app_settings: Settings, pain_model_path: Path, worker_redis:
 @pytest.fixture
 def privacy_app(painline_app: Flask, privacy_context: WorkerContext) -> Iterator[Flask]:
     prefix = f"painline-test-privacy-login:{secrets.token_hex(6)}:"
-    configure(painline_app, replace(config_of(painline_app), login_throttle_prefix=prefix,
-                                    flag_channel=privacy_context.flag_channel))
+    configure(
+        painline_app,
+        replace(config_of(painline_app), login_throttle_prefix=prefix, flag_channel=privacy_context.flag_channel),
+    )
     yield painline_app
     redis: Redis = painline_app.extensions["painline.redis"]
     keys = list(redis.scan_iter(match=f"{prefix}*"))
@@ -330,10 +336,23 @@ def test_no_caller_data_in_logs_jobs_redis_or_urls(
         # -- two calls: one known by the hotline's reference, one by the number alone -----------------
         by_ref = _call_audio(pain(137.0, seed=7101), pain(137.0, seed=7102), pain(137.0, seed=7103))
         by_number = _call_audio(calm(151.0, seed=7201), calm(151.0, seed=7202))
-        sid_ref = replay_call(by_ref, base_url=app_server.url, public_url=app_server.url, auth_token=AUTH_TOKEN,
-                              from_number=NUMBER, patient_ref=PATIENT_REF, speed=0).call_sid
-        sid_number = replay_call(by_number, base_url=app_server.url, public_url=app_server.url,
-                                 auth_token=AUTH_TOKEN, from_number=NUMBER, speed=0).call_sid
+        sid_ref = replay_call(
+            by_ref,
+            base_url=app_server.url,
+            public_url=app_server.url,
+            auth_token=AUTH_TOKEN,
+            from_number=NUMBER,
+            patient_ref=PATIENT_REF,
+            speed=0,
+        ).call_sid
+        sid_number = replay_call(
+            by_number,
+            base_url=app_server.url,
+            public_url=app_server.url,
+            auth_token=AUTH_TOKEN,
+            from_number=NUMBER,
+            speed=0,
+        ).call_sid
         snapshots.append(RedisSnapshot.take(connection, before))  # the queued jobs, before a worker ran
         _work(app_server)
         with sessions() as s:
@@ -348,8 +367,9 @@ def test_no_caller_data_in_logs_jobs_redis_or_urls(
 
         # -- the nurse: queue, call page, acknowledge, resolve as no pain (queues baseline growth) ----
         nurse = Browser(app_server.url)
-        status, _ = nurse.post_form("/login", {"username": NURSE, "password": "wrong password!!",
-                                               "csrf_token": _csrf(nurse.get("/login")[1])})
+        status, _ = nurse.post_form(
+            "/login", {"username": NURSE, "password": "wrong password!!", "csrf_token": _csrf(nurse.get("/login")[1])}
+        )
         assert status == 401  # a failed sign-in: the throttle counts it in Redis
         nurse.login(NURSE)
         assert nurse.get("/")[0] == 200
@@ -358,10 +378,15 @@ def test_no_caller_data_in_logs_jobs_redis_or_urls(
         assert status == 200
         assert nurse.get(f"/calls/{number_call_id}")[0] == 200
         nurse.post_form(f"/flags/{flag_id}/acknowledge", {"csrf_token": _csrf(page), "call_id": str(call_id)})
-        status, _ = nurse.post_form(f"/flags/{flag_id}/resolve", {
-            "csrf_token": _csrf(page), "call_id": str(call_id), "label": "no_pain",
-            "note": f"spoke with {PATIENT_REF}, fine",
-        })
+        status, _ = nurse.post_form(
+            f"/flags/{flag_id}/resolve",
+            {
+                "csrf_token": _csrf(page),
+                "call_id": str(call_id),
+                "label": "no_pain",
+                "note": f"spoke with {PATIENT_REF}, fine",
+            },
+        )
         assert status == 200
 
         # -- the admin: search by reference, the baseline, an enrolment upload, the audit log ---------
@@ -372,8 +397,9 @@ def test_no_caller_data_in_logs_jobs_redis_or_urls(
         status, page = admin.get(f"/admin/patients/{patient_id}")
         assert status == 200
         recording = wav_file(tmp_path / "normal-voice.wav", calm(137.0, seed=7301, seconds=2.0))
-        status, _ = admin.post_files(f"/admin/patients/{patient_id}/enrol", {"csrf_token": _csrf(page)},
-                                     {"audio": recording})
+        status, _ = admin.post_files(
+            f"/admin/patients/{patient_id}/enrol", {"csrf_token": _csrf(page)}, {"audio": recording}
+        )
         assert status == 200
         assert admin.get("/admin/audit")[0] == 200
         assert admin.get("/admin/audit?" + urllib.parse.urlencode({"actor": NURSE}))[0] == 200
@@ -382,8 +408,7 @@ def test_no_caller_data_in_logs_jobs_redis_or_urls(
         api = Browser(app_server.url)
         for path in ("/api/v1/me", "/api/v1/queue", f"/api/v1/calls/{call_id}"):
             assert api.get(path, {"Authorization": f"Bearer {tokens[NURSE]}"})[0] == 200
-        for path in (f"/api/v1/patients?q={PATIENT_REF}", f"/api/v1/patients/{patient_id}/baseline",
-                     "/api/v1/audit"):
+        for path in (f"/api/v1/patients?q={PATIENT_REF}", f"/api/v1/patients/{patient_id}/baseline", "/api/v1/audit"):
             assert api.get(path, {"Authorization": f"Bearer {tokens[ADMIN]}"})[0] == 200
 
         snapshots.append(RedisSnapshot.take(connection, before))  # growth and enrolment jobs queued
@@ -422,8 +447,9 @@ def test_no_caller_data_in_logs_jobs_redis_or_urls(
                     found.append(f"redis {key!r}: a {len(value)}-byte value")
             jobs_seen += own in key and key.count(b":") >= 3
     assert jobs_seen, "no RQ job hash of this run was inspected"
-    assert not any(k.startswith(b"painline:enrol-upload:") for k in snapshots[-1].values), \
+    assert not any(k.startswith(b"painline:enrol-upload:") for k in snapshots[-1].values), (
         "the enrolment upload outlived its job"
+    )
 
     for message in published:
         found += [f"published message: {hit}" for hit in secrets_.bytes_hits(message)]
@@ -440,8 +466,19 @@ def test_the_search_finds_every_form_it_looks_for() -> None:
     """The inspection above is only as good as its search: each form of each secret must be found."""
     audio = _call_audio(pain(137.0, seed=7101))
     found = _secrets([audio])
-    for leak in (NUMBER, "15550001234", "5550001234", "%2B15550001234", "+1 (555) 000-1234", "555.000.1234",
-                 PATIENT_REF.lower(), f"by {NURSE}", ADMIN, found.audio_payloads[3], repr(audio[8000:8400])):
+    for leak in (
+        NUMBER,
+        "15550001234",
+        "5550001234",
+        "%2B15550001234",
+        "+1 (555) 000-1234",
+        "555.000.1234",
+        PATIENT_REF.lower(),
+        f"by {NURSE}",
+        ADMIN,
+        found.audio_payloads[3],
+        repr(audio[8000:8400]),
+    ):
         assert found.text_hits(f"x {leak} y"), leak
     assert found.bytes_hits(b"head" + found.audio_frames[2] + b"tail")
     assert found.text_hits("call 12 scored (baseline applied); job score-utterance-5550") == []

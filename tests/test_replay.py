@@ -57,8 +57,7 @@ from worker.context import WorkerContext
 
 
 def test_messages_follow_twilios_documented_format() -> None:
-    builder = StreamMessages(account_sid="AC" + "a" * 32, call_sid="CA" + "b" * 32,
-                             stream_sid="MZ" + "c" * 32)
+    builder = StreamMessages(account_sid="AC" + "a" * 32, call_sid="CA" + "b" * 32, stream_sid="MZ" + "c" * 32)
     connected = builder.connected()
     start = builder.start({"token": "t0k"})
     first = builder.media(b"\x01" * CHUNK_BYTES, 0)
@@ -76,6 +75,7 @@ def test_messages_follow_twilios_documented_format() -> None:
         "customParameters": {"token": "t0k"},
         "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
     }
+
     # numbers as strings, as Twilio sends them; sequence counts messages, chunk counts media
     def numbers(m: dict) -> tuple:
         return m["sequenceNumber"], m["media"]["chunk"], m["media"]["timestamp"]
@@ -107,8 +107,7 @@ def test_sids_look_like_twilios() -> None:
 
 def test_voice_webhook_form_is_signed_as_twilio_signs_it() -> None:
     params = voice_webhook_params("AC" + "1" * 32, "CA" + "2" * 32, "+15551234567", "+15557654321")
-    for field in ("AccountSid", "CallSid", "From", "To", "CallStatus", "Direction", "ApiVersion", "Caller",
-                  "Called"):
+    for field in ("AccountSid", "CallSid", "From", "To", "CallStatus", "Direction", "ApiVersion", "Caller", "Called"):
         assert params[field]
     assert params["CallStatus"] == "ringing" and params["Direction"] == "inbound"
     assert params["ApiVersion"] == "2010-04-01"
@@ -150,12 +149,17 @@ def test_parse_twiml_without_a_stream_is_an_error() -> None:
 
 
 def test_connect_url_keeps_the_path_and_targets_the_reached_host() -> None:
-    assert connect_url("ws://127.0.0.1:9000/twilio/stream", "http://127.0.0.1:9000") == \
-        "ws://127.0.0.1:9000/twilio/stream"
-    assert connect_url("wss://painline.example/twilio/stream", "http://127.0.0.1:9000") == \
-        "ws://127.0.0.1:9000/twilio/stream"
-    assert connect_url("wss://painline.example/base/twilio/stream", "https://lb.internal:8443") == \
-        "wss://lb.internal:8443/base/twilio/stream"
+    assert (
+        connect_url("ws://127.0.0.1:9000/twilio/stream", "http://127.0.0.1:9000") == "ws://127.0.0.1:9000/twilio/stream"
+    )
+    assert (
+        connect_url("wss://painline.example/twilio/stream", "http://127.0.0.1:9000")
+        == "ws://127.0.0.1:9000/twilio/stream"
+    )
+    assert (
+        connect_url("wss://painline.example/base/twilio/stream", "https://lb.internal:8443")
+        == "wss://lb.internal:8443/base/twilio/stream"
+    )
 
 
 def test_chunks_are_160_bytes_and_the_tail_is_padded_with_silence() -> None:
@@ -186,13 +190,18 @@ def call_audio(*clips: np.ndarray, gap_s: float = 1.0) -> bytes:
     return mulaw_encode(np.clip(np.concatenate(parts), -1, 1))
 
 
-def test_replay_streams_a_call_into_the_server(
-    app_server: AppServer, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_replay_streams_a_call_into_the_server(app_server: AppServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     audio = call_audio(calm(140.0, seed=1), pain(140.0, seed=2), pain(140.0, seed=3))
-    result = replay_call(audio, base_url=app_server.url, public_url=app_server.url, auth_token=AUTH_TOKEN,
-                         patient_ref="P-replay-1", speed=0, record_messages=True)
+    result = replay_call(
+        audio,
+        base_url=app_server.url,
+        public_url=app_server.url,
+        auth_token=AUTH_TOKEN,
+        patient_ref="P-replay-1",
+        speed=0,
+        record_messages=True,
+    )
 
     # what went over the socket is exactly the documented sequence
     events = [m["event"] for m in result.sent]
@@ -239,8 +248,9 @@ def test_replay_behind_a_proxy_signs_the_public_url_and_reaches_the_local_one(
     proxied_app_server: AppServer,
 ) -> None:
     audio = call_audio(calm(150.0, seed=4))
-    result = replay_call(audio, base_url=proxied_app_server.url, public_url=PROXY_PUBLIC_URL,
-                         auth_token=AUTH_TOKEN, speed=0)
+    result = replay_call(
+        audio, base_url=proxied_app_server.url, public_url=PROXY_PUBLIC_URL, auth_token=AUTH_TOKEN, speed=0
+    )
     assert result.stream.url == "wss://painline.example/twilio/stream"
     assert result.close_code == 1000
     with proxied_app_server.app.extensions["painline.sessions"]() as session:
@@ -251,22 +261,34 @@ def test_replay_behind_a_proxy_signs_the_public_url_and_reaches_the_local_one(
 
 def test_replay_signed_for_another_url_is_refused(proxied_app_server: AppServer) -> None:
     with pytest.raises(ReplayError, match="403"):
-        replay_call(call_audio(calm()), base_url=proxied_app_server.url, public_url=proxied_app_server.url,
-                    auth_token=AUTH_TOKEN, speed=0)
+        replay_call(
+            call_audio(calm()),
+            base_url=proxied_app_server.url,
+            public_url=proxied_app_server.url,
+            auth_token=AUTH_TOKEN,
+            speed=0,
+        )
 
 
 def test_replay_with_the_wrong_token_is_refused(app_server: AppServer) -> None:
     with pytest.raises(ReplayError, match="refused the signature"):
-        replay_call(call_audio(calm()), base_url=app_server.url, public_url=app_server.url,
-                    auth_token="not-the-token", speed=0)
+        replay_call(
+            call_audio(calm()), base_url=app_server.url, public_url=app_server.url, auth_token="not-the-token", speed=0
+        )
     with app_server.app.extensions["painline.sessions"]() as session:
         assert session.scalars(select(Call)).first() is None
 
 
 def test_real_time_pacing_takes_as_long_as_the_audio(app_server: AppServer) -> None:
     audio = call_audio(calm(seconds=0.6), gap_s=0.2)  # one second
-    result = replay_call(audio, base_url=app_server.url, public_url=app_server.url, auth_token=AUTH_TOKEN,
-                         speed=1.0, status_callbacks=False)
+    result = replay_call(
+        audio,
+        base_url=app_server.url,
+        public_url=app_server.url,
+        auth_token=AUTH_TOKEN,
+        speed=1.0,
+        status_callbacks=False,
+    )
     assert result.audio_s == pytest.approx(1.0, abs=0.03)
     assert result.elapsed_s >= 0.95
 
@@ -281,9 +303,7 @@ flag threshold, passed through the settings, keeps the verdicts of this test una
 
 
 @pytest.fixture
-def installed_context(
-    app_settings: Settings, pain_model_path: Path, worker_redis: Redis
-) -> Iterator[WorkerContext]:
+def installed_context(app_settings: Settings, pain_model_path: Path, worker_redis: Redis) -> Iterator[WorkerContext]:
     settings = app_settings.with_(model_path=pain_model_path, flag_threshold=LOW_THRESHOLD)
     ctx = build_context(settings, worker_redis, speaker=False)
     install_context(ctx)
@@ -301,8 +321,9 @@ def test_whole_calls_are_scored_and_finalised_by_a_real_worker(
     replayed: dict[str, str] = {}
     for kind, make in (("calm", calm), ("pain", pain)):
         audio = call_audio(make(130.0, seed=11), make(130.0, seed=12), make(130.0, seed=13))
-        replayed[kind] = replay_call(audio, base_url=app_server.url, public_url=app_server.url,
-                                     auth_token=AUTH_TOKEN, speed=0).call_sid
+        replayed[kind] = replay_call(
+            audio, base_url=app_server.url, public_url=app_server.url, auth_token=AUTH_TOKEN, speed=0
+        ).call_sid
     queue = app_server.queue
     worker = PainlineSimpleWorker([queue], connection=queue.connection, job_class=queue.job_class)
     assert worker.work(burst=True, logging_level="WARNING")
@@ -314,8 +335,7 @@ def test_whole_calls_are_scored_and_finalised_by_a_real_worker(
         assert report is not None
         assert report.status == CallStatus.FINALISED.value
         assert len(report.utterances) >= 2
-        assert all(u.status == UtteranceStatus.SCORED.value and u.probability is not None
-                   for u in report.utterances)
+        assert all(u.status == UtteranceStatus.SCORED.value and u.probability is not None for u in report.utterances)
     calm_report, pain_report = reports["calm"], reports["pain"]
     assert calm_report is not None and pain_report is not None
     assert pain_report.call_score is not None and calm_report.call_score is not None
@@ -335,15 +355,21 @@ def test_enrolment_cuts_a_clip_exactly_as_a_replayed_call_does(app_server: AppSe
     ones the socket stores when the same clip is spoken between pauses on a call."""
     clip = np.concatenate([calm(120.0, seed=31), np.zeros(TELEPHONE_RATE // 2), pain(150.0, seed=32)])
     gap = np.zeros(round(CALL_GAP_S * TELEPHONE_RATE), dtype=np.float32)
-    result = replay_call(mulaw_encode(np.concatenate([gap, clip, gap])), base_url=app_server.url,
-                         public_url=app_server.url, auth_token=AUTH_TOKEN, speed=0)
+    result = replay_call(
+        mulaw_encode(np.concatenate([gap, clip, gap])),
+        base_url=app_server.url,
+        public_url=app_server.url,
+        auth_token=AUTH_TOKEN,
+        speed=0,
+    )
     sessions = app_server.app.extensions["painline.sessions"]
     with sessions() as session:
         call = session.scalars(select(Call).where(Call.call_sid == result.call_sid)).one()
         stored = session.execute(
             select(Utterance.start_ms, Utterance.end_ms, UtteranceAudio.mulaw)
             .join(UtteranceAudio, UtteranceAudio.utterance_id == Utterance.id)
-            .where(Utterance.call_id == call.id).order_by(Utterance.seq)
+            .where(Utterance.call_id == call.id)
+            .order_by(Utterance.seq)
         ).all()
     cut = cut_clip(clip, VadConfig(aggressiveness=app_server.settings.vad_aggressiveness))
     assert len(cut) >= 2

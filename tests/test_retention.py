@@ -52,15 +52,30 @@ class Rows:
 
 def _utterance(s, call: Call, seq: int, age: timedelta, *, status: str, audio: bool, score: bool) -> int:  # type: ignore[no-untyped-def]
     at = utcnow() - age
-    u = Utterance(call_id=call.id, seq=seq, start_ms=seq * 2000, end_ms=seq * 2000 + 1500, speech_s=1.5,
-                  status=status, created_at=at)
+    u = Utterance(
+        call_id=call.id,
+        seq=seq,
+        start_ms=seq * 2000,
+        end_ms=seq * 2000 + 1500,
+        speech_s=1.5,
+        status=status,
+        created_at=at,
+    )
     s.add(u)
     s.flush()
     if audio:
         s.add(UtteranceAudio(utterance_id=u.id, mulaw=AUDIO))
     if score:
-        s.add(Score(utterance_id=u.id, model_version="m1", probability=0.8, embedding=b"\0" * 16,
-                    features={"measures": {}}, created_at=at))
+        s.add(
+            Score(
+                utterance_id=u.id,
+                model_version="m1",
+                probability=0.8,
+                embedding=b"\0" * 16,
+                features={"measures": {}},
+                created_at=at,
+            )
+        )
     s.flush()
     return u.id
 
@@ -71,40 +86,70 @@ def _seed(engine: Engine) -> Rows:
         s.add(patient)
         s.flush()
         long_ago = utcnow() - timedelta(days=400)
-        old = Call(call_sid="CA" + "0" * 32, patient_id=patient.id, started_at=long_ago, ended_at=long_ago,
-                   status=CallStatus.FINALISED.value, verdict="pain_likely", call_score=0.8,
-                   evidence={"utterances_scored": 2})
-        recent = Call(call_sid="CA" + "9" * 32, patient_id=patient.id, status=CallStatus.ENDED.value,
-                      started_at=utcnow() - timedelta(days=10))
+        old = Call(
+            call_sid="CA" + "0" * 32,
+            patient_id=patient.id,
+            started_at=long_ago,
+            ended_at=long_ago,
+            status=CallStatus.FINALISED.value,
+            verdict="pain_likely",
+            call_score=0.8,
+            evidence={"utterances_scored": 2},
+        )
+        recent = Call(
+            call_sid="CA" + "9" * 32,
+            patient_id=patient.id,
+            status=CallStatus.ENDED.value,
+            started_at=utcnow() - timedelta(days=10),
+        )
         s.add_all([old, recent])
         s.flush()
         old_utterances = [
             _utterance(s, old, i, timedelta(days=400), status=UtteranceStatus.SCORED.value, audio=False, score=True)
             for i in range(2)
         ]
-        flag = Flag(call_id=old.id, patient_id=patient.id, severity=0.8, level="high",
-                    status=FlagStatus.RESOLVED.value, label="no_pain", note="fine", raised_at=long_ago,
-                    acknowledged_at=long_ago, acknowledged_by="nurse1", resolved_at=long_ago, resolved_by="nurse1")
+        flag = Flag(
+            call_id=old.id,
+            patient_id=patient.id,
+            severity=0.8,
+            level="high",
+            status=FlagStatus.RESOLVED.value,
+            label="no_pain",
+            note="fine",
+            raised_at=long_ago,
+            acknowledged_at=long_ago,
+            acknowledged_by="nurse1",
+            resolved_at=long_ago,
+            resolved_by="nurse1",
+        )
         s.add(flag)
         s.flush()
         record(s, "nurse1", "flag.resolve", "flag", flag.id, call_id=old.id, label="no_pain")
         baseline = Baseline(patient_id=patient.id, embedder="egemaps", model_version="m1", stats={"n": 1}, count=1)
         s.add(baseline)
         s.flush()
-        contribution = BaselineContribution(baseline_id=baseline.id, utterance_id=old_utterances[0],
-                                            call_id=old.id, source="resolved_call", embedding=b"\1" * 16)
+        contribution = BaselineContribution(
+            baseline_id=baseline.id,
+            utterance_id=old_utterances[0],
+            call_id=old.id,
+            source="resolved_call",
+            embedding=b"\1" * 16,
+        )
         s.add(contribution)
         s.flush()
         return Rows(
             old_call=old.id,
             old_flag=flag.id,
             old_utterances=old_utterances,
-            stale_audio=_utterance(s, recent, 0, timedelta(days=2), status=UtteranceStatus.PENDING.value,
-                                   audio=True, score=False),
-            fresh_audio=_utterance(s, recent, 1, timedelta(hours=1), status=UtteranceStatus.PENDING.value,
-                                   audio=True, score=False),
-            recent_scored=_utterance(s, recent, 2, timedelta(days=10), status=UtteranceStatus.SCORED.value,
-                                     audio=False, score=True),
+            stale_audio=_utterance(
+                s, recent, 0, timedelta(days=2), status=UtteranceStatus.PENDING.value, audio=True, score=False
+            ),
+            fresh_audio=_utterance(
+                s, recent, 1, timedelta(hours=1), status=UtteranceStatus.PENDING.value, audio=True, score=False
+            ),
+            recent_scored=_utterance(
+                s, recent, 2, timedelta(days=10), status=UtteranceStatus.SCORED.value, audio=False, score=True
+            ),
             contribution=contribution.id,
         )
 
@@ -133,16 +178,25 @@ def test_sweep_deletes_old_data_keeps_recent_data_and_the_record(migrated_engine
         call = s.get(Call, rows.old_call)
         assert call is not None and call.verdict == "pain_likely" and call.call_score == 0.8
         flag = s.get(Flag, rows.old_flag)
-        assert flag is not None and (flag.label, flag.resolved_by, flag.acknowledged_by) == ("no_pain", "nurse1",
-                                                                                              "nurse1")
+        assert flag is not None and (flag.label, flag.resolved_by, flag.acknowledged_by) == (
+            "no_pain",
+            "nurse1",
+            "nurse1",
+        )
         contribution = s.get(BaselineContribution, rows.contribution)
         assert contribution is not None and contribution.utterance_id is None and contribution.embedding == b"\1" * 16
         assert s.scalars(select(AuditEvent.action).where(AuditEvent.action == "flag.resolve")).all() == ["flag.resolve"]
 
     [event] = _sweeps(migrated_engine)
     assert event.actor == "retention" and event.object_type == "retention" and event.object_id == "-"
-    assert event.detail == {"audio_deleted": 1, "utterances_skipped": 1, "utterances_deleted": 2,
-                            "scores_deleted": 2, "audio_hours": 24, "score_days": 365}
+    assert event.detail == {
+        "audio_deleted": 1,
+        "utterances_skipped": 1,
+        "utterances_deleted": 2,
+        "scores_deleted": 2,
+        "audio_hours": 24,
+        "score_days": 365,
+    }
 
 
 def test_sweep_is_idempotent_and_audits_every_run(migrated_engine: Engine) -> None:
@@ -151,13 +205,23 @@ def test_sweep_is_idempotent_and_audits_every_run(migrated_engine: Engine) -> No
     first = sweep_retention(sessions)
     second = sweep_retention(sessions)
     assert first.utterances_deleted == 2
-    assert (second.audio_deleted, second.utterances_skipped, second.utterances_deleted,
-            second.scores_deleted) == (0, 0, 0, 0)
+    assert (second.audio_deleted, second.utterances_skipped, second.utterances_deleted, second.scores_deleted) == (
+        0,
+        0,
+        0,
+        0,
+    )
     events = _sweeps(migrated_engine)
     assert len(events) == 2 and events[1].detail["utterances_deleted"] == 0
     # counts and limits only: no id of any deleted row
-    assert set(events[0].detail) == {"audio_deleted", "utterances_skipped", "utterances_deleted",
-                                     "scores_deleted", "audio_hours", "score_days"}
+    assert set(events[0].detail) == {
+        "audio_deleted",
+        "utterances_skipped",
+        "utterances_deleted",
+        "scores_deleted",
+        "audio_hours",
+        "score_days",
+    }
 
 
 def test_limits_must_be_positive(migrated_engine: Engine) -> None:
@@ -165,8 +229,9 @@ def test_limits_must_be_positive(migrated_engine: Engine) -> None:
         sweep_retention(session_factory(migrated_engine), audio_hours=0)
 
 
-def test_retention_command_runs_a_sweep(migrated_engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch,
-                                        tmp_path: Path) -> None:
+def test_retention_command_runs_a_sweep(
+    migrated_engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     rows = _seed(migrated_engine)
     monkeypatch.setenv("PAINLINE_DATABASE_URL", db_url)
     monkeypatch.setenv("PAINLINE_VAR_DIR", str(tmp_path))

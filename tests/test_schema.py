@@ -81,9 +81,7 @@ def test_migrations_produce_exactly_the_models(fresh_db_url: str) -> None:
     engine = make_engine(fresh_db_url)
     try:
         with engine.connect() as conn:
-            diffs = compare_metadata(
-                MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
-            )
+            diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     finally:
         engine.dispose()
     assert diffs == []

@@ -49,8 +49,11 @@ def pair() -> Iterator[tuple[InlineReader, simple_websocket.Server, Client]]:
             key, value = line.split(": ", 1)
             environ["HTTP_" + key.upper().replace("-", "_")] = value
     box: dict[str, simple_websocket.Server] = {}
-    thread = threading.Thread(target=lambda: box.setdefault("ws", simple_websocket.Server(
-        environ, max_message_size=CAP, thread_class=NoReaderThread)))
+    thread = threading.Thread(
+        target=lambda: box.setdefault(
+            "ws", simple_websocket.Server(environ, max_message_size=CAP, thread_class=NoReaderThread)
+        )
+    )
     thread.start()
     accepted = client.events()
     thread.join(5)

@@ -46,8 +46,9 @@ def test_start_as_documented() -> None:
 def test_media_numbers_arrive_as_strings_and_payload_is_decoded() -> None:
     payload = bytes(range(160))
     msg = parse_message(media_msg(STREAM, 7, 120, payload, sequence=9))
-    assert msg == Media(sequence_number=9, stream_sid=STREAM, track="inbound", chunk=7, timestamp_ms=120,
-                        payload=payload)
+    assert msg == Media(
+        sequence_number=9, stream_sid=STREAM, track="inbound", chunk=7, timestamp_ms=120, payload=payload
+    )
 
 
 def test_media_accepts_json_numbers_too() -> None:
@@ -96,11 +97,29 @@ def _media(**changes: object) -> str:
         (start_msg(STREAM, CALL, ACCOUNT, sample_rate=16000), CLOSE_POLICY_VIOLATION),
     ],
     ids=[
-        'not-json', 'not-utf8', 'not-object', 'no-event', 'event-not-string', 'unknown-event',
-        'deep-nesting', 'bad-base64', 'payload-not-string', 'negative-timestamp',
-        'fractional-timestamp', 'bool-timestamp', 'missing-chunk', 'huge-timestamp',
-        'unknown-track', 'payload-too-big', 'missing-section', 'bad-sid', 'text-too-big',
-        'bytes-too-big', 'multibyte-too-big', 'wrong-encoding', 'wrong-rate',
+        "not-json",
+        "not-utf8",
+        "not-object",
+        "no-event",
+        "event-not-string",
+        "unknown-event",
+        "deep-nesting",
+        "bad-base64",
+        "payload-not-string",
+        "negative-timestamp",
+        "fractional-timestamp",
+        "bool-timestamp",
+        "missing-chunk",
+        "huge-timestamp",
+        "unknown-track",
+        "payload-too-big",
+        "missing-section",
+        "bad-sid",
+        "text-too-big",
+        "bytes-too-big",
+        "multibyte-too-big",
+        "wrong-encoding",
+        "wrong-rate",
     ],
 )
 def test_bad_input_closes_with_the_right_code(raw: str | bytes, code: int) -> None:
@@ -130,8 +149,7 @@ def test_reason_never_echoes_message_content() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=20,
 )
 events = st.sampled_from(["connected", "start", "media", "stop", "mark", "dtmf", "other"])
@@ -140,10 +158,14 @@ message_like = st.fixed_dictionaries(
     optional={
         "streamSid": st.text(max_size=40) | json_values,
         "sequenceNumber": st.text(max_size=5) | json_values,
-        "start": st.dictionaries(st.sampled_from(["streamSid", "callSid", "accountSid", "tracks",
-                                                  "customParameters", "mediaFormat"]), json_values),
-        "media": st.dictionaries(st.sampled_from(["track", "chunk", "timestamp", "payload"]),
-                                 json_values | st.text(alphabet="ABCD0123+/=", max_size=12)),
+        "start": st.dictionaries(
+            st.sampled_from(["streamSid", "callSid", "accountSid", "tracks", "customParameters", "mediaFormat"]),
+            json_values,
+        ),
+        "media": st.dictionaries(
+            st.sampled_from(["track", "chunk", "timestamp", "payload"]),
+            json_values | st.text(alphabet="ABCD0123+/=", max_size=12),
+        ),
         "stop": st.dictionaries(st.sampled_from(["accountSid", "callSid"]), json_values),
     },
 )

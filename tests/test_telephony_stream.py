@@ -113,9 +113,7 @@ def test_whole_call_becomes_utterances_and_jobs(tel_sessions: sessionmaker[Sessi
     assert_jobs(rq_queue, utterances, call.id)
 
 
-def test_dropped_stream_keeps_the_partial_utterance(
-    tel_sessions: sessionmaker[Session], rq_queue: Queue
-) -> None:
+def test_dropped_stream_keeps_the_partial_utterance(tel_sessions: sessionmaker[Session], rq_queue: Queue) -> None:
     stream = prepare_call(tel_sessions)
     audio = synthetic_call([(1.0, 3.0)], 3.0)  # caller still talking when the socket dies
     session = new_session(tel_sessions, rq_queue)

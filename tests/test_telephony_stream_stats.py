@@ -96,8 +96,9 @@ def test_stats_line_is_one_json_record_with_ids_only(caplog: pytest.LogCaptureFi
     stats = StreamStats(FakeClock())
     stats.frame_handled(0)
     with caplog.at_level(logging.INFO, logger=LOGGER_NAME):
-        log_stream_end(42, stats, late=1, duplicates=2, gap_ms_filled=40, utterances_saved=3, utterances_lost=0,
-                       jobs_deferred=0)
+        log_stream_end(
+            42, stats, late=1, duplicates=2, gap_ms_filled=40, utterances_saved=3, utterances_lost=0, jobs_deferred=0
+        )
     lines = [r for r in caplog.records if r.name == LOGGER_NAME]
     assert len(lines) == 1
     formatted = "2024-01-01 00:00:00,000 INFO telephony.stream_stats: " + lines[0].getMessage()

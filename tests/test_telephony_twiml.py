@@ -36,14 +36,10 @@ def test_next_step_priority_and_continue_only() -> None:
 
 def test_public_urls_come_from_configuration() -> None:
     assert (
-        public_http_url("https://p.example/", "/twilio/voice", b"a=1&b=2")
-        == "https://p.example/twilio/voice?a=1&b=2"
+        public_http_url("https://p.example/", "/twilio/voice", b"a=1&b=2") == "https://p.example/twilio/voice?a=1&b=2"
     )
     assert public_ws_url("https://p.example", "/twilio/stream") == "wss://p.example/twilio/stream"
-    assert (
-        public_ws_url("http://localhost:8000/base/", "/twilio/stream")
-        == "ws://localhost:8000/base/twilio/stream"
-    )
+    assert public_ws_url("http://localhost:8000/base/", "/twilio/stream") == "ws://localhost:8000/base/twilio/stream"
 
 
 def test_signature_check_needs_token_and_signature() -> None:

@@ -53,9 +53,7 @@ def parse(body: bytes) -> ET.Element:
     return ET.fromstring(body)
 
 
-def test_good_signature_returns_stream_twiml(
-    telephony_app: Flask, tel_sessions: sessionmaker[Session]
-) -> None:
+def test_good_signature_returns_stream_twiml(telephony_app: Flask, tel_sessions: sessionmaker[Session]) -> None:
     call_sid = new_sid("CA")
     response = post_signed(telephony_app, "/twilio/voice", voice_form(call_sid))
     assert response.status_code == 200 and response.mimetype == "application/xml"
@@ -96,9 +94,7 @@ def test_bad_signature_is_403(telephony_app: Flask, case: str, tel_sessions: ses
         headers = {"X-Twilio-Signature": sign(f"{PUBLIC_URL}/twilio/voice", form)}
         response = client.post("/twilio/voice", data={**form, "From": "+15550000000"}, headers=headers)
     else:  # signed for the URL the app sees, not the configured public URL
-        response = post_signed(
-            telephony_app, "/twilio/voice", form, signed_url="http://10.0.0.5:8000/twilio/voice"
-        )
+        response = post_signed(telephony_app, "/twilio/voice", form, signed_url="http://10.0.0.5:8000/twilio/voice")
     assert response.status_code == 403
     with tel_sessions() as session:
         assert session.scalars(select(Call)).all() == []
@@ -122,9 +118,7 @@ def test_query_string_is_part_of_the_signed_url_and_patient_ref_is_used(
     assert refused.status_code == 403
 
 
-def test_repeat_webhook_and_repeat_caller_reuse_rows(
-    telephony_app: Flask, tel_sessions: sessionmaker[Session]
-) -> None:
+def test_repeat_webhook_and_repeat_caller_reuse_rows(telephony_app: Flask, tel_sessions: sessionmaker[Session]) -> None:
     first, second = new_sid("CA"), new_sid("CA")
     for call_sid in (first, first, second):
         assert post_signed(telephony_app, "/twilio/voice", voice_form(call_sid)).status_code == 200
@@ -161,9 +155,7 @@ def test_next_step_follows_the_stream(
     verb: str,
     text: str,
 ) -> None:
-    app = make_app(
-        tel_settings.with_(next_dial="", consent_message="", **next_settings), tel_sessions, rq_queue
-    )
+    app = make_app(tel_settings.with_(next_dial="", consent_message="", **next_settings), tel_sessions, rq_queue)
     root = parse(post_signed(app, "/twilio/voice", voice_form(new_sid("CA"))).data)
     assert [child.tag for child in root] == ["Start", verb]
     assert root[1].text == text
@@ -193,9 +185,7 @@ def test_missing_hmac_key_continues_without_stream(
     assert root.find("Start") is None and root.find("Dial") is not None
 
 
-def test_stream_status_callback_records_events(
-    telephony_app: Flask, tel_sessions: sessionmaker[Session]
-) -> None:
+def test_stream_status_callback_records_events(telephony_app: Flask, tel_sessions: sessionmaker[Session]) -> None:
     call_sid = new_sid("CA")
     post_signed(telephony_app, "/twilio/voice", voice_form(call_sid))
     base = {
@@ -217,7 +207,5 @@ def test_stream_status_callback_records_events(
     with tel_sessions() as session:
         call = session.scalars(select(Call).where(Call.call_sid == call_sid)).one()
         assert (call.stream_status, call.stream_error) == ("error", "31920 handshake failed")
-    unsigned = telephony_app.test_client().post(
-        "/twilio/stream-status", data={**base, "StreamEvent": "stream-stopped"}
-    )
+    unsigned = telephony_app.test_client().post("/twilio/stream-status", data={**base, "StreamEvent": "stream-stopped"})
     assert unsigned.status_code == 403

@@ -60,9 +60,7 @@ def _flag(ctx: WorkerContext, call_id: int, status: FlagStatus, label: FlagLabel
 def _model_baseline(ctx: WorkerContext, patient_id: int) -> Baseline | None:
     with ctx.sessions() as s:
         return s.scalars(
-            select(Baseline).where(
-                Baseline.patient_id == patient_id, Baseline.model_version == ctx.model.version
-            )
+            select(Baseline).where(Baseline.patient_id == patient_id, Baseline.model_version == ctx.model.version)
         ).one_or_none()
 
 
@@ -98,9 +96,7 @@ def test_resolved_no_pain_grows_baseline_once(worker_ctx: WorkerContext) -> None
     baseline = _model_baseline(worker_ctx, patient_id)
     assert baseline is not None and baseline.count == 3
     with worker_ctx.sessions() as s:
-        embeddings = [
-            from_bytes(e) for e in s.scalars(select(Score.embedding).where(Score.utterance_id.in_(ids)))
-        ]
+        embeddings = [from_bytes(e) for e in s.scalars(select(Score.embedding).where(Score.utterance_id.in_(ids)))]
         sources = set(s.scalars(select(BaselineContribution.source)))
         evidence = s.scalars(select(Baseline).where(Baseline.embedder == EVIDENCE_BASELINE_EMBEDDER)).one()
     np.testing.assert_allclose(baseline.stats["mean"], np.mean(embeddings, axis=0), rtol=1e-6)

@@ -44,9 +44,7 @@ def test_pain_likely_with_evidence_against_baseline(worker_ctx: WorkerContext) -
     with worker_ctx.sessions.begin() as s:
         patient_id = make_patient(s).id
     jobs.enroll(patient_id, [calm(125.0, seed=k) for k in (10, 11, 12, 13)], "nurse1")
-    call_id = _scored_call(
-        worker_ctx, [calm(125.0, seed=14), pain(125.0, seed=15), pain(125.0, seed=16)], patient_id
-    )
+    call_id = _scored_call(worker_ctx, [calm(125.0, seed=14), pain(125.0, seed=15), pain(125.0, seed=16)], patient_id)
     assert jobs.finalise_call(call_id) == "pain_likely"
     with worker_ctx.sessions() as s:
         call = s.get_one(Call, call_id)
@@ -119,9 +117,7 @@ def test_finalise_is_idempotent(worker_ctx: WorkerContext) -> None:
     assert jobs.finalise_call(call_id) == "already finalised"
     with worker_ctx.sessions() as s:
         assert s.get_one(Call, call_id).evidence == evidence
-        events = s.scalar(
-            select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "call.finalise")
-        )
+        events = s.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "call.finalise"))
         assert events == 1
     assert jobs.finalise_call(999_999) == "missing"
 

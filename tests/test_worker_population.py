@@ -18,8 +18,9 @@ from worker.rows import to_bytes
 
 def _population(ctx: WorkerContext, version: str | None = None) -> PopulationStats | None:
     with ctx.sessions() as session:
-        return session.scalars(select(PopulationStats).where(
-            PopulationStats.model_version == (version or ctx.model.version))).one_or_none()
+        return session.scalars(
+            select(PopulationStats).where(PopulationStats.model_version == (version or ctx.model.version))
+        ).one_or_none()
 
 
 def test_seeding_from_recordings_folds_what_calls_would_fold(worker_ctx: WorkerContext) -> None:
@@ -42,27 +43,51 @@ def test_seeding_from_past_calls_reuses_embeddings_of_the_same_embedder(worker_c
     vectors = rng.normal(size=(3, dim)).astype(np.float32)
     with worker_ctx.sessions.begin() as session:
         # an older model version with the same embedder, whose statistics the new version lacks
-        session.add(PopulationStats(embedder=worker_ctx.model.embedder_name, model_version=old_version,
-                                    stats=RunningStats.empty(dim).to_dict(), count=0, updated_at=utcnow()))
+        session.add(
+            PopulationStats(
+                embedder=worker_ctx.model.embedder_name,
+                model_version=old_version,
+                stats=RunningStats.empty(dim).to_dict(),
+                count=0,
+                updated_at=utcnow(),
+            )
+        )
         call = Call(call_sid="CA" + "0" * 32, status=CallStatus.FINALISED.value, started_at=utcnow())
         session.add(call)
         session.flush()
         for seq, vector in enumerate(vectors):
-            utterance = Utterance(call_id=call.id, seq=seq, start_ms=seq * 1000, end_ms=seq * 1000 + 900,
-                                  speech_s=0.9, status=UtteranceStatus.SCORED.value, created_at=utcnow())
+            utterance = Utterance(
+                call_id=call.id,
+                seq=seq,
+                start_ms=seq * 1000,
+                end_ms=seq * 1000 + 900,
+                speech_s=0.9,
+                status=UtteranceStatus.SCORED.value,
+                created_at=utcnow(),
+            )
             session.add(utterance)
             session.flush()
             for version in (old_version, worker_ctx.model.version) if seq == 2 else (old_version,):
-                session.add(Score(utterance_id=utterance.id, model_version=version, probability=0.5,
-                                  baseline_applied=False, baseline_n=0, embedding=to_bytes(vector),
-                                  features={}, created_at=utcnow()))
+                session.add(
+                    Score(
+                        utterance_id=utterance.id,
+                        model_version=version,
+                        probability=0.5,
+                        baseline_applied=False,
+                        baseline_n=0,
+                        embedding=to_bytes(vector),
+                        features={},
+                        created_at=utcnow(),
+                    )
+                )
     result = seed_from_calls(worker_ctx)
     # utterance 2 was scored by the current model already: its embedding is in the statistics
     assert result.utterances == 2
     row = _population(worker_ctx)
     assert row is not None and row.count == 2
-    np.testing.assert_allclose(RunningStats.from_dict(row.stats).mean, vectors[:2].astype(np.float64).mean(axis=0),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        RunningStats.from_dict(row.stats).mean, vectors[:2].astype(np.float64).mean(axis=0), rtol=1e-5
+    )
 
 
 def test_fold_takes_one_row_or_many(worker_ctx: WorkerContext) -> None:

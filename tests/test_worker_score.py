@@ -111,9 +111,7 @@ def test_crash_mid_job_is_retried_and_scores_once(
         assert s.get(UtteranceAudio, uid) is None
 
 
-def test_failure_after_insert_rolls_everything_back(
-    worker_ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failure_after_insert_rolls_everything_back(worker_ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash inside the write transaction leaves no score, no population update, the audio kept."""
     _, (uid,) = _call_with(worker_ctx, [calm(seed=7)])
 
@@ -309,7 +307,11 @@ def test_model_mismatch_refused(pain_model_path: Any) -> None:
 
 def test_context_build_loads_artifact(pain_model_path: Any, db_url: str, worker_redis: Any) -> None:
     ctx = WorkerContext.build(
-        database_url=db_url, redis=worker_redis, model_path=pain_model_path, speaker=False, min_speech_s=4.0,
+        database_url=db_url,
+        redis=worker_redis,
+        model_path=pain_model_path,
+        speaker=False,
+        min_speech_s=4.0,
         flag_channel="painline:test-build:flags",
     )
     try:

@@ -106,12 +106,8 @@ def verdict_and_evidence(
     verdict = call_verdict(p, total, ctx.threshold, ctx.min_speech_s)
 
     top = sorted(rows, key=lambda r: float(r.probability), reverse=True)[:TOP_UTTERANCES]
-    same_speaker = [
-        r for r in rows if r.speaker_similarity is None or r.speaker_similarity >= ctx.speaker_threshold
-    ]
-    measures = combine_measures(
-        ((r.features or {}).get("measures") or {}, float(r.speech_s)) for r in same_speaker
-    )
+    same_speaker = [r for r in rows if r.speaker_similarity is None or r.speaker_similarity >= ctx.speaker_threshold]
+    measures = combine_measures(((r.features or {}).get("measures") or {}, float(r.speech_s)) for r in same_speaker)
     baseline_doc: dict[str, Any] | None = None
     moved: list[dict[str, Any]] = []
     if call.patient_id is not None:

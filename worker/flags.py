@@ -76,9 +76,7 @@ class FlagChange:
     utterance_id: int | None = None  # the utterance whose score caused the change (latency tracing)
 
 
-def raise_or_update_flag(
-    session: Session, call: Call, probability: float, threshold: float
-) -> FlagChange | None:
+def raise_or_update_flag(session: Session, call: Call, probability: float, threshold: float) -> FlagChange | None:
     """Insert the call's flag, or raise its severity; None when nothing worth announcing changed.
 
     The caller holds the call's row lock (``SELECT ... FOR UPDATE`` on PostgreSQL), which is what

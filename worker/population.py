@@ -75,15 +75,18 @@ def seed_from_calls(ctx: WorkerContext) -> SeedResult:
     """
     model = ctx.model
     with session_scope(ctx.sessions) as session:
-        versions = set(session.scalars(
-            select(PopulationStats.model_version).where(PopulationStats.embedder == model.embedder_name)
-        )) - {model.version}
+        versions = set(
+            session.scalars(
+                select(PopulationStats.model_version).where(PopulationStats.embedder == model.embedder_name)
+            )
+        ) - {model.version}
         already = set(session.scalars(select(Score.utterance_id).where(Score.model_version == model.version)))
         seen: set[int] = set()
         rows: list[np.ndarray] = []
         if versions:
             for utterance_id, blob in session.execute(
-                select(Score.utterance_id, Score.embedding).where(Score.model_version.in_(versions))
+                select(Score.utterance_id, Score.embedding)
+                .where(Score.model_version.in_(versions))
                 .order_by(Score.utterance_id)
             ):
                 if utterance_id in seen or utterance_id in already:
@@ -101,9 +104,11 @@ def seed_from_calls(ctx: WorkerContext) -> SeedResult:
 
 def _population_n(ctx: WorkerContext) -> int:
     with session_scope(ctx.sessions) as session:
-        row = session.scalars(select(PopulationStats).where(
-            PopulationStats.embedder == ctx.model.embedder_name, PopulationStats.model_version == ctx.model.version
-        )).one_or_none()
+        row = session.scalars(
+            select(PopulationStats).where(
+                PopulationStats.embedder == ctx.model.embedder_name, PopulationStats.model_version == ctx.model.version
+            )
+        ).one_or_none()
         return 0 if row is None else int(row.count)
 
 

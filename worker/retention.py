@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import CursorResult, Delete, Update, delete, select, update
 from sqlalchemy.orm import Session
 
 from schema.audit import record
@@ -55,6 +55,13 @@ class RetentionResult:
     utterances_skipped: int
     utterances_deleted: int
     scores_deleted: int
+
+
+def _rowcount(session: Session, statement: Delete | Update) -> int:
+    """Run one bulk DELETE or UPDATE and return how many rows it matched."""
+    result = session.execute(statement)
+    assert isinstance(result, CursorResult)  # what a DML statement without RETURNING gives
+    return result.rowcount
 
 
 def sweep_retention(
@@ -85,14 +92,13 @@ def sweep_retention(
             ).all()
             if not ids:
                 break
-            audio_deleted += session.execute(
-                delete(UtteranceAudio).where(UtteranceAudio.utterance_id.in_(ids))
-            ).rowcount
-            skipped += session.execute(
+            audio_deleted += _rowcount(session, delete(UtteranceAudio).where(UtteranceAudio.utterance_id.in_(ids)))
+            skipped += _rowcount(
+                session,
                 update(Utterance)
                 .where(Utterance.id.in_(ids), Utterance.status == UtteranceStatus.PENDING.value)
-                .values(status=UtteranceStatus.SKIPPED.value)
-            ).rowcount
+                .values(status=UtteranceStatus.SKIPPED.value),
+            )
 
     utterances_deleted = scores_deleted = 0
     while True:
@@ -103,14 +109,18 @@ def sweep_retention(
             if not ids:
                 break
             # explicit deletes (rather than only ON DELETE CASCADE) so the audit row can say how many
-            scores_deleted += session.execute(delete(Score).where(Score.utterance_id.in_(ids))).rowcount
+            scores_deleted += _rowcount(session, delete(Score).where(Score.utterance_id.in_(ids)))
             session.execute(delete(UtteranceAudio).where(UtteranceAudio.utterance_id.in_(ids)))
-            utterances_deleted += session.execute(delete(Utterance).where(Utterance.id.in_(ids))).rowcount
+            utterances_deleted += _rowcount(session, delete(Utterance).where(Utterance.id.in_(ids)))
 
     result = RetentionResult(audio_deleted, skipped, utterances_deleted, scores_deleted)
     with session_scope(sessions) as session:
         record(
-            session, actor, "retention.sweep", "retention", "-",
+            session,
+            actor,
+            "retention.sweep",
+            "retention",
+            "-",
             audio_deleted=result.audio_deleted,
             utterances_skipped=result.utterances_skipped,
             utterances_deleted=result.utterances_deleted,

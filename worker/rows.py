@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import Executable, select
 from sqlalchemy.orm import Session
 
 T = TypeVar("T")
@@ -21,9 +21,7 @@ def from_bytes(blob: bytes) -> np.ndarray:
     return np.frombuffer(bytes(blob), dtype="<f4").astype(np.float64)
 
 
-def get_or_create_locked(
-    session: Session, model: type[T], keys: dict[str, Any], defaults: dict[str, Any]
-) -> T:
+def get_or_create_locked(session: Session, model: type[T], keys: dict[str, Any], defaults: dict[str, Any]) -> T:
     """The row of ``model`` matching ``keys`` (a unique constraint), created if absent, row-locked.
 
     Two jobs may both find no row and both try to create it. ``INSERT ... ON CONFLICT DO NOTHING``
@@ -38,14 +36,18 @@ def get_or_create_locked(
         return row
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        upsert: Executable = (
+            postgresql_insert(model).values(**keys, **defaults).on_conflict_do_nothing(index_elements=list(keys))
+        )
     elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        upsert = sqlite_insert(model).values(**keys, **defaults).on_conflict_do_nothing(index_elements=list(keys))
     else:  # pragma: no cover - painline supports exactly these two
         raise NotImplementedError(f"no upsert for dialect {dialect}")
-    session.execute(
-        insert(model).values(**keys, **defaults).on_conflict_do_nothing(index_elements=list(keys))
-    )
+    session.execute(upsert)
     return session.scalars(stmt.execution_options(populate_existing=True)).one()
 
 

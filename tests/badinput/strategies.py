@@ -84,9 +84,24 @@ def field_paths(message: dict[str, Any], prefix: Path = ()) -> list[Path]:
 # -- wrong values ------------------------------------------------------------------------------------
 
 huge_ints = st.integers(min_value=10**14, max_value=10**40) | st.integers(max_value=-1)
-numeric_lookalikes = st.sampled_from([
-    "-5", "1.5", "1e3", "0x10", " 12", "12 ", "+12", "", "٣", "１２", "NaN", "Infinity", "-0", "9" * 16,
-])
+numeric_lookalikes = st.sampled_from(
+    [
+        "-5",
+        "1.5",
+        "1e3",
+        "0x10",
+        " 12",
+        "12 ",
+        "+12",
+        "",
+        "٣",
+        "１２",
+        "NaN",
+        "Infinity",
+        "-0",
+        "9" * 16,
+    ]
+)
 non_finite = st.sampled_from([math.nan, math.inf, -math.inf])
 unicode_text = st.text(
     alphabet=st.characters(codec="utf-8") | st.sampled_from(["\x00", "\u202e", "\ufeff", "\U0001f600", "\ud800"]),
@@ -94,8 +109,14 @@ unicode_text = st.text(
 )
 huge_text = st.integers(min_value=257, max_value=70_000).map(lambda n: "A" * n)
 scalars = (
-    st.none() | st.booleans() | st.integers(min_value=-(10**20), max_value=10**20) | huge_ints
-    | st.floats(allow_nan=True, allow_infinity=True) | non_finite | numeric_lookalikes | unicode_text
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**20), max_value=10**20)
+    | huge_ints
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | non_finite
+    | numeric_lookalikes
+    | unicode_text
 )
 wrong_values = st.recursive(
     scalars | huge_text,
@@ -104,19 +125,43 @@ wrong_values = st.recursive(
 )
 
 # media payloads: invalid base64, valid base64 of awkward lengths, oversized
-invalid_base64 = st.sampled_from([
-    "not base64!", "%%%", "AAA", "A", "====", "AA=A", "AAAA\n", " AAAA", "AAAA====", "AA==AA==", "-_-_",
-    "\u00e9\u00e9==",
-]) | st.text(alphabet="ABCDabcd0123+/=*!. \t", min_size=1, max_size=64)
+invalid_base64 = st.sampled_from(
+    [
+        "not base64!",
+        "%%%",
+        "AAA",
+        "A",
+        "====",
+        "AA=A",
+        "AAAA\n",
+        " AAAA",
+        "AAAA====",
+        "AA==AA==",
+        "-_-_",
+        "\u00e9\u00e9==",
+    ]
+) | st.text(alphabet="ABCDabcd0123+/=*!. \t", min_size=1, max_size=64)
 awkward_payloads = st.one_of(
     st.integers(min_value=0, max_value=1000).map(lambda n: base64.b64encode(b"\xff" * n).decode()),
     st.integers(min_value=8001, max_value=20_000).map(lambda n: base64.b64encode(b"\x00" * n).decode()),
     st.binary(max_size=400).map(lambda b: base64.b64encode(b).decode()),
     st.binary(max_size=64).map(lambda b: base64.urlsafe_b64encode(b).decode()),
 )
-encodings = st.sampled_from([
-    "audio/x-mulaw ", "audio/X-MULAW", "audio/x-alaw", "audio/l16", "audio/pcm", "audio/mulaw", "opus", "",
-]) | unicode_text
+encodings = (
+    st.sampled_from(
+        [
+            "audio/x-mulaw ",
+            "audio/X-MULAW",
+            "audio/x-alaw",
+            "audio/l16",
+            "audio/pcm",
+            "audio/mulaw",
+            "opus",
+            "",
+        ]
+    )
+    | unicode_text
+)
 sample_rates = st.integers(min_value=-(10**6), max_value=10**6).filter(lambda r: r != 8000) | st.sampled_from(
     [16000, "16000", "8000.0", 0, 7999, 8001, 44100]
 )
@@ -197,6 +242,14 @@ def corrupted_frames(draw: st.DrawFn) -> bytes:
 
 
 __all__ = [
-    "ACCOUNT", "CALL", "FRAME_BYTES", "STREAM", "corrupted_frames", "documented_messages", "encode",
-    "field_paths", "mutated_message", "wrong_values",
+    "ACCOUNT",
+    "CALL",
+    "FRAME_BYTES",
+    "STREAM",
+    "corrupted_frames",
+    "documented_messages",
+    "encode",
+    "field_paths",
+    "mutated_message",
+    "wrong_values",
 ]

@@ -42,8 +42,13 @@ def seeded_ids(seed: Seed) -> dict[str, list[int]]:
     }
 
 
-def fuzz_operation(operation: Any, mode: schemathesis.GenerationMode, headers: dict[str, str],
-                   known: dict[str, list[int]], statuses: dict[str, int]) -> str | None:
+def fuzz_operation(
+    operation: Any,
+    mode: schemathesis.GenerationMode,
+    headers: dict[str, str],
+    known: dict[str, list[int]],
+    statuses: dict[str, int],
+) -> str | None:
     """Run one operation's cases in one generation mode; the failure text, or None.
 
     Positive cases must pass every check; negative cases (data the document forbids) may be refused
@@ -54,8 +59,13 @@ def fuzz_operation(operation: Any, mode: schemathesis.GenerationMode, headers: d
     positive = mode is schemathesis.GenerationMode.POSITIVE
     checks = CHECKS if positive else [not_a_server_error, content_type_conformance]
 
-    @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate],
+    )
     @given(case=operation.as_strategy(generation_mode=mode), use_seed=st.booleans(), seeded_params=seeded)
     def run(case: Any, use_seed: bool, seeded_params: dict[str, Any]) -> None:
         if use_seed and seeded_params and positive:
@@ -87,10 +97,14 @@ def test_api_conforms_to_its_openapi_document(
         if (failure := fuzz_operation(operation, mode, headers, known, statuses)) is not None
     ]
     reliability.record_outcome(
-        "bad-input-api-schemathesis", "bad input",
+        "bad-input-api-schemathesis",
+        "bad input",
         "schemathesis (positive and negative) on every /api/v1 operation in-process with an admin bearer token: "
         "not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance",
-        survived=not failures, operations=len(operations), calls=sum(statuses.values()), failures=len(failures),
+        survived=not failures,
+        operations=len(operations),
+        calls=sum(statuses.values()),
+        failures=len(failures),
     )
     assert len(operations) >= 11
     assert not failures, "\n\n".join(failures)

@@ -51,7 +51,12 @@ DOCUMENTED_CODES = frozenset({CLOSE_INVALID_DATA, CLOSE_POLICY_VIOLATION, CLOSE_
 """What the parser may close with (1011 is reserved for painline's own failures, never the input's)."""
 
 EVENT_TYPES: dict[str, type] = {
-    "connected": Connected, "start": Start, "media": Media, "stop": Stop, "mark": Mark, "dtmf": Dtmf,
+    "connected": Connected,
+    "start": Start,
+    "media": Media,
+    "stop": Stop,
+    "mark": Mark,
+    "dtmf": Dtmf,
 }
 FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -70,7 +75,10 @@ def assert_invariants(message: Message) -> None:
     """What the rest of painline relies on once a message has parsed."""
     if isinstance(message, Start):
         assert (message.encoding, message.sample_rate, message.channels) == (
-            EXPECTED_ENCODING, EXPECTED_SAMPLE_RATE, EXPECTED_CHANNELS)
+            EXPECTED_ENCODING,
+            EXPECTED_SAMPLE_RATE,
+            EXPECTED_CHANNELS,
+        )
         assert message.tracks and set(message.tracks) <= {"inbound", "outbound"}
         assert all(isinstance(k, str) and isinstance(v, str) for k, v in message.custom_parameters.items())
     if isinstance(message, Media):
@@ -196,10 +204,12 @@ def test_parser_classes_recorded(reliability: ReliabilityRecorder) -> None:
     }
     results = {name: parse_or_code(raw) == code for name, (raw, code) in checks.items()}
     reliability.record_outcome(
-        "bad-input-parser", "bad input",
+        "bad-input-parser",
+        "bad input",
         "parse_message on hypothesis-mutated Twilio messages, corrupted and random frames: every input parses "
         "or raises ProtocolError with 1007/1008/1009; spot checks: " + ", ".join(sorted(results)),
-        survived=all(results.values()), classes=len(results),
+        survived=all(results.values()),
+        classes=len(results),
     )
     assert all(results.values()), results
 

@@ -71,8 +71,7 @@ def test_bad_stream_is_refused_with_its_code(
     assert call_status(tel_sessions, stream.call_sid) == expected
 
 
-@pytest.mark.parametrize("scenario", [s for s in TOLERATED if s.name != "messages-after-stop"],
-                         ids=lambda s: s.name)
+@pytest.mark.parametrize("scenario", [s for s in TOLERATED if s.name != "messages-after-stop"], ids=lambda s: s.name)
 def test_tolerated_oddities_stream_to_the_end(
     scenario: Scenario, tel_sessions: sessionmaker[Session], rq_queue: Queue
 ) -> None:
@@ -131,8 +130,9 @@ def test_flood_allowance_refills_at_the_configured_rate(
     now = [1000.0]
     monkeypatch.setattr(session_module.time, "monotonic", lambda: now[0])
     stream = prepare_call(tel_sessions)
-    session = StreamSession(tel_sessions, rq_queue,
-                            StreamConfig(hmac_key=HMAC_KEY, flood_burst_messages=10, flood_messages_per_s=150))
+    session = StreamSession(
+        tel_sessions, rq_queue, StreamConfig(hmac_key=HMAC_KEY, flood_burst_messages=10, flood_messages_per_s=150)
+    )
     opening = stream.messages(FRAME * 2)[:3]
     for raw in opening:
         session.receive(raw)
@@ -158,10 +158,12 @@ def test_session_classes_recorded(
         session.finish()
         ok = error is not None and error.close_code == scenario.code and scenario.reason in error.reason
         reliability.record_outcome(
-            f"bad-input-session-{scenario.name}", "bad input",
+            f"bad-input-session-{scenario.name}",
+            "bad input",
             f"StreamSession fed {scenario.detail}: expect ProtocolError {scenario.code}"
             f" ({scenario.reason or 'too big'}) and a cleanly finished stream",
-            survived=ok, close_code=None if error is None else error.close_code,
+            survived=ok,
+            close_code=None if error is None else error.close_code,
         )
         assert ok, (scenario.name, error)
     with tel_sessions() as s:  # no stream above carried speech, so nothing was saved as an utterance
@@ -181,10 +183,21 @@ def test_media_before_start_then_real_stream_still_refused(
         session.receive(stream.messages(FRAME)[1])
 
 
-@settings(max_examples=80, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(frames=st.lists(mutated_message(("media", "mark", "dtmf", "stop", "connected", "start")).map(
-    lambda m: encode(m, as_bytes=False)), min_size=1, max_size=12))
+@settings(
+    max_examples=80,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    frames=st.lists(
+        mutated_message(("media", "mark", "dtmf", "stop", "connected", "start")).map(
+            lambda m: encode(m, as_bytes=False)
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
 def test_mutated_messages_after_a_real_start_end_cleanly(
     tel_sessions: sessionmaker[Session], rq_queue: Queue, frames: list[str]
 ) -> None:

@@ -36,8 +36,7 @@ def start_call(server: AppServer) -> TwilioStream:
     call_sid = new_sid("CA")
     form = {"CallSid": call_sid, "AccountSid": new_sid("AC"), "From": "+14155550123", "To": "+14155550100"}
     url = f"{server.url}/twilio/voice"
-    response = requests.post(url, data=form, headers={"X-Twilio-Signature": sign(url, form, AUTH_TOKEN)},
-                             timeout=10)
+    response = requests.post(url, data=form, headers={"X-Twilio-Signature": sign(url, form, AUTH_TOKEN)}, timeout=10)
     assert response.status_code == 200, response.text
     parameters = {p.get("name"): p.get("value") for p in ET.fromstring(response.content).iter("Parameter")}
     return TwilioStream(call_sid=call_sid, token=parameters["token"])
@@ -45,8 +44,7 @@ def start_call(server: AppServer) -> TwilioStream:
 
 def open_stream(server: AppServer) -> websocket.WebSocket:
     url = public_ws_url(server.settings.public_url, "/twilio/stream")
-    return websocket.create_connection(url, header=[f"X-Twilio-Signature: {sign(url, None, AUTH_TOKEN)}"],
-                                       timeout=20)
+    return websocket.create_connection(url, header=[f"X-Twilio-Signature: {sign(url, None, AUTH_TOKEN)}"], timeout=20)
 
 
 def send_all(ws: websocket.WebSocket, frames: list[Frame]) -> int:
@@ -117,14 +115,22 @@ def run_beside_good_call(server: AppServer, scenario: Scenario) -> tuple[tuple[i
     queued = {f"score-utterance-{u.id}" for u in utterances} <= set(server.queue.job_ids)
     health = requests.get(f"{server.url}/healthz", timeout=10)
     return closed, {
-        "good_close": good_close[0], "good_status": status, "utterances": len(utterances), "queued": queued,
+        "good_close": good_close[0],
+        "good_status": status,
+        "utterances": len(utterances),
+        "queued": queued,
         "healthz": health.status_code,
     }
 
 
 def good_call_unaffected(fate: dict[str, object]) -> bool:
-    return fate == {"good_close": CLOSE_NORMAL, "good_status": CallStatus.ENDED.value,
-                    "utterances": len(BURSTS), "queued": True, "healthz": 200}
+    return fate == {
+        "good_close": CLOSE_NORMAL,
+        "good_status": CallStatus.ENDED.value,
+        "utterances": len(BURSTS),
+        "queued": True,
+        "healthz": 200,
+    }
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS + TOLERATED, ids=[s.name for s in SCENARIOS + TOLERATED])
@@ -134,11 +140,15 @@ def test_bad_stream_closes_with_its_code_and_the_good_call_carries_on(
     (code, reason), fate = run_beside_good_call(app_server, scenario)
     ok = code == scenario.code and scenario.reason in reason and good_call_unaffected(fate)
     reliability.record_outcome(
-        f"bad-input-socket-{scenario.name}", "bad input",
+        f"bad-input-socket-{scenario.name}",
+        "bad input",
         f"over the real socket: {scenario.detail}; expect close {scenario.code}, while a concurrent good call on "
         "the same server closes 1000 with all utterances saved and queued, and /healthz answers 200",
-        survived=ok, lost=max(0, len(BURSTS) - int(fate["utterances"])),  # type: ignore[call-overload]
-        close_code=code, detected=len(BURSTS), saved=fate["utterances"],
+        survived=ok,
+        lost=max(0, len(BURSTS) - int(fate["utterances"])),  # type: ignore[call-overload]
+        close_code=code,
+        detected=len(BURSTS),
+        saved=fate["utterances"],
     )
     assert (code, scenario.reason in reason) == (scenario.code, True), reason
     assert good_call_unaffected(fate), fate

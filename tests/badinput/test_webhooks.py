@@ -32,17 +32,49 @@ from tests.app_fixtures import AUTH_TOKEN, AppServer
 from tests.reliability import ReliabilityRecorder
 
 PUBLIC_URL = "https://painline.example"
-FIELDS = ("CallSid", "AccountSid", "From", "To", "Caller", "CallStatus", "Direction", "ApiVersion",
-          "StreamSid", "StreamEvent", "StreamError", "StreamName", "Timestamp", "patient_ref")
+FIELDS = (
+    "CallSid",
+    "AccountSid",
+    "From",
+    "To",
+    "Caller",
+    "CallStatus",
+    "Direction",
+    "ApiVersion",
+    "StreamSid",
+    "StreamEvent",
+    "StreamError",
+    "StreamName",
+    "Timestamp",
+    "patient_ref",
+)
 
 # -- strategies -----------------------------------------------------------------------------------------
 
 # anything that survives form encoding (lone surrogates cannot be sent as UTF-8)
 text = st.text(alphabet=st.characters(codec="utf-8"), max_size=60)
-nasty_text = st.sampled_from([
-    "", " ", "\x00", "a\x00b", "\r\n", "\ufffe", "\uffff", "\u202e", "\U0001f600", "<Response/>", "]]>",
-    "&amp;", "'; DROP TABLE calls; --", "%00", "+14155550123", "anonymous", "client:alice", "sip:x@y",
-])
+nasty_text = st.sampled_from(
+    [
+        "",
+        " ",
+        "\x00",
+        "a\x00b",
+        "\r\n",
+        "\ufffe",
+        "\uffff",
+        "\u202e",
+        "\U0001f600",
+        "<Response/>",
+        "]]>",
+        "&amp;",
+        "'; DROP TABLE calls; --",
+        "%00",
+        "+14155550123",
+        "anonymous",
+        "client:alice",
+        "sip:x@y",
+    ]
+)
 huge = st.integers(min_value=256, max_value=20_000).map(lambda n: "Z" * n)
 valid_call_sids = st.from_regex(r"CA[0-9a-f]{32}", fullmatch=True)
 call_sids = st.one_of(
@@ -61,7 +93,7 @@ def twilio_forms(draw: st.DrawFn) -> list[tuple[str, str]]:
     """Form pairs: some of Twilio's fields (possibly repeated, wrong or missing) plus unknown keys."""
     pairs: list[tuple[str, str]] = []
     if draw(st.integers(min_value=0, max_value=3)):  # mostly present, and then mostly well-formed, so the
-        valid = draw(st.booleans())                 # deeper branches (patient, stream status) get exercised
+        valid = draw(st.booleans())  # deeper branches (patient, stream status) get exercised
         pairs.append(("CallSid", draw(valid_call_sids if valid else call_sids)))
     if draw(st.booleans()):
         pairs.append(("StreamEvent", draw(stream_events)))
@@ -82,12 +114,14 @@ queries = st.one_of(
 
 def twilio_post_routes(app: Flask) -> list[str]:
     """Every POST rule of the telephony blueprint (the routes Twilio calls)."""
-    return sorted(rule.rule for rule in app.url_map.iter_rules()
-                  if rule.endpoint.startswith(f"{BLUEPRINT_NAME}.") and "POST" in (rule.methods or ()))
+    return sorted(
+        rule.rule
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint.startswith(f"{BLUEPRINT_NAME}.") and "POST" in (rule.methods or ())
+    )
 
 
-def signed_post(app: Flask, path: str, pairs: list[tuple[str, str]], query: str = "", *,
-                signature: str | None = None):  # type: ignore[no-untyped-def]
+def signed_post(app: Flask, path: str, pairs: list[tuple[str, str]], query: str = "", *, signature: str | None = None):  # type: ignore[no-untyped-def]
     """POST the form as Twilio would, signed with the auth token over the configured public URL."""
     form = MultiDict(pairs)
     target = path + (f"?{query}" if query else "")
@@ -130,8 +164,7 @@ def test_signed_garbage_forms_get_twiml_or_a_clear_4xx(twilio_app: Flask, reliab
     routes = twilio_post_routes(twilio_app)
     seen: dict[int, int] = {}
 
-    @settings(max_examples=FORM_EXAMPLES, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=FORM_EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
     @given(pairs=twilio_forms(), query=queries, route_index=st.integers(min_value=0, max_value=10))
     def search(pairs: list[tuple[str, str]], query: str, route_index: int) -> None:
         route = routes[route_index % len(routes)]
@@ -147,17 +180,21 @@ def test_signed_garbage_forms_get_twiml_or_a_clear_4xx(twilio_app: Flask, reliab
         raise
     finally:
         reliability.record_outcome(
-            "bad-input-webhook-hypothesis", "bad input",
+            "bad-input-webhook-hypothesis",
+            "bad input",
             "hypothesis: signed forms with missing, duplicate, huge, unicode and wrongly shaped fields (and "
             f"patient_ref queries) on {', '.join(routes)}: 200 with parseable TwiML, 204, or a 4xx; never 5xx",
-            survived=failure is None, examples=sum(seen.values()),
+            survived=failure is None,
+            examples=sum(seen.values()),
             statuses={str(code): n for code, n in sorted(seen.items())},
         )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(signature=st.text(alphabet=st.characters(codec="latin-1", exclude_characters="\r\n"), max_size=40)
-       | st.from_regex(r"[A-Za-z0-9+/]{27}=", fullmatch=True))
+@given(
+    signature=st.text(alphabet=st.characters(codec="latin-1", exclude_characters="\r\n"), max_size=40)
+    | st.from_regex(r"[A-Za-z0-9+/]{27}=", fullmatch=True)
+)
 def test_invalid_signatures_are_403(twilio_app: Flask, signature: str) -> None:
     for route in twilio_post_routes(twilio_app):
         response = signed_post(twilio_app, route, [("CallSid", "CA" + "1" * 32)], signature=signature)
@@ -230,19 +267,24 @@ def test_webhooks_over_real_http(app_server: AppServer, reliability: Reliability
         "bad-callsid-shape": post("/twilio/voice", [("CallSid", "CA 1; DROP")]) == 400,
         "duplicate-keys": post("/twilio/voice", [("CallSid", "CA" + "5" * 32), ("CallSid", "CAx")]) == 200,
         "control-char-patient-ref": post("/twilio/voice", [("CallSid", "CA" + "6" * 32)], "patient_ref=%01") == 200,
-        "nul-stream-error": post("/twilio/stream-status", [("CallSid", "CA" + "6" * 32),
-                                                            ("StreamEvent", "stream-error"),
-                                                            ("StreamError", "\x00")]) == 204,
-        "unknown-stream-event": post("/twilio/stream-status", [("CallSid", "CA" + "6" * 32),
-                                                                ("StreamEvent", "exploded")]) == 204,
-        "oversized-body": post("/twilio/voice", [("CallSid", "CA" + "7" * 32),
-                                                 ("Pad", "x" * (MAX_WEBHOOK_BYTES + 1))]) == 413,
+        "nul-stream-error": post(
+            "/twilio/stream-status",
+            [("CallSid", "CA" + "6" * 32), ("StreamEvent", "stream-error"), ("StreamError", "\x00")],
+        )
+        == 204,
+        "unknown-stream-event": post(
+            "/twilio/stream-status", [("CallSid", "CA" + "6" * 32), ("StreamEvent", "exploded")]
+        )
+        == 204,
+        "oversized-body": post("/twilio/voice", [("CallSid", "CA" + "7" * 32), ("Pad", "x" * (MAX_WEBHOOK_BYTES + 1))])
+        == 413,
         "invalid-signature": post("/twilio/voice", [("CallSid", "CA" + "8" * 32)], signature="AAAA") == 403,
     }
     healthy = requests.get(f"{base}/healthz", timeout=10).status_code == 200
     for name, ok in outcomes.items():
         reliability.record_outcome(
-            f"bad-input-webhook-{name}", "bad input",
+            f"bad-input-webhook-{name}",
+            "bad input",
             f"signed Twilio webhook over real HTTP with {name.replace('-', ' ')}: clear 2xx/4xx, never 5xx; "
             "server healthy afterwards",
             survived=ok and healthy,
