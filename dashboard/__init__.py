@@ -13,9 +13,11 @@ from dashboard.config import DashboardConfig, configure
 
 def init_app(app: Flask, config: DashboardConfig) -> None:
     """Register every UI blueprint on an app built by :func:`painline.app.create_app`."""
-    from dashboard import admin, api, auth, nurse
+    from dashboard import admin, api, auth, errors, headers, nurse
 
     configure(app, config)
+    headers.init_app(app)  # security headers on every response, errors and static files included
+    errors.init_app(app)  # error pages in the layout; JSON under /api/
 
     # ``<id:...>`` in every blueprint's routes: ids beyond PostgreSQL's integer are a 404, not a 500
     app.url_map.converters.setdefault("id", api.RowIdConverter)

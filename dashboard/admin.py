@@ -11,7 +11,11 @@ Routes (blueprint ``admin``, all under ``/admin``; admins may change, auditors m
   uploaded audio;
 - ``POST /admin/contributions/<id>/exclude`` and ``.../include``, ``POST /admin/patients/<id>/reset``,
   ``POST /admin/patients/<id>/enrol`` (admin only);
-- ``GET /admin/audit``: the audit trail with filters (actor, action, object type and id, dates).
+- ``GET /admin/audit``: the audit trail with filters (actor, action, object type and id, dates); each
+  object that has a page links to it.
+
+Query parameters are validated by :mod:`dashboard.params`, the same functions the JSON API uses; a
+refused one is a 400 page naming the field (:mod:`dashboard.errors`).
 
 Reads and changes go through :class:`dashboard.queries.Store`, as the JSON API's do. Excluding,
 including and resetting flip ``included`` at once and enqueue ``worker.jobs.rebuild_baseline`` (the
@@ -19,14 +23,18 @@ worker's rebuild is the one place statistics are re-derived); until it has run t
 baseline is being rebuilt.
 
 Enrolment from upload needs the embedders, which only workers load, and the dashboard may not import
-``worker``. So the upload is decoded here (``analysis.audio.load_audio``), put through the telephone
-channel exactly as ``painline baseline enroll`` does, and stored as 8 kHz mu-law bytes in Redis under
+``worker``. So the upload is checked and decoded here (:mod:`dashboard.uploads`: every file's header
+is judged against :data:`ENROL_LIMITS` before any is decoded, so a small compressed file cannot
+expand into gigabytes; a refused upload answers 400 with the patient page and the reason at the
+form), put through the telephone channel exactly as ``painline baseline enroll`` does, and stored as
+8 kHz mu-law bytes in Redis under
 ``schema.contract.enrol_upload_key(token)`` (a list, one clip per item) for :data:`UPLOAD_TTL_S`
 seconds; then ``worker.jobs.enroll_uploaded(patient_id, token, user_id)`` is enqueued through
 ``schema.contract.enqueue`` with job id ``enrol-upload-<token>`` and the deployment's retry policy.
 Job arguments are ids only (Redis holds them and RQ logs them, so not even the admin's username: the
-worker looks it up for the audit trail); the audio never touches the database or disk (temporary
-files are deleted as soon as they are decoded), and the job deletes the key when it has read it.
+worker looks it up for the audit trail); the audio never touches the database (it is read from the
+request's own spooled upload, never copied to a file of ours), and the job deletes the key when it
+has read it.
 Redis is the one store every web and worker process shares, so this works with web and workers on
 different hosts.
 """
@@ -35,26 +43,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import secrets
-import tempfile
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
-from werkzeug.datastructures import FileStorage
 
-from analysis.audio import AudioLoadError, load_audio
-from analysis.channel import TELEPHONE_RATE, mulaw_encode, telephone
-from dashboard.api import MAX_ID as MAX_ROW_ID
+from analysis.channel import TELEPHONE_RATE
+from dashboard import params
 from dashboard.auth import ADMIN, AUDITOR, require_role
 from dashboard.charts import MeasureRow, measures_plot
 from dashboard.config import config_of
+from dashboard.formatting import measure_unit
 from dashboard.page_queries import AuditFilters, audit_events, audit_vocabulary, voiceprint_summary
 from dashboard.queries import Invalid, NotFound, Store
+from dashboard.uploads import UploadError, UploadLimits, telephone_clips
 from schema.audit import AuditDetailError, record
 from schema.contract import JobName, enqueue, enrol_job_id, enrol_upload_key
 from schema.db import session_scope
@@ -65,10 +70,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
 
 UPLOAD_TTL_S = 3600
-MAX_UPLOAD_BYTES = 32 * 1024 * 1024
-MAX_CLIPS = 10
-MIN_CLIP_S = 1.0
-MAX_CLIP_S = 120.0
+ENROL_LIMITS = UploadLimits()
+"""What one enrolment upload may hold (files, bytes, and per file duration, channels and rate)."""
 AUDIT_PAGE = 100
 PLOT_MEASURES = ("pitch", "loudness", "jitter", "shimmer", "hnr")
 """The key acoustic measures of the baseline plot, in display order."""
@@ -94,7 +97,7 @@ def plot_rows(measures: list[dict]) -> list[MeasureRow]:
         MeasureRow(
             key=key,
             label=by_key[key]["label"],
-            unit=by_key[key]["unit"],
+            unit=measure_unit(key, by_key[key]["unit"]),  # absolute values: pitch needs its reference
             patient=by_key[key]["patient_mean"],
             population_mean=by_key[key]["population_mean"],
             population_sd=by_key[key]["population_sd"],
@@ -112,7 +115,7 @@ def plot_rows(measures: list[dict]) -> list[MeasureRow]:
 @bp.get("/patients")
 @require_role(ADMIN, AUDITOR)
 def patients() -> ResponseReturnValue:
-    q = _text_arg("q", 200)
+    q = params.search_query(request.args)
     rows = _store().search_patients(q, _actor())
     return render_template("admin/patients.html", rows=rows, q=q)
 
@@ -120,6 +123,11 @@ def patients() -> ResponseReturnValue:
 @bp.get("/patients/<id:patient_id>")
 @require_role(ADMIN, AUDITOR)
 def patient(patient_id: int) -> ResponseReturnValue:
+    return _patient_page(patient_id)
+
+
+def _patient_page(patient_id: int, *, status: int = 200, enrol_error: str | None = None) -> ResponseReturnValue:
+    """The baseline page; after a refused upload, with the reason at the enrolment form and a 400."""
     try:
         doc = _store().baseline(patient_id, _actor())
     except NotFound:
@@ -143,13 +151,14 @@ def patient(patient_id: int) -> ResponseReturnValue:
         evidence_n=evidence_n,
         pooled_patients=pooled,
         voiceprint=voiceprint,
-        max_clips=MAX_CLIPS,
-    )
+        limits=ENROL_LIMITS,
+        enrol_error=enrol_error,
+    ), status
 
 
 def _back_to_patient(patient_id: int, baseline_id: int | None = None) -> ResponseReturnValue:
-    params = {"baseline": baseline_id} if baseline_id else {}
-    return redirect(url_for("admin.patient", patient_id=patient_id, **params) + "#contributions")
+    query: dict[str, Any] = {"baseline": baseline_id} if baseline_id else {}
+    return redirect(url_for("admin.patient", patient_id=patient_id, **query) + "#contributions")
 
 
 def _set_included(contribution_id: int, included: bool) -> ResponseReturnValue:
@@ -198,53 +207,26 @@ def reset(patient_id: int) -> ResponseReturnValue:
 # enrolment from uploaded audio
 
 
-class UploadError(ValueError):
-    """An uploaded file is not usable audio; the message is safe to show (no audio, no file content)."""
-
-
-def decode_upload(upload: FileStorage) -> bytes:
-    """One uploaded recording as the 8 kHz mu-law bytes a call would deliver."""
-    suffix = Path(upload.filename or "").suffix.lower()[:8] or ".audio"
-    handle, name = tempfile.mkstemp(prefix="painline-enrol-", suffix=suffix)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            upload.save(out)
-        try:
-            samples, rate = load_audio(name)
-        except AudioLoadError as exc:
-            raise UploadError("not a readable audio file") from exc
-    finally:
-        Path(name).unlink(missing_ok=True)
-    seconds = len(samples) / float(rate) if rate else 0.0
-    if seconds < MIN_CLIP_S:
-        raise UploadError(f"shorter than {MIN_CLIP_S:.0f} s")
-    if seconds > MAX_CLIP_S:
-        raise UploadError(f"longer than {MAX_CLIP_S:.0f} s")
-    return mulaw_encode(telephone(samples, rate))
-
-
 @bp.post("/patients/<id:patient_id>/enrol")
 @require_role(ADMIN)
 def enrol(patient_id: int) -> ResponseReturnValue:
-    if (request.content_length or 0) > MAX_UPLOAD_BYTES:
-        abort(413)
-    files = [f for f in request.files.getlist("audio") if f and f.filename]
-    if not files:
-        flash("Choose one or more recordings of the patient's normal voice.", "error")
-        return _back_to_patient(patient_id)
-    if len(files) > MAX_CLIPS:
-        flash(f"At most {MAX_CLIPS} recordings at a time.", "error")
-        return _back_to_patient(patient_id)
+    if (request.content_length or 0) > ENROL_LIMITS.max_bytes:
+        abort(413)  # dashboard.errors says so in the layout, with a link back to this patient
     with session_scope(_sessions()) as session:
         if session.get(Patient, patient_id) is None:
             abort(404)
-    clips: list[bytes] = []
-    for index, upload in enumerate(files, start=1):
-        try:
-            clips.append(decode_upload(upload))
-        except UploadError as exc:
-            flash(f"Recording {index} refused: {exc}. Nothing was enrolled.", "error")
-            return _back_to_patient(patient_id)
+    files = [f for f in request.files.getlist("audio") if f and f.filename]
+    if not files:
+        return _refuse_upload(patient_id, "Choose one or more recordings of the patient's normal voice.")
+    if len(files) > ENROL_LIMITS.max_clips:
+        refused = f"At most {ENROL_LIMITS.max_clips} recordings at a time. Nothing was enrolled."
+        return _refuse_upload(patient_id, refused)
+    try:
+        clips = telephone_clips([f.stream for f in files], ENROL_LIMITS)
+    except UploadError as exc:
+        number = exc.recording or 1
+        name = files[number - 1].filename
+        return _refuse_upload(patient_id, f"Recording {number} refused: {exc} ({name}). Nothing was enrolled.")
     token = secrets.token_hex(16)
     redis = current_app.extensions["painline.redis"]
     queue = current_app.extensions["painline.queue"]
@@ -258,8 +240,15 @@ def enrol(patient_id: int) -> ResponseReturnValue:
         queued = False
     else:
         # the user id, not the name: job arguments sit in Redis and appear in RQ's log lines
-        queued = enqueue(queue, JobName.ENROL_UPLOAD, patient_id, token, g.current_user.id,
-                         job_id=enrol_job_id(token), options=config_of().jobs).ok
+        queued = enqueue(
+            queue,
+            JobName.ENROL_UPLOAD,
+            patient_id,
+            token,
+            g.current_user.id,
+            job_id=enrol_job_id(token),
+            options=config_of().jobs,
+        ).ok
     if not queued:
         with contextlib.suppress(RedisError, OSError):
             redis.delete(enrol_upload_key(token))
@@ -268,8 +257,14 @@ def enrol(patient_id: int) -> ResponseReturnValue:
     seconds = sum(len(c) for c in clips) / TELEPHONE_RATE
     with session_scope(_sessions()) as session:
         record(
-            session, _actor(), "baseline.enrol_upload", "patient", patient_id,
-            clips=len(clips), seconds=round(seconds, 1), job_id=enrol_job_id(token),
+            session,
+            _actor(),
+            "baseline.enrol_upload",
+            "patient",
+            patient_id,
+            clips=len(clips),
+            seconds=round(seconds, 1),
+            job_id=enrol_job_id(token),
         )
     flash(
         f"{len(clips)} recording(s), {seconds:.0f} s, queued for enrolment. The baseline updates when a worker "
@@ -279,72 +274,53 @@ def enrol(patient_id: int) -> ResponseReturnValue:
     return _back_to_patient(patient_id)
 
 
+def _refuse_upload(patient_id: int, reason: str) -> ResponseReturnValue:
+    """The patient page again, answering 400, with ``reason`` at the enrolment form (nothing was stored)."""
+    return _patient_page(patient_id, status=400, enrol_error=reason)
+
+
 # ---------------------------------------------------------------------------------------------------
 # the audit log
-
-
-def _text_arg(name: str, limit: int) -> str:
-    """A query parameter as a filter: stripped and cut; a NUL (which PostgreSQL text cannot hold) is a 400."""
-    value = request.args.get(name, "").strip()[:limit]
-    if "\x00" in value:
-        abort(400, description=f"{name} must not contain NUL characters")
-    return value
-
-
-def _date(name: str) -> datetime | None:
-    """A YYYY-MM-DD filter; anything else is a 400 rather than silently ignored."""
-    value = request.args.get(name, "").strip()
-    if not value:
-        return None
-    try:
-        parsed = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
-    except ValueError:
-        abort(400, description=f"{name} must be a date written YYYY-MM-DD")
-    if parsed.year >= 9999:  # the day after it cannot be represented
-        abort(400, description=f"{name} is out of range")
-    return parsed
 
 
 @bp.get("/audit")
 @require_role(ADMIN, AUDITOR)
 def audit() -> ResponseReturnValue:
     args = request.args
-    since, until = _date("from"), _date("to")
+    match = params.audit_match(args)
+    days = params.day_range(args)
+    before = params.row_id(args, "before")
     filters = AuditFilters(
-        actor=_text_arg("actor", 150),
-        action=_text_arg("action", 64),
-        object_type=_text_arg("object_type", 64),
-        object_id=_text_arg("object_id", 128),
-        since=since,
-        until=until + timedelta(days=1) if until is not None else None,
+        actor=match.actor or "",
+        action=match.action or "",
+        object_type=match.object_type or "",
+        object_id=match.object_id or "",
+        since=days.since,
+        until=days.until,
     )
-    before = args.get("before", type=int)
-    if before is not None and not 1 <= before <= MAX_ROW_ID:
-        abort(400, description="before must be an audit event id")
+    since, until = days.first, days.last
     with session_scope(_sessions()) as session:
         events = audit_events(session, filters, before_id=before, limit=AUDIT_PAGE + 1)
         vocabulary = audit_vocabulary(session)
         more = len(events) > AUDIT_PAGE
         events = events[:AUDIT_PAGE]
         # as Store.audit_log does for the API: reading the trail is itself recorded, with the filters
-        used: dict[str, object] = {
-            k: args.get(k) for k in ("actor", "action", "object_type", "object_id") if args.get(k)
-        }
+        used: dict[str, object] = dict(match.used())
         # dates as dates under neutral names: the trail refuses "from"/"to" keys and number-shaped strings
-        used.update({k: v.date() for k, v in (("since", since), ("until", until)) if v is not None})
+        used.update({k: v for k, v in (("since", since), ("until", until)) if v is not None})
         try:
             record(session, _actor(), "audit.view", "audit", "-", filters=used, shown=len(events))
         except AuditDetailError:
             record(session, _actor(), "audit.view", "audit", "-", filters=sorted(used), shown=len(events))
-    params = {k: v for k, v in args.items() if k != "before" and v}
-    older = url_for("admin.audit", **params, before=events[-1].id) if more and events else None
+    kept: dict[str, Any] = {k: v for k, v in args.items() if k != "before" and v}
+    older = url_for("admin.audit", **kept, before=events[-1].id) if more and events else None
     return render_template(
         "admin/audit.html", events=events, filters=args, vocabulary=vocabulary, older=older, newest=bool(before)
     )
 
 
 __all__ = [
+    "ENROL_LIMITS",
     "UPLOAD_TTL_S",
     "bp",
-    "decode_upload",
 ]

@@ -18,8 +18,10 @@ from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 from werkzeug.routing import IntegerConverter, Map
 
+from dashboard import params
 from dashboard.auth import ACTORS, ADMIN, AUDITOR, VIEWERS, current_user, json_error, require_api_role
 from dashboard.openapi import openapi_document
+from dashboard.params import MAX_ID
 from dashboard.queries import Conflict, Invalid, NotFound, Store, isoformat
 
 PREFIX = "/api/v1"
@@ -28,9 +30,6 @@ bp = Blueprint("api", __name__, url_prefix=PREFIX)
 
 REVIEWERS = (ADMIN, AUDITOR)
 """Patients, baselines and the audit log: admins, and auditors read-only."""
-
-MAX_ID = 2**31 - 1
-"""Row ids are PostgreSQL ``integer``s: a larger id names no row, and binding one makes the query fail (a 500)."""
 
 
 class RowIdConverter(IntegerConverter):
@@ -64,14 +63,6 @@ def _ok(doc: Any, status: int = 200) -> ResponseReturnValue:
     response = jsonify(isoformat(doc))
     response.status_code = status
     return response
-
-
-def _text_arg(name: str) -> str | None:
-    """A query parameter, or None if empty; a NUL is refused (PostgreSQL text cannot hold one: a 500)."""
-    value = request.args.get(name) or None
-    if value is not None and "\x00" in value:
-        raise Invalid(f"{name} must not contain NUL characters")
-    return value
 
 
 def _body() -> dict[str, Any]:
@@ -153,7 +144,7 @@ def resolve(flag_id: int) -> ResponseReturnValue:
 @bp.get("/patients")
 @require_api_role(*REVIEWERS)
 def patients() -> ResponseReturnValue:
-    return _ok({"patients": _store().search_patients(_text_arg("q") or "", _actor())})
+    return _ok({"patients": _store().search_patients(params.search_query(request.args), _actor())})
 
 
 @bp.get("/patients/<id:patient_id>/baseline")
@@ -185,19 +176,18 @@ def include_contribution(contribution_id: int) -> ResponseReturnValue:
 def audit() -> ResponseReturnValue:
     args = request.args
     try:
-        before_id = int(args["before_id"]) if args.get("before_id") else None
         limit = int(args.get("limit", 100))
     except ValueError as exc:
-        raise Invalid("before_id and limit must be integers") from exc
-    if before_id is not None and not 1 <= before_id <= MAX_ID:
-        raise Invalid(f"before_id must be between 1 and {MAX_ID}")
+        raise Invalid("limit must be an integer") from exc
+    # the same validation as the audit page's (dashboard.params), so both refuse the same values
+    match = params.audit_match(args)
     doc = _store().audit_log(
         _actor(),
-        by=_text_arg("actor"),
-        action=_text_arg("action"),
-        object_type=_text_arg("object_type"),
-        object_id=_text_arg("object_id"),
-        before_id=before_id,
+        by=match.actor,
+        action=match.action,
+        object_type=match.object_type,
+        object_id=match.object_id,
+        before_id=params.row_id(args, "before_id"),
         limit=limit,
     )
     return _ok(doc)

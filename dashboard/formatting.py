@@ -5,16 +5,23 @@ Patients are named by :func:`dashboard.queries.patient_label` (the hotline refer
 ``caller #<id>`` for callers keyed by an HMAC of their number), the same label the JSON API gives;
 :func:`key_kind` says which of the two a patient is keyed by, since only calls keyed the same way
 reach that patient's baseline.
+
+Two things a reader could not work out alone are spelled here too: where an audit row's object can
+be opened (:func:`audit_object_url`), and what absolute pitch in semitones is measured from
+(:func:`measure_unit`: eGeMAPS counts semitones above 27.5 Hz, so "33 semitones" means nothing
+without "re 27.5 Hz"; a *change* in semitones needs no reference).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, url_for
 
+from dashboard.params import MAX_ID
 from schema.identity import PatientKeyKind, looks_like_phone_number
 
 VERDICT_LABELS = {
@@ -75,6 +82,8 @@ def key_kind(value: str | None) -> str:
     Takes the API's value (a :class:`~schema.identity.PatientKeyKind` or its string); never the key,
     so the HMAC cannot end up on a page through this filter.
     """
+    if value is None:
+        return "–"
     try:
         return KEY_KIND_LABELS[PatientKeyKind(value)]
     except ValueError:
@@ -109,9 +118,62 @@ def baseline_text(doc: Mapping[str, Any] | None) -> str:
     return baseline_status(int(doc.get("n_utterances") or 0), int(doc.get("n_calls") or 0))
 
 
+PITCH_REFERENCE_HZ = 27.5
+"""What eGeMAPS' pitch (``F0semitoneFrom27.5Hz``) counts semitones from: the piano's lowest A."""
+UNIT_REFERENCES = {"pitch": f"re {PITCH_REFERENCE_HZ:g} Hz"}
+"""Measures whose absolute values are relative to a reference, by measure key. Pitch *range* is a
+difference between two pitches, so like every change it needs none."""
+
+
+def measure_unit(key: str | None, unit: str | None) -> str:
+    """The unit of an absolute value of measure ``key``: ``semitones re 27.5 Hz`` for pitch."""
+    reference = UNIT_REFERENCES.get(key or "")
+    return f"{unit or ''} {reference}".strip() if reference else unit or ""
+
+
+def measure_text(measure: Mapping[str, Any]) -> str:
+    """An evidence measure's ``text`` (``pitch 33.0 semitones``) with its reference, where it has one."""
+    reference = UNIT_REFERENCES.get(str(measure.get("measure") or measure.get("key") or ""))
+    text = str(measure.get("text") or "")
+    return f"{text} {reference}" if reference and text else text
+
+
+class AuditObject(StrEnum):
+    """Audit object types that name a row with a page (other types, e.g. ``audit`` or ``user``, have none)."""
+
+    PATIENT = "patient"
+    CALL = "call"
+    FLAG = "flag"
+
+
+def _row_id(value: object) -> int | None:
+    text = str(value)
+    if not text.isdigit() or not 1 <= int(text) <= MAX_ID:
+        return None
+    return int(text)
+
+
+def audit_object_url(object_type: str, object_id: str, detail: Mapping[str, Any] | None = None) -> str | None:
+    """The page of an audit row's object, or None: patients open their baseline page, calls the call page,
+    and flags (which have no page) their call's page, whose id the flag's audit rows carry."""
+    try:
+        kind = AuditObject(object_type)
+    except ValueError:
+        return None
+    if kind is AuditObject.FLAG:
+        call_id = _row_id((detail or {}).get("call_id"))
+        return None if call_id is None else url_for("nurse.call", call_id=call_id)
+    row_id = _row_id(object_id)
+    if row_id is None:
+        return None
+    if kind is AuditObject.PATIENT:
+        return url_for("admin.patient", patient_id=row_id)
+    return url_for("nurse.call", call_id=row_id)
+
+
 def register(bp: Blueprint) -> None:
     """Make every helper above a Jinja filter for the whole app."""
-    for name, fn in {
+    filters: dict[str, Callable[..., Any]] = {
         "clock": clock,
         "iso": iso,
         "duration": duration,
@@ -120,12 +182,19 @@ def register(bp: Blueprint) -> None:
         "flag_label": label,
         "baseline_text": baseline_text,
         "key_kind": key_kind,
-    }.items():
+        "measure_text": measure_text,
+    }
+    for name, fn in filters.items():
         bp.add_app_template_filter(fn, name)
     bp.add_app_template_test(phone_like_reference, "phone_like_reference")
+    bp.add_app_template_global(audit_object_url, "audit_object_url")
+    bp.add_app_template_global(measure_unit, "measure_unit")
 
 
 __all__ = [
+    "PITCH_REFERENCE_HZ",
+    "AuditObject",
+    "audit_object_url",
     "baseline_status",
     "baseline_text",
     "clock",
@@ -133,6 +202,8 @@ __all__ = [
     "iso",
     "key_kind",
     "label",
+    "measure_text",
+    "measure_unit",
     "phone_like_reference",
     "probability",
     "register",

@@ -72,6 +72,12 @@ def chart_for(doc: dict) -> str:
     return probability_chart(points, doc["threshold"], duration_s=duration)
 
 
+def shows_pitch(evidence: dict) -> bool:
+    """Whether the evidence shows pitch, whose absolute semitones the page must then say are re 27.5 Hz."""
+    shown = list(evidence.get("moved") or []) + list(evidence.get("measures") or [])
+    return any((m.get("measure") or m.get("key")) == "pitch" for m in shown if isinstance(m, dict))
+
+
 # ---------------------------------------------------------------------------------------------------
 # the queue
 
@@ -108,12 +114,14 @@ def call(call_id: int) -> ResponseReturnValue:
         doc = _store().call(call_id, _actor())
     except NotFound:
         abort(404)
+    evidence = doc["evidence"] or {}
     return render_template(
         "nurse/call.html",
         doc=doc,
         call=doc["call"],
         flag=doc["flag"],
-        evidence=doc["evidence"] or {},
+        evidence=evidence,
+        pitch_reference_hz=formatting.PITCH_REFERENCE_HZ if shows_pitch(evidence) else None,
         chart=chart_for(doc),
         threshold=doc["threshold"],
         speaker_threshold=SPEAKER_THRESHOLD,

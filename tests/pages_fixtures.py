@@ -45,8 +45,10 @@ _ROW = re.compile(r'<tr data-call-id="(\d+)"')
 
 @pytest.fixture
 def pages_app(dash_app: Flask) -> Iterator[Flask]:
-    configure(dash_app, replace(config_of(dash_app), flag_channel=f"painline-test-flags:{secrets.token_hex(6)}",
-                                sse_heartbeat_s=0.5))
+    configure(
+        dash_app,
+        replace(config_of(dash_app), flag_channel=f"painline-test-flags:{secrets.token_hex(6)}", sse_heartbeat_s=0.5),
+    )
     yield dash_app
 
 
@@ -107,14 +109,28 @@ def make_flagged_call(
     s.add(call)
     s.flush()
     for seq, p in enumerate(probabilities):
-        u = Utterance(call_id=call.id, seq=seq, start_ms=seq * 5000, end_ms=seq * 5000 + 3000, speech_s=3.0,
-                      status=UtteranceStatus.SCORED.value)
+        u = Utterance(
+            call_id=call.id,
+            seq=seq,
+            start_ms=seq * 5000,
+            end_ms=seq * 5000 + 3000,
+            speech_s=3.0,
+            status=UtteranceStatus.SCORED.value,
+        )
         s.add(u)
         s.flush()
         s.add(Score(utterance_id=u.id, model_version=model_version, probability=p, embedding=b"\0" * 16))
     if severity is not None:
-        s.add(Flag(call_id=call.id, patient_id=patient.id, severity=severity, level=level,
-                   status=FlagStatus.OPEN.value, raised_at=started_at + timedelta(seconds=30)))
+        s.add(
+            Flag(
+                call_id=call.id,
+                patient_id=patient.id,
+                severity=severity,
+                level=level,
+                status=FlagStatus.OPEN.value,
+                raised_at=started_at + timedelta(seconds=30),
+            )
+        )
     s.flush()
     return call.id
 
@@ -136,8 +152,9 @@ def queue_seed(pages_app: Flask) -> QueueSeed:
         severe_old = make_flagged_call(s, ref="Q-1", severity=0.95, started_at=now - timedelta(minutes=30))
         mild_new = make_flagged_call(s, ref="Q-2", severity=0.70, level="low", started_at=now - timedelta(minutes=2))
         mild_old = make_flagged_call(s, ref="Q-3", severity=0.70, level="low", started_at=now - timedelta(minutes=20))
-        live = make_flagged_call(s, ref="Q-4", severity=None, started_at=now - timedelta(minutes=1),
-                                 status=CallStatus.STREAMING.value)
+        live = make_flagged_call(
+            s, ref="Q-4", severity=None, started_at=now - timedelta(minutes=1), status=CallStatus.STREAMING.value
+        )
         resolved = make_flagged_call(s, ref="Q-5", severity=0.99, started_at=now - timedelta(minutes=5))
         flag = s.scalars(select(Flag).where(Flag.call_id == resolved)).one()
         flag.status = FlagStatus.RESOLVED.value

@@ -34,8 +34,16 @@ PAGES = [
     ("GET", "/admin/audit", {"admin", "auditor"}),
 ]
 # open to everyone by design: sign-in, health check, static files, the Twilio-signed routes
-PUBLIC = {"/login", "/logout", "/healthz", "/static/{filename}", "/ui/{filename}", "/twilio/voice",
-          "/twilio/stream", "/twilio/stream-status"}
+PUBLIC = {
+    "/login",
+    "/logout",
+    "/healthz",
+    "/static/{filename}",
+    "/ui/{filename}",
+    "/twilio/voice",
+    "/twilio/stream",
+    "/twilio/stream-status",
+}
 # the live queue (Server-Sent Events) streams forever; its guard is tested in test_dashboard_live.py
 STREAMING = {"/events"}
 
@@ -51,8 +59,9 @@ def page_routes(app: Flask) -> set[tuple[str, str]]:
 
 
 def fill(path: str, seed: Seed) -> str:
-    return path.format(call_id=seed.call_id, flag_id=seed.flag_id, patient_id=seed.patient_id,
-                       contribution_id=seed.contribution_ids[0])
+    return path.format(
+        call_id=seed.call_id, flag_id=seed.flag_id, patient_id=seed.patient_id, contribution_id=seed.contribution_ids[0]
+    )
 
 
 def test_matrix_covers_every_page_route(pages_app: Flask) -> None:
@@ -65,8 +74,13 @@ def test_matrix_covers_every_page_route(pages_app: Flask) -> None:
 @pytest.mark.parametrize("role", ["nurse", "admin", "auditor", "anonymous"])
 @pytest.mark.parametrize(("method", "path", "allowed"), PAGES, ids=[f"{m} {p}" for m, p, _ in PAGES])
 def test_page_matrix(
-    pages_app: Flask, client_as: Callable[[str], FlaskClient], dash_seed: Seed,
-    role: str, method: str, path: str, allowed: set[str],
+    pages_app: Flask,
+    client_as: Callable[[str], FlaskClient],
+    dash_seed: Seed,
+    role: str,
+    method: str,
+    path: str,
+    allowed: set[str],
 ) -> None:
     client = pages_app.test_client() if role == "anonymous" else client_as(role)
     url = fill(path, dash_seed)
@@ -89,7 +103,9 @@ def test_page_matrix(
 
 @pytest.mark.parametrize(("method", "path"), [(m, p) for m, p, _ in PAGES if "{" in p])
 def test_ids_beyond_the_database_integer_are_404_not_500(
-    client_as: Callable[[str], FlaskClient], method: str, path: str,
+    client_as: Callable[[str], FlaskClient],
+    method: str,
+    path: str,
 ) -> None:
     client = client_as("admin")
     url = re.sub(r"\{[a-z_]+\}", str(2**31), path)

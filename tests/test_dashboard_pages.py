@@ -114,8 +114,9 @@ def test_queue_rows_show_reference_verdict_probability_speech_and_baseline(
     assert "badge-high" in row
 
 
-def test_opening_the_queue_is_audited_but_its_live_refresh_is_not(pages_app: Flask, client_as: ClientAs,
-                                                                   dash_seed: Seed) -> None:
+def test_opening_the_queue_is_audited_but_its_live_refresh_is_not(
+    pages_app: Flask, client_as: ClientAs, dash_seed: Seed
+) -> None:
     client = client_as("nurse")
     client.get("/")
     client.get("/queue/rows")
@@ -143,8 +144,9 @@ def test_call_page_shows_chart_verdict_evidence_and_speaker_check(
 
 def test_call_page_flags_utterances_that_failed_the_speaker_check(pages_app: Flask, client_as: ClientAs) -> None:
     with session_scope(pages_app.extensions["painline.sessions"]) as s:
-        call_id = make_flagged_call(s, ref="SPK", severity=0.8, started_at=utcnow() - timedelta(minutes=3),
-                                    probabilities=(0.5, 0.9))
+        call_id = make_flagged_call(
+            s, ref="SPK", severity=0.8, started_at=utcnow() - timedelta(minutes=3), probabilities=(0.5, 0.9)
+        )
         scores = s.scalars(select(Score).join(Utterance).where(Utterance.call_id == call_id)).all()
         scores[0].speaker_similarity = 0.4
         scores[1].speaker_similarity = 0.85
@@ -171,8 +173,12 @@ def test_resolving_as_no_pain_enqueues_the_grow_baseline_job(
     assert response.headers["Location"] == f"/calls/{dash_seed.call_id}"
     with session_scope(pages_app.extensions["painline.sessions"]) as s:
         flag = s.get(Flag, dash_seed.flag_id)
-        assert (flag.status, flag.label, flag.note, flag.resolved_by) == ("resolved", "no_pain", "spoke calmly",
-                                                                          "nurse1")
+        assert (flag.status, flag.label, flag.note, flag.resolved_by) == (
+            "resolved",
+            "no_pain",
+            "spoke calmly",
+            "nurse1",
+        )
     job = _queue(pages_app).fetch_job(f"grow-baseline-{dash_seed.call_id}")
     assert job is not None
     assert job.func_name == "worker.jobs.grow_baseline_from_call" and job.args == (dash_seed.call_id,)
@@ -227,8 +233,9 @@ def test_acknowledge_then_resolve_twice_is_a_polite_refusal(
 # admin: patients and baselines
 
 
-def test_patients_search_finds_by_reference_and_is_audited(pages_app: Flask, client_as: ClientAs,
-                                                            dash_seed: Seed) -> None:
+def test_patients_search_finds_by_reference_and_is_audited(
+    pages_app: Flask, client_as: ClientAs, dash_seed: Seed
+) -> None:
     client = client_as("admin")
     html = client.get("/admin/patients?q=pt-1").get_data(as_text=True)
     assert f'data-patient-id="{dash_seed.patient_id}"' in html
@@ -297,8 +304,9 @@ def test_exclude_include_and_reset_change_the_baseline_and_are_audited(
     with session_scope(pages_app.extensions["painline.sessions"]) as s:
         assert s.get(Baseline, dash_seed.baseline_id).count == 0
         assert not any(
-            s.scalars(select(BaselineContribution.included).where(
-                BaselineContribution.baseline_id == dash_seed.baseline_id))
+            s.scalars(
+                select(BaselineContribution.included).where(BaselineContribution.baseline_id == dash_seed.baseline_id)
+            )
         )
         # the evidence twin follows the model baseline's decisions through the worker's rebuild
         assert s.get(Baseline, dash_seed.evidence_baseline_id).count == 0
@@ -322,8 +330,9 @@ def test_enrol_upload_stores_telephone_audio_in_redis_and_enqueues_the_job(
     client = client_as("admin")
     token = form_csrf(client.get(f"/admin/patients/{dash_seed.patient_id}").get_data(as_text=True))
     data = {"csrf_token": token, "audio": [(io.BytesIO(_wav(2.0)), "a.wav"), (io.BytesIO(_wav(1.5)), "b.wav")]}
-    response = client.post(f"/admin/patients/{dash_seed.patient_id}/enrol", data=data,
-                           content_type="multipart/form-data")
+    response = client.post(
+        f"/admin/patients/{dash_seed.patient_id}/enrol", data=data, content_type="multipart/form-data"
+    )
     assert response.status_code == 302
     [event] = audit_actions(pages_app, "baseline.enrol_upload")
     assert event.actor == "admin1" and event.detail["clips"] == 2 and event.detail["seconds"] == pytest.approx(3.5)
@@ -346,8 +355,12 @@ def test_enrol_upload_refuses_what_is_not_audio(pages_app: Flask, client_as: Cli
     client = client_as("admin")
     token = form_csrf(client.get(f"/admin/patients/{dash_seed.patient_id}").get_data(as_text=True))
     data = {"csrf_token": token, "audio": [(io.BytesIO(b"not audio at all" * 100), "x.wav")]}
-    response = client.post(f"/admin/patients/{dash_seed.patient_id}/enrol", data=data,
-                           content_type="multipart/form-data", follow_redirects=True)
+    response = client.post(
+        f"/admin/patients/{dash_seed.patient_id}/enrol",
+        data=data,
+        content_type="multipart/form-data",
+        follow_redirects=True,
+    )
     assert "Recording 1 refused: not a readable audio file" in response.get_data(as_text=True)
     assert audit_actions(pages_app, "baseline.enrol_upload") == []
 
@@ -372,14 +385,17 @@ def test_audit_page_filters_by_actor_action_type_and_date(
     assert last == {"action": "call.view", "since": today.isoformat(), "until": today.isoformat()}
 
 
-@pytest.mark.parametrize("query", [
-    "/admin/patients?q=%00",
-    "/admin/audit?actor=%00",
-    "/admin/audit?object_id=%00",
-    "/admin/audit?before=99999999999",
-    "/admin/audit?to=9999-12-31",
-    "/admin/audit?from=yesterday",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/admin/patients?q=%00",
+        "/admin/audit?actor=%00",
+        "/admin/audit?object_id=%00",
+        "/admin/audit?before=99999999999",
+        "/admin/audit?to=9999-12-31",
+        "/admin/audit?from=yesterday",
+    ],
+)
 def test_admin_filters_refuse_what_postgresql_cannot_take(client_as: ClientAs, query: str) -> None:
     """A NUL, an id beyond PostgreSQL's integer, a date with no next day or no date at all: 400, not 500
     (and not a filter silently ignored)."""
@@ -389,3 +405,214 @@ def test_admin_filters_refuse_what_postgresql_cannot_take(client_as: ClientAs, q
 
 def test_admin_audit_still_filters_by_valid_dates(client_as: ClientAs) -> None:
     assert client_as("admin").get("/admin/audit?from=2026-01-01&to=2026-12-31&before=5").status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------------
+# issue 13: enrolment uploads judged by their header, shared filter validation, audit links, pitch
+
+
+def _flac_bomb() -> bytes:
+    """117 KB of FLAC silence claiming 300 s x 8 channels x 48 kHz (~0.9 GB once decoded)."""
+    buffer = io.BytesIO()
+    block = np.zeros((480_000, 8), dtype=np.int16)
+    with sf.SoundFile(buffer, "w", samplerate=48_000, channels=8, format="FLAC", subtype="PCM_16") as out:
+        for _ in range(30):
+            out.write(block)
+    return buffer.getvalue()
+
+
+def test_enrol_refuses_a_decompression_bomb_from_its_header_without_decoding(
+    pages_app: Flask, client_as: ClientAs, dash_seed: Seed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dashboard import uploads
+
+    def never(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("an upload was decoded before every header was checked")
+
+    monkeypatch.setattr(uploads, "decode_mono", never)
+    monkeypatch.setattr(admin_pages, "load_audio", never, raising=False)  # the decode-first path
+    client = client_as("admin")
+    token = form_csrf(client.get(f"/admin/patients/{dash_seed.patient_id}").get_data(as_text=True))
+    data = {
+        "csrf_token": token,
+        "audio": [(io.BytesIO(_wav(2.0)), "fine.wav"), (io.BytesIO(_flac_bomb()), "silence.flac")],
+    }
+    response = client.post(
+        f"/admin/patients/{dash_seed.patient_id}/enrol", data=data, content_type="multipart/form-data"
+    )
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert "Recording 2 refused" in html and "300 s long" in html and "8 channels" in html
+    assert "Nothing was enrolled" in html
+    assert 'id="enrol-error"' in html and 'aria-invalid="true"' in html  # at the form it concerns
+    assert "Baseline of PT-100" in html  # the page itself, with everything else on it
+    assert audit_actions(pages_app, "baseline.enrol_upload") == []
+
+
+def test_enrol_refuses_a_recording_of_unknown_length(pages_app: Flask, client_as: ClientAs, dash_seed: Seed) -> None:
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(32_000, dtype=np.int16), 16_000, format="FLAC")
+    data = bytearray(buffer.getvalue())
+    packed = int.from_bytes(data[18:26], "big")
+    data[18:26] = (packed & ~((1 << 36) - 1)).to_bytes(8, "big")  # STREAMINFO total samples: unknown
+    client = client_as("admin")
+    token = form_csrf(client.get(f"/admin/patients/{dash_seed.patient_id}").get_data(as_text=True))
+    response = client.post(
+        f"/admin/patients/{dash_seed.patient_id}/enrol",
+        content_type="multipart/form-data",
+        data={"csrf_token": token, "audio": [(io.BytesIO(bytes(data)), "stream.flac")]},
+    )
+    assert response.status_code == 400
+    assert "does not state its length" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("/admin/patients?q=%00", "q"),
+        ("/admin/audit?actor=%00", "actor"),
+        ("/admin/audit?object_id=%00", "object_id"),
+        ("/admin/audit?before=99999999999", "before"),
+        ("/admin/audit?before=soon", "before"),
+        ("/admin/audit?to=9999-12-31", "to"),
+        ("/admin/audit?from=yesterday", "from"),
+        ("/admin/audit?from=2026-02-30", "from"),
+        ("/admin/audit?actor=" + "a" * 151, "actor"),
+    ],
+)
+def test_admin_filter_errors_are_a_styled_400_naming_the_field(client_as: ClientAs, query: str, field: str) -> None:
+    response = client_as("admin").get(query)
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert 'class="site-header"' in html and 'href="/"' in html  # the layout, with a way back
+    assert f"<code>{field}</code>" in html, html[-1500:]
+
+
+@pytest.mark.parametrize(
+    ("page", "api"),
+    [
+        ("/admin/audit?actor=%00", "/api/v1/audit?actor=%00"),
+        ("/admin/audit?object_id=%00", "/api/v1/audit?object_id=%00"),
+        ("/admin/patients?q=%00", "/api/v1/patients?q=%00"),
+        ("/admin/audit?before=99999999999", "/api/v1/audit?before_id=99999999999"),
+        ("/admin/audit?action=" + "x" * 65, "/api/v1/audit?action=" + "x" * 65),
+    ],
+)
+def test_pages_and_api_refuse_the_same_parameters_with_the_same_words(
+    client_as: ClientAs, dash_users: DashUsers, page: str, api: str
+) -> None:
+    """One validation (dashboard.params) behind both: the API's message names the parameter, then the
+    problem; the page shows the same problem after the same (page-side) parameter name."""
+    from markupsafe import escape
+
+    from tests.dashboard_fixtures import bearer
+
+    html = client_as("admin").get(page)
+    json = client_as("admin").get(api, headers=bearer(dash_users.tokens["admin"]))
+    assert html.status_code == json.status_code == 400
+    name, _, problem = json.get_json()["message"].partition(" ")
+    page_name = page.split("?", 1)[1].split("=", 1)[0]
+    assert name == page_name or (name, page_name) == ("before_id", "before")
+    assert f"<code>{page_name}</code> {escape(problem)}" in html.get_data(as_text=True)
+
+
+def test_audit_objects_link_to_their_pages(pages_app: Flask, client_as: ClientAs, dash_seed: Seed) -> None:
+    nurse = client_as("nurse")
+    nurse.get("/")
+    token = form_csrf(nurse.get(f"/calls/{dash_seed.call_id}").get_data(as_text=True))
+    nurse.post(f"/flags/{dash_seed.flag_id}/acknowledge", data={"csrf_token": token, "call_id": dash_seed.call_id})
+    admin = client_as("admin")
+    admin.get(f"/admin/patients/{dash_seed.patient_id}")
+    html = admin.get("/admin/audit").get_data(as_text=True)
+
+    def cell(action: str) -> str:
+        return html.split(f'data-action="{action}"', 1)[1].split("</tr>", 1)[0]
+
+    assert f'<a href="/admin/patients/{dash_seed.patient_id}">patient {dash_seed.patient_id}</a>' in cell(
+        "baseline.view"
+    )
+    assert f'<a href="/calls/{dash_seed.call_id}">call {dash_seed.call_id}</a>' in cell("call.view")
+    # a flag has no page of its own: its call's page
+    assert f'<a href="/calls/{dash_seed.call_id}">flag {dash_seed.flag_id}</a>' in cell("flag.acknowledge")
+    object_cell = cell("queue.view").split('<td class="object">', 1)[1].split("</td>", 1)[0]
+    assert object_cell == "queue -"  # nothing to open
+
+
+def test_call_page_states_the_reference_of_pitch_in_semitones(client_as: ClientAs, pages_app: Flask) -> None:
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        call_id = make_flagged_call(
+            s, ref="ST-1", severity=0.8, started_at=utcnow() - timedelta(minutes=3), probabilities=(0.7,)
+        )
+        from schema.models import Call
+
+        call = s.get(Call, call_id)
+        assert call is not None
+        call.evidence = {
+            "baseline": {"n": 9},
+            "moved": [
+                {
+                    "measure": "pitch",
+                    "label": "pitch",
+                    "unit": "semitones",
+                    "value": 35.1,
+                    "baseline": 32.6,
+                    "delta": 2.5,
+                    "z": 2.1,
+                    "text": "pitch +2.5 semitones",
+                },
+                {
+                    "measure": "loudness",
+                    "label": "loudness",
+                    "unit": "dB",
+                    "value": 71.0,
+                    "baseline": 65.2,
+                    "delta": 5.8,
+                    "z": 1.9,
+                    "text": "loudness +5.8 dB",
+                },
+            ],
+        }
+    html = client_as("nurse").get(f"/calls/{call_id}").get_data(as_text=True)
+    row = html.split('<th scope="row">pitch</th>', 1)[1].split("</tr>", 1)[0]
+    assert row.count("semitones re 27.5 Hz") == 2  # this call and usual: absolute values need the reference
+    assert "+2.5 semitones</strong>" in row  # a change is a change: no reference
+    assert "re 27.5 Hz" not in html.split('<th scope="row">loudness</th>', 1)[1].split("</tr>", 1)[0]
+
+
+def test_call_page_without_a_baseline_states_the_reference_too(client_as: ClientAs, pages_app: Flask) -> None:
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        call_id = make_flagged_call(
+            s, ref="ST-2", severity=0.8, started_at=utcnow() - timedelta(minutes=3), probabilities=(0.7,)
+        )
+        from schema.models import Call
+
+        call = s.get(Call, call_id)
+        assert call is not None
+        call.evidence = {
+            "measures": [
+                {
+                    "measure": "pitch",
+                    "label": "pitch",
+                    "unit": "semitones",
+                    "value": 33.04,
+                    "text": "pitch 33.0 semitones",
+                },
+                {
+                    "measure": "pitch_range",
+                    "label": "pitch range",
+                    "unit": "semitones",
+                    "value": 4.2,
+                    "text": "pitch range 4.2 semitones",
+                },
+            ]
+        }
+    html = client_as("nurse").get(f"/calls/{call_id}").get_data(as_text=True)
+    assert "pitch 33.0 semitones re 27.5 Hz" in html
+    assert "pitch range 4.2 semitones<" in html  # a range is a difference
+
+
+def test_the_pitch_reference_is_the_one_the_measure_is_computed_from() -> None:
+    from analysis.evidence import PITCH_FUNCTIONAL
+    from dashboard import formatting
+
+    assert f"From{formatting.PITCH_REFERENCE_HZ:g}Hz" in PITCH_FUNCTIONAL

@@ -89,14 +89,30 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium
 
 
 def _measures(rng: np.random.Generator, centre: dict[str, float], n: int) -> np.ndarray:
-    spread = {"pitch": 1.2, "pitch_range": 0.8, "loudness": 2.0, "jitter": 0.25, "shimmer": 0.15, "hnr": 1.0,
-              "syllable_rate": 0.3, "voiced_rate": 0.2}
+    spread = {
+        "pitch": 1.2,
+        "pitch_range": 0.8,
+        "loudness": 2.0,
+        "jitter": 0.25,
+        "shimmer": 0.15,
+        "hnr": 1.0,
+        "syllable_rate": 0.3,
+        "voiced_rate": 0.2,
+    }
     return np.array([[rng.normal(centre[k], spread[k]) for k in MEASURE_KEYS] for _ in range(n)])
 
 
 def _centre(pitch: float, loudness: float, jitter: float, shimmer: float, hnr: float) -> dict[str, float]:
-    return {"pitch": pitch, "pitch_range": 4.0, "loudness": loudness, "jitter": jitter, "shimmer": shimmer,
-            "hnr": hnr, "syllable_rate": 4.0, "voiced_rate": 2.2}
+    return {
+        "pitch": pitch,
+        "pitch_range": 4.0,
+        "loudness": loudness,
+        "jitter": jitter,
+        "shimmer": shimmer,
+        "hnr": hnr,
+        "syllable_rate": 4.0,
+        "voiced_rate": 2.2,
+    }
 
 
 def _add_patient(s, ref: str) -> Patient:  # type: ignore[no-untyped-def]
@@ -106,62 +122,140 @@ def _add_patient(s, ref: str) -> Patient:  # type: ignore[no-untyped-def]
     return patient
 
 
-def _add_call(s, patient: Patient, *, minutes_ago: float, probabilities: list[float], status: str,  # type: ignore[no-untyped-def]
-              verdict: str, threshold: float = 0.6) -> Call:
+def _add_call(
+    s,
+    patient: Patient,
+    *,
+    minutes_ago: float,
+    probabilities: list[float],
+    status: str,  # type: ignore[no-untyped-def]
+    verdict: str,
+    threshold: float = 0.6,
+) -> Call:
     started = utcnow() - timedelta(minutes=minutes_ago)
     speech = 2.5 * len(probabilities)
     score = float(np.mean(probabilities)) if probabilities else None
     evidence = None
     if status == CallStatus.FINALISED.value:
         evidence = {
-            "version": 1, "model_version": MODEL_VERSION, "threshold": threshold, "min_speech_s": 3.0,
-            "speech_s": speech, "utterances_scored": len(probabilities), "utterances_unscored": 0,
+            "version": 1,
+            "model_version": MODEL_VERSION,
+            "threshold": threshold,
+            "min_speech_s": 3.0,
+            "speech_s": speech,
+            "utterances_scored": len(probabilities),
+            "utterances_unscored": 0,
             "speaker_mismatches": 0,
             "top_utterances": [
-                {"utterance_id": 0, "seq": i, "start_ms": i * 6000, "end_ms": i * 6000 + 2500, "speech_s": 2.5,
-                 "probability": p}
+                {
+                    "utterance_id": 0,
+                    "seq": i,
+                    "start_ms": i * 6000,
+                    "end_ms": i * 6000 + 2500,
+                    "speech_s": 2.5,
+                    "probability": p,
+                }
                 for i, p in sorted(enumerate(probabilities), key=lambda ip: -ip[1])[:3]
             ],
             "measures": [],
             "baseline": {"n": 9},
             "moved": [
-                {"measure": "pitch", "label": "pitch", "unit": "semitones", "value": 35.1, "baseline": 32.6,
-                 "delta": 2.5, "z": 2.1, "text": "pitch +2.5 semitones"},
-                {"measure": "loudness", "label": "loudness", "unit": "dB", "value": 71.0, "baseline": 65.2,
-                 "delta": 5.8, "z": 1.9, "text": "loudness +5.8 dB"},
-                {"measure": "hnr", "label": "harmonics-to-noise ratio", "unit": "dB", "value": 6.1,
-                 "baseline": 8.4, "delta": -2.3, "z": -1.5, "text": "harmonics-to-noise ratio -2.3 dB"},
+                {
+                    "measure": "pitch",
+                    "label": "pitch",
+                    "unit": "semitones",
+                    "value": 35.1,
+                    "baseline": 32.6,
+                    "delta": 2.5,
+                    "z": 2.1,
+                    "text": "pitch +2.5 semitones",
+                },
+                {
+                    "measure": "loudness",
+                    "label": "loudness",
+                    "unit": "dB",
+                    "value": 71.0,
+                    "baseline": 65.2,
+                    "delta": 5.8,
+                    "z": 1.9,
+                    "text": "loudness +5.8 dB",
+                },
+                {
+                    "measure": "hnr",
+                    "label": "harmonics-to-noise ratio",
+                    "unit": "dB",
+                    "value": 6.1,
+                    "baseline": 8.4,
+                    "delta": -2.3,
+                    "z": -1.5,
+                    "text": "harmonics-to-noise ratio -2.3 dB",
+                },
             ],
         }
-    call = Call(call_sid="CA" + secrets.token_hex(16), patient_id=patient.id, started_at=started,
-                ended_at=started + timedelta(seconds=6 * len(probabilities) + 5)
-                if status != CallStatus.STREAMING.value else None,
-                status=status, verdict=verdict, call_score=score, speech_s=speech, consent=True, evidence=evidence)
+    call = Call(
+        call_sid="CA" + secrets.token_hex(16),
+        patient_id=patient.id,
+        started_at=started,
+        ended_at=started + timedelta(seconds=6 * len(probabilities) + 5)
+        if status != CallStatus.STREAMING.value
+        else None,
+        status=status,
+        verdict=verdict,
+        call_score=score,
+        speech_s=speech,
+        consent=True,
+        evidence=evidence,
+    )
     s.add(call)
     s.flush()
     rng = np.random.default_rng(call.id)
     for i, p in enumerate(probabilities):
-        u = Utterance(call_id=call.id, seq=i, start_ms=i * 6000, end_ms=i * 6000 + 2500, speech_s=2.5,
-                      status=UtteranceStatus.SCORED.value)
+        u = Utterance(
+            call_id=call.id,
+            seq=i,
+            start_ms=i * 6000,
+            end_ms=i * 6000 + 2500,
+            speech_s=2.5,
+            status=UtteranceStatus.SCORED.value,
+        )
         s.add(u)
         s.flush()
-        s.add(Score(utterance_id=u.id, model_version=MODEL_VERSION, probability=p, baseline_applied=True,
-                    baseline_n=9, speaker_similarity=float(rng.uniform(0.78, 0.92)),
-                    embedding=rng.normal(size=8).astype("<f4").tobytes()))
+        s.add(
+            Score(
+                utterance_id=u.id,
+                model_version=MODEL_VERSION,
+                probability=p,
+                baseline_applied=True,
+                baseline_n=9,
+                speaker_similarity=float(rng.uniform(0.78, 0.92)),
+                embedding=rng.normal(size=8).astype("<f4").tobytes(),
+            )
+        )
     s.flush()
     return call
 
 
 def _add_flag(s, call: Call, level: str, severity: float, minutes_ago: float) -> Flag:  # type: ignore[no-untyped-def]
-    flag = Flag(call_id=call.id, patient_id=call.patient_id, severity=severity, level=level,
-                status=FlagStatus.OPEN.value, raised_at=utcnow() - timedelta(minutes=minutes_ago))
+    flag = Flag(
+        call_id=call.id,
+        patient_id=call.patient_id,
+        severity=severity,
+        level=level,
+        status=FlagStatus.OPEN.value,
+        raised_at=utcnow() - timedelta(minutes=minutes_ago),
+    )
     s.add(flag)
     s.flush()
     return flag
 
 
-def _add_baseline(s, patient: Patient, rng: np.random.Generator, centre: dict[str, float],  # type: ignore[no-untyped-def]
-                  calls: list[Call]) -> tuple[Baseline, list[int]]:
+def _add_baseline(
+    s,
+    patient: Patient,
+    rng: np.random.Generator,
+    centre: dict[str, float],  # type: ignore[no-untyped-def]
+    calls: list[Call],
+) -> tuple[Baseline, list[int]]:
     """A model baseline and its evidence twin: two enrolment clips plus every utterance of ``calls``."""
     items: list[tuple[int | None, int | None]] = [(None, None), (None, None)]
     for call in calls:
@@ -169,10 +263,20 @@ def _add_baseline(s, patient: Patient, rng: np.random.Generator, centre: dict[st
             items.append((u.id, call.id))
     model_vectors = rng.normal(size=(len(items), 8))
     measure_vectors = _measures(rng, centre, len(items))
-    model = Baseline(patient_id=patient.id, embedder="egemaps", model_version=MODEL_VERSION,
-                     stats=RunningStats.from_array(model_vectors).to_dict(), count=len(items))
-    evidence = Baseline(patient_id=patient.id, embedder="evidence-measures", model_version="evidence-v1",
-                        stats=RunningStats.from_array(measure_vectors).to_dict(), count=len(items))
+    model = Baseline(
+        patient_id=patient.id,
+        embedder="egemaps",
+        model_version=MODEL_VERSION,
+        stats=RunningStats.from_array(model_vectors).to_dict(),
+        count=len(items),
+    )
+    evidence = Baseline(
+        patient_id=patient.id,
+        embedder="evidence-measures",
+        model_version="evidence-v1",
+        stats=RunningStats.from_array(measure_vectors).to_dict(),
+        count=len(items),
+    )
     s.add_all([model, evidence])
     s.flush()
     base_time = utcnow() - timedelta(days=20)
@@ -180,12 +284,25 @@ def _add_baseline(s, patient: Patient, rng: np.random.Generator, centre: dict[st
     for i, (utterance_id, call_id) in enumerate(items):
         at = base_time + timedelta(days=i, microseconds=i)
         source = ContributionSource.ENROLMENT.value if utterance_id is None else ContributionSource.RESOLVED_CALL.value
-        row = BaselineContribution(baseline_id=model.id, utterance_id=utterance_id, call_id=call_id, source=source,
-                                   embedding=model_vectors[i].astype("<f4").tobytes(), created_at=at)
+        row = BaselineContribution(
+            baseline_id=model.id,
+            utterance_id=utterance_id,
+            call_id=call_id,
+            source=source,
+            embedding=model_vectors[i].astype("<f4").tobytes(),
+            created_at=at,
+        )
         s.add(row)
-        s.add(BaselineContribution(baseline_id=evidence.id, utterance_id=utterance_id, call_id=call_id,
-                                   source=source, embedding=measure_vectors[i].astype("<f4").tobytes(),
-                                   created_at=at))
+        s.add(
+            BaselineContribution(
+                baseline_id=evidence.id,
+                utterance_id=utterance_id,
+                call_id=call_id,
+                source=source,
+                embedding=measure_vectors[i].astype("<f4").tobytes(),
+                created_at=at,
+            )
+        )
         s.flush()
         ids.append(row.id)
     return model, ids
@@ -206,27 +323,53 @@ def deployment(pages_app: Flask) -> Deployment:
     with session_scope(pages_app.extensions["painline.sessions"]) as s:
         main = _add_patient(s, "HL-20417")
         old_calls = [
-            _add_call(s, main, minutes_ago=60 * 24 * d, probabilities=list(rng.uniform(0.1, 0.4, 3)),
-                      status=CallStatus.FINALISED.value, verdict=Verdict.NO_PAIN.value)
+            _add_call(
+                s,
+                main,
+                minutes_ago=60 * 24 * d,
+                probabilities=list(rng.uniform(0.1, 0.4, 3)),
+                status=CallStatus.FINALISED.value,
+                verdict=Verdict.NO_PAIN.value,
+            )
             for d in (9, 4)
         ]
         model, contribution_ids = _add_baseline(s, main, rng, _centre(32.5, 65.0, 1.6, 1.2, 8.5), old_calls)
         others = []
-        for ref, centre in (("HL-18822", _centre(28.0, 68.0, 1.9, 1.4, 7.5)),
-                            ("HL-31007", _centre(36.0, 63.0, 1.3, 1.0, 9.5)),
-                            ("HL-27150", _centre(30.5, 70.0, 2.2, 1.6, 7.0))):
+        for ref, centre in (
+            ("HL-18822", _centre(28.0, 68.0, 1.9, 1.4, 7.5)),
+            ("HL-31007", _centre(36.0, 63.0, 1.3, 1.0, 9.5)),
+            ("HL-27150", _centre(30.5, 70.0, 2.2, 1.6, 7.0)),
+        ):
             other = _add_patient(s, ref)
             _add_baseline(s, other, rng, centre, [])
             others.append(other)
         queued = []
-        high = _add_call(s, others[0], minutes_ago=14, probabilities=[0.55, 0.81, 0.88, 0.92, 0.86],
-                         status=CallStatus.FINALISED.value, verdict=Verdict.PAIN_LIKELY.value)
+        high = _add_call(
+            s,
+            others[0],
+            minutes_ago=14,
+            probabilities=[0.55, 0.81, 0.88, 0.92, 0.86],
+            status=CallStatus.FINALISED.value,
+            verdict=Verdict.PAIN_LIKELY.value,
+        )
         _add_flag(s, high, "high", 0.89, 9)
-        medium = _add_call(s, others[1], minutes_ago=6, probabilities=[0.62, 0.74, 0.79],
-                           status=CallStatus.STREAMING.value, verdict=Verdict.PENDING.value)
+        medium = _add_call(
+            s,
+            others[1],
+            minutes_ago=6,
+            probabilities=[0.62, 0.74, 0.79],
+            status=CallStatus.STREAMING.value,
+            verdict=Verdict.PENDING.value,
+        )
         _add_flag(s, medium, "medium", 0.72, 2)
-        live = _add_call(s, others[2], minutes_ago=1, probabilities=[0.22, 0.31],
-                         status=CallStatus.STREAMING.value, verdict=Verdict.PENDING.value)
+        live = _add_call(
+            s,
+            others[2],
+            minutes_ago=1,
+            probabilities=[0.22, 0.31],
+            status=CallStatus.STREAMING.value,
+            verdict=Verdict.PENDING.value,
+        )
         queued += [high.id, medium.id, live.id]
         return Deployment(main.id, "HL-20417", model.id, contribution_ids, queued)
 
@@ -280,11 +423,24 @@ def _publish_new_flag(app: Flask, deployment: Deployment) -> int:
     """What the worker does when a call crosses the threshold: write the flag, then announce it."""
     with session_scope(app.extensions["painline.sessions"]) as s:
         patient = s.get(Patient, deployment.patient_id)
-        call = _add_call(s, patient, minutes_ago=3, probabilities=[0.48, 0.71, 0.9, 0.94, 0.91, 0.88],
-                         status=CallStatus.FINALISED.value, verdict=Verdict.PAIN_LIKELY.value)
+        call = _add_call(
+            s,
+            patient,
+            minutes_ago=3,
+            probabilities=[0.48, 0.71, 0.9, 0.94, 0.91, 0.88],
+            status=CallStatus.FINALISED.value,
+            verdict=Verdict.PAIN_LIKELY.value,
+        )
         flag = _add_flag(s, call, "high", 0.93, 0)
-        change = FlagChange(event="flag.raised", flag_id=flag.id, call_id=call.id, level="high", severity=0.93,
-                            probability=0.93, status="open")
+        change = FlagChange(
+            event="flag.raised",
+            flag_id=flag.id,
+            call_id=call.id,
+            level="high",
+            severity=0.93,
+            probability=0.93,
+            status="open",
+        )
     app.extensions["painline.redis"].publish(config_of(app).flag_channel, encode(flag_message(change)))
     return call.id
 
@@ -297,17 +453,25 @@ def _publish_new_flag(app: Flask, deployment: Deployment) -> int:
 @pytest.mark.slow
 @needs_ravdess
 def test_nurse_sees_a_replayed_call_flag_live_resolves_it_as_no_pain_and_the_baseline_grows(
-    app_server: AppServer, pages_app: Flask, dash_users: DashUsers, deployment: Deployment,  # type: ignore[no-untyped-def]
-    shipped_context: WorkerContext, offline: OfflineScorer, new_page, tmp_path: Path,
+    app_server: AppServer,
+    pages_app: Flask,
+    dash_users: DashUsers,
+    deployment: Deployment,  # type: ignore[no-untyped-def]
+    shipped_context: WorkerContext,
+    offline: OfflineScorer,
+    new_page,
+    tmp_path: Path,
 ) -> None:
     """Issue 4's nurse scenario on a real call: replayed distressed speech, the shipped model, a real worker."""
     expect = playwright_api.expect
     threshold = shipped_context.threshold
     pick = strongest_distressed_actor(offline, n=REPLAY_CLIPS)
     if aggregate(pick.probs) < threshold:
-        pytest.fail(f"the shipped model {offline.model.version} scores even the most distressed-sounding RAVDESS "
-                    f"actor's top clips below its threshold ({aggregate(pick.probs):.3f} < {threshold:.3f}): "
-                    "no corpus call can raise a flag for the nurse")
+        pytest.fail(
+            f"the shipped model {offline.model.version} scores even the most distressed-sounding RAVDESS "
+            f"actor's top clips below its threshold ({aggregate(pick.probs):.3f} < {threshold:.3f}): "
+            "no corpus call can raise a flag for the nurse"
+        )
     call_file = write_call_wav(pick.clips, tmp_path / "distressed.wav")
     # the worker announces on this app's flag channel, the one the queue page's /events listens to
     shipped_context.flag_channel = config_of(pages_app).flag_channel
@@ -344,11 +508,14 @@ def test_nurse_sees_a_replayed_call_flag_live_resolves_it_as_no_pain_and_the_bas
     with session_scope(pages_app.extensions["painline.sessions"]) as s:
         call = s.get(Call, call_id)
         assert call.status == CallStatus.FINALISED.value
-        n_utterances = s.scalar(select(func.count()).select_from(Score).join(Utterance)
-                                .where(Utterance.call_id == call_id))
+        n_utterances = s.scalar(
+            select(func.count()).select_from(Score).join(Utterance).where(Utterance.call_id == call_id)
+        )
         assert n_utterances >= len(pick.clips)
-        print(f"\nactor {pick.speaker}: call {call_id}, {n_utterances} utterances, call score {call.call_score:.3f} "
-              f"(threshold {threshold:.3f}), verdict {call.verdict}")
+        print(
+            f"\nactor {pick.speaker}: call {call_id}, {n_utterances} utterances, call score {call.call_score:.3f} "
+            f"(threshold {threshold:.3f}), verdict {call.verdict}"
+        )
 
     page.reload()
     row.get_by_role("link").click()
@@ -407,13 +574,20 @@ class _BackgroundReplay(threading.Thread):
 
 def _call_of(server: AppServer, patient_ref: str) -> tuple[int, int] | None:
     with session_scope(server.app.extensions["painline.sessions"]) as s:
-        row = s.execute(select(Call.id, Call.patient_id).join(Patient, Patient.id == Call.patient_id)
-                        .where(Patient.key == patient_ref_key(patient_ref))).first()
+        row = s.execute(
+            select(Call.id, Call.patient_id)
+            .join(Patient, Patient.id == Call.patient_id)
+            .where(Patient.key == patient_ref_key(patient_ref))
+        ).first()
     return (int(row.id), int(row.patient_id)) if row else None
 
 
-def _work_until_flag_shows(page, server: AppServer, replay: _BackgroundReplay,  # type: ignore[no-untyped-def]
-                           patient_ref: str) -> tuple[int, int, bool]:
+def _work_until_flag_shows(
+    page,
+    server: AppServer,
+    replay: _BackgroundReplay,  # type: ignore[no-untyped-def]
+    patient_ref: str,
+) -> tuple[int, int, bool]:
     """Run the worker in bursts until the page shows the call flagged; ``(call, patient, call still live)``."""
     deadline = time.monotonic() + 120
     found: tuple[int, int] | None = None
@@ -431,13 +605,24 @@ def _work_until_flag_shows(page, server: AppServer, replay: _BackgroundReplay,  
 def _baseline_count(app: Flask, patient_id: int, ctx: WorkerContext) -> int:
     """The patient's model baseline count for the shipped model (0 when it has none yet)."""
     with session_scope(app.extensions["painline.sessions"]) as s:
-        return int(s.scalar(select(Baseline.count).where(
-            Baseline.patient_id == patient_id, Baseline.embedder == ctx.model.embedder_name,
-            Baseline.model_version == ctx.model.version)) or 0)
+        return int(
+            s.scalar(
+                select(Baseline.count).where(
+                    Baseline.patient_id == patient_id,
+                    Baseline.embedder == ctx.model.embedder_name,
+                    Baseline.model_version == ctx.model.version,
+                )
+            )
+            or 0
+        )
 
 
 def test_nurse_sees_a_published_flag_arrive_live_and_the_evidence_on_the_call_page(
-    app_server: AppServer, pages_app: Flask, dash_users: DashUsers, deployment: Deployment, new_page,  # type: ignore[no-untyped-def]
+    app_server: AppServer,
+    pages_app: Flask,
+    dash_users: DashUsers,
+    deployment: Deployment,
+    new_page,  # type: ignore[no-untyped-def]
 ) -> None:
     """Corpus-free: a synthetic flag announced as the worker announces one; evidence in plain units."""
     page = new_page()
@@ -485,7 +670,11 @@ def _rebuild(app: Flask, baseline_id: int) -> None:
 
 
 def test_admin_excludes_a_contribution_and_resets_a_baseline_both_in_the_audit_log(
-    app_server: AppServer, pages_app: Flask, dash_users: DashUsers, deployment: Deployment, new_page,  # type: ignore[no-untyped-def]
+    app_server: AppServer,
+    pages_app: Flask,
+    dash_users: DashUsers,
+    deployment: Deployment,
+    new_page,  # type: ignore[no-untyped-def]
 ) -> None:
     expect = playwright_api.expect
     page = new_page()
@@ -528,7 +717,11 @@ def test_admin_excludes_a_contribution_and_resets_a_baseline_both_in_the_audit_l
 
 
 def test_a_nurse_is_refused_admin_pages_and_api_and_forms_need_a_csrf_token(
-    app_server: AppServer, pages_app: Flask, dash_users: DashUsers, deployment: Deployment, new_page,  # type: ignore[no-untyped-def]
+    app_server: AppServer,
+    pages_app: Flask,
+    dash_users: DashUsers,
+    deployment: Deployment,
+    new_page,  # type: ignore[no-untyped-def]
 ) -> None:
     expect = playwright_api.expect
     page = new_page()
@@ -552,3 +745,60 @@ def test_a_nurse_is_refused_admin_pages_and_api_and_forms_need_a_csrf_token(
     assert status == 400
     with session_scope(pages_app.extensions["painline.sessions"]) as s:
         assert s.get(Flag, flag_id).status == FlagStatus.OPEN.value
+
+
+_CSP_LISTENER = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", function (e) {
+  window.__cspViolations.push(e.violatedDirective + " blocked " + (e.blockedURI || "inline") +
+                              " at " + (e.sourceFile || "") + ":" + e.lineNumber);
+});
+"""
+
+
+def test_every_page_runs_under_the_strict_content_security_policy(
+    app_server: AppServer,
+    pages_app: Flask,
+    dash_users: DashUsers,
+    deployment: Deployment,
+    new_page,  # type: ignore[no-untyped-def]
+) -> None:
+    """Issue 13: the pages carry a CSP without 'unsafe-inline', and nothing on them breaks it.
+
+    Violations are collected both from the page's ``securitypolicyviolation`` events and from
+    chromium's console (which reports every blocked inline style, script or handler)."""
+    expect = playwright_api.expect
+    page = new_page()
+    page.context.add_init_script(_CSP_LISTENER)
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text) if "Content Security Policy" in m.text else None)
+
+    def visit(path: str, status: int = 200) -> None:
+        response = page.goto(app_server.url + path)
+        assert response is not None and response.status == status, (path, response and response.status)
+        policy = response.headers.get("content-security-policy", "")
+        assert "style-src 'self'" in policy and "script-src 'self'" in policy, (path, policy)
+        assert "unsafe-inline" not in policy
+        page.wait_for_load_state("load")
+        page.wait_for_timeout(150)  # let late violations (from scripts and styles applied after load) arrive
+        seen = page.evaluate("window.__cspViolations || []")
+        assert seen == [] and console == [], (path, seen, console)
+
+    visit("/login")
+    _sign_in(page, app_server, "admin1")
+    visit("/")
+    expect(page.locator("#live-status")).to_have_text("Live updates on.")  # live.js runs under the policy
+    _publish_new_flag(pages_app, deployment)
+    expect(page.locator("#live-status")).to_contain_text("New flag")  # and its fetch + innerHTML refresh too
+    assert page.evaluate("window.__cspViolations") == [] and console == []
+    visit(f"/calls/{deployment.queued_call_ids[0]}")
+    expect(page.locator("svg.probability-chart")).to_be_visible()
+    visit("/admin/patients")
+    visit(f"/admin/patients/{deployment.patient_id}")
+    expect(page.locator("svg.measures-plot")).to_be_visible()
+    visit("/admin/audit")
+    visit("/admin/audit?from=yesterday", 400)
+    expect(page.locator("#error-detail")).to_contain_text("from")
+    visit("/no/such/page", 404)
+    expect(page.get_by_role("link", name="Back to the triage queue")).to_be_visible()
+    _shot(page, "error-404")
