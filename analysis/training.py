@@ -208,7 +208,9 @@ def fit_model(
 
     c_pop = _best({c: roc_auc(y, v) for c, v in oof.pop.items()})
     rows = np.concatenate(oof.caller_rows) if oof.caller_rows else np.zeros(0, dtype=int)
-    ks = np.concatenate([np.full(len(r), k) for r, k in zip(oof.caller_rows, oof.caller_k, strict=True)] or [[]])
+    ks = np.concatenate(
+        [np.full(len(r), k) for r, k in zip(oof.caller_rows, oof.caller_k, strict=True)] or [np.zeros(0, dtype=int)]
+    )
     has_caller = len(rows) > 0 and len(np.unique(y[rows])) == 2
     blend: list[tuple[int, float]] = [(1, 0.0)]
     blended_cal = Platt()

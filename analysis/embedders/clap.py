@@ -33,7 +33,7 @@ def _looks_like_path(model: str) -> bool:
 
 def _l2_rows(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    return np.asarray(np.divide(x, norms, out=np.zeros_like(x), where=norms > 0))
 
 
 class ClapEmbedder(Embedder):
@@ -79,7 +79,7 @@ class ClapEmbedder(Embedder):
                 f"could not load CLAP model {ref!r} ({type(exc).__name__}: {exc}); "
                 "if the hub is unreachable, download it once and pass model=<local folder>"
             ) from exc
-        model.eval()
+        model.eval()  # type: ignore[no-untyped-call]  # transformers leaves eval() untyped
         if int(extractor.sampling_rate) != self.sample_rate:
             raise EmbedderUnavailable(
                 f"CLAP feature extractor at {ref!r} expects {extractor.sampling_rate} Hz, "

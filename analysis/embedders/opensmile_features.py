@@ -130,7 +130,7 @@ class OpenSmileEmbedder(Embedder):
             except Exception as exc:  # a broken instance is dropped, never reused
                 log.warning("openSMILE instance failed (%s); rebuilding it for the next clip", exc)
                 self._reused = None
-        return self._smile.process_signal(clip, self.sample_rate).to_numpy()[0]
+        return np.asarray(self._smile.process_signal(clip, self.sample_rate).to_numpy()[0])
 
     def _embed_native(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         rows = []

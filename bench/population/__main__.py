@@ -58,8 +58,9 @@ CACHE_FORMAT = 2
 CALL_UTTERANCES = 4
 
 
-def corpus_utterances(ctx: WorkerContext, corpus: str, settings: Settings,
-                      max_speakers: int | None) -> dict[str, np.ndarray]:
+def corpus_utterances(
+    ctx: WorkerContext, corpus: str, settings: Settings, max_speakers: int | None
+) -> dict[str, np.ndarray]:
     """Every task clip of ``corpus`` on the line, cut as a call cuts it, featurized as the worker does.
 
     Returns per utterance the feature row, pain label, speaker, clip index and voiced seconds. Cached by
@@ -73,10 +74,20 @@ def corpus_utterances(ctx: WorkerContext, corpus: str, settings: Settings,
         chosen = list(dict.fromkeys(ds.speakers[keep].tolist()))[:max_speakers]
         keep &= np.isin(ds.speakers, chosen)
     clips = [c for c, k in zip(ds.clips, keep, strict=True) if k]
-    key = hashlib.sha1(json.dumps([
-        CACHE_FORMAT, ds.manifest_sha256, task.name, ctx.model.embedder_name, ctx.model.dim, ctx.model.rms_normalise,
-        asdict(ctx.vad), max_speakers or 0,
-    ]).encode()).hexdigest()[:16]
+    key = hashlib.sha1(
+        json.dumps(
+            [
+                CACHE_FORMAT,
+                ds.manifest_sha256,
+                task.name,
+                ctx.model.embedder_name,
+                ctx.model.dim,
+                ctx.model.rms_normalise,
+                asdict(ctx.vad),
+                max_speakers or 0,
+            ]
+        ).encode()
+    ).hexdigest()[:16]
     path = CACHE / f"{corpus}-{key}.npz"
     if path.exists():
         with np.load(path) as blob:
@@ -99,9 +110,13 @@ def corpus_utterances(ctx: WorkerContext, corpus: str, settings: Settings,
                 speech_s.append(u.speech_s)
         if batch_audio:
             rows.append(featurize(ctx, batch_audio).features)
-        print(f"  {corpus}: {min(b + BATCH_CLIPS, len(clips))}/{len(clips)} clips, {len(pain)} utterances, "
-              f"{time.time() - started:.0f} s", file=sys.stderr, flush=True)
-    data = {
+        print(
+            f"  {corpus}: {min(b + BATCH_CLIPS, len(clips))}/{len(clips)} clips, {len(pain)} utterances, "
+            f"{time.time() - started:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    data: dict[str, np.ndarray] = {
         "X": np.vstack(rows).astype(np.float64),
         "pain": np.asarray(pain, dtype=np.int8),
         "speakers": np.asarray(speakers),
@@ -110,7 +125,7 @@ def corpus_utterances(ctx: WorkerContext, corpus: str, settings: Settings,
         "n_clips": np.asarray(len(clips)),
     }
     CACHE.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **data)
+    np.savez_compressed(path, **data)  # type: ignore[arg-type]  # the stub types **kwds like allow_pickle
     return data
 
 
@@ -140,17 +155,19 @@ def run_corpus(model: PainModel, data: dict[str, np.ndarray], orders: int) -> di
             "old_rule": (order, None, score_old),
         }
         for cond, (ordr, seed_rows, scorer) in plans.items():
-            probs = replay(model, X, ordr, seed_rows=seed_rows, scorer=scorer)
+            probs = replay(model, X, ordr.tolist(), seed_rows=seed_rows, scorer=scorer)
             runs[cond].append(window_rates(probs, pain[ordr], thr))
             overall[cond].append(overall_rates(probs, pain[ordr], thr))
-            calls[cond].append(call_specificity(probs, pain[ordr], speakers[ordr], speech[ordr], thr,
-                                                per_call=CALL_UTTERANCES))
+            calls[cond].append(
+                call_specificity(probs, pain[ordr], speakers[ordr], speech[ordr], thr, per_call=CALL_UTTERANCES)
+            )
     from analysis.baseline import RunningStats
 
     references = {
         "training_population": overall_rates(model.predict_proba(X), pain, thr),
-        "whole_corpus_population": overall_rates(model.predict_proba(X, population=RunningStats.from_array(X)),
-                                                 pain, thr),
+        "whole_corpus_population": overall_rates(
+            model.predict_proba(X, population=RunningStats.from_array(X)), pain, thr
+        ),
     }
     return {
         "n_utterances": len(X),
@@ -224,7 +241,7 @@ def markdown(result: dict[str, Any]) -> str:
         cells = ["all"] + [_pct(c[k]["overall"][m]) for m in ("specificity", "sensitivity") for k in CONDITIONS]
         lines.append("| " + " | ".join(cells) + " |")
         calls = [_pct(c[k]["calls"]["specificity"]) for k in CONDITIONS]
-        lines.append("| calls of " f"{CALL_UTTERANCES} no-pain utterances | " + " | ".join(calls) + " | | | |")
+        lines.append(f"| calls of {CALL_UTTERANCES} no-pain utterances | " + " | ".join(calls) + " | | | |")
         ref = r["references"]
         lines += [
             "",
@@ -259,10 +276,10 @@ def conclusion(result: dict[str, Any]) -> str:
         ok = abs(gap) <= TARGET_POINTS
         windows = [_mean(w["specificity"]) for w in seeded["windows"]]
         low = 100 * s["min"]
-        split_note = (
-            f"the {s['n_orders']} speaker splits range {low:.1f}-{100 * s['max']:.1f}%"
-            + ("" if abs(low - 100 * TARGET_SPECIFICITY) <= TARGET_POINTS
-               else f", the lowest {abs(low - 100 * TARGET_SPECIFICITY) - TARGET_POINTS:.1f} points outside the band")
+        split_note = f"the {s['n_orders']} speaker splits range {low:.1f}-{100 * s['max']:.1f}%" + (
+            ""
+            if abs(low - 100 * TARGET_SPECIFICITY) <= TARGET_POINTS
+            else f", the lowest {abs(low - 100 * TARGET_SPECIFICITY) - TARGET_POINTS:.1f} points outside the band"
         )
         verdicts.append(
             f"{corpus} {_mean(s):.1f}% ({gap:+.1f} points; "
@@ -272,8 +289,9 @@ def conclusion(result: dict[str, Any]) -> str:
         whole = 100 * r["references"]["whole_corpus_population"]["specificity"]
         ceilings.append(f"{corpus} {whole:.1f}%")
         pairs = []
-        for new_w, old_w in zip(r["conditions"]["unseeded"]["windows"][:3], r["conditions"]["old_rule"]["windows"][:3],
-                                strict=True):
+        for new_w, old_w in zip(
+            r["conditions"]["unseeded"]["windows"][:3], r["conditions"]["old_rule"]["windows"][:3], strict=True
+        ):
             pairs.append(f"{new_w['window']} {_mean(new_w['specificity']):.1f} vs {_mean(old_w['specificity']):.1f}")
         early.append(f"{corpus} " + ", ".join(pairs))
     return (

@@ -20,7 +20,13 @@ OLD_RULE_MIN_N = 50
 """The rule the shrinkage replaced: the training population until this many live utterances."""
 
 WINDOWS: tuple[tuple[int, int | None], ...] = (
-    (1, 50), (51, 100), (101, 200), (201, 400), (401, 800), (801, 1600), (1601, None),
+    (1, 50),
+    (51, 100),
+    (101, 200),
+    (201, 400),
+    (401, 800),
+    (801, 1600),
+    (1601, None),
 )
 """Arrival windows (1-based, inclusive; ``None``: to the end), narrow early where the rules differ."""
 
@@ -51,8 +57,14 @@ def score_old(model: PainModel, x: np.ndarray, live: RunningStats) -> float:
     return float(sigmoid(model.population_cal(np.asarray(lp, dtype=np.float64)))[0])
 
 
-def replay(model: PainModel, X: np.ndarray, order: Sequence[int], *, seed_rows: np.ndarray | None = None,
-           scorer: Scorer = score_shrunk) -> np.ndarray:
+def replay(
+    model: PainModel,
+    X: np.ndarray,
+    order: Sequence[int],
+    *,
+    seed_rows: np.ndarray | None = None,
+    scorer: Scorer = score_shrunk,
+) -> np.ndarray:
     """Probabilities of the rows of ``X`` in arrival ``order``, each scored before it is folded in.
 
     ``seed_rows`` are folded in as one block before the first arrival, as ``painline population seed``
@@ -82,8 +94,9 @@ class WindowRates:
     sensitivity: float | None
 
 
-def window_rates(probs: np.ndarray, pain: np.ndarray, threshold: float,
-                 windows: Sequence[tuple[int, int | None]] = WINDOWS) -> list[WindowRates]:
+def window_rates(
+    probs: np.ndarray, pain: np.ndarray, threshold: float, windows: Sequence[tuple[int, int | None]] = WINDOWS
+) -> list[WindowRates]:
     """Rates per arrival window; a flag is ``p >= threshold`` as in ``worker.calls``.
 
     Windows past the last arrival are left out; the last one present is cut at the last arrival.
@@ -96,16 +109,30 @@ def window_rates(probs: np.ndarray, pain: np.ndarray, threshold: float,
         stop = len(probs) if end is None else min(end, len(probs))
         p, y = probs[start - 1 : stop], pain[start - 1 : stop]
         neg, pos = p[~y], p[y]
-        out.append(WindowRates(
-            start, stop, len(p), len(neg), len(pos),
-            float(np.mean(neg < threshold)) if len(neg) else None,
-            float(np.mean(pos >= threshold)) if len(pos) else None,
-        ))
+        out.append(
+            WindowRates(
+                start,
+                stop,
+                len(p),
+                len(neg),
+                len(pos),
+                float(np.mean(neg < threshold)) if len(neg) else None,
+                float(np.mean(pos >= threshold)) if len(pos) else None,
+            )
+        )
     return out
 
 
-def call_specificity(probs: np.ndarray, pain: np.ndarray, speakers: np.ndarray, speech_s: np.ndarray,
-                     threshold: float, *, per_call: int = 4, min_speech_s: float = 3.0) -> dict[str, Any]:
+def call_specificity(
+    probs: np.ndarray,
+    pain: np.ndarray,
+    speakers: np.ndarray,
+    speech_s: np.ndarray,
+    threshold: float,
+    *,
+    per_call: int = 4,
+    min_speech_s: float = 3.0,
+) -> dict[str, Any]:
     """Share of no-pain calls not flagged, a call being ``per_call`` no-pain arrivals of one speaker in turn.
 
     Arrays are in arrival order. The call score is ``analysis.aggregate.call_probability`` (speech-weighted
@@ -141,8 +168,13 @@ def spread(values: Sequence[float | None]) -> dict[str, Any]:
     v = np.array([x for x in values if x is not None], dtype=np.float64)
     if not len(v):
         return {"mean": None, "sd": None, "min": None, "max": None, "n_orders": 0}
-    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-            "min": float(v.min()), "max": float(v.max()), "n_orders": len(v)}
+    return {
+        "mean": float(v.mean()),
+        "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "n_orders": len(v),
+    }
 
 
 def summarise(runs: Sequence[list[WindowRates]]) -> list[dict[str, Any]]:
@@ -150,17 +182,29 @@ def summarise(runs: Sequence[list[WindowRates]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for k in range(max(len(r) for r in runs)):
         present = [r[k] for r in runs if len(r) > k]
-        out.append({
-            "window": f"{present[0].start}-{max(w.end for w in present)}",
-            "n_negative": int(np.mean([w.n_negative for w in present])),
-            "n_positive": int(np.mean([w.n_positive for w in present])),
-            "specificity": spread([w.specificity for w in present]),
-            "sensitivity": spread([w.sensitivity for w in present]),
-        })
+        out.append(
+            {
+                "window": f"{present[0].start}-{max(w.end for w in present)}",
+                "n_negative": int(np.mean([w.n_negative for w in present])),
+                "n_positive": int(np.mean([w.n_positive for w in present])),
+                "specificity": spread([w.specificity for w in present]),
+                "sensitivity": spread([w.sensitivity for w in present]),
+            }
+        )
     return out
 
 
 __all__ = [
-    "OLD_RULE_MIN_N", "WINDOWS", "WindowRates", "call_specificity", "old_population", "overall_rates", "replay",
-    "score_old", "score_shrunk", "spread", "summarise", "window_rates",
+    "OLD_RULE_MIN_N",
+    "WINDOWS",
+    "WindowRates",
+    "call_specificity",
+    "old_population",
+    "overall_rates",
+    "replay",
+    "score_old",
+    "score_shrunk",
+    "spread",
+    "summarise",
+    "window_rates",
 ]

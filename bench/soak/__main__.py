@@ -102,10 +102,17 @@ class Soak:
 
     def env(self) -> dict[str, str]:
         return painline_environment(
-            database_url=self.postgres.url, redis_url=self.redis.url, queue_name=QUEUE,
-            model_path=self.args.model, var_dir=self.work / "var",
-            PAINLINE_PUBLIC_URL=self.url, TWILIO_AUTH_TOKEN=AUTH_TOKEN, PAINLINE_HMAC_KEY="soak-hmac-key",
-            PAINLINE_SECRET_KEY="soak-secret", PAINLINE_NEXT_ENQUEUE="nurses", PAINLINE_LOG_LEVEL="INFO",
+            database_url=self.postgres.url,
+            redis_url=self.redis.url,
+            queue_name=QUEUE,
+            model_path=self.args.model,
+            var_dir=self.work / "var",
+            PAINLINE_PUBLIC_URL=self.url,
+            TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+            PAINLINE_HMAC_KEY="soak-hmac-key",
+            PAINLINE_SECRET_KEY="soak-secret",
+            PAINLINE_NEXT_ENQUEUE="nurses",
+            PAINLINE_LOG_LEVEL="INFO",
         )
 
     def start(self) -> None:
@@ -114,11 +121,15 @@ class Soak:
         self.postgres.start()
         self.postgres.new_database()
         env = self.env()
-        server = PainlineProcess(["serve", "--gunicorn", "--port", str(self.port), "--workers", "2",
-                                  "--threads", "32"], env, self.work / "server.log").start()
+        server = PainlineProcess(
+            ["serve", "--gunicorn", "--port", str(self.port), "--workers", "2", "--threads", "32"],
+            env,
+            self.work / "server.log",
+        ).start()
         # calls here last seconds: a call still "streaming" after 20 s without activity lost its stream end
-        sweeper = PainlineProcess(["sweep", "--every", "2", "--older-than", "5", "--stale-stream-after", "20"], env,
-                                  self.work / "sweep.log").start()
+        sweeper = PainlineProcess(
+            ["sweep", "--every", "2", "--older-than", "5", "--stale-stream-after", "20"], env, self.work / "sweep.log"
+        ).start()
         self.others = [server, sweeper]
         for _ in range(self.args.workers):
             self.add_worker()
@@ -128,8 +139,12 @@ class Soak:
             from rq import Queue, Worker
 
             queue = Queue(QUEUE, connection=connection)
-            wait_until(lambda: len(Worker.all(queue=queue)) >= self.args.workers, 120, interval_s=0.3,
-                       message="workers registered")
+            wait_until(
+                lambda: len(Worker.all(queue=queue)) >= self.args.workers,
+                120,
+                interval_s=0.3,
+                message="workers registered",
+            )
         finally:
             connection.close()
 
@@ -176,8 +191,15 @@ class Soak:
     def _record_exit(self, process: PainlineProcess) -> None:
         code = process.process.returncode if process.process is not None else None
         last = [line for line in process.log_text().splitlines() if line.strip()][-1:] or [""]
-        self.exits.append({"t": round(time.monotonic() - self.t0, 2), "process": " ".join(process.args[:1]),
-                           "log": process.log_path.name, "returncode": code, "last_line": last[0][-300:]})
+        self.exits.append(
+            {
+                "t": round(time.monotonic() - self.t0, 2),
+                "process": " ".join(process.args[:1]),
+                "log": process.log_path.name,
+                "returncode": code,
+                "last_line": last[0][-300:],
+            }
+        )
 
     # -- faults ------------------------------------------------------------------------------------
 
@@ -289,12 +311,16 @@ class Soak:
         ok = outcome.exactly_once and outcome.calls_finalised == outcome.calls and drained and not_saved == 0
         return {
             "description": "painline soak: short RAVDESS calls through real gunicorn, RQ workers, Redis and "
-                           "PostgreSQL with random faults (bench/soak)",
+            "PostgreSQL with random faults (bench/soak)",
             "started_at": started_at.isoformat(timespec="seconds"),
             "passed": ok,
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items()},
-            "calls": {"requested": self.args.calls, "by_kind_and_outcome": dict(kinds),
-                      "errors_sample": errors, "wall_s": round(calls_s, 1)},
+            "calls": {
+                "requested": self.args.calls,
+                "by_kind_and_outcome": dict(kinds),
+                "errors_sample": errors,
+                "wall_s": round(calls_s, 1),
+            },
             "faults": dict(self.faults),
             "fault_log": self.fault_log,
             "unexpected_exits": self.exits,
@@ -316,6 +342,7 @@ class Soak:
 
     def drain(self) -> bool:
         """Wait until every saved utterance is scored and every call finalised (sweep + workers)."""
+
         def done() -> bool:
             o = outcome_counts(self.postgres.url)
             return o.pending == 0 and o.scored == o.detected and o.calls_finalised == o.calls
@@ -336,10 +363,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=8, help="calls streaming at once")
     p.add_argument("--speed", type=float, default=4.0, help="times faster than real time")
     p.add_argument("--workers", type=int, default=2, help="painline worker processes")
-    p.add_argument("--worker-class", choices=("mixed", "fork", "default"), default="mixed",
-                   help="forking rq.Worker, painline's default class, or alternating (default)")
-    p.add_argument("--faults", default=",".join(ALL_FAULTS),
-                   help=f"comma-separated, from {', '.join(ALL_FAULTS)} (empty: none)")
+    p.add_argument(
+        "--worker-class",
+        choices=("mixed", "fork", "default"),
+        default="mixed",
+        help="forking rq.Worker, painline's default class, or alternating (default)",
+    )
+    p.add_argument(
+        "--faults", default=",".join(ALL_FAULTS), help=f"comma-separated, from {', '.join(ALL_FAULTS)} (empty: none)"
+    )
     p.add_argument("--fault-interval", type=float, nargs=2, default=(4.0, 12.0), metavar=("MIN_S", "MAX_S"))
     p.add_argument("--drop-rate", type=float, default=0.05, help="share of sockets dropped without stop")
     p.add_argument("--malformed-rate", type=float, default=0.05, help="share of streams sent a bad message")
@@ -369,10 +401,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     u = report["utterances"]
-    print(f"soak: {args.calls} calls, faults {report['faults']}; utterances detected {u['detected']}, "
-          f"scored {u['scored']} (score rows {u['score_rows']}, duplicates {u['duplicate_scores']}), "
-          f"not saved while the database was down {u['not_saved_database_down']}; "
-          f"{'PASSED' if report['passed'] else 'FAILED'} -> {args.out}")
+    assert isinstance(u, dict)
+    print(
+        f"soak: {args.calls} calls, faults {report['faults']}; utterances detected {u['detected']}, "
+        f"scored {u['scored']} (score rows {u['score_rows']}, duplicates {u['duplicate_scores']}), "
+        f"not saved while the database was down {u['not_saved_database_down']}; "
+        f"{'PASSED' if report['passed'] else 'FAILED'} -> {args.out}"
+    )
     return 0 if report["passed"] else 1
 
 

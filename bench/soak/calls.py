@@ -126,8 +126,10 @@ def faulty_call(mulaw: bytes, base_url: str, auth_token: str, kind: str, speed: 
                 time.sleep(delay)
             ws.send(json.dumps(messages.media(payload, i * CHUNK_MS)))
         if kind == "drop":
-            ws.sock.shutdown(socket.SHUT_RDWR)
-            ws.sock.close()
+            sock = ws.sock
+            assert sock is not None, "an open WebSocket has a socket"
+            sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
             return CallResult(kind, "streamed")
         ws.send('{"event": "media", "media": {"payload": "%%% not base64')
         ws.settimeout(10)

@@ -324,7 +324,7 @@ class ScratchServices:
                 redis.stop()
                 drop_database(admin_url, name)
 
-    def settings(self):  # type: ignore[no-untyped-def]
+    def settings(self):
         from painline.config import Settings
 
         return Settings(

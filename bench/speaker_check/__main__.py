@@ -145,14 +145,24 @@ def table(results: dict[str, dict[str, Any]], threshold: float) -> str:
         for title, block, unit in blocks:
             own = block["own_pass_by_label"]
             n_own = sum(block[f"own_{unit}_by_label"].values())
-            cells = [name, f"{title} @ {threshold:.2f}", *(_fmt(own.get(lab)) for lab in labels),
-                     _fmt(block["impostor_reject"]), f"{n_own} / {block[f'impostor_{unit}']}"]
+            cells = [
+                name,
+                f"{title} @ {threshold:.2f}",
+                *(_fmt(own.get(lab)) for lab in labels),
+                _fmt(block["impostor_reject"]),
+                f"{n_own} / {block[f'impostor_{unit}']}",
+            ]
             lines.append("| " + " | ".join(cells) + " |")
             at = block[f"at_impostor_reject_{IMPOSTOR_REJECT_TARGET:.2f}"]
             if at["threshold"] is not None:
                 own_at = at["own_pass_by_label"]
-                cells = [name, f"{title} @ {at['threshold']:.2f}", *(_fmt(own_at.get(lab)) for lab in labels),
-                         _fmt(at["impostor_reject"]), ""]
+                cells = [
+                    name,
+                    f"{title} @ {at['threshold']:.2f}",
+                    *(_fmt(own_at.get(lab)) for lab in labels),
+                    _fmt(at["impostor_reject"]),
+                    "",
+                ]
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -162,16 +172,26 @@ def recommendation_lines(rec: dict[str, Any]) -> str:
     for rule, r in rec.items():
         feasible = r["feasible_thresholds"]
         lines.append(
-            f"{rule}: " + (f"meets both targets at {feasible}" if feasible else
-                           f"no threshold meets both; best {r['best_threshold']:.2f}: worst impostor reject "
-                           f"{r['worst_impostor_reject']:.3f}, worst own-pass {r['worst_own_pass']:.3f} "
-                           f"({r['worst_own_pass_at']}), short by {r['own_pass_shortfall']:.3f} own-pass / "
-                           f"{r['impostor_reject_shortfall']:.3f} reject")
+            f"{rule}: "
+            + (
+                f"meets both targets at {feasible}"
+                if feasible
+                else f"no threshold meets both; best {r['best_threshold']:.2f}: worst impostor reject "
+                f"{r['worst_impostor_reject']:.3f}, worst own-pass {r['worst_own_pass']:.3f} "
+                f"({r['worst_own_pass_at']}), short by {r['own_pass_shortfall']:.3f} own-pass / "
+                f"{r['impostor_reject_shortfall']:.3f} reject"
+            )
         )
         per = r["per_corpus_at_impostor_reject_target"]
-        lines.append("  own threshold per corpus: " + "; ".join(
-            f"{name} {b['threshold']:.2f} worst {b['worst_label']} {b['worst_own_pass']:.2f}"
-            if b["threshold"] is not None else f"{name} none" for name, b in per.items()))
+        lines.append(
+            "  own threshold per corpus: "
+            + "; ".join(
+                f"{name} {b['threshold']:.2f} worst {b['worst_label']} {b['worst_own_pass']:.2f}"
+                if b["threshold"] is not None
+                else f"{name} none"
+                for name, b in per.items()
+            )
+        )
     return "\n".join(lines)
 
 
@@ -199,8 +219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             cache.utterances(i)
             if (i + 1) % SAVE_EVERY == 0:
                 print(f"{corpus}: {i + 1}/{len(clips)} clips, {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
-        results[corpus] = evaluate(clips, Embeddings(cache.utterances, cache.whole_clip), threshold,
-                                   seed=args.seed, max_impostor_pairs=args.max_impostor_pairs)
+        results[corpus] = evaluate(
+            clips,
+            Embeddings(cache.utterances, cache.whole_clip),
+            threshold,
+            seed=args.seed,
+            max_impostor_pairs=args.max_impostor_pairs,
+        )
         cache.save()
         print(f"{corpus}: done, {cache.computed} new d-vectors, {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
 
@@ -217,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_speakers": args.max_speakers,
             "vad": VadConfig().__dict__,
             "enrolment": "3 neutral clips per speaker, whole clips embedded, voiceprint = worker's "
-                         "_fold_into_voiceprint (mean d-vector)",
+            "_fold_into_voiceprint (mean d-vector)",
             "targets": {"own_pass": OWN_PASS_TARGET, "impostor_reject": IMPOSTOR_REJECT_TARGET},
             "seconds": round(time.time() - started, 1),
         },

@@ -51,11 +51,13 @@ def server_config(worker_class: str, processes: int, calls: int) -> ServerConfig
 
 def _summary(run: dict[str, Any]) -> str:
     g = run["generator"]
-    return (f"{run['server']:>12} N={run['calls']:<4} lost={run['frames_lost']:<6} "
-            f">1s={run['frames_handled_over_1s_late']:<6} lag p50/p99={run['lag_ms']['p50']}/{run['lag_ms']['p99']} ms "
-            f"cpu={run['server_cpu_ms_per_call_s']} ms/call-s ({run['server_cpu_cores_mean']} cores) "
-            f"gen late p99={g['unobstructed_send_late_ms']['p99']} ms{' LIMITED' if g['limited'] else ''} "
-            f"errors={run['call_errors']} sustained={run['sustained']}")
+    return (
+        f"{run['server']:>12} N={run['calls']:<4} lost={run['frames_lost']:<6} "
+        f">1s={run['frames_handled_over_1s_late']:<6} lag p50/p99={run['lag_ms']['p50']}/{run['lag_ms']['p99']} ms "
+        f"cpu={run['server_cpu_ms_per_call_s']} ms/call-s ({run['server_cpu_cores_mean']} cores) "
+        f"gen late p99={g['unobstructed_send_late_ms']['p99']} ms{' LIMITED' if g['limited'] else ''} "
+        f"errors={run['call_errors']} sustained={run['sustained']}"
+    )
 
 
 def run_ingest(args: argparse.Namespace) -> dict[str, Any]:
@@ -65,8 +67,13 @@ def run_ingest(args: argparse.Namespace) -> dict[str, Any]:
             runs = []
             for n in args.calls_list:
                 plan = RunPlan(n, args.duration, args.ramp, args.generator_processes or auto_generator_processes(n))
-                run = ingest_run(server_config(worker_class, processes, n), plan, database_url=args.database_url,
-                                 redis_url=args.redis_url, log_dir=LOG_DIR)
+                run = ingest_run(
+                    server_config(worker_class, processes, n),
+                    plan,
+                    database_url=args.database_url,
+                    redis_url=args.redis_url,
+                    log_dir=LOG_DIR,
+                )
                 print(_summary(run), flush=True)
                 runs.append(run)
                 if not run["sustained"] and args.stop_at_first_loss:
@@ -81,32 +88,52 @@ def run_e2e(args: argparse.Namespace) -> dict[str, Any]:
     plan = RunPlan(n, args.duration, args.ramp, args.generator_processes or auto_generator_processes(n))
     worker_class = args.worker_class.split(",")[0]
     processes = _ints(args.web_processes)[0]
-    run = e2e_run(server_config(worker_class, processes, n), plan, workers=args.rq_workers,
-                  database_url=args.database_url, redis_url=args.redis_url, log_dir=LOG_DIR,
-                  simple_workers=args.simple_workers, speaker=not args.no_speaker)
+    run = e2e_run(
+        server_config(worker_class, processes, n),
+        plan,
+        workers=args.rq_workers,
+        database_url=args.database_url,
+        redis_url=args.redis_url,
+        log_dir=LOG_DIR,
+        simple_workers=args.simple_workers,
+        speaker=not args.no_speaker,
+    )
     print(_summary(run), flush=True)
     for key in ("end_of_utterance_to_score_s", "utterance_row_to_score_s", "end_of_utterance_to_flag_s"):
         print(f"  {key}: {run[key]}", flush=True)
-    print(f"  utterances detected {run['utterances_detected']} scored {run['utterances_scored']}; worker CPU "
-          f"{run['worker_cpu_s_per_audio_s']} s per audio s", flush=True)
+    print(
+        f"  utterances detected {run['utterances_detected']} scored {run['utterances_scored']}; worker CPU "
+        f"{run['worker_cpu_s_per_audio_s']} s per audio s",
+        flush=True,
+    )
     return {"e2e": run}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.stream", description=__doc__.splitlines()[0])
     p.add_argument("--mode", choices=("ingest", "e2e", "ceiling", "all", "report"), default="ingest")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test: ingest 10 and 30 calls of 10 s, e2e 4 calls, short ceiling; "
-                        "results go to var/bench-stream/quick.json, not to the committed files")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: ingest 10 and 30 calls of 10 s, e2e 4 calls, short ceiling; "
+        "results go to var/bench-stream/quick.json, not to the committed files",
+    )
     p.add_argument("--calls", default="50,100,200,300", help="N values, comma-separated (e2e: the first)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of audio per call (default 60)")
     p.add_argument("--ramp", type=float, default=10.0, help="calls start evenly over this many seconds")
-    p.add_argument("--worker-class", default="gthread,gevent",
-                   help="gunicorn worker classes to measure (e2e and --quick: the first)")
+    p.add_argument(
+        "--worker-class",
+        default="gthread,gevent",
+        help="gunicorn worker classes to measure (e2e and --quick: the first)",
+    )
     p.add_argument("--web-processes", default="2", help="gunicorn worker processes, comma-separated")
     p.add_argument("--generator-processes", type=int, default=0, help="0: one per 150 calls")
-    p.add_argument("--rq-workers", type=int, default=3,
-                   help="e2e: painline worker processes (3 on 2 cores: a burst of utterances is scored in parallel)")
+    p.add_argument(
+        "--rq-workers",
+        type=int,
+        default=3,
+        help="e2e: painline worker processes (3 on 2 cores: a burst of utterances is scored in parallel)",
+    )
     p.add_argument("--simple-workers", action="store_true", help="e2e: painline worker --simple (no fork per job)")
     p.add_argument("--no-speaker", action="store_true", help="e2e: workers without speaker verification")
     p.add_argument("--stop-at-first-loss", action="store_true", help="ingest: stop a sweep at the first failure")

@@ -126,7 +126,13 @@ def encode_call(index: int, duration_s: float) -> EncodedCall:
     builder.start({})  # placeholder: only its sequence number is used
     media = [json.dumps(builder.media(p, i * CHUNK_MS)) for i, p in enumerate(chunks(mulaw))]
     return EncodedCall(
-        index=index, actor=actor, account_sid=account_sid, call_sid=call_sid, stream_sid=builder.stream_sid,
-        connected=json.dumps(builder.connected()), media=media, stop=json.dumps(builder.stop()),
+        index=index,
+        actor=actor,
+        account_sid=account_sid,
+        call_sid=call_sid,
+        stream_sid=builder.stream_sid,
+        connected=json.dumps(builder.connected()),
+        media=media,
+        stop=json.dumps(builder.stop()),
         audio_s=len(mulaw) / 8000,
     )

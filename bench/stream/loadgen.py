@@ -113,29 +113,38 @@ def _shrink_buffers(ws: aiohttp.ClientWebSocketResponse) -> None:
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
 
-async def _post(session: aiohttp.ClientSession, url: str, signed_url: str, params: dict[str, str],
-                auth_token: str) -> tuple[int, str]:
+async def _post(
+    session: aiohttp.ClientSession, url: str, signed_url: str, params: dict[str, str], auth_token: str
+) -> tuple[int, str]:
     body = urllib.parse.urlencode(params)
     async with session.post(url, data=body, headers=form_headers(auth_token, signed_url, params)) as response:
         return response.status, await response.text()
 
 
-async def _status(session: aiohttp.ClientSession, cfg: GeneratorConfig, instruction: StreamInstruction,
-                  call: EncodedCall, event: str) -> None:
+async def _status(
+    session: aiohttp.ClientSession, cfg: GeneratorConfig, instruction: StreamInstruction, call: EncodedCall, event: str
+) -> None:
     if not (cfg.status_callbacks and instruction.status_callback):
         return
     params = stream_status_params(call.account_sid, call.call_sid, call.stream_sid, event)
     with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-        await _post(session, reroute(instruction.status_callback, cfg.base_url), instruction.status_callback,
-                    params, cfg.auth_token)
+        await _post(
+            session,
+            reroute(instruction.status_callback, cfg.base_url),
+            instruction.status_callback,
+            params,
+            cfg.auth_token,
+        )
 
 
-async def run_call(session: aiohttp.ClientSession, cfg: GeneratorConfig, call: EncodedCall, spec: CallSpec,
-                   start_mono: float) -> CallResult:
+async def run_call(
+    session: aiohttp.ClientSession, cfg: GeneratorConfig, call: EncodedCall, spec: CallSpec, start_mono: float
+) -> CallResult:
     """One call from webhook to close (see the module docstring); never raises, errors are recorded."""
     loop = asyncio.get_running_loop()
-    result = CallResult(index=call.index, actor=call.actor, call_sid=call.call_sid, audio_s=call.audio_s,
-                        frames_total=len(call.media))
+    result = CallResult(
+        index=call.index, actor=call.actor, call_sid=call.call_sid, audio_s=call.audio_s, frames_total=len(call.media)
+    )
     lateness, wake = LagHistogram(), LagHistogram()
     delay = start_mono + spec.offset_s - loop.time()
     if delay > 0:
@@ -147,8 +156,12 @@ async def run_call(session: aiohttp.ClientSession, cfg: GeneratorConfig, call: E
         instruction = check_voice_answer(*await _post(session, reached, signed, params, cfg.auth_token))
         result.webhook_ms = (loop.time() - began) * 1000
         began = loop.time()
-        ws = await session.ws_connect(connect_url(instruction.url, cfg.base_url), autoping=True, compress=0,
-                                      headers=handshake_headers(cfg.auth_token, instruction.url))
+        ws = await session.ws_connect(
+            connect_url(instruction.url, cfg.base_url),
+            autoping=True,
+            compress=0,
+            headers=handshake_headers(cfg.auth_token, instruction.url),
+        )
         result.handshake_ms = (loop.time() - began) * 1000
     except (TimeoutError, aiohttp.ClientError, ReplayError, OSError) as exc:
         result.error = f"setup: {type(exc).__name__}: {exc}"[:300]
@@ -190,8 +203,12 @@ async def run_call(session: aiohttp.ClientSession, cfg: GeneratorConfig, call: E
         with contextlib.suppress(asyncio.TimeoutError):
             while not ws.closed:
                 msg = await ws.receive(timeout=15)
-                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING,
-                                aiohttp.WSMsgType.ERROR):
+                if msg.type in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSED,
+                    aiohttp.WSMsgType.CLOSING,
+                    aiohttp.WSMsgType.ERROR,
+                ):
                     break
         result.close_code = ws.close_code
     except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
@@ -207,16 +224,18 @@ async def run_call(session: aiohttp.ClientSession, cfg: GeneratorConfig, call: E
     return result
 
 
-async def run_calls(cfg: GeneratorConfig, calls: list[EncodedCall], specs: list[CallSpec],
-                    start_wall: float) -> list[CallResult]:
+async def run_calls(
+    cfg: GeneratorConfig, calls: list[EncodedCall], specs: list[CallSpec], start_wall: float
+) -> list[CallResult]:
     """Every call of this process, concurrently; ``start_wall`` is the run's common start (time.time())."""
     loop = asyncio.get_running_loop()
     start_mono = loop.time() + (start_wall - time.time())
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=None, connect=HTTP_TIMEOUT_S, sock_read=None)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        return list(await asyncio.gather(*(run_call(session, cfg, c, s, start_mono) for c, s in zip(calls, specs,
-                                                                                                    strict=True))))
+        return list(
+            await asyncio.gather(*(run_call(session, cfg, c, s, start_mono) for c, s in zip(calls, specs, strict=True)))
+        )
 
 
 @dataclass
@@ -225,8 +244,9 @@ class ProcessOutcome:
     cpu_s: float  # the generator process's own CPU during the run
 
 
-def run_processes(cfg: GeneratorConfig, specs: list[CallSpec], processes: int, *,
-                  lead_s: float = 2.0) -> ProcessOutcome:
+def run_processes(
+    cfg: GeneratorConfig, specs: list[CallSpec], processes: int, *, lead_s: float = 2.0
+) -> ProcessOutcome:
     """Split the calls round-robin over ``processes`` generator processes and run them together.
 
     Each process encodes its own calls first; the common start is set once all are ready, ``lead_s``

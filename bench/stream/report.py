@@ -112,7 +112,7 @@ def plots(data: dict[str, Any], img: Path = IMG) -> list[str]:
     import matplotlib.pyplot as plt
 
     img.mkdir(parents=True, exist_ok=True)
-    made = []
+    made: list[str] = []
     sweeps = data.get("ingest", {})
     if not sweeps:
         return made
@@ -121,11 +121,18 @@ def plots(data: dict[str, Any], img: Path = IMG) -> list[str]:
         runs = sweep["runs"]
         n = [r["calls"] for r in runs]
         line = ax.plot(n, [r["lag_ms"]["p99"] for r in runs], marker="o", label=f"{label} p99")[0]
-        ax.plot(n, [r["lag_ms"]["p50"] for r in runs], marker=".", linestyle="--", color=line.get_color(),
-                label=f"{label} p50")
+        ax.plot(
+            n,
+            [r["lag_ms"]["p50"] for r in runs],
+            marker=".",
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{label} p50",
+        )
         lost = [r for r in runs if not r["sustained"]]
-        ax.scatter([r["calls"] for r in lost], [r["lag_ms"]["p99"] for r in lost], marker="x", s=80,
-                   color="red", zorder=5)
+        ax.scatter(
+            [r["calls"] for r in lost], [r["lag_ms"]["p99"] for r in lost], marker="x", s=80, color="red", zorder=5
+        )
     ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel("concurrent real-time calls (N)")
     ax.set_ylabel("per-frame handling lag (ms)")
@@ -140,11 +147,21 @@ def plots(data: dict[str, Any], img: Path = IMG) -> list[str]:
     fig, ax1 = plt.subplots(figsize=(6.4, 4.0))
     for label, sweep in sorted(sweeps.items()):
         runs = sweep["runs"]
-        ax1.plot([r["calls"] for r in runs], [r["server_cpu_cores_mean"] for r in runs], marker="o",
-                 label=f"{label}: server cores busy")
+        ax1.plot(
+            [r["calls"] for r in runs],
+            [r["server_cpu_cores_mean"] for r in runs],
+            marker="o",
+            label=f"{label}: server cores busy",
+        )
     gen = next(iter(sorted(sweeps.items())))[1]["runs"]
-    ax1.plot([r["calls"] for r in gen], [r["generator"]["cpu_cores_mean"] for r in gen], marker=".",
-             linestyle=":", color="grey", label="load generator (first config)")
+    ax1.plot(
+        [r["calls"] for r in gen],
+        [r["generator"]["cpu_cores_mean"] for r in gen],
+        marker=".",
+        linestyle=":",
+        color="grey",
+        label="load generator (first config)",
+    )
     ax1.axhline(data.get("machine", {}).get("cpus") or 2, color="black", linewidth=0.8, linestyle="--")
     ax1.set_xlabel("concurrent real-time calls (N)")
     ax1.set_ylabel("CPU cores busy (mean over the run)")
@@ -218,26 +235,38 @@ def render(data: dict[str, Any]) -> str:
     score_p95 = (e2e or {}).get("end_of_utterance_to_score_s", {}).get("p95")
     flag_p95 = (e2e or {}).get("end_of_utterance_to_flag_s", {}).get("p95")
     lines += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
-    lines.append(f"| ingest >= {TARGET_INGEST_CALLS} concurrent calls, zero frames lost | "
-                 f"{best_n} ({best_label or '-'}) | {_met(best_n >= TARGET_INGEST_CALLS if sweeps else None)} |")
+    lines.append(
+        f"| ingest >= {TARGET_INGEST_CALLS} concurrent calls, zero frames lost | "
+        f"{best_n} ({best_label or '-'}) | {_met(best_n >= TARGET_INGEST_CALLS if sweeps else None)} |"
+    )
     if e2e:
-        lines.append(f"| e2e at {TARGET_E2E_CALLS} calls: p95 end of utterance -> score stored <= "
-                     f"{TARGET_SCORE_P95_S} s | {_fmt(score_p95)} s (at {e2e['calls']} calls) | "
-                     f"{_met(None if score_p95 is None else score_p95 <= TARGET_SCORE_P95_S)} |")
-        lines.append(f"| e2e at {TARGET_E2E_CALLS} calls: p95 end of utterance -> flag published <= "
-                     f"{TARGET_FLAG_P95_S} s | {_fmt(flag_p95)} s ({e2e['flags_received']} flags) | "
-                     f"{_met(None if flag_p95 is None else flag_p95 <= TARGET_FLAG_P95_S)} |")
+        lines.append(
+            f"| e2e at {TARGET_E2E_CALLS} calls: p95 end of utterance -> score stored <= "
+            f"{TARGET_SCORE_P95_S} s | {_fmt(score_p95)} s (at {e2e['calls']} calls) | "
+            f"{_met(None if score_p95 is None else score_p95 <= TARGET_SCORE_P95_S)} |"
+        )
+        lines.append(
+            f"| e2e at {TARGET_E2E_CALLS} calls: p95 end of utterance -> flag published <= "
+            f"{TARGET_FLAG_P95_S} s | {_fmt(flag_p95)} s ({e2e['flags_received']} flags) | "
+            f"{_met(None if flag_p95 is None else flag_p95 <= TARGET_FLAG_P95_S)} |"
+        )
     if ceiling and best_n:
         eff = best_n / ceiling["ceiling_calls"]
-        lines.append(f"| efficiency = sustained calls / ceiling calls | {best_n} / {ceiling['ceiling_calls']:.0f} "
-                     f"= {eff:.0%} | |")
+        lines.append(
+            f"| efficiency = sustained calls / ceiling calls | {best_n} / {ceiling['ceiling_calls']:.0f} "
+            f"= {eff:.0%} | |"
+        )
     lines.append("")
     if chosen:
-        lines += [f"Chosen production worker class: **{chosen['worker_class']}** with "
-                  f"{chosen['web_processes']} web processes. {chosen.get('why', '')}", ""]
+        lines += [
+            f"Chosen production worker class: **{chosen['worker_class']}** with "
+            f"{chosen['web_processes']} web processes. {chosen.get('why', '')}",
+            "",
+        ]
     if ceiling:
         lines += [
-            "## Ceiling", "",
+            "## Ceiling",
+            "",
             f"The bare per-frame work ({ceiling['work']}) in a tight loop over {ceiling['frames']} frames of real "
             f"call audio: **{ceiling['per_frame_cpu_us']} µs CPU per frame**, so "
             f"{ceiling['calls_per_core']:.0f} real-time calls per core and {ceiling['ceiling_calls']:.0f} on "
@@ -246,13 +275,20 @@ def render(data: dict[str, Any]) -> str:
         ]
     if sweeps:
         lines += ["## Ingest (no RQ worker running)", ""]
-        lines += [f"![latency vs N]({images[0]})" if images else "", "",
-                  f"![CPU vs N]({images[1]})" if len(images) > 1 else "", ""]
+        lines += [
+            f"![latency vs N]({images[0]})" if images else "",
+            "",
+            f"![CPU vs N]({images[1]})" if len(images) > 1 else "",
+            "",
+        ]
         for label, sweep in sorted(sweeps.items()):
-            lines += [f"### {label}: largest N sustained = {sweep['max_sustained_calls']}", "",
-                      "| N | frames sent | lost | >1 s late | lag p50 / p99 / max (ms) | server CPU ms per call-s | "
-                      "server cores | generator late p99 (ms) | gen cores | utterances saved | sustained |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|"]
+            lines += [
+                f"### {label}: largest N sustained = {sweep['max_sustained_calls']}",
+                "",
+                "| N | frames sent | lost | >1 s late | lag p50 / p99 / max (ms) | server CPU ms per call-s | "
+                "server cores | generator late p99 (ms) | gen cores | utterances saved | sustained |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
             for r in sweep["runs"]:
                 g = r["generator"]
                 lines.append(
@@ -260,19 +296,30 @@ def render(data: dict[str, Any]) -> str:
                     f"{_fmt(r['lag_ms']['p50'])} / {_fmt(r['lag_ms']['p99'])} / {_fmt(r['lag_ms']['max'], 0)} | "
                     f"{_fmt(r['server_cpu_ms_per_call_s'])} | {_fmt(r['server_cpu_cores_mean'])} | "
                     f"{_fmt(g['unobstructed_send_late_ms']['p99'])}{' (limited)' if g['limited'] else ''} | "
-                    f"{_fmt(g['cpu_cores_mean'])} | {r['utterances_saved']} | {'yes' if r['sustained'] else 'no'} |")
+                    f"{_fmt(g['cpu_cores_mean'])} | {r['utterances_saved']} | {'yes' if r['sustained'] else 'no'} |"
+                )
             first = sweep["runs"][0] if sweep["runs"] else {}
-            lines += ["", f"{first.get('duration_s')} s calls, {first.get('ramp_s')} s ramp. "
-                      "Lost frames broken down per run in the JSON (`lost_breakdown`).", ""]
+            lines += [
+                "",
+                f"{first.get('duration_s')} s calls, {first.get('ramp_s')} s ramp. "
+                "Lost frames broken down per run in the JSON (`lost_breakdown`).",
+                "",
+            ]
     if e2e:
-        s, r, f = (e2e["end_of_utterance_to_score_s"], e2e["utterance_row_to_score_s"],
-                   e2e["end_of_utterance_to_flag_s"])
+        s, r, f = (
+            e2e["end_of_utterance_to_score_s"],
+            e2e["utterance_row_to_score_s"],
+            e2e["end_of_utterance_to_flag_s"],
+        )
         lines += [
-            f"## End to end ({e2e['calls']} calls, {e2e['rq_workers']} RQ workers on the same machine)", "",
+            f"## End to end ({e2e['calls']} calls, {e2e['rq_workers']} RQ workers on the same machine)",
+            "",
             f"Server {e2e['server']}, workers: `painline worker` ({e2e['rq_worker_kind']}, default model and "
             f"embedder, speaker verification {'on' if e2e['speaker_verification'] else 'off'}); "
-            f"{e2e['duration_s']} s calls, {e2e['ramp_s']} s ramp.", "",
-            "| latency (s) | n | p50 | p95 | p99 | max |", "|---|---|---|---|---|---|",
+            f"{e2e['duration_s']} s calls, {e2e['ramp_s']} s ramp.",
+            "",
+            "| latency (s) | n | p50 | p95 | p99 | max |",
+            "|---|---|---|---|---|---|",
             f"| end of utterance (last frame sent) -> score stored | {s['n']} | {_fmt(s['p50'])} | {_fmt(s['p95'])} | "
             f"{_fmt(s['p99'])} | {_fmt(s['max'])} |",
             f"| utterance row created (VAD closed it) -> score stored | {r['n']} | {_fmt(r['p50'])} | "

@@ -319,17 +319,17 @@ def _latencies(
     flag_lat = []
     matched = 0
     for received, message in flags:
-        call_id = message.get("call_id")
-        if call_id not in t0:
+        flagged_call = message.get("call_id")
+        if flagged_call not in t0:
             continue
-        uid = message.get("utterance_id")
-        if uid not in end_wall:
-            before = [u for s, u in sorted(by_call.get(call_id, [])) if s <= received]
-            uid = before[-1] if before else None
-        if uid is None:
+        flagged: int | None = message.get("utterance_id")
+        if flagged not in end_wall:
+            before = [u for s, u in sorted(by_call.get(flagged_call, [])) if s <= received]
+            flagged = before[-1] if before else None
+        if flagged is None:
             continue
         matched += 1
-        flag_lat.append(received - end_wall[uid])
+        flag_lat.append(received - end_wall[flagged])
     return {
         "end_of_utterance_to_score_s": _quantiles(from_end),
         "utterance_row_to_score_s": _quantiles(from_row),

@@ -85,7 +85,9 @@ def clear_queue(redis_url: str, queue_name: str) -> int:
     connection = Redis.from_url(redis_url)
     try:
         keys = list(connection.scan_iter(match=f"rq:*{queue_name}*", count=1000))
-        job_ids = [j.decode() for j in connection.lrange(f"rq:queue:{queue_name}", 0, -1)]
+        job_ids = [
+            j.decode() if isinstance(j, bytes) else str(j) for j in connection.lrange(f"rq:queue:{queue_name}", 0, -1)
+        ]
         keys += [f"rq:job:{j}" for j in job_ids] + [f"rq:job:{j}:dependents" for j in job_ids]
         if keys:
             connection.delete(*keys)
@@ -105,13 +107,11 @@ def server_environment(database_url: str, redis_url: str, queue_name: str, **ext
         "PAINLINE_LOG_LEVEL": "INFO",
         **extra,
     }
-    return painline_environment(
-        database_url=database_url,
-        redis_url=redis_url,
-        queue_name=queue_name,
-        var_dir=REPO / "var" / "bench-stream",
-        **settings,
+    env = painline_environment(
+        database_url=database_url, redis_url=redis_url, queue_name=queue_name, var_dir=REPO / "var" / "bench-stream"
     )
+    env.update(settings)
+    return env
 
 
 # ---------------------------------------------------------------------------------------------------
