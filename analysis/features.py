@@ -28,6 +28,7 @@ from analysis.channel import TELEPHONE_RATE, telephone
 from analysis.dataset import Clip
 from analysis.embedders.base import Embedder
 from analysis.embedders.fusion import ConcatEmbedder
+from analysis.perturb import Noise, babble, clip_rng, drop_frames, mix_at_snr, white
 from analysis.segmentation import cut_clip
 
 
@@ -39,29 +40,52 @@ class ChannelConfig:
     rms_normalise: bool = False
     gain_db: float = 0.0  # test-time gain, for the gain-invariance check
     segment: bool = False  # cut into the utterances a call's VAD would cut, as the worker scores them
+    # test-time damage for the robustness rows (analysis.perturb): noise at snr_db, lost 20 ms frames
+    noise: Noise = Noise.NONE
+    snr_db: float = 0.0
+    frame_loss: float = 0.0
 
     def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        # the damage fields enter the key only when set, so undamaged features keep their cached keys
+        d = {k: v for k, v in asdict(self).items() if k not in _DAMAGE or v != _DAMAGE[k]}
+        return json.dumps(d, sort_keys=True)
+
+    @property
+    def damaged(self) -> bool:
+        return any(getattr(self, k) != v for k, v in _DAMAGE.items())
 
     def card(self) -> dict[str, bool]:
         """What a model card records of the channel it was trained on (test-time gain is not part of it)."""
         return {"telephone": self.telephone, "rms_normalise": self.rms_normalise, "segment": self.segment}
 
 
-def prepare(path: Path, channel: ChannelConfig) -> np.ndarray:
+_DAMAGE = {"noise": Noise.NONE, "snr_db": 0.0, "frame_loss": 0.0}
+
+
+def prepare(path: Path, channel: ChannelConfig, babble_sources: Sequence[Path] = ()) -> np.ndarray:
     """Load one clip and pass it through the channel: 8 kHz mu-law float32.
 
-    The order mirrors a real call: the caller's level (gain, clipped as a phone would) goes in
-    before the codec; level normalisation is what painline itself does after decoding.
+    The order mirrors a real call: the caller's level (gain, clipped as a phone would) and the
+    room's noise go in before the codec, lost packets after it; level normalisation is what
+    painline itself does after decoding. ``babble_sources``: other speakers' clips, for babble noise.
     """
     x, sr = load_audio(path)
     if channel.gain_db:
         x = np.clip(x * 10 ** (channel.gain_db / 20), -1.0, 1.0)
+    if channel.noise is not Noise.NONE:
+        x, sr = resample(x, sr, TELEPHONE_RATE), TELEPHONE_RATE  # noise is measured in the phone's band
+        if channel.noise is Noise.BABBLE:
+            noise = babble([load_audio(p, TELEPHONE_RATE)[0] for p in babble_sources], x.size)
+        else:
+            noise = white(x.size, clip_rng(path.name, "white"))
+        x = mix_at_snr(x, noise, channel.snr_db)
     x = telephone(x, sr) if channel.telephone else resample(x, sr, TELEPHONE_RATE)
+    if channel.frame_loss:
+        x = drop_frames(x, channel.frame_loss, clip_rng(path.name, "frame_loss"))
     return rms_normalise(x) if channel.rms_normalise else x
 
 
-def prepare_utterances(path: Path, channel: ChannelConfig) -> list[np.ndarray]:
+def prepare_utterances(path: Path, channel: ChannelConfig, babble_sources: Sequence[Path] = ()) -> list[np.ndarray]:
     """The utterances a call would deliver to the worker from this clip, as the worker decodes them.
 
     Without ``channel.segment`` that is the whole prepared clip. With it, the clip goes through the
@@ -70,8 +94,8 @@ def prepare_utterances(path: Path, channel: ChannelConfig) -> list[np.ndarray]:
     a call would score nothing of this clip.
     """
     if not channel.segment:
-        return [prepare(path, channel)]
-    pieces = cut_clip(prepare(path, replace(channel, rms_normalise=False)))
+        return [prepare(path, channel, babble_sources)]
+    pieces = cut_clip(prepare(path, replace(channel, rms_normalise=False), babble_sources))
     return [rms_normalise(u.samples) if channel.rms_normalise else u.samples for u in pieces]
 
 
@@ -90,7 +114,7 @@ def combine(vectors: Sequence[np.ndarray], durations: Sequence[float], dim: int)
 
 def has_speech(X: np.ndarray) -> np.ndarray:
     """Rows of :func:`extract`'s output that hold a vector (a segmented clip may hold none)."""
-    return ~np.isnan(X).any(axis=1)
+    return np.asarray(~np.isnan(X).any(axis=1))
 
 
 def channel_fingerprint() -> str:
@@ -155,7 +179,7 @@ def extract(
     bar = tqdm(total=len(todo), desc=f"{embedder.name} features", unit="clip", disable=not progress or not todo)
     for start in range(0, len(todo), batch_size):
         idx = todo[start : start + batch_size]
-        pieces = [prepare_utterances(clips[i].path, channel) for i in idx]
+        pieces = [prepare_utterances(clips[i].path, channel, _babble_sources(clips, i, channel)) for i in idx]
         flat = [u for p in pieces for u in p]
         embedded = iter(embedder.embed(flat, TELEPHONE_RATE) if flat else [])
         vecs = [combine([next(embedded) for _ in p], [len(u) for u in p], embedder.dim) for p in pieces]
@@ -166,3 +190,17 @@ def extract(
         bar.update(len(idx))
     bar.close()
     return np.vstack([v for v in out if v is not None]).astype(np.float32)
+
+
+BABBLE_VOICES = 4
+
+
+def _babble_sources(clips: Sequence[Clip], i: int, channel: ChannelConfig) -> list[Path]:
+    """For babble noise: clips of other speakers among ``clips``, chosen by the clip's own seed."""
+    if channel.noise is not Noise.BABBLE:
+        return []
+    others = [c.path for c in clips if c.speaker_id != clips[i].speaker_id]
+    if not others:
+        raise ValueError("babble noise needs clips of other speakers in the same extraction")
+    rng = clip_rng(clips[i].path.name, "babble")
+    return [others[j] for j in rng.choice(len(others), min(BABBLE_VOICES, len(others)), replace=False)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,7 @@ class Task:
     classes: dict[str, tuple[str, ...]]  # class name -> corpus labels, in class-index order
     positive_class: str
     normal: tuple[str, ...]  # corpus labels that are a speaker's normal state (empty: non-pain labels)
+    licence: str = ""  # the corpus's licence, carried into the card of every model trained on it
 
     @property
     def is_binary(self) -> bool:
@@ -68,7 +70,7 @@ def _labels(task: str, key: str, value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _parse(name: str, spec: dict) -> Task:
+def _parse(name: str, spec: dict[str, Any]) -> Task:
     try:
         corpus = spec["corpus"]
         if "classes" in spec:
@@ -96,7 +98,10 @@ def _parse(name: str, spec: dict) -> Task:
     painful = set(classes[positive_class]) & set(normal)
     if painful:
         raise TaskError(f"task {name!r}: pain label(s) {sorted(painful)} cannot be a speaker's normal state")
-    return Task(name, corpus, classes, positive_class, normal)
+    licence = spec.get("licence", "")
+    if not isinstance(licence, str):
+        raise TaskError(f"task {name!r}: licence must be a string, got {licence!r}")
+    return Task(name, corpus, classes, positive_class, normal, licence)
 
 
 def bind(task: Task, ds: Dataset) -> Task:
@@ -111,4 +116,4 @@ def bind(task: Task, ds: Dataset) -> Task:
     if missing:
         raise TaskError(f"task {task.name!r}: labels {sorted(missing)} do not occur in corpus {ds.name!r}")
     normal = task.normal or tuple(lab for c, labs in classes.items() if c != task.positive_class for lab in labs)
-    return Task(task.name, task.corpus, classes, task.positive_class, normal)
+    return Task(task.name, task.corpus, classes, task.positive_class, normal, task.licence)

@@ -246,14 +246,16 @@ class LiveDeployment:
             tokens.record(session, issued)
         return call_sid, issued.token
 
-    def play(self, clips_8k: Sequence[np.ndarray], patient_ref: str | None = None,
-             gap_s: float = CALL_GAP_S) -> CallResult:
+    def play(
+        self, clips_8k: Sequence[np.ndarray], patient_ref: str | None = None, gap_s: float = CALL_GAP_S
+    ) -> CallResult:
         """Play one call of 8 kHz float clips and score it; ``patient_ref`` as the hotline passes it."""
         mulaw, spans = call_mulaw(clips_8k, gap_s)
         return self.play_mulaw(mulaw, patient_ref, spans)
 
-    def play_mulaw(self, mulaw: bytes, patient_ref: str | None = None,
-                   spans: list[tuple[int, int]] | None = None) -> CallResult:
+    def play_mulaw(
+        self, mulaw: bytes, patient_ref: str | None = None, spans: list[tuple[int, int]] | None = None
+    ) -> CallResult:
         """Play a call's mu-law stream as Twilio sends it (20 ms media messages), then run its jobs."""
         from worker.jobs import finalise_call, score_utterance
 
@@ -272,8 +274,13 @@ class LiveDeployment:
         finalise_call(session.call_id)
         return self.read_call(session.call_id, spans or [], session.counters, outcomes)
 
-    def read_call(self, call_id: int, spans: list[tuple[int, int]], counters: StreamCounters | None = None,
-                  outcomes: list[ScoreOutcome] | None = None) -> CallResult:
+    def read_call(
+        self,
+        call_id: int,
+        spans: list[tuple[int, int]],
+        counters: StreamCounters | None = None,
+        outcomes: list[ScoreOutcome] | None = None,
+    ) -> CallResult:
         """A call's scores and verdict as stored, utterances in stream order."""
         with session_scope(self.ctx.sessions) as session:
             call = session.get(Call, call_id)
@@ -286,9 +293,14 @@ class LiveDeployment:
             ).all()
             utterances = [
                 UtteranceResult(
-                    utterance_id=int(u.id), seq=int(u.seq), start_ms=int(u.start_ms), end_ms=int(u.end_ms),
-                    speech_s=float(u.speech_s), probability=float(s.probability),
-                    baseline_applied=bool(s.baseline_applied), baseline_n=int(s.baseline_n or 0),
+                    utterance_id=int(u.id),
+                    seq=int(u.seq),
+                    start_ms=int(u.start_ms),
+                    end_ms=int(u.end_ms),
+                    speech_s=float(u.speech_s),
+                    probability=float(s.probability),
+                    baseline_applied=bool(s.baseline_applied),
+                    baseline_n=int(s.baseline_n or 0),
                     speaker_similarity=None if s.speaker_similarity is None else float(s.speaker_similarity),
                     clip=_owner(int(u.start_ms), int(u.end_ms), spans),
                 )
@@ -371,8 +383,10 @@ class _Tally:
             # training population, baseline from the enrolment clips' features, no speaker check
             "offline_same_calls": {name: pooled.summary(threshold, n_boot) for name, pooled in self.offline.items()},
             "baseline_applied_share": {
-                "no_pain": _share(self.applied[0]), "pain": _share(self.applied[1]),
-                "n_no_pain": len(self.applied[0]), "n_pain": len(self.applied[1]),
+                "no_pain": _share(self.applied[0]),
+                "pain": _share(self.applied[1]),
+                "n_no_pain": len(self.applied[0]),
+                "n_pain": len(self.applied[1]),
             },
             "speaker_similarity_mean": {"no_pain": _mean(self.similarity[0]), "pain": _mean(self.similarity[1])},
             "baseline_effect": baseline_effect(self.rows, n_boot),
@@ -405,10 +419,13 @@ def _play_fold(
     tally.thresholds.append(threshold)
     plan, enrol = _plan(test, data.y, data.normal, data.groups, rng)
     clips = data.clips
-    audio = {i: _audio(clips[i]) for i in sorted({i for _, _, _, idx in plan for i in idx} | {
-        i for idx in enrol.values() for i in idx})}
-    deployments = {c: LiveDeployment.build(model_path, settings, work_dir=fold_dir / c.value, speaker=speaker)
-                   for c in Condition}
+    audio = {
+        i: _audio(clips[i])
+        for i in sorted({i for _, _, _, idx in plan for i in idx} | {i for idx in enrol.values() for i in idx})
+    }
+    deployments = {
+        c: LiveDeployment.build(model_path, settings, work_dir=fold_dir / c.value, speaker=speaker) for c in Condition
+    }
     try:
         if seed_rows is not None:
             for d in deployments.values():
@@ -475,7 +492,7 @@ def run_protocol(
     speakers (the fold's training speakers). Unseeded, a fold of one or two held-out speakers has a
     "population" of those speakers alone after a few calls, which no hotline has.
     """
-    from analysis.embedders.base import get_embedder
+    from analysis.embedders import get_embedder
     from painline.research import DEFAULT_CHANNEL, load_task_data, make_fit
     from painline.workers import embedder_sources
 
@@ -489,9 +506,20 @@ def run_protocol(
     with _work_root(work_dir) as root:
         for fold, (tr, te) in enumerate(GroupKFold(min(folds, n_groups)).split(data.X, data.y, data.groups)):
             model = fit(data.X[tr], data.y[tr], data.groups[tr], data.normal[tr])
-            _play_fold(f"{task_name} fold {fold}", model, root / f"{task_name}-fold{fold}", data, te,
-                       tr if seed_population else None, settings, tally, rng, speaker=speaker, started=started,
-                       progress=progress)
+            _play_fold(
+                f"{task_name} fold {fold}",
+                model,
+                root / f"{task_name}-fold{fold}",
+                data,
+                te,
+                tr if seed_population else None,
+                settings,
+                tally,
+                rng,
+                speaker=speaker,
+                started=started,
+                progress=progress,
+            )
     return {
         "task": task_name,
         "mode": "full" if not max_speakers else f"max_speakers={max_speakers}",
@@ -528,11 +556,15 @@ def run_loco(
     n_boot: int = 1000,
     seed: int = 0,
     embedder_name: str = "egemaps",
+    aligned: bool = False,
     speaker: bool = True,
     work_dir: Path | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Leave one corpus out on the live path: train on ``train_tasks`` pooled, play ``test_task``'s calls.
+
+    ``aligned``: the training corpora standardised by their own statistics before pooling
+    (:func:`painline.research.align_corpora`), as ``painline train --aligned`` does.
 
     One model, trained with the shipped procedure (C, blend and threshold from grouped inner CV over
     the training speakers only), is deployed twice per half of the test corpus's speakers. Each half's
@@ -540,7 +572,7 @@ def run_loco(
     from its own callers' recordings before go-live; then the half's calls are played as in
     :func:`run_protocol` (3 enrolment clips per speaker in the enrolled deployment).
     """
-    from analysis.embedders.base import get_embedder
+    from analysis.embedders import get_embedder
     from painline.research import DEFAULT_CHANNEL, fit_pooled, load_task_data
     from painline.workers import embedder_sources
 
@@ -549,17 +581,31 @@ def run_loco(
     emb = get_embedder(embedder_name, embedder_sources(settings))
     test = load_task_data(test_task, emb, settings, DEFAULT_CHANNEL, max_speakers=max_speakers)
     parts = [load_task_data(t, emb, settings, DEFAULT_CHANNEL, max_speakers=max_speakers) for t in train_tasks]
-    model = fit_pooled(parts, emb, DEFAULT_CHANNEL, TrainConfig())
+    model = fit_pooled(parts, emb, DEFAULT_CHANNEL, TrainConfig(), aligned=aligned)
     progress(f"loco {test_task}: trained on {', '.join(train_tasks)} (model {model.version})")
     tally = _Tally()
     with _work_root(work_dir) as root:
         for half, (seed_rows, te) in enumerate(GroupKFold(2).split(test.X, test.y, test.groups)):
-            _play_fold(f"loco {test_task} half {half}", model, root / f"loco-{test_task}-{half}", test, te,
-                       seed_rows, settings, tally, rng, speaker=speaker, started=started, progress=progress)
+            _play_fold(
+                f"loco {test_task} half {half}",
+                model,
+                root / f"loco-{test_task}-{half}",
+                test,
+                te,
+                seed_rows,
+                settings,
+                tally,
+                rng,
+                speaker=speaker,
+                started=started,
+                progress=progress,
+            )
     summary = tally.summary(n_boot)
     return {
         "task": test_task,
         "trained_on": list(train_tasks),
+        "embedder": embedder_name,
+        "aligned": aligned,
         "mode": "full" if not max_speakers else f"max_speakers={max_speakers}",
         "n_speakers": len(np.unique(test.groups)),
         "model_version": model.version,
@@ -645,14 +691,27 @@ def baseline_effect(rows: dict[str, PooledRow], n_boot: int) -> dict[str, dict[s
 def _cells(s: dict[str, Any], off: dict[str, Any]) -> list[str]:
     """One row's figures, as both tables print them."""
     return [
-        f"{fmt(s['auc'])} {fmt_ci(s['auc_ci'])}", f"{fmt(s['balanced_accuracy'])} {fmt_ci(s['balanced_accuracy_ci'])}",
-        fmt(s["sensitivity"]), fmt(s["specificity"]), fmt(s["sens_at_90spec"]), str(s["n_clips"]),
-        str(s["n_speakers"]), f"{fmt(off.get('auc'))} {fmt_ci(off.get('auc_ci'))}",
+        f"{fmt(s['auc'])} {fmt_ci(s['auc_ci'])}",
+        f"{fmt(s['balanced_accuracy'])} {fmt_ci(s['balanced_accuracy_ci'])}",
+        fmt(s["sensitivity"]),
+        fmt(s["specificity"]),
+        fmt(s["sens_at_90spec"]),
+        str(s["n_clips"]),
+        str(s["n_speakers"]),
+        f"{fmt(off.get('auc'))} {fmt_ci(off.get('auc_ci'))}",
     ]
 
 
-HEADER = ["AUC [95% CI]", "balanced accuracy [95% CI]", "sens", "spec", "sens@90%spec", "n", "speakers",
-          "offline AUC, same calls [95% CI]"]
+HEADER = [
+    "AUC [95% CI]",
+    "balanced accuracy [95% CI]",
+    "sens",
+    "spec",
+    "sens@90%spec",
+    "n",
+    "speakers",
+    "offline AUC, same calls [95% CI]",
+]
 
 
 def _effect_text(effect: dict[str, Any] | None) -> str:
@@ -673,11 +732,15 @@ def format_table(result: dict[str, Any]) -> str:
         off = (result.get("offline_same_calls") or {}).get(name) or {}
         lines.append(f"{name:<24}  (no items)" if s is None else "  ".join([f"{name:<24}", *_cells(s, off)]))
     share = result["baseline_applied_share"]
-    lines.append(f"baseline applied (enrolled, utterances of {min(CALL_SIZES)}-clip calls): no_pain "
-                 f"{fmt(share['no_pain'])} of {share['n_no_pain']}, pain {fmt(share['pain'])} of {share['n_pain']}")
+    lines.append(
+        f"baseline applied (enrolled, utterances of {min(CALL_SIZES)}-clip calls): no_pain "
+        f"{fmt(share['no_pain'])} of {share['n_no_pain']}, pain {fmt(share['pain'])} of {share['n_pain']}"
+    )
     effects = result.get("baseline_effect") or {}
-    lines.append("enrolled minus not enrolled, AUC [paired 95% CI]: "
-                 + ", ".join(f"{k} {_effect_text(v)}" for k, v in effects.items()))
+    lines.append(
+        "enrolled minus not enrolled, AUC [paired 95% CI]: "
+        + ", ".join(f"{k} {_effect_text(v)}" for k, v in effects.items())
+    )
     return "\n".join(lines)
 
 
@@ -691,18 +754,25 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
                 off = (result.get("offline_same_calls") or {}).get(name) or {}
                 lines.append("| " + " | ".join([task, name, *_cells(s, off)]) + " |")
         share = result["baseline_applied_share"]
-        shares.append(f"{task} ({result['mode']}): no_pain {fmt(share['no_pain'])} of {share['n_no_pain']}, "
-                      f"pain {fmt(share['pain'])} of {share['n_pain']}")
+        shares.append(
+            f"{task} ({result['mode']}): no_pain {fmt(share['no_pain'])} of {share['n_no_pain']}, "
+            f"pain {fmt(share['pain'])} of {share['n_pain']}"
+        )
     prefixes = [f"call_{n}" for n in CALL_SIZES] + ["utterance"]
     effect = [
-        "| task | " + " | ".join(prefixes) + " |", "|---" * (len(prefixes) + 1) + "|",
-        *("| " + " | ".join([task, *(_effect_text((r.get("baseline_effect") or {}).get(k)) for k in prefixes)]) + " |"
-          for task, r in results.items()),
+        "| task | " + " | ".join(prefixes) + " |",
+        "|---" * (len(prefixes) + 1) + "|",
+        *(
+            "| " + " | ".join([task, *(_effect_text((r.get("baseline_effect") or {}).get(k)) for k in prefixes)]) + " |"
+            for task, r in results.items()
+        ),
     ]
-    return ("\n".join(lines) + "\n\nBaseline applied, enrolled utterances by label: " + "; ".join(shares) + ".\n\n"
-            "Does the baseline help? Enrolled minus not-enrolled AUC on the same calls, with a paired speaker-grouped "
-            "95% CI (`baseline_effect`); \"(worse)\" marks where the promise of `analysis.model`, that a baseline "
-            "never makes the model worse, does not hold on the live path.\n\n" + "\n".join(effect))
+    return (
+        "\n".join(lines) + "\n\nBaseline applied, enrolled utterances by label: " + "; ".join(shares) + ".\n\n"
+        "Does the baseline help? Enrolled minus not-enrolled AUC on the same calls, with a paired speaker-grouped "
+        '95% CI (`baseline_effect`); "(worse)" marks where the promise of `analysis.model`, that a baseline '
+        "never makes the model worse, does not hold on the live path.\n\n" + "\n".join(effect)
+    )
 
 
 __all__ = [

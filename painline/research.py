@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import GroupKFold
 
+from analysis.baseline import RunningStats
 from analysis.dataset import Clip, Dataset, load_manifest
-from analysis.embedders.base import Embedder, get_embedder
+from analysis.embedders import Embedder, get_embedder
 from analysis.features import ChannelConfig, FeatureCache, extract, has_speech
-from analysis.metrics import roc_auc
-from analysis.model import PainModel
+from analysis.metrics import roc_auc, threshold_for_specificity
+from analysis.model import PainModel, model_version
 from analysis.protocols import Scored, cross_corpus, multiclass_person_level, person_level, random_split
 from analysis.tasks import Task, TaskError, bind, load_tasks
 from analysis.training import TrainConfig, fit_model
@@ -85,7 +86,7 @@ def load_task_data(
     return TaskData(task, ds, clips, X, task.pain(labels), speakers, task.normal_mask(labels))
 
 
-def make_fit(data: TaskData, embedder: Embedder, channel: ChannelConfig, cfg: TrainConfig):  # type: ignore[no-untyped-def]
+def make_fit(data: TaskData, embedder: Embedder, channel: ChannelConfig, cfg: TrainConfig):
     """A closure fitting a model on a subset, with the card filled from the task and data."""
 
     def fit(X: np.ndarray, y: np.ndarray, g: np.ndarray, normal: np.ndarray) -> PainModel:
@@ -105,12 +106,35 @@ def make_fit(data: TaskData, embedder: Embedder, channel: ChannelConfig, cfg: Tr
     return fit
 
 
-def fit_pooled(parts: list[TaskData], embedder: Embedder, channel: ChannelConfig, cfg: TrainConfig) -> PainModel:
-    """One model on several tasks' clips pooled (speakers kept apart by corpus), as ``painline train`` fits it."""
+def align_corpora(blocks: list[np.ndarray]) -> list[np.ndarray]:
+    """Each corpus's features standardised by its own statistics, then put in the pooled frame.
+
+    A deployment standardises its callers by its own population's statistics, so a new hotline's
+    recording chain and language shift nothing on average. Pooled training without this learns the
+    corpora's differences (one corpus louder, another lower-pitched) as if they were signal. The
+    pooled mean and spread are kept so the model's training population still describes raw features.
+    """
+    pooled = RunningStats.from_array(np.vstack(blocks))
+    out = []
+    for X in blocks:
+        own = RunningStats.from_array(X)
+        scale = np.where(own.std > 0, pooled.std / np.where(own.std > 0, own.std, 1.0), 1.0)
+        out.append(((X - own.mean) * scale + pooled.mean).astype(X.dtype))
+    return out
+
+
+def fit_pooled(
+    parts: list[TaskData], embedder: Embedder, channel: ChannelConfig, cfg: TrainConfig, *, aligned: bool = False
+) -> PainModel:
+    """One model on several tasks' clips pooled (speakers kept apart by corpus), as ``painline train`` fits it.
+
+    ``aligned``: each corpus standardised by its own statistics first (:func:`align_corpora`).
+    """
     groups = np.concatenate([np.char.add(f"{d.dataset.name}:", d.groups.astype(str)) for d in parts])
     names = [d.task.name for d in parts]
+    blocks = [d.X for d in parts]
     return fit_model(
-        np.vstack([d.X for d in parts]),
+        np.vstack(align_corpora(blocks) if aligned else blocks),
         np.concatenate([d.y for d in parts]),
         groups,
         np.concatenate([d.normal for d in parts]),
@@ -120,13 +144,112 @@ def fit_pooled(parts: list[TaskData], embedder: Embedder, channel: ChannelConfig
         task={"name": "+".join(names), "classes": {d.task.name: d.task.classes for d in parts}},
         training_data={
             "corpora": [
-                {"corpus": d.dataset.name, "manifest_sha256": d.dataset.manifest_sha256, "clips": len(d.y)}
+                {
+                    "corpus": d.dataset.name,
+                    "manifest_sha256": d.dataset.manifest_sha256,
+                    "clips": len(d.y),
+                    "speakers": len(np.unique(d.groups)),
+                    "licence": d.task.licence,
+                }
                 for d in parts
             ],
-            "reproduce": "painline train " + " ".join(f"--task {t}" for t in names),
+            "reproduce": "painline train " + " ".join(f"--task {t}" for t in names) + (" --aligned" if aligned else ""),
+            "corpora_aligned": aligned,
         },
         cfg=cfg,
     )
+
+
+@dataclass(frozen=True)
+class LocoThreshold:
+    """A threshold chosen on leave-one-corpus-out predictions, and how it held in each language."""
+
+    value: float
+    target_specificity: float
+    specificity: dict[str, float]  # per held-out corpus, at ``value``
+    sensitivity: dict[str, float]
+
+    def card(self) -> dict[str, Any]:
+        return {
+            "value": self.value,
+            "method": f"lowest probability reaching {self.target_specificity:.0%} specificity on pooled "
+            "leave-one-corpus-out predictions: for each corpus, a model trained on the others scored its "
+            "clips standardised by that corpus's own unlabelled statistics (no baseline), so the "
+            "threshold was chosen on languages its fold models never heard",
+            "held_out_specificity": self.specificity,
+            "held_out_sensitivity": self.sensitivity,
+        }
+
+
+def loco_fold_model(
+    parts: list[TaskData],
+    held_out: int,
+    embedder: Embedder,
+    channel: ChannelConfig,
+    cfg: TrainConfig,
+    *,
+    aligned: bool,
+    fold_dir: Path | None = None,
+) -> PainModel:
+    """The model trained on every part but ``held_out``; kept in ``fold_dir`` (and reused from it) when given.
+
+    A fold model takes minutes to fit and the research bench (bench.detection.loco_offline) scores
+    the same folds again, so they are saved as ``<held-out task>.joblib``. A saved one is reused only
+    if its card names the same training tasks, alignment and embedder.
+    """
+    train = [d for j, d in enumerate(parts) if j != held_out]
+    path = fold_dir / f"{parts[held_out].task.name}.joblib" if fold_dir is not None else None
+    if path is not None and path.exists():
+        saved = PainModel.load(path)
+        data = saved.card.get("training_data", {})
+        if (
+            saved.card.get("task", {}).get("name") == "+".join(d.task.name for d in train)
+            and bool(data.get("corpora_aligned")) == aligned
+            and saved.embedder_name == embedder.name
+        ):
+            return saved
+    model = fit_pooled(train, embedder, channel, cfg, aligned=aligned)
+    if path is not None:
+        model.save(path)
+    return model
+
+
+def loco_threshold(
+    parts: list[TaskData],
+    embedder: Embedder,
+    channel: ChannelConfig,
+    cfg: TrainConfig,
+    *,
+    aligned: bool,
+    fold_dir: Path | None = None,
+) -> LocoThreshold:
+    """The threshold for a model trained on all of ``parts``, chosen where it already held across corpora.
+
+    A threshold chosen on the training corpora's own out-of-fold predictions assumes the next
+    hotline sounds like them; one chosen on held-out corpora has been tested on that assumption
+    failing. Costs one fit per corpus (:func:`loco_fold_model`).
+    """
+    ys, ps = [], []
+    for i, held in enumerate(parts):
+        model = loco_fold_model(parts, i, embedder, channel, cfg, aligned=aligned, fold_dir=fold_dir)
+        ys.append(held.y)
+        ps.append(model.predict_proba(held.X, population=RunningStats.from_array(held.X)))
+    value = threshold_for_specificity(np.concatenate(ys), np.concatenate(ps), cfg.target_specificity)
+    names = [d.dataset.name for d in parts]
+    return LocoThreshold(
+        value=float(value),
+        target_specificity=cfg.target_specificity,
+        specificity={n: round(float((p[y == 0] < value).mean()), 4) for n, y, p in zip(names, ys, ps, strict=True)},
+        sensitivity={n: round(float((p[y == 1] >= value).mean()), 4) for n, y, p in zip(names, ys, ps, strict=True)},
+    )
+
+
+def with_threshold(model: PainModel, threshold: LocoThreshold) -> PainModel:
+    """``model`` with its threshold replaced; the version changes, since the threshold decides flags."""
+    model.card["threshold"] = threshold.card()
+    model.card["training"] = {**model.card["training"], "threshold_from": "leave-one-corpus-out"}
+    model.card["model_version"] = model_version(model.card)
+    return model
 
 
 @dataclass(frozen=True)
@@ -138,8 +261,14 @@ class GainCheck:
     lost: dict[float, int]  # clips the VAD found no utterance in at that gain (but did at 0 dB)
 
 
-def gain_check(task_name: str, embedder: Embedder, settings: Settings, cfg: TrainConfig,
-               gains: tuple[float, ...] = (12.0, -12.0), max_speakers: int | None = None) -> GainCheck:
+def gain_check(
+    task_name: str,
+    embedder: Embedder,
+    settings: Settings,
+    cfg: TrainConfig,
+    gains: tuple[float, ...] = (12.0, -12.0),
+    max_speakers: int | None = None,
+) -> GainCheck:
     """The gain-invariance check: 5 grouped folds trained at 0 dB, the held-out clips scored at each gain.
 
     The test audio goes through the whole channel at each gain (gain, codec, the call's VAD cut,
@@ -240,8 +369,11 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="folder of corpora (default: PAINLINE_DATA_DIR)")
     p.add_argument("--no-rms", action="store_true", help="keep recording level (no RMS normalisation)")
     p.add_argument("--gain-db", type=float, default=0.0, help="scale all audio by this gain before the channel")
-    p.add_argument("--whole-clips", action="store_true",
-                   help="embed whole clips instead of the utterances a call's VAD would cut (not what calls score)")
+    p.add_argument(
+        "--whole-clips",
+        action="store_true",
+        help="embed whole clips instead of the utterances a call's VAD would cut (not what calls score)",
+    )
     p.add_argument("--classifier", default="svm", choices=["svm", "logreg", "gboost"])
     p.add_argument("--drop-level-features", action="store_true", help="drop absolute-level features")
     p.add_argument("--max-speakers", type=int, help="use only the first N speakers (quick runs)")
@@ -252,8 +384,9 @@ def _setup(args: argparse.Namespace) -> tuple[Settings, Embedder, ChannelConfig,
     if args.data_dir:
         settings = settings.with_(data_dir=args.data_dir)
     embedder = get_embedder(args.embedder, embedder_sources(settings))
-    channel = ChannelConfig(telephone=True, rms_normalise=not args.no_rms, gain_db=args.gain_db,
-                            segment=not args.whole_clips)
+    channel = ChannelConfig(
+        telephone=True, rms_normalise=not args.no_rms, gain_db=args.gain_db, segment=not args.whole_clips
+    )
     cfg = replace(TrainConfig(), classifier=args.classifier, drop_level_features=args.drop_level_features)
     return settings, embedder, channel, cfg
 
@@ -264,10 +397,14 @@ def evaluate_main(argv: list[str]) -> int:
     p.add_argument("--cross", action="append", default=[], help="also test on this task's corpus (repeatable)")
     p.add_argument("--out", type=Path, default=Path("var/evaluation"), help="folder for JSON and plots")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap replicates for CIs")
-    p.add_argument("--protocol", choices=["all", "live-path", "loco"], default="all",
-                   help="all: every clip-level protocol (default); live-path: calls through the product's own "
-                        "stream and worker code (painline.live_path); loco: --task's corpus as an unseen hotline, "
-                        "trained on the other speech corpora (or --train), on the live path")
+    p.add_argument(
+        "--protocol",
+        choices=["all", "live-path", "loco"],
+        default="all",
+        help="all: every clip-level protocol (default); live-path: calls through the product's own "
+        "stream and worker code (painline.live_path); loco: --task's corpus as an unseen hotline, "
+        "trained on the other speech corpora (or --train), on the live path",
+    )
     p.add_argument("--train", action="append", help="with --protocol loco: a task to train on (repeatable)")
     _common_args(p)
     args = p.parse_args(argv)
@@ -292,11 +429,19 @@ def _live_path_main(args: argparse.Namespace) -> int:
     """
     from painline.live_path import SPEECH_TASKS, format_table, run_loco, run_protocol
 
-    changed = [flag for flag, on in (("--cross", args.cross), ("--no-rms", args.no_rms), ("--gain-db", args.gain_db),
-                                     ("--whole-clips", args.whole_clips),
-                                     ("--classifier", args.classifier != "svm"),
-                                     ("--drop-level-features", args.drop_level_features),
-                                     ("--tasks", args.tasks != TASKS_FILE)) if on]
+    changed = [
+        flag
+        for flag, on in (
+            ("--cross", args.cross),
+            ("--no-rms", args.no_rms),
+            ("--gain-db", args.gain_db),
+            ("--whole-clips", args.whole_clips),
+            ("--classifier", args.classifier != "svm"),
+            ("--drop-level-features", args.drop_level_features),
+            ("--tasks", args.tasks != TASKS_FILE),
+        )
+        if on
+    ]
     if changed:
         raise SystemExit(f"painline evaluate: {', '.join(changed)} cannot be used with --protocol live-path")
     if args.train and args.protocol != "loco":
@@ -306,12 +451,25 @@ def _live_path_main(args: argparse.Namespace) -> int:
         settings = settings.with_(data_dir=args.data_dir)
     if args.protocol == "loco":
         train = args.train or [t for t in SPEECH_TASKS if t != args.task]
-        result = run_loco(args.task, train, settings, max_speakers=args.max_speakers, n_boot=args.boot,
-                          embedder_name=args.embedder, progress=lambda m: print(m, flush=True))
+        result = run_loco(
+            args.task,
+            train,
+            settings,
+            max_speakers=args.max_speakers,
+            n_boot=args.boot,
+            embedder_name=args.embedder,
+            progress=lambda m: print(m, flush=True),
+        )
         print(json.dumps({k: v.get("auc") if isinstance(v, dict) else v for k, v in result.items()}, indent=1))
     else:
-        result = run_protocol(args.task, settings, max_speakers=args.max_speakers, n_boot=args.boot,
-                              embedder_name=args.embedder, progress=lambda m: print(m, flush=True))
+        result = run_protocol(
+            args.task,
+            settings,
+            max_speakers=args.max_speakers,
+            n_boot=args.boot,
+            embedder_name=args.embedder,
+            progress=lambda m: print(m, flush=True),
+        )
         print(format_table(result))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.task}.{args.protocol}.json"
@@ -324,11 +482,35 @@ def train_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="painline train", description="Train the model artifact on whole corpora.")
     p.add_argument("--task", action="append", required=True, help="task(s) to train on (repeatable: pooled)")
     p.add_argument("--out", type=Path, default=Path("painline/models/default.joblib"))
+    p.add_argument(
+        "--aligned",
+        action="store_true",
+        help="standardise each corpus by its own statistics before pooling (as a deployment does)",
+    )
+    p.add_argument(
+        "--loco-threshold",
+        action="store_true",
+        help="choose the threshold on pooled leave-one-corpus-out predictions (several tasks)",
+    )
+    p.add_argument(
+        "--fold-models", type=Path, help="with --loco-threshold: keep (and reuse) the leave-one-corpus-out fold models"
+    )
     _common_args(p)
     args = p.parse_args(argv)
     settings, embedder, channel, cfg = _setup(args)
     parts = [load_task_data(t, embedder, settings, channel, args.tasks, args.max_speakers) for t in args.task]
-    model = fit_pooled(parts, embedder, channel, cfg)
+    chosen = None
+    if args.loco_threshold:
+        if len(parts) < 2:
+            raise SystemExit("painline: --loco-threshold needs at least two tasks (one held out at a time)")
+        chosen = loco_threshold(parts, embedder, channel, cfg, aligned=args.aligned, fold_dir=args.fold_models)
+    model = fit_pooled(parts, embedder, channel, cfg, aligned=args.aligned)
+    if chosen is not None:
+        model = with_threshold(model, chosen)
+        print(
+            f"threshold from pooled leave-one-corpus-out predictions: {chosen.value:.3f}; "
+            f"held-out specificity {chosen.specificity}, sensitivity {chosen.sensitivity}"
+        )
     model.save(args.out)
     print(f"wrote {args.out} (model {model.version}, threshold {model.threshold:.3f}, blend {model.blend})")
     return 0

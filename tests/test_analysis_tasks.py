@@ -51,6 +51,14 @@ def test_shipped_tasks_parse() -> None:
     }
     for task in SHIPPED.values():
         assert task.positive_class in task.classes
+        assert task.licence, f"{task.name}: a model card must be able to name the corpus's licence"
+
+
+def test_the_licence_survives_binding_to_the_corpus() -> None:
+    task = SHIPPED["ravdess-distress"]
+    labels = ("neutral", "calm", "happy", "surprised", "angry", "fearful", "sad", "disgust")
+    ds = Dataset("toy", tuple(Clip(Path("a.wav"), lab, "s1") for lab in labels), "0" * 64)
+    assert bind(task, ds).licence == task.licence == "CC BY-NC-SA 4.0 (Livingstone & Russo 2018)"
 
 
 @needs_corpora
@@ -146,6 +154,7 @@ def test_open_negative_class_is_filled_from_the_corpus(tmp_path: Path) -> None:
         ('corpus = "toy"\nnegative = ["a"]', "positive"),
         ('corpus = "toy"\nclasses = { pain = ["a"], rest = ["b"] }', "positive_class"),
         ('corpus = "toy"\nclasses = { pain = ["a"], rest = ["b"] }\npositive_class = "hurt"', "hurt"),
+        ('corpus = "toy"\npositive = ["a"]\nlicence = ["CC"]', "licence"),
     ],
 )
 def test_malformed_task_raises_naming_the_problem(tmp_path: Path, body: str, problem: str) -> None:

@@ -75,10 +75,69 @@ def test_a_label_the_corpus_lacks_is_one_line_not_a_traceback(tmp_path: Path) ->
 
     tasks = tmp_path / "tasks.toml"
     tasks.write_text('[ased-with-disgust]\ncorpus = "ased"\npositive = ["angry", "disgust"]\nnormal = ["neutral"]\n')
-    result = subprocess.run([sys.executable, "-m", "painline.cli", "evaluate", "--task", "ased-with-disgust",
-                             "--tasks", str(tasks)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "painline.cli", "evaluate", "--task", "ased-with-disgust", "--tasks", str(tasks)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         "painline: task 'ased-with-disgust': labels ['disgust'] do not occur in corpus 'ased'"
     ]
+
+
+def test_a_pooled_model_with_a_leave_one_corpus_out_threshold(tmp_path: Path, capsys) -> None:
+    """Two corpora, aligned, threshold on each held out in turn: the card says where it came from and how it held."""
+    from painline.research import train_main
+
+    out = tmp_path / "pooled.joblib"
+    rc = train_main(
+        [
+            "--task",
+            "ravdess-distress",
+            "--task",
+            "nemo-distress",
+            "--max-speakers",
+            "4",
+            "--aligned",
+            "--loco-threshold",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    model = PainModel.load(out)
+    card = json.loads(card_path(out).read_text())
+    threshold = card["threshold"]
+    assert "leave-one-corpus-out" in threshold["method"]
+    assert set(threshold["held_out_specificity"]) == {"ravdess", "nemo"}
+    # the pooled threshold reaches the target on the pooled predictions, so on at least one corpus
+    assert max(threshold["held_out_specificity"].values()) >= 0.9
+    assert card["training"]["threshold_from"] == "leave-one-corpus-out"
+    assert card["training_data"]["corpora_aligned"] is True
+    assert [c["licence"] for c in card["training_data"]["corpora"]] == [
+        "CC BY-NC-SA 4.0 (Livingstone & Russo 2018)",
+        "CC BY-NC-SA 4.0 (Christop 2024, amu-cai)",
+    ]
+    assert model.threshold == threshold["value"] and card["model_version"] == model.version
+    assert "leave-one-corpus-out predictions" in capsys.readouterr().out
+
+
+def test_a_leave_one_corpus_out_threshold_needs_two_tasks(tmp_path: Path) -> None:
+    from painline.research import train_main
+
+    with pytest.raises(SystemExit, match="at least two tasks"):
+        train_main(
+            [
+                "--task",
+                "ravdess-distress",
+                "--max-speakers",
+                "4",
+                "--loco-threshold",
+                "--out",
+                str(tmp_path / "m.joblib"),
+            ]
+        )

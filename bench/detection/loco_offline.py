@@ -1,0 +1,223 @@
+"""Leave-one-corpus-out research on cached features: many variants in the time of one live run.
+
+``python -m bench.detection.loco_offline --variant egemaps --variant egemaps+speaker/aligned``
+
+The live LOCO protocol (:func:`painline.live_path.run_loco`) plays every call through a deployment
+and takes about half an hour per corpus; a research question (does the d-vector help? does
+per-corpus standardisation?) needs an answer per variant in minutes. Since a segmented clip scores
+the same offline as through a replayed call (``tests/test_live_path.py``), this module replays the
+protocol on the features: the same GroupKFold halves, each half's population seeded from the other
+half's clips, the same enrolment and call plan (:func:`painline.live_path._plan` with the same seed),
+and the same pooled training (:func:`painline.research.fit_pooled`). What it leaves out is the
+speaker check and the population's growth during the calls, so it ranks variants; the shipped
+default's figures come from the live run. Results go to ``bench/results/loco_research.json``; the
+research log (docs/research-log.md) says what was kept.
+
+A variant is ``<embedder>[/<option>...]``; options:
+
+- ``aligned``: each training corpus standardised by its own statistics before pooling, as a
+  deployment standardises its callers by their own (:func:`painline.research.fit_pooled`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import GroupKFold
+
+from analysis.aggregate import logit, sigmoid
+from analysis.baseline import RunningStats
+from analysis.embedders import get_embedder
+from analysis.features import ChannelConfig, FeatureCache, extract, has_speech
+from analysis.metrics import roc_auc
+from analysis.perturb import Noise
+from analysis.training import TrainConfig
+from painline.config import Settings
+from painline.live_path import CALL_SIZES, SPEECH_TASKS, _plan
+from painline.research import DEFAULT_CHANNEL, TaskData, load_task_data, loco_fold_model
+from painline.workers import embedder_sources
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "loco_research.json"
+
+AGGREGATIONS = ("mean_logodds", "top_half", "median")
+"""How a call's utterance probabilities become one: the shipped mean of log-odds, and two rivals."""
+
+
+def aggregate(probs: np.ndarray, how: str) -> float:
+    probs = np.asarray(probs, dtype=np.float64)
+    probs = probs[np.isfinite(probs)]
+    if not len(probs):
+        return 0.0  # nothing of the call was heard: it cannot raise a flag
+    z = logit(probs)
+    if how == "mean_logodds":
+        return float(sigmoid(z.mean()))
+    if how == "top_half":
+        top = np.sort(z)[len(z) // 2 :]
+        return float(sigmoid(top.mean()))
+    if how == "median":
+        return float(sigmoid(np.median(z)))
+    raise ValueError(f"unknown aggregation {how!r}")
+
+
+@dataclass(frozen=True)
+class Variant:
+    embedder: str
+    aligned: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        name, *options = text.split("/")
+        unknown = set(options) - {"aligned"}
+        if unknown:
+            raise SystemExit(f"unknown variant option(s) {sorted(unknown)} in {text!r}")
+        return cls(name, "aligned" in options)
+
+    def __str__(self) -> str:
+        return self.embedder + ("/aligned" if self.aligned else "")
+
+
+@dataclass
+class _Rows:
+    y: dict[str, list[int]] = field(default_factory=dict)
+    p: dict[str, list[float]] = field(default_factory=dict)
+    unheard: int = 0  # clips in which the VAD found no utterance
+
+    def add(self, row: str, y: int, p: float) -> None:
+        self.y.setdefault(row, []).append(int(y))
+        self.p.setdefault(row, []).append(float(p))
+
+    def auc(self) -> dict[str, float]:
+        return {row: round(roc_auc(np.array(self.y[row]), np.array(self.p[row])), 4) for row in sorted(self.y)}
+
+
+def play_offline(model: Any, test: TaskData, seed: int = 0) -> _Rows:
+    """The live LOCO plan on features: halves seeded by each other, 3 enrolment clips, calls of 4 and 8.
+
+    Rows of ``test.X`` that are NaN (damaged audio in which the VAD found no utterance) score
+    nothing, as on a call: such an utterance is missing from its rows, and a call left with no
+    utterance at all can never be flagged (it counts with probability 0).
+    """
+    rng = np.random.default_rng(seed)
+    rows = _Rows()
+    heard = has_speech(test.X)
+    for seed_rows, te in GroupKFold(2).split(test.X, test.y, test.groups):
+        population = RunningStats.from_array(test.X[seed_rows[heard[seed_rows]]])
+        plan, enrol = _plan(te, test.y, test.normal, test.groups, rng)
+        p_pop = _scores(model, test.X, heard, population, None)
+        p_base = {}
+        for s, idx in enrol.items():
+            kept = idx[heard[idx]]
+            baseline = RunningStats.from_array(test.X[kept]) if len(kept) else None
+            p_base[s] = _scores(model, test.X, heard, population, baseline)
+        for speaker, label, size, idx in plan:
+            if size == min(CALL_SIZES):
+                for i in idx[heard[idx]]:
+                    rows.add("population", label, p_pop[i])
+                    rows.add("baseline_3", label, p_base[speaker][i])
+                rows.add(f"call_{size}_population", label, aggregate(p_pop[idx], "mean_logodds"))
+            for how in AGGREGATIONS:
+                suffix = "" if how == "mean_logodds" else f"_{how}"
+                rows.add(f"call_{size}_baseline_3{suffix}", label, aggregate(p_base[speaker][idx], how))
+    rows.unheard = int((~heard).sum())
+    return rows
+
+
+def _scores(
+    model: Any, X: np.ndarray, heard: np.ndarray, population: RunningStats, baseline: RunningStats | None
+) -> np.ndarray:
+    out = np.full(len(X), np.nan)
+    out[heard] = model.predict_proba(X[heard], population=population, baseline=baseline)
+    return out
+
+
+DAMAGES: dict[str, ChannelConfig] = {
+    "white_20db": replace(DEFAULT_CHANNEL, noise=Noise.WHITE, snr_db=20.0),
+    "white_10db": replace(DEFAULT_CHANNEL, noise=Noise.WHITE, snr_db=10.0),
+    "babble_20db": replace(DEFAULT_CHANNEL, noise=Noise.BABBLE, snr_db=20.0),
+    "babble_10db": replace(DEFAULT_CHANNEL, noise=Noise.BABBLE, snr_db=10.0),
+    "frames_lost_2pct": replace(DEFAULT_CHANNEL, frame_loss=0.02),
+    "frames_lost_5pct": replace(DEFAULT_CHANNEL, frame_loss=0.05),
+    "gain_plus_12db": replace(DEFAULT_CHANNEL, gain_db=12.0),
+    "gain_minus_12db": replace(DEFAULT_CHANNEL, gain_db=-12.0),
+}
+"""The robustness rows: each damages all of the test corpus's audio (calls, enrolment, population
+seed); training audio stays clean. Babble is four other speakers of the test corpus at once."""
+
+
+def loco_fold(
+    data: list[TaskData],
+    held_out: int,
+    variant: Variant,
+    settings: Settings,
+    *,
+    robustness: bool = False,
+    fold_dir: Path | None = None,
+) -> dict[str, Any]:
+    started = time.time()
+    emb = get_embedder(variant.embedder, embedder_sources(settings))
+    model = loco_fold_model(
+        data, held_out, emb, DEFAULT_CHANNEL, TrainConfig(), aligned=variant.aligned, fold_dir=fold_dir
+    )
+    test = data[held_out]
+    out: dict[str, Any] = {"auc": play_offline(model, test).auc(), "threshold": model.threshold}
+    if robustness:
+        cache = FeatureCache(settings.cache_dir / "features")
+        out["robustness"] = {}
+        for name, channel in DAMAGES.items():
+            damaged = play_offline(model, replace(test, X=extract(test.clips, emb, channel, cache, progress=False)))
+            out["robustness"][name] = {"auc": damaged.auc(), "unheard_clips": damaged.unheard}
+            print(f"  {name}: call_8_baseline_3 {damaged.auc().get('call_8_baseline_3')}", flush=True)
+    out["seconds"] = round(time.time() - started, 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--variant", action="append", required=True, help="<embedder>[/aligned] (repeatable)")
+    p.add_argument("--task", action="append", help="test corpus task (default: every speech task)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--robustness", action="store_true", help="also score the test corpus's audio damaged (DAMAGES)")
+    p.add_argument(
+        "--fold-models", type=Path, help="keep and reuse fold models under DIR/<variant>/ (as painline train)"
+    )
+    args = p.parse_args(argv)
+    settings = Settings.from_env()
+    tasks = args.task or list(SPEECH_TASKS)
+    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    for text in args.variant:
+        variant = Variant.parse(text)
+        emb = get_embedder(variant.embedder, embedder_sources(settings))
+        data = [load_task_data(t, emb, settings, DEFAULT_CHANNEL) for t in SPEECH_TASKS]
+        out = results.setdefault(str(variant), {})
+        fold_dir = args.fold_models / str(variant).replace("/", "-") if args.fold_models else None
+        for t in tasks:
+            out[t] = loco_fold(
+                data, list(SPEECH_TASKS).index(t), variant, settings, robustness=args.robustness, fold_dir=fold_dir
+            )
+            print(str(variant), t, json.dumps(out[t]["auc"]), f"{out[t]['seconds']} s", flush=True)
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(format_table(results))
+    return 0
+
+
+def format_table(results: dict[str, Any]) -> str:
+    rows = ["population", "baseline_3", "call_4_baseline_3", "call_8_baseline_3"]
+    lines = ["| variant | " + " | ".join(t.split("-")[0] for t in SPEECH_TASKS) + " | mean |", "|---" * 6 + "|"]
+    for name, per in results.items():
+        for row in rows:
+            vals = [per.get(t, {}).get("auc", {}).get(row) for t in SPEECH_TASKS]
+            have = [v for v in vals if v is not None]
+            mean = f"{np.mean(have):.3f}" if len(have) == len(vals) else "-"
+            cells = " | ".join(f"{v:.3f}" if v is not None else "-" for v in vals)
+            lines.append(f"| {name} {row} | {cells} | {mean} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
