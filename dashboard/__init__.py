@@ -13,9 +13,10 @@ from dashboard.config import DashboardConfig, configure
 
 def init_app(app: Flask, config: DashboardConfig) -> None:
     """Register every UI blueprint on an app built by :func:`painline.app.create_app`."""
-    from dashboard import admin, api, auth, errors, headers, nurse
+    from dashboard import admin, api, auth, errors, headers, live, nurse
 
     configure(app, config)
+    live.stopping_event(app)  # created before any stream can ask for it
     headers.init_app(app)  # security headers on every response, errors and static files included
     errors.init_app(app)  # error pages in the layout; JSON under /api/
 

@@ -66,7 +66,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException
 
 from dashboard.config import config_of
-from dashboard.formatting import clock, duration
+from dashboard.formatting import deployment_clock, duration
 from dashboard.limiter import LoginLimiter
 from dashboard.security import (
     hash_api_token,
@@ -437,7 +437,7 @@ def login_post() -> ResponseReturnValue:
         wait = admission.retry_after_s
         # the clock shows whole minutes: round up, so "after 14:03" is never too early
         retry_at = datetime.now(UTC) + timedelta(seconds=wait + 59)
-        message = f"Too many sign-in attempts. Try again in {duration(wait)} (after {clock(retry_at)})."
+        message = f"Too many sign-in attempts. Try again in {duration(wait)} (after {deployment_clock(retry_at)})."
         return _render_login(message, 429, username, {"Retry-After": str(wait)})
 
     with session_scope(_sessions()) as db:

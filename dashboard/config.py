@@ -23,7 +23,7 @@ EXTENSION = "painline.dashboard"
 class DashboardConfig:
     """The settings the web UI reads per request.
 
-    ``flag_channel`` has no default: a dashboard listening on another deployment's channel shows
+    ``flag_channel`` (and ``call_channel``) has no default: a dashboard listening on another deployment's channel shows
     nurses flags for calls that do not exist here, so the composition root must name it
     (``schema.contract.flag_channel(settings.channel_namespace)``). ``key_namespace`` has none for the
     same reason: a shared default would let two deployments on one Redis honour each other's sessions
@@ -33,6 +33,9 @@ class DashboardConfig:
 
     flag_channel: str
     key_namespace: str  # names the Redis keys of sessions and sign-in counters (schema.contract)
+    # the telephony layer's stream start/end announcements (schema.contract.call_channel); no default
+    # for the same reason as flag_channel
+    call_channel: str
     jobs: JobOptions = field(default_factory=JobOptions)
     model_path: Path | None = None  # the model card beside it gives the flag threshold
     flag_threshold: float | None = None  # the deployment's override of the card's threshold
@@ -47,6 +50,10 @@ class DashboardConfig:
     login_throttle_prefix: str = ""
     sse_heartbeat_s: float = 15.0
     sse_max_stream_s: float = 300.0
+    # a call still "streaming" whose Media Stream never started this long after the webhook is not
+    # live (Twilio never connected, or the caller hung up during the consent notice)
+    stream_connect_s: float = 60.0
+    display_timezone: str = "UTC"  # IANA name; every time on every page is shown in it (formatting.clock)
 
 
 def configure(app: Flask, config: DashboardConfig) -> None:

@@ -15,12 +15,15 @@ without "re 27.5 Hz"; a *change* in semitones needs no reference).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from flask import Blueprint, url_for
 
+from dashboard.config import config_of
 from dashboard.params import MAX_ID
 from schema.identity import PatientKeyKind, looks_like_phone_number
 
@@ -43,11 +46,52 @@ KEY_KIND_LABELS = {
 }
 
 
-def clock(value: datetime | None) -> str:
-    """``2024-05-01 14:03 UTC``: the pages state the zone rather than guess the reader's."""
+def clock(value: datetime | None, zone: tzinfo = UTC) -> str:
+    """``2024-05-01 14:03 UTC``: the pages state the zone rather than guess the reader's.
+
+    Every page shows times in the deployment's one display zone (``DashboardConfig.display_timezone``,
+    :func:`deployment_clock`); the browser never re-renders absolute times in its own zone, so a
+    nurse never sees UTC beside local time. Only relative times (:func:`ago`) change in the browser.
+    """
     if value is None:
         return "–"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+
+
+@lru_cache(maxsize=8)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def display_zone() -> ZoneInfo:
+    """The current app's display time zone."""
+    return _zone(config_of().display_timezone)
+
+
+def deployment_clock(value: datetime | None) -> str:
+    """:func:`clock` in the current app's display zone (the ``clock`` filter)."""
+    return clock(value, display_zone())
+
+
+def ago(value: datetime | None, now: datetime | None = None) -> str:
+    """``just now``, ``3 min ago``, ``2 h 05 min ago``, ``4 d ago``: the server's first rendering of a
+    relative time; ``static/live.js`` keeps it current with the same rule (a test pins them equal)."""
+    if value is None:
+        return "–"
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    seconds = max(0, int(((now or datetime.now(UTC)) - value).total_seconds()))
+    if seconds < 60:
+        return "just now"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes} min ago"
+    hours = minutes // 60
+    if hours < 24:
+        return f"{hours} h {minutes % 60:02d} min ago"
+    return f"{hours // 24} d ago"
 
 
 def iso(value: datetime | None) -> str:
@@ -174,7 +218,8 @@ def audit_object_url(object_type: str, object_id: str, detail: Mapping[str, Any]
 def register(bp: Blueprint) -> None:
     """Make every helper above a Jinja filter for the whole app."""
     filters: dict[str, Callable[..., Any]] = {
-        "clock": clock,
+        "clock": deployment_clock,
+        "ago": ago,
         "iso": iso,
         "duration": duration,
         "prob": probability,
@@ -189,15 +234,19 @@ def register(bp: Blueprint) -> None:
     bp.add_app_template_test(phone_like_reference, "phone_like_reference")
     bp.add_app_template_global(audit_object_url, "audit_object_url")
     bp.add_app_template_global(measure_unit, "measure_unit")
+    bp.add_app_template_global(lambda: config_of().display_timezone, "display_timezone")
 
 
 __all__ = [
     "PITCH_REFERENCE_HZ",
     "AuditObject",
+    "ago",
     "audit_object_url",
     "baseline_status",
     "baseline_text",
     "clock",
+    "deployment_clock",
+    "display_zone",
     "duration",
     "iso",
     "key_kind",

@@ -1,10 +1,13 @@
-"""Server-Sent Events: the worker's flag messages, relayed from Redis to the nurse's browser.
+"""Server-Sent Events: flag and call messages, relayed from Redis to the nurse's browser.
 
-Each open ``GET /events`` holds its own Redis ``SUBSCRIBE`` to the flag channel, so it works with any
-number of web processes: the worker publishes once and every process's subscribers receive it. The
-browser's script (``static/live.js``) only treats an event as "something changed" and re-fetches the
-queue fragment, so nothing a nurse sees comes from the event itself and a lost event costs nothing
-but a late refresh (the script also refreshes when it reconnects).
+Each open ``GET /events`` holds its own Redis ``SUBSCRIBE`` to the flag channel (the worker's flags,
+colleagues' acknowledgements and resolutions) and the call channel (the telephony layer's stream
+start and end, :func:`schema.contract.announce_call`), so it works with any number of web processes:
+a message is published once and every process's subscribers receive it. Flag messages go out as
+``event: flag``, call messages as ``event: call``. The browser's script (``static/live.js``) only
+treats an event as "something changed" and re-fetches the queue fragment or the call page's parts,
+so nothing a nurse sees comes from the event itself and a lost event costs nothing but a late
+refresh (the script also refreshes when it reconnects).
 
 What a stream holds and for how long:
 
@@ -17,7 +20,11 @@ What a stream holds and for how long:
   (15 s), a write to a closed connection fails, and the WSGI server then closes the generator,
   whose ``finally`` unsubscribes. It also ends after ``max_stream_s`` (5 min) so that a signed-out or
   deactivated user is noticed when the browser reconnects, and straight away if Redis goes down
-  (the browser retries after ``retry`` ms).
+  (the browser retries after ``retry`` ms);
+- it ends within ``poll_s`` (1 s) once the server is stopping (:func:`begin_shutdown`, called from
+  gunicorn's SIGTERM by ``painline.gunicorn_conf``): it sends ``event: closing`` so the page says
+  live updates are paused rather than on, and returns, so the worker's graceful stop is not held for
+  its whole timeout by open nurse screens. The browser reconnects to the restarted server.
 
 Only the fields of :func:`worker.flags.flag_message` that are ids, levels and scores are forwarded,
 after parsing, so a malformed or unexpected publish can never inject text into the stream.
@@ -28,15 +35,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from flask import Response, current_app
+from flask import Flask, Response, current_app
 from redis import Redis
 from redis.exceptions import RedisError
 
 from dashboard.config import DashboardConfig, config_of
+from schema.contract import LiveEvent
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,9 @@ HEARTBEAT_S = DashboardConfig.sse_heartbeat_s
 POLL_S = 1.0
 MAX_STREAM_S = DashboardConfig.sse_max_stream_s
 RETRY_MS = 3000
+STOPPING = "painline.stopping"
+"""``app.extensions`` key of the app's shutdown :class:`threading.Event` (:func:`stopping_event`)."""
+CALL_EVENTS = frozenset({LiveEvent.CALL_STARTED.value, LiveEvent.CALL_ENDED.value})
 
 FORWARDED = {
     "event": str,
@@ -78,6 +90,23 @@ def clean_message(raw: bytes | str) -> dict[str, Any] | None:
     return out if "call_id" in out else None
 
 
+def stopping_event(app: Flask) -> threading.Event:
+    """The event set when ``app``'s server is stopping; every open stream checks it."""
+    event = app.extensions.setdefault(STOPPING, threading.Event())
+    assert isinstance(event, threading.Event)
+    return event
+
+
+def begin_shutdown(app: Flask) -> None:
+    """Tell every open event stream of ``app`` to end now (the server is stopping)."""
+    stopping_event(app).set()
+
+
+def event_name(doc: dict[str, Any]) -> str:
+    """The SSE event a cleaned message goes out as: ``call`` for stream start/end, ``flag`` otherwise."""
+    return "call" if doc.get("event") in CALL_EVENTS else "flag"
+
+
 def sse(data: dict[str, Any], event: str = "flag") -> str:
     """One SSE event; JSON never contains a raw newline, so one ``data:`` line suffices."""
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
@@ -85,22 +114,25 @@ def sse(data: dict[str, Any], event: str = "flag") -> str:
 
 def flag_events(
     redis: Redis,
-    channel: str,
+    channel: str | Sequence[str],
     *,
     heartbeat_s: float = HEARTBEAT_S,
     poll_s: float = POLL_S,
     max_stream_s: float = MAX_STREAM_S,
     clock: Callable[[], float] = time.monotonic,
+    stopping: threading.Event | None = None,
 ) -> Iterator[str]:
-    """The event stream's chunks: a ``retry`` line, then flag events and heartbeat comments.
+    """The event stream's chunks: a ``retry`` line, then flag and call events and heartbeat comments.
 
-    Subscribes before the first chunk is produced, so a message published after a reader has seen
-    the first chunk is always delivered (tests rely on this). Unsubscribes however it ends.
+    Subscribes to ``channel`` (one name or several) before the first chunk is produced, so a message
+    published after a reader has seen the first chunk is always delivered (tests rely on this).
+    Checks ``stopping`` at least every ``poll_s``. Unsubscribes however it ends.
     """
+    channels = [channel] if isinstance(channel, str) else list(channel)
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     try:
         try:
-            pubsub.subscribe(channel)
+            pubsub.subscribe(*channels)
         except (RedisError, OSError) as exc:
             log.warning("live events: cannot subscribe (%s)", type(exc).__name__)
             yield f"retry: {RETRY_MS * 5}\n: live updates unavailable\n\n"
@@ -108,6 +140,9 @@ def flag_events(
         yield f"retry: {RETRY_MS}\n: connected\n\n"
         started = last_write = clock()
         while clock() - started < max_stream_s:
+            if stopping is not None and stopping.is_set():
+                yield sse({"reason": "server stopping"}, event="closing")
+                return
             try:
                 message = pubsub.get_message(timeout=poll_s)
             except (RedisError, OSError) as exc:
@@ -117,7 +152,7 @@ def flag_events(
             if message is not None and message.get("type") == "message":
                 doc = clean_message(message.get("data") or b"")
                 if doc is not None:
-                    yield sse(doc)
+                    yield sse(doc, event=event_name(doc))
                     last_write = clock()
                     continue
             if clock() - last_write >= heartbeat_s:
@@ -137,11 +172,15 @@ def events_response() -> Response:
     the request context is gone (deliberately not ``stream_with_context``: that would keep the
     request, and whatever its teardown closes, alive for the life of the stream).
     """
-    app = current_app
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
     redis: Redis = app.extensions["painline.redis"]
     config = config_of(app)
     stream = flag_events(
-        redis, config.flag_channel, heartbeat_s=config.sse_heartbeat_s, max_stream_s=config.sse_max_stream_s
+        redis,
+        [config.flag_channel, config.call_channel],
+        heartbeat_s=config.sse_heartbeat_s,
+        max_stream_s=config.sse_max_stream_s,
+        stopping=stopping_event(app),
     )
     response = Response(stream, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"
@@ -152,8 +191,11 @@ def events_response() -> Response:
 __all__ = [
     "HEARTBEAT_S",
     "MAX_STREAM_S",
+    "begin_shutdown",
     "clean_message",
+    "event_name",
     "events_response",
     "flag_events",
     "sse",
+    "stopping_event",
 ]

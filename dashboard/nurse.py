@@ -2,10 +2,15 @@
 
 Routes (blueprint ``nurse``):
 
-- ``GET /``: open flags and live calls, most severe and newest first (nurse, admin, auditor);
-- ``GET /queue/rows``: the queue's ``<tbody>`` alone, which ``static/live.js`` fetches on each event;
-- ``GET /events``: Server-Sent Events relayed from the worker's Redis flag channel (:mod:`dashboard.live`);
+- ``GET /``: open flags and live calls, most severe and newest first (nurse, admin, auditor); sorted
+  and filtered by query parameters (:func:`queue_view`: ``sort``, ``dir``, ``level``, ``state``,
+  ``patient``), so column links and the filter form work without JavaScript and can be bookmarked;
+- ``GET /queue/rows``: the queue's ``<tbody>`` alone (same parameters), which ``static/live.js``
+  fetches on each event;
+- ``GET /events``: Server-Sent Events relayed from the Redis flag and call channels (:mod:`dashboard.live`);
 - ``GET /calls/<id>``: the probability chart, utterances, verdict, evidence and speaker checks;
+- ``GET /calls/<id>/live``: the same page, unaudited, which ``static/live.js`` fetches to update the
+  open call page's parts when an event names this call (or on its short poll while the call is live);
 - ``POST /flags/<id>/acknowledge`` and ``POST /flags/<id>/resolve`` (nurse, admin): change the flag,
   then redirect to the call (post/redirect/get). Resolving with ``no_pain`` enqueues
   ``worker.jobs.grow_baseline_from_call`` by name, job id ``grow-baseline-<call id>``: the worker
@@ -14,13 +19,16 @@ Routes (blueprint ``nurse``):
 Reads and changes go through :class:`dashboard.queries.Store`, the same methods the JSON API calls,
 so pages and API show the same rows in the same order and write the same audit events
 (``queue.view``, ``call.view``, ``flag.acknowledge``, ``flag.resolve``). The queue fragment refreshed
-by the live script is not audited, or each flag would write one row per open screen.
+and call page refreshed by the live script are not audited, or each event would write one row per
+open screen; the nurse's own opening of the page is.
 CSRF and the auditor's read-only rule are enforced for every POST by :mod:`dashboard.auth`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
@@ -28,8 +36,17 @@ from flask.typing import ResponseReturnValue
 from dashboard import formatting, live
 from dashboard.auth import ACTORS, VIEWERS, require_role
 from dashboard.charts import ChartPoint, probability_chart
-from dashboard.queries import Conflict, Invalid, NotFound, Store
-from schema.models import FlagLabel
+from dashboard.queries import (
+    Conflict,
+    Invalid,
+    NotFound,
+    QueueSort,
+    QueueState,
+    QueueView,
+    SortDirection,
+    Store,
+)
+from schema.models import FlagLabel, FlagLevel
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +58,20 @@ bp = Blueprint(
     static_url_path="/ui",
 )
 formatting.register(bp)
+
+PATIENT_FILTER_MAX = 64
+SORT_LABELS = {
+    QueueSort.SEVERITY: "Level",
+    QueueSort.PATIENT: "Patient",
+    QueueSort.RAISED: "Raised",
+    QueueSort.STARTED: "Call start",
+    QueueSort.PROBABILITY: "Probability",
+}
+STATE_LABELS = {
+    QueueState.OPEN: "open flags",
+    QueueState.ACKNOWLEDGED: "acknowledged flags",
+    QueueState.UNFLAGGED: "live calls without a flag",
+}
 
 SPEAKER_THRESHOLD = 0.70
 """``worker.context.DEFAULT_SPEAKER_THRESHOLD``, for display only (a test checks they agree)."""
@@ -82,19 +113,75 @@ def shows_pitch(evidence: dict) -> bool:
 # the queue
 
 
+def _choice(kind: Any, raw: str | None) -> Any:
+    """``kind(raw)`` for a StrEnum, or None when absent or not one of its values (ignored, not an error:
+    a stale bookmark should still show the queue)."""
+    if not raw:
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        return None
+
+
+def queue_view(args: Mapping[str, str]) -> QueueView:
+    """The queue's sort and filters from a query string; unknown values fall back to the default."""
+    return QueueView(
+        sort=_choice(QueueSort, args.get("sort")) or QueueSort.SEVERITY,
+        direction=_choice(SortDirection, args.get("dir")) or SortDirection.DESC,
+        level=_choice(FlagLevel, args.get("level")),
+        state=_choice(QueueState, args.get("state")),
+        patient=(args.get("patient") or "").strip()[:PATIENT_FILTER_MAX],
+    )
+
+
+def view_args(view: QueueView, **changes: str) -> dict[str, Any]:
+    """Query parameters that reproduce ``view`` (defaults left out), with ``changes`` applied."""
+    args: dict[str, Any] = {
+        "sort": view.sort.value if view.sort is not QueueSort.SEVERITY else "",
+        "dir": view.direction.value if view.direction is not SortDirection.DESC else "",
+        "level": view.level.value if view.level is not None else "",
+        "state": view.state.value if view.state is not None else "",
+        "patient": view.patient,
+    }
+    args.update(changes)
+    return {key: value for key, value in args.items() if value}
+
+
+def sort_link(view: QueueView, column: QueueSort) -> str:
+    """The column header's link: sort by ``column``, descending first, or flip the direction if already."""
+    if view.sort is column:
+        flipped = SortDirection.ASC if view.direction is SortDirection.DESC else SortDirection.DESC
+        return url_for("nurse.queue", **view_args(view, sort=column.value, dir=flipped.value))
+    return url_for("nurse.queue", **view_args(view, sort=column.value, dir=SortDirection.DESC.value))
+
+
+def _queue_context(view: QueueView) -> dict[str, Any]:
+    return {
+        "view": view,
+        "sorts": SORT_LABELS,
+        "states": STATE_LABELS,
+        "levels": [level.value for level in FlagLevel],
+        "sort_link": sort_link,
+        "rows_url": url_for("nurse.queue_rows", **view_args(view)),
+    }
+
+
 @bp.get("/")
 @require_role(*VIEWERS)
 def queue() -> ResponseReturnValue:
-    rows = _store().queue_rows(_actor())
-    return render_template("nurse/queue.html", rows=rows)
+    view = queue_view(request.args)
+    rows = _store().queue_rows(_actor(), view=view)
+    return render_template("nurse/queue.html", rows=rows, **_queue_context(view))
 
 
 @bp.get("/queue/rows")
 @require_role(*VIEWERS)
 def queue_rows() -> ResponseReturnValue:
     # a refresh of the page already audited shows no one anything they did not choose to open
-    rows = _store().queue_rows(None)
-    return render_template("nurse/_queue_rows.html", rows=rows)
+    view = queue_view(request.args)
+    rows = _store().queue_rows(None, view=view)
+    return render_template("nurse/_queue_rows.html", rows=rows, view=view)
 
 
 @bp.get("/events")
@@ -110,8 +197,19 @@ def events() -> ResponseReturnValue:
 @bp.get("/calls/<id:call_id>")
 @require_role(*VIEWERS)
 def call(call_id: int) -> ResponseReturnValue:
+    return _call_page(call_id, _actor())
+
+
+@bp.get("/calls/<id:call_id>/live")
+@require_role(*VIEWERS)
+def call_live(call_id: int) -> ResponseReturnValue:
+    # the live script's refresh of a page the nurse opened (and the audit recorded) shows nothing new
+    return _call_page(call_id, None)
+
+
+def _call_page(call_id: int, actor: str | None) -> ResponseReturnValue:
     try:
-        doc = _store().call(call_id, _actor())
+        doc = _store().call(call_id, actor)
     except NotFound:
         abort(404)
     evidence = doc["evidence"] or {}
@@ -169,4 +267,4 @@ def resolve(flag_id: int) -> ResponseReturnValue:
     return _back(doc["call_id"])
 
 
-__all__ = ["SPEAKER_THRESHOLD", "bp", "chart_for"]
+__all__ = ["SPEAKER_THRESHOLD", "bp", "chart_for", "queue_view", "sort_link", "view_args"]

@@ -135,6 +135,8 @@ _SCHEMAS: dict[str, Any] = {
             "level": _NULLABLE_STRING,
             "severity": _NULLABLE_NUMBER,
             "raised_at": _NULLABLE_DATETIME,
+            "acknowledged_at": _NULLABLE_DATETIME,
+            "acknowledged_by": _NULLABLE_STRING,
             "patient_id": _NULLABLE_ID,
             "patient": {"type": "string", "description": "the hotline's reference, or 'caller #<id>'"},
             "started_at": _DATETIME,

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from flask import Flask, current_app
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from analysis.baseline import RunningStats
@@ -62,6 +63,7 @@ from schema.models import (
     CallStatus,
     Flag,
     FlagLabel,
+    FlagLevel,
     FlagStatus,
     Patient,
     Score,
@@ -77,6 +79,110 @@ QUEUE_LIMIT = 200
 SEARCH_LIMIT = 50
 AUDIT_PAGE_MAX = 500
 NOTE_MAX_CHARS = 2000
+
+
+class QueueSort(StrEnum):
+    """The queue's sortable columns (``?sort=``)."""
+
+    SEVERITY = "severity"  # the triage order: most severe flag first, unflagged live calls last
+    RAISED = "raised"
+    STARTED = "started"
+    PATIENT = "patient"
+    PROBABILITY = "probability"
+
+
+class SortDirection(StrEnum):
+    ASC = "asc"
+    DESC = "desc"
+
+
+class QueueState(StrEnum):
+    """What a queue row is (``?state=``): an open flag, one a nurse has taken, or a live call with no flag."""
+
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    UNFLAGGED = "unflagged"
+
+
+@dataclass(frozen=True)
+class QueueView:
+    """How the nurse asked to see the queue: sort column and direction, and filters (None: all).
+
+    Parsed from the query string by :func:`dashboard.nurse.queue_view`, so the page, its live
+    refresh and a bookmarked link show the same rows in the same order without JavaScript.
+    """
+
+    sort: QueueSort = QueueSort.SEVERITY
+    direction: SortDirection = SortDirection.DESC
+    level: FlagLevel | None = None
+    state: QueueState | None = None
+    patient: str = ""  # part of a hotline reference, or a caller's id
+
+    @property
+    def filtered(self) -> bool:
+        return self.level is not None or self.state is not None or bool(self.patient)
+
+
+def is_live(call: Call, now: datetime, stream_connect_s: float) -> bool:
+    """Whether a call is shown as in progress: streaming, recent, and its stream connected (or may still).
+
+    The webhook writes the call as ``streaming`` before Twilio opens the Media Stream; if the stream
+    never connects (the caller hung up during the consent notice, Twilio could not reach us) nothing
+    ends it but the sweep, hours later. So a call without a ``stream_sid`` counts as live only for
+    ``stream_connect_s`` after the webhook. :func:`live_clause` is the same rule in SQL.
+    """
+    if call.status != CallStatus.STREAMING.value:
+        return False
+    started = call.started_at if call.started_at.tzinfo else call.started_at.replace(tzinfo=now.tzinfo)
+    if started < now - LIVE_CALL_MAX_AGE:
+        return False
+    return call.stream_sid is not None or started >= now - timedelta(seconds=stream_connect_s)
+
+
+def live_clause(now: datetime, stream_connect_s: float) -> ColumnElement[bool]:
+    """:func:`is_live` as a SQL condition on :class:`Call`."""
+    return and_(
+        Call.status == CallStatus.STREAMING.value,
+        Call.started_at >= now - LIVE_CALL_MAX_AGE,
+        or_(Call.stream_sid.is_not(None), Call.started_at >= now - timedelta(seconds=stream_connect_s)),
+    )
+
+
+def _patient_condition(text: str) -> ColumnElement[bool]:
+    """Rows whose patient's hotline reference contains ``text``, or whose caller id is ``text`` (``#12`` too)."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    conditions: list[ColumnElement[bool]] = [Patient.key.ilike(f"ref:%{escaped}%", escape="\\")]
+    digits = text.removeprefix("#").strip()
+    if len(digits) <= 10 and digits.isdecimal() and int(digits) < 2**31:
+        conditions.append(Call.patient_id == int(digits))
+    return or_(*conditions)
+
+
+def _stamp(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+_COLUMNS: dict[QueueSort, Callable[[dict[str, Any]], Any]] = {
+    QueueSort.SEVERITY: lambda row: row["severity"],
+    QueueSort.RAISED: lambda row: _stamp(row["raised_at"]),
+    QueueSort.STARTED: lambda row: _stamp(row["started_at"]),
+    QueueSort.PATIENT: lambda row: row["patient"].casefold(),
+    QueueSort.PROBABILITY: lambda row: row["probability"],
+}
+
+
+def sort_rows(rows: list[dict[str, Any]], view: QueueView) -> list[dict[str, Any]]:
+    """Merged flag and live rows in ``view``'s order; rows without a value (a live call has no
+    severity) always come last, and equal values keep the triage tie-break: newest flag, then newest call.
+    """
+    rows = sorted(
+        rows, key=lambda r: (-(_stamp(r["raised_at"]) or 0.0), -(_stamp(r["started_at"]) or 0.0), -r["call_id"])
+    )
+    column = _COLUMNS[view.sort]
+    present = [r for r in rows if column(r) is not None]
+    missing = [r for r in rows if column(r) is None]
+    present.sort(key=column, reverse=view.direction is SortDirection.DESC)  # stable: ties keep the order above
+    return present + missing
 
 
 class NotFound(LookupError):
@@ -237,47 +343,73 @@ class Store:
 
     # -- triage queue ------------------------------------------------------------------------------
 
-    def queue_rows(self, actor: str | None, *, limit: int = QUEUE_LIMIT) -> list[dict[str, Any]]:
-        """Open and acknowledged flags (most severe, then newest first), then live unflagged calls (newest).
+    def queue_rows(
+        self, actor: str | None, *, limit: int = QUEUE_LIMIT, view: QueueView | None = None
+    ) -> list[dict[str, Any]]:
+        """Open and acknowledged flags, then live unflagged calls, in ``view``'s order and filters.
 
-        Each row: call and flag ids, patient label, call start, verdict, probability, speech heard,
-        flag level/status, and baseline status (None, or utterances and calls it is built from).
+        The default view is the triage order: most severe, then newest flag first, then live calls
+        without a flag, newest first. Each row: call and flag ids, patient label, call start, verdict,
+        probability, speech heard, flag level/status/raised time, who acknowledged it (its owner),
+        whether the call is live (:func:`is_live`), and baseline status.
         """
+        view = view or QueueView()
+        now = utcnow()
+        connect_s = self.config.stream_connect_s
         with session_scope(self.sessions) as session:
-            open_statuses = (FlagStatus.OPEN.value, FlagStatus.ACKNOWLEDGED.value)
-            flagged = session.execute(
-                select(Flag, Call, Patient)
-                .join(Call, Call.id == Flag.call_id)
-                .outerjoin(Patient, Patient.id == Call.patient_id)
-                .where(Flag.status.in_(open_statuses))
-                .order_by(Flag.severity.desc(), Flag.raised_at.desc(), Flag.id.desc())
-                .limit(limit)
-            ).all()
-            live = session.execute(
-                select(Call, Patient)
-                .outerjoin(Patient, Patient.id == Call.patient_id)
-                .outerjoin(Flag, Flag.call_id == Call.id)
-                .where(
-                    Call.status == CallStatus.STREAMING.value,
-                    Call.started_at >= utcnow() - LIVE_CALL_MAX_AGE,
-                    Flag.id.is_(None),
+            statuses = [FlagStatus.OPEN.value, FlagStatus.ACKNOWLEDGED.value]
+            if view.state is QueueState.OPEN:
+                statuses = [FlagStatus.OPEN.value]
+            elif view.state is QueueState.ACKNOWLEDGED:
+                statuses = [FlagStatus.ACKNOWLEDGED.value]
+            flagged: list[Any] = []
+            if view.state is not QueueState.UNFLAGGED:
+                stmt = (
+                    select(Flag, Call, Patient)
+                    .join(Call, Call.id == Flag.call_id)
+                    .outerjoin(Patient, Patient.id == Call.patient_id)
+                    .where(Flag.status.in_(statuses))
                 )
-                .order_by(Call.started_at.desc(), Call.id.desc())
-                .limit(max(limit - len(flagged), 0))
-            ).all()
+                if view.level is not None:
+                    stmt = stmt.where(Flag.level == view.level.value)
+                if view.patient:
+                    stmt = stmt.where(_patient_condition(view.patient))
+                flagged = list(
+                    session.execute(
+                        stmt.order_by(Flag.severity.desc(), Flag.raised_at.desc(), Flag.id.desc()).limit(limit)
+                    ).all()
+                )
+            live: list[Any] = []
+            if view.level is None and view.state in (None, QueueState.UNFLAGGED):
+                live_stmt = (
+                    select(Call, Patient)
+                    .outerjoin(Patient, Patient.id == Call.patient_id)
+                    .outerjoin(Flag, Flag.call_id == Call.id)
+                    .where(live_clause(now, connect_s), Flag.id.is_(None))
+                )
+                if view.patient:
+                    live_stmt = live_stmt.where(_patient_condition(view.patient))
+                live = list(
+                    session.execute(live_stmt.order_by(Call.started_at.desc(), Call.id.desc()).limit(limit)).all()
+                )
             patient_ids = [c.patient_id for _, c, _ in flagged if c.patient_id] + [
                 c.patient_id for c, _ in live if c.patient_id
             ]
             baselines = baseline_status(session, patient_ids)
-            rows = [self._queue_row(call, patient, flag, baselines) for flag, call, patient in flagged]
-            rows += [self._queue_row(call, patient, None, baselines) for call, patient in live]
+            rows = [self._queue_row(call, patient, flag, baselines, now) for flag, call, patient in flagged]
+            rows += [self._queue_row(call, patient, None, baselines, now) for call, patient in live]
+            rows = sort_rows(rows, view)[:limit]
             if actor is not None:
                 record(session, actor, "queue.view", "queue", "-", call_ids=[r["call_id"] for r in rows])
             return rows
 
-    @staticmethod
     def _queue_row(
-        call: Call, patient: Patient | None, flag: Flag | None, baselines: dict[int, dict[str, Any]]
+        self,
+        call: Call,
+        patient: Patient | None,
+        flag: Flag | None,
+        baselines: dict[int, dict[str, Any]],
+        now: datetime,
     ) -> dict[str, Any]:
         return {
             "kind": "flag" if flag is not None else "live",
@@ -287,11 +419,13 @@ class Store:
             "level": flag.level if flag is not None else None,
             "severity": flag.severity if flag is not None else None,
             "raised_at": flag.raised_at if flag is not None else None,
+            "acknowledged_at": flag.acknowledged_at if flag is not None else None,
+            "acknowledged_by": flag.acknowledged_by if flag is not None else None,
             "patient_id": call.patient_id,
             "patient": patient_label(patient.key if patient else None, call.patient_id),
             "started_at": call.started_at,
             "call_status": call.status,
-            "live": call.status == CallStatus.STREAMING.value,
+            "live": is_live(call, now, self.config.stream_connect_s),
             "verdict": call.verdict,
             "probability": call.call_score,
             "speech_s": call.speech_s,
@@ -349,7 +483,7 @@ class Store:
                     "started_at": call.started_at,
                     "ended_at": call.ended_at,
                     "status": call.status,
-                    "live": call.status == CallStatus.STREAMING.value,
+                    "live": is_live(call, utcnow(), self.config.stream_connect_s),
                     "verdict": call.verdict,
                     "probability": call.call_score,
                     "speech_s": call.speech_s,
@@ -814,11 +948,18 @@ __all__ = [
     "Conflict",
     "Invalid",
     "NotFound",
+    "QueueSort",
+    "QueueState",
+    "QueueView",
+    "SortDirection",
     "Store",
     "auditable",
     "baseline_status",
     "configured_threshold",
+    "is_live",
     "isoformat",
+    "live_clause",
     "patient_key_kind",
     "patient_label",
+    "sort_rows",
 ]

@@ -46,7 +46,7 @@ from dashboard.sessions import SessionStore
 from painline import redis_conn
 from painline.config import Settings
 from painline.datakeys import install_data_keys
-from schema.contract import JobOptions, flag_channel
+from schema.contract import JobOptions, call_channel, flag_channel
 from schema.db import is_sqlite, make_engine, session_factory
 from schema.migrate import head_revision
 from telephony.blueprint import init_app as init_telephony
@@ -131,6 +131,7 @@ def telephony_config(settings: Settings) -> TelephonyConfig:
             hmac_key=settings.hmac_key,
             vad=VadConfig(aggressiveness=settings.vad_aggressiveness),
             jobs=job_options(settings),
+            call_channel=call_channel(settings.channel_namespace),
         ),
     )
 
@@ -144,6 +145,7 @@ def dashboard_config(settings: Settings) -> DashboardConfig:
     """The web UI's part of ``settings``."""
     return DashboardConfig(
         flag_channel=flag_channel(settings.channel_namespace),
+        call_channel=call_channel(settings.channel_namespace),
         jobs=job_options(settings),
         model_path=settings.model_path,
         flag_threshold=settings.flag_threshold_override,
@@ -154,6 +156,8 @@ def dashboard_config(settings: Settings) -> DashboardConfig:
         login_address_limit=settings.login_address_limit,
         login_user_limit=settings.login_user_limit,
         login_window_s=settings.login_window_s,
+        stream_connect_s=float(settings.stream_connect_s),
+        display_timezone=settings.display_timezone,
     )
 
 
@@ -182,12 +186,24 @@ def configure(app: Flask, settings: Settings) -> None:
         replace(
             dashboard_config(settings),
             flag_channel=old.flag_channel,
+            call_channel=old.call_channel,
             key_namespace=old.key_namespace,
             login_throttle_prefix=old.login_throttle_prefix,
             sse_heartbeat_s=old.sse_heartbeat_s,
             sse_max_stream_s=old.sse_max_stream_s,
         ),
     )
+
+
+def begin_shutdown(app: Flask) -> None:
+    """The server is stopping: end the dashboard's open event streams now (within a second).
+
+    Called from gunicorn's SIGTERM (``painline.gunicorn_conf``) and the development server's stop.
+    Media Streams are not touched: a call in progress keeps its socket for the graceful timeout.
+    """
+    from dashboard.live import begin_shutdown as end_event_streams
+
+    end_event_streams(app)
 
 
 def close_app(app: Flask) -> None:

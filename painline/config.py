@@ -189,6 +189,20 @@ class Settings:
             "every client shares the proxy's address for the sign-in limits."
         ),
     )
+    display_timezone: str = field(
+        default="UTC",
+        metadata=_doc(
+            "IANA time zone the web UI shows every time in (`Europe/London`), so a nurse reads one zone "
+            'everywhere; relative times ("raised 3 min ago") need none.'
+        ),
+    )
+    stream_connect_s: int = field(
+        default=60,
+        metadata=_doc(
+            "Seconds after the voice webhook within which a call's Media Stream must start for the triage queue "
+            "to show it as live; a call whose stream never connected is not shown as in progress after that."
+        ),
+    )
     # -- retention ---------------------------------------------------------------------------------
     audio_retention_hours: float = field(
         default=24.0, metadata=_doc("Unscored audio older than this is deleted by `painline retention`.")
@@ -403,7 +417,21 @@ def production_problems(settings: Settings, *, web_processes: int = 1) -> list[P
         refuse("PAINLINE_VAD_AGGRESSIVENESS must be 0, 1, 2 or 3")
     if not 0 <= settings.flag_threshold < 1:
         refuse("PAINLINE_FLAG_THRESHOLD must be in [0, 1) (0: the model card's)")
+    if not _known_timezone(settings.display_timezone):
+        refuse(f"PAINLINE_DISPLAY_TIMEZONE: {settings.display_timezone!r} is not an IANA time zone")
+    if settings.stream_connect_s < 1:
+        refuse("PAINLINE_STREAM_CONNECT_S must be 1 or more")
     return problems
+
+
+def _known_timezone(name: str) -> bool:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -8,6 +8,16 @@ hold it, and its life would hang on how workers end: workers SIGKILLed at the gr
 it under any tool reading ``redis.url``. The workers still register in their own name, so if the
 master itself is SIGKILLed they stop it as they exit.
 
+On SIGTERM each worker first tells the dashboard's open event streams to end
+(:func:`post_worker_init` wraps gunicorn's handler), so nurse screens do not hold the graceful stop
+for its whole timeout; only calls still streaming may.
+
+``reuse_port``: during a graceful stop every worker keeps its copy of the listening socket open until
+its last connection ends (a call may stream for up to ``--graceful-timeout``), and a restart binding
+the same port meanwhile failed with "Address already in use" (gunicorn sets ``SO_REUSEADDR`` already,
+which does not cover a socket still listening). With ``SO_REUSEPORT`` on both the old and the new
+server's sockets the restart binds at once.
+
 Every other setting is given on the command line (:func:`painline.cli.gunicorn_command`), which
 takes precedence over this module.
 """
@@ -15,8 +25,11 @@ takes precedence over this module.
 from __future__ import annotations
 
 import contextlib
+import signal
 from pathlib import Path
 from typing import Any
+
+reuse_port = True
 
 
 def _embedded_var_dir() -> Path | None:
@@ -35,6 +48,28 @@ def on_starting(server: Any) -> None:
 
         redis_conn.start_embedded(var_dir)
         server.log.info("embedded Redis for %s held by the master", var_dir)
+
+
+def post_worker_init(worker: Any) -> None:
+    """In each worker, once the app is loaded: end event streams as soon as SIGTERM arrives.
+
+    gunicorn's own handler only clears ``worker.alive``; the wrapper also sets the app's shutdown
+    event (:func:`painline.app.begin_shutdown`), then calls it. ``siginterrupt`` is kept off as
+    gunicorn sets it, so the signal does not interrupt system calls of requests in flight.
+    """
+    from painline.app import begin_shutdown
+
+    app = worker.wsgi
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        with contextlib.suppress(Exception):  # a signal handler must never fail the worker
+            begin_shutdown(app)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.siginterrupt(signal.SIGTERM, False)
 
 
 def on_exit(server: Any) -> None:

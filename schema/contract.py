@@ -43,6 +43,9 @@ is unfinished. Every job is idempotent, so the worst case of any remaining race 
 **Flag channels** are namespaced per deployment (:func:`flag_channel`): Redis pub/sub ignores the
 database number, so two painlines on one Redis server would otherwise hear each other's flags.
 
+**Call channels** (:func:`call_channel`) carry the telephony layer's stream start and end
+(:class:`LiveEvent`, :func:`announce_call`) to the dashboard's event stream, namespaced the same way.
+
 **Dashboard sessions and sign-in counters** (:func:`session_key`, :func:`user_sessions_key`,
 :func:`login_counter_key`, :func:`known_address_key`) live under the same per-deployment namespace.
 """
@@ -50,10 +53,13 @@ database number, so two painlines on one Redis server would otherwise hear each 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import time
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
+from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
@@ -181,6 +187,62 @@ def flag_channel(namespace: str) -> str:
     if not namespace:
         raise ValueError("a flag channel needs the deployment's namespace")
     return f"painline:{namespace}:flags"
+
+
+def call_channel(namespace: str) -> str:
+    """The pub/sub channel a deployment's call lifecycle (:class:`LiveEvent` ``call.*``) is published on.
+
+    Separate from :func:`flag_channel` because the hotline's flag webhook and other flag listeners
+    care about flags only; the dashboard's event stream subscribes to both. Namespaced for the same
+    reason as flags.
+    """
+    _require_namespace(namespace, "a call channel")
+    return f"painline:{namespace}:calls"
+
+
+class LiveEvent(StrEnum):
+    """The ``event`` field of every message on the flag and call channels.
+
+    The worker's flag messages (``worker.flags``) and the dashboard's flag changes spell the
+    ``flag.*`` names; the telephony layer publishes the ``call.*`` ones when a Media Stream starts
+    and ends, so a nurse's queue shows a call as soon as audio flows and drops its live badge as
+    soon as it stops, instead of waiting for the first flag or the page's poll.
+    """
+
+    CALL_STARTED = "call.started"
+    CALL_ENDED = "call.ended"
+    FLAG_RAISED = "flag.raised"
+    FLAG_UPGRADED = "flag.upgraded"
+    FLAG_ACKNOWLEDGED = "flag.acknowledged"
+    FLAG_RESOLVED = "flag.resolved"
+
+
+@dataclass(frozen=True)
+class CallEvent:
+    """One call lifecycle message: ids only (nothing about the caller ever sits in Redis)."""
+
+    event: LiveEvent
+    call_id: int
+    sent_at: int  # Unix seconds, when published
+
+    def encode(self) -> bytes:
+        doc = {"event": self.event.value, "call_id": self.call_id, "sent_at": self.sent_at}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def announce_call(redis: Redis, channel: str, event: LiveEvent, call_id: int) -> bool:
+    """Publish a call lifecycle event; False (logged) if Redis refused. Never raises.
+
+    Best effort like the flag messages: the ``calls`` row is the record, the message only makes the
+    nurse's screen change sooner (the queue also re-reads itself on a poll and on reconnect).
+    """
+    message = CallEvent(event=event, call_id=call_id, sent_at=int(time.time()))
+    try:
+        redis.publish(channel, message.encode())
+    except (RedisError, OSError) as exc:
+        log.warning("call %s: %s not announced (%s)", call_id, event.value, type(exc).__name__)
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -360,10 +422,14 @@ __all__ = [
     "ENQUEUE_LOCK_S",
     "EVIDENCE_BASELINE_EMBEDDER",
     "LIVE_STATES",
+    "CallEvent",
     "Enqueued",
     "JobName",
     "JobOptions",
+    "LiveEvent",
     "LoginCounter",
+    "announce_call",
+    "call_channel",
     "enqueue",
     "enrol_job_id",
     "enrol_upload_key",

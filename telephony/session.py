@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from analysis.segmentation import SegmentedUtterance, UtteranceSegmenter, VadConfig
-from schema.contract import JobOptions
+from schema.contract import JobOptions, LiveEvent, announce_call
 from schema.db import session_scope
 from schema.models import Call, CallStatus, Utterance, UtteranceAudio, UtteranceStatus
 from telephony import tokens
@@ -83,6 +83,9 @@ class StreamConfig:
     save_retry_s: float = 2.0
     finish_retry_s: float = 60.0
     finish_retry_interval_s: float = 1.0
+    # pub/sub channel the stream's start and end are announced on (schema.contract.call_channel of the
+    # deployment); empty announces nothing (tools and tests that drive a session without a dashboard)
+    call_channel: str = ""
 
 
 @dataclass
@@ -198,6 +201,7 @@ class StreamSession:
                     return
                 break
             time.sleep(self._config.finish_retry_interval_s)
+        self._announce(LiveEvent.CALL_ENDED)
         if not self._enqueue(enqueue_finalise_call, self.call_id):
             self.counters.jobs_deferred += 1
         stats = self.jitter.stats
@@ -272,6 +276,7 @@ class StreamSession:
         self.state = StreamState.STREAMING
         self._streaming_since = time.monotonic()
         log.info("call %s stream started", call_id)
+        self._announce(LiveEvent.CALL_STARTED)
 
     def _check_flood(self) -> None:
         """Close a stream whose messages carry no new audio faster than any real call could send them.
@@ -357,6 +362,19 @@ class StreamSession:
             self._unsaved.popleft()
             if not self._enqueue(enqueue_score_utterance, utterance_id):
                 self.counters.jobs_deferred += 1
+
+    def _announce(self, event: LiveEvent) -> None:
+        """Tell open dashboards the stream started or ended (best effort, after the row is committed).
+
+        Uses the queue's Redis connection and honours the same cooldown as enqueues: while Redis is
+        failing, a publish would stall the socket's thread for its timeout on every call.
+        """
+        if not self._config.call_channel or self._queue is None or self.call_id is None:
+            return
+        if time.monotonic() < self._enqueue_paused_until:
+            return
+        if not announce_call(self._queue.connection, self._config.call_channel, event, self.call_id):
+            self._enqueue_paused_until = time.monotonic() + self._config.enqueue_cooldown_s
 
     def _enqueue(self, enqueue: Callable[[Queue | None, int, JobOptions], bool], object_id: int) -> bool:
         """Enqueue unless Redis failed recently; the row stays in the outbox either way."""

@@ -153,6 +153,7 @@ def dash_seed(dash_app: Flask) -> Seed:
             patient_id=patient.id,
             started_at=now - timedelta(minutes=1),
             status=CallStatus.STREAMING.value,
+            stream_sid="MZ" + "2" * 32,  # its Media Stream connected: shown as live (queries.is_live)
         )
         s.add_all([call, live])
         s.flush()

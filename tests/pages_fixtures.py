@@ -102,6 +102,8 @@ def make_flagged_call(
         patient_id=patient.id,
         started_at=started_at,
         status=status,
+        # a streaming call's Media Stream connected, so it is shown as live (queries.is_live)
+        stream_sid="MZ" + secrets.token_hex(16) if status == CallStatus.STREAMING.value else None,
         verdict=Verdict.PAIN_LIKELY.value if severity is not None else Verdict.PENDING.value,
         call_score=severity,
         speech_s=3.0 * len(probabilities),

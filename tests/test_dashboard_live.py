@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import signal
+import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from http.cookiejar import CookieJar
+from types import SimpleNamespace
 
 from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
 
 from dashboard import live, nurse
-from dashboard.config import config_of
+from dashboard.config import config_of, configure
+from painline import gunicorn_conf
+from painline.app import begin_shutdown
+from schema.contract import LiveEvent, announce_call, call_channel
 from tests.app_fixtures import AppServer
 from tests.dashboard_fixtures import PASSWORD, DashUsers
 from worker.context import DEFAULT_SPEAKER_THRESHOLD
@@ -123,3 +131,68 @@ def test_a_closed_browser_connection_ends_the_subscription_on_the_real_server(
     while _subscribers(redis, channel) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _subscribers(redis, channel) == 0, "the server kept listening for a browser that left"
+
+
+# ---------------------------------------------------------------------------------------------------
+# issue 13: calls on the stream, and a prompt end when the server stops
+
+
+def test_events_relays_call_starts_and_ends_from_the_call_channel(pages_app: Flask, client_as: ClientAs) -> None:
+    redis: Redis = pages_app.extensions["painline.redis"]
+    channel = call_channel(f"test-{secrets.token_hex(6)}")
+    configure(pages_app, replace(config_of(pages_app), call_channel=channel))
+    response = client_as("nurse").get("/events", buffered=False)
+    chunks = iter(response.response)
+    next(chunks)
+    assert _subscribers(redis, channel) == 1 and _subscribers(redis, config_of(pages_app).flag_channel) == 1
+    assert announce_call(redis, channel, LiveEvent.CALL_STARTED, 11)  # what the telephony layer calls
+    seen = _read_until(chunks, "event: call")
+    event = re.search(r"event: call\ndata: (.+)\n\n", seen)
+    assert event is not None
+    data = json.loads(event.group(1))
+    assert data["event"] == "call.started" and data["call_id"] == 11
+    response.close()
+    assert _subscribers(redis, channel) == 0
+
+
+def test_the_stream_ends_within_a_second_once_the_server_is_stopping() -> None:
+    redis = Redis.from_url("redis://127.0.0.1:6379/0")
+    channel = f"painline-test-flags:{secrets.token_hex(6)}"
+    stopping = threading.Event()
+    try:
+        threading.Timer(0.3, stopping.set).start()
+        started = time.monotonic()
+        chunks = list(live.flag_events(redis, channel, heartbeat_s=60, max_stream_s=60, stopping=stopping))
+        assert time.monotonic() - started < 1.8  # not the 60 s of its life, nor a heartbeat's wait
+        assert chunks[-1].startswith("event: closing\n")  # the page says paused, not on
+        assert _subscribers(redis, channel) == 0
+    finally:
+        redis.close()
+
+
+def test_begin_shutdown_ends_the_open_streams_of_the_app(pages_app: Flask, client_as: ClientAs) -> None:
+    response = client_as("nurse").get("/events", buffered=False)
+    chunks = iter(response.response)
+    next(chunks)
+    started = time.monotonic()
+    begin_shutdown(pages_app)
+    rest = "".join(bytes(chunk).decode() for chunk in chunks)  # type: ignore[arg-type]  # it returns by itself
+    assert time.monotonic() - started < 2.0
+    assert "event: closing" in rest
+    response.close()
+
+
+def test_gunicorn_restarts_can_bind_at_once_and_sigterm_ends_event_streams(pages_app: Flask) -> None:
+    assert gunicorn_conf.reuse_port is True  # the old workers' listening sockets may live on while draining
+    calls: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        gunicorn_conf.post_worker_init(SimpleNamespace(wsgi=pages_app))
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 2
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert live.stopping_event(pages_app).is_set()
+        assert calls == [signal.SIGTERM]  # gunicorn's own handler still runs (it stops the worker loop)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

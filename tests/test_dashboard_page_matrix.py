@@ -23,6 +23,7 @@ PAGES = [
     ("GET", "/", STAFF),
     ("GET", "/queue/rows", STAFF),
     ("GET", "/calls/{call_id}", STAFF),
+    ("GET", "/calls/{call_id}/live", STAFF),
     ("POST", "/flags/{flag_id}/acknowledge", {"nurse", "admin"}),
     ("POST", "/flags/{flag_id}/resolve", {"nurse", "admin"}),
     ("GET", "/admin/patients", {"admin", "auditor"}),
