@@ -7,8 +7,11 @@ Routes (blueprint ``admin``, all under ``/admin``; admins may change, auditors m
 - ``GET /admin/patients/<id>``: the baseline page: the same key kind (and a warning when a reference
   reads as a phone number, which calls from that number would never reach); baselines with their
   model version, size and last update; the key acoustic measures against the population as an SVG
-  plot; the contributions of one baseline with exclude/include buttons; reset; enrolment from
-  uploaded audio;
+  plot; the contributions of one baseline with exclude/include buttons, each with its source (an
+  enrolment upload, a command-line enrolment, or a resolved call's utterance, linked), time, length,
+  the model's probability where it scored one, and who excluded it (:mod:`dashboard.baseline_page`
+  derives these from existing rows and the audit trail), and what "built from N" and "M in the
+  statistics" mean; reset; enrolment from uploaded audio;
 - ``POST /admin/contributions/<id>/exclude`` and ``.../include``, ``POST /admin/patients/<id>/reset``,
   ``POST /admin/patients/<id>/enrol`` (admin only);
 - ``GET /admin/audit``: the audit trail with filters (actor, action, object type and id, dates); each
@@ -44,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+from datetime import timedelta
 from typing import Any
 
 from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, url_for
@@ -54,6 +58,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from analysis.channel import TELEPHONE_RATE
 from dashboard import params
 from dashboard.auth import ADMIN, AUDITOR, require_role
+from dashboard.baseline_page import ContributionRow, account, contribution_rows
 from dashboard.charts import MeasureRow, measures_plot
 from dashboard.config import config_of
 from dashboard.formatting import measure_unit
@@ -132,11 +137,20 @@ def _patient_page(patient_id: int, *, status: int = 200, enrol_error: str | None
         doc = _store().baseline(patient_id, _actor())
     except NotFound:
         abort(404)
-    with session_scope(_sessions()) as session:
-        voiceprint = voiceprint_summary(session, patient_id)
     wanted = request.args.get("baseline", type=int)
     baselines = doc["baselines"]
     selected = next((b for b in baselines if b["id"] == wanted), baselines[0] if baselines else None)
+    contributions: list[ContributionRow] = []
+    with session_scope(_sessions()) as session:
+        voiceprint = voiceprint_summary(session, patient_id)
+        if selected is not None:
+            contributions = contribution_rows(
+                session,
+                patient_id=patient_id,
+                baseline_id=selected["id"],
+                model_version=selected["model_version"],
+                upload_window=timedelta(seconds=UPLOAD_TTL_S),
+            )
     rows = plot_rows(doc["measures"])
     evidence_n = max((m["patient_n"] for m in doc["measures"]), default=0)
     pooled = max((m["population_patients"] for m in doc["measures"]), default=0)
@@ -146,6 +160,8 @@ def _patient_page(patient_id: int, *, status: int = 200, enrol_error: str | None
         patient=doc["patient"],
         baselines=baselines,
         selected=selected,
+        contributions=contributions,
+        counts=account(contributions, selected["count"]) if selected else None,
         plot=measures_plot(rows),
         measure_rows=rows,
         evidence_n=evidence_n,

@@ -356,6 +356,9 @@ class BaselineContribution(Base):
     call_id: Mapped[int | None] = mapped_column(ForeignKey("calls.id", ondelete="SET NULL"), index=True)
     source: Mapped[str] = mapped_column(String(16))
     embedding: Mapped[bytes] = mapped_column(EncryptedBytes)
+    # seconds of speech in the utterance: an enrolment utterance's audio is gone once enrolled, so
+    # this is the one record of its length an admin can judge it by (NULL for rows older than 0004)
+    speech_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     included: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
@@ -15,9 +17,10 @@ from rq import Queue
 from sqlalchemy import select
 
 from dashboard import admin as admin_pages
+from schema.audit import record
 from schema.contract import enrol_upload_key
 from schema.db import session_scope
-from schema.models import Baseline, BaselineContribution, Flag, FlagStatus, Score, Utterance, utcnow
+from schema.models import Baseline, BaselineContribution, Call, Flag, FlagStatus, Score, Utterance, utcnow
 from tests.dashboard_fixtures import DashUsers, Seed
 from tests.pages_fixtures import QueueSeed, audit_actions, form_csrf, make_flagged_call, queue_order
 
@@ -616,3 +619,121 @@ def test_the_pitch_reference_is_the_one_the_measure_is_computed_from() -> None:
     from dashboard import formatting
 
     assert f"From{formatting.PITCH_REFERENCE_HZ:g}Hz" in PITCH_FUNCTIONAL
+
+
+# ---------------------------------------------------------------------------------------------------
+# the baseline page an admin can act on (issue 13, item 9)
+
+
+@dataclass
+class MixedBaseline:
+    patient_id: int
+    baseline_id: int
+    call_id: int
+    upload_ids: list[int]  # oldest first
+    cli_id: int
+    call_contribution_ids: list[int]  # by utterance seq
+
+
+@pytest.fixture
+def mixed_baseline(pages_app: Flask) -> MixedBaseline:
+    """An upload enrolment of two utterances, a command-line enrolment of one, and two utterances of a
+    call resolved as no pain, written as the worker writes them (audit events just after the rows)."""
+    from worker.rows import to_bytes
+
+    now = utcnow()
+    rng = np.random.default_rng(9)
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        call_id = make_flagged_call(
+            s, ref="MIX-7", severity=0.7, started_at=now - timedelta(days=2), probabilities=(0.31, 0.27)
+        )
+        patient_id = s.get_one(Call, call_id).patient_id
+        baseline = Baseline(patient_id=patient_id, embedder="egemaps", model_version="test-model-1", stats={}, count=5)
+        s.add(baseline)
+        s.flush()
+
+        def contribution(at, speech_s, **kw):  # type: ignore[no-untyped-def]
+            row = BaselineContribution(
+                baseline_id=baseline.id, embedding=to_bytes(rng.normal(size=4)), created_at=at, speech_s=speech_s, **kw
+            )
+            s.add(row)
+            s.flush()
+            return row.id
+
+        upload_at = now - timedelta(days=10)
+        record(s, "admin1", "baseline.enrol_upload", "patient", patient_id, clips=1).at = upload_at
+        upload_ids = [
+            contribution(upload_at + timedelta(seconds=20, microseconds=u), speech, source="enrolment")
+            for u, speech in enumerate((2.1, 3.4))
+        ]
+        enrolled = record(s, "admin1", "baseline.enrol", "patient", patient_id, utterances=2)
+        enrolled.at = upload_at + timedelta(seconds=25)
+        cli_at = now - timedelta(days=5)
+        cli_id = contribution(cli_at, 4.2, source="enrolment")
+        record(s, "cli:ops", "baseline.enrol", "patient", patient_id, utterances=1).at = cli_at + timedelta(seconds=3)
+        utterances = s.execute(
+            select(Utterance.id, Utterance.speech_s).where(Utterance.call_id == call_id).order_by(Utterance.seq)
+        ).all()
+        call_ids = [
+            contribution(now - timedelta(days=1), None, source="resolved_call", utterance_id=u.id, call_id=call_id)
+            for u in utterances
+        ]
+        return MixedBaseline(patient_id, baseline.id, call_id, upload_ids, cli_id, call_ids)
+
+
+def _contribution_row(html: str, contribution_id: int) -> str:
+    start = html.index(f'data-contribution-id="{contribution_id}"')
+    return html[start : html.index("</tr>", start)]
+
+
+def _text(fragment: str) -> str:
+    """What a reader sees of an HTML fragment: tags dropped, white space collapsed."""
+    return re.sub(r"\s+([,.;:])", r"\1", " ".join(re.sub(r"<[^>]+>", " ", fragment).split()))
+
+
+def test_baseline_page_says_where_each_contribution_came_from_how_long_and_how_it_scored(
+    client_as: ClientAs, mixed_baseline: MixedBaseline
+) -> None:
+    html = client_as("admin").get(f"/admin/patients/{mixed_baseline.patient_id}").get_data(as_text=True)
+    first, second = (_text(_contribution_row(html, cid)) for cid in mixed_baseline.upload_ids)
+    assert "Enrolment upload, utterance 1 of 2" in first and "uploaded here by admin1" in first
+    assert "Enrolment upload, utterance 2 of 2" in second
+    assert "2.1 s" in first and "3.4 s" in second and "not scored (enrolment)" in first
+    cli = _text(_contribution_row(html, mixed_baseline.cli_id))
+    assert "Enrolment from the command line, utterance 1 of 1" in cli and "by ops" in cli and "4.2 s" in cli
+    for seq, (cid, probability) in enumerate(zip(mixed_baseline.call_contribution_ids, ("0.31", "0.27"), strict=True)):
+        row = _contribution_row(html, cid)
+        assert f'href="/calls/{mixed_baseline.call_id}"' in row
+        text = _text(row)
+        assert f"Call {mixed_baseline.call_id}, utterance {seq + 1}" in text
+        assert "3.0 s" in text and probability in text and "resolved call" in text  # length from the utterance row
+    # distinct times: the two enrolments and the call no longer read as one moment
+    first_upload, cli_row = (
+        _text(_contribution_row(html, c)) for c in (mixed_baseline.upload_ids[0], mixed_baseline.cli_id)
+    )
+    assert first_upload.split("UTC")[0][-17:] != cli_row.split("UTC")[0][-17:]
+
+
+def test_baseline_page_explains_built_from_against_in_the_statistics(
+    pages_app: Flask, client_as: ClientAs, mixed_baseline: MixedBaseline
+) -> None:
+    client = client_as("admin")
+    page = f"/admin/patients/{mixed_baseline.patient_id}"
+    html = client.get(page).get_data(as_text=True)
+    start = html.index('id="baseline-explained"')
+    explained = _text(html[start : html.index("</p>", start)])
+    assert "Built from 5" in explained and "5 in the statistics" in explained
+    assert "All of them are in the statistics." in explained
+
+    target = mixed_baseline.call_contribution_ids[1]
+    client.post(f"/admin/contributions/{target}/exclude", data={"csrf_token": form_csrf(html)})
+    stale = client.get(page).get_data(as_text=True)
+    assert "1 excluded by an admin; 1 excluded but still counted until the rebuild runs" in _text(stale)
+    _run_rebuild(pages_app, mixed_baseline.baseline_id)
+    rebuilt = client.get(page).get_data(as_text=True)
+    text = _text(rebuilt)
+    assert 'id="baseline-recorded">5<' in rebuilt and 'id="baseline-count">4<' in rebuilt
+    assert "Built from 5" in text and "4 in the statistics" in text
+    assert "The difference: 1 excluded by an admin." in text
+    state = _text(_contribution_row(rebuilt, target))
+    assert "excluded by admin1" in state and "Include" in state

@@ -85,7 +85,7 @@ def test_migrations_produce_exactly_the_models(fresh_db_url: str) -> None:
     finally:
         engine.dispose()
     assert diffs == []
-    assert current_revision(fresh_db_url) == head_revision() == "0003"
+    assert current_revision(fresh_db_url) == head_revision() == "0004"
     assert is_up_to_date(fresh_db_url)
 
 
@@ -112,7 +112,7 @@ def test_developer_alembic_ini_runs(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert current_revision(url) == "0003"
+    assert current_revision(url) == "0004"
 
 
 def test_offline_sql_renders_for_postgresql() -> None:

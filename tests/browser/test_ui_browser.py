@@ -20,12 +20,13 @@ written to ``docs/img/`` (the queue by the corpus scenario, showing a real repla
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +201,8 @@ def _add_call(
         if status != CallStatus.STREAMING.value
         else None,
         status=status,
+        # a streaming call's Media Stream connected, so the queue shows it as live (queries.is_live)
+        stream_sid="MZ" + secrets.token_hex(16) if status == CallStatus.STREAMING.value else None,
         verdict=verdict,
         call_score=score,
         speech_s=speech,
@@ -802,3 +805,257 @@ def test_every_page_runs_under_the_strict_content_security_policy(
     visit("/no/such/page", 404)
     expect(page.get_by_role("link", name="Back to the triage queue")).to_be_visible()
     _shot(page, "error-404")
+
+
+# ---------------------------------------------------------------------------------------------------
+# narrow screens (issue 13, item 8)
+
+PHONE = {"width": 390, "height": 844}
+LAPTOP = {"width": 1366, "height": 768}
+
+_OVERFLOW = """() => {
+  const width = window.innerWidth;
+  const wide = [];
+  for (const el of document.querySelectorAll("body *")) {
+    const box = el.getBoundingClientRect();
+    if (box.width && box.right > width + 0.5) {
+      const inScroller = el.closest(".table-wrap, table");
+      const name = el.tagName.toLowerCase() + (el.className ? "." + el.className : "");
+      if (!inScroller || inScroller === el) wide.push(name + " right=" + Math.round(box.right));
+    }
+  }
+  return {scrollWidth: document.scrollingElement.scrollWidth, innerWidth: width, wide: wide.slice(0, 8)};
+}"""
+
+
+def _fits(page, where: str) -> None:  # type: ignore[no-untyped-def]
+    """No page-level horizontal scrolling: the document is no wider than the window."""
+    seen = page.evaluate(_OVERFLOW)
+    assert seen["scrollWidth"] <= seen["innerWidth"], (where, seen)
+
+
+def _within_width(page, locator, where: str) -> None:  # type: ignore[no-untyped-def]
+    """Every element ``locator`` matches lies wholly inside the window's width, as first shown.
+
+    Nothing is scrolled first: a cell that only a sideways scroll of its table would bring in counts as
+    off-screen, since that is what the nurse or admin would have to find."""
+    width = page.viewport_size["width"]
+    count = locator.count()
+    assert count, f"{where}: nothing to check"
+    for i in range(count):
+        box = locator.nth(i).bounding_box()
+        assert box is not None, (where, i)
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width + 0.5, (where, i, box, width)
+
+
+def _record_enrolment_as_uploaded(app: Flask, deployment: Deployment) -> None:
+    """Make the fixture's two enrolment contributions look as an upload enrolment leaves them.
+
+    The worker writes an enrolment's utterances a microsecond apart, with their speech length, then a
+    ``baseline.enrol`` event, after the dashboard's ``baseline.enrol_upload``: so the README's baseline
+    page shows what an admin sees, not rows no enrolment could have written."""
+    from schema.audit import record
+
+    at = utcnow() - timedelta(days=30)
+    with session_scope(app.extensions["painline.sessions"]) as s:
+        rows = s.scalars(
+            select(BaselineContribution)
+            .join(Baseline, Baseline.id == BaselineContribution.baseline_id)
+            .where(Baseline.patient_id == deployment.patient_id, BaselineContribution.utterance_id.is_(None))
+            .order_by(BaselineContribution.created_at, BaselineContribution.id)
+        ).all()
+        twins: dict[datetime, list[BaselineContribution]] = {}
+        for row in rows:  # a model row and its evidence twin share a timestamp
+            twins.setdefault(row.created_at, []).append(row)
+        for u, (_, pair) in enumerate(sorted(twins.items())):
+            for row in pair:
+                row.created_at = at + timedelta(seconds=12, microseconds=u)
+                row.speech_s = (3.2, 4.7)[u % 2]
+        record(s, "admin1", "baseline.enrol_upload", "patient", deployment.patient_id, clips=1).at = at
+        record(s, "admin1", "baseline.enrol", "patient", deployment.patient_id, utterances=len(twins)).at = (
+            at + timedelta(seconds=15)
+        )
+
+
+def test_every_page_fits_a_390_px_phone_and_a_1366_px_laptop_without_page_scrolling(
+    app_server: AppServer,
+    pages_app: Flask,
+    dash_users: DashUsers,
+    deployment: Deployment,
+    new_page,  # type: ignore[no-untyped-def]
+) -> None:
+    """Issue 13, item 8: tables respond inside their own area; what a nurse or admin acts on stays on screen.
+
+    Also writes the README's phone and laptop screenshots of the queue, a call page and a baseline page."""
+    expect = playwright_api.expect
+    flagged_call = deployment.queued_call_ids[0]  # finalised, with evidence
+    _record_enrolment_as_uploaded(pages_app, deployment)
+    for viewport, size in ((PHONE, "390"), (LAPTOP, "1366")):
+        page = new_page()
+        page.set_viewport_size(viewport)
+        page.goto(app_server.url + "/login")
+        _fits(page, f"sign-in at {size}")
+        _within_width(page, page.get_by_role("button", name="Sign in"), f"sign-in button at {size}")
+        _sign_in(page, app_server, "admin1")
+
+        expect(page.locator("#live-status")).to_have_text("Live updates on.")
+        _fits(page, f"queue at {size}")
+        rows = page.locator("#queue-rows tr[data-call-id]")
+        expect(rows).to_have_count(len(deployment.queued_call_ids))
+        # the figures a nurse triages by are on screen, not behind a sideways scroll
+        heads = [t.strip() for t in page.locator("table.queue thead th").all_inner_texts()]
+        for name in ("Probability", "Flag"):
+            column = 1 + next(i for i, text in enumerate(heads) if text.split()[0] == name)
+            _within_width(page, rows.locator(f"td:nth-child({column})"), f"queue {name} at {size}")
+        _shot(page, f"nurse-queue-{size}", readme=True)
+
+        page.goto(app_server.url + f"/calls/{flagged_call}")
+        expect(page.locator("table.evidence tbody tr").first).to_contain_text("+2.5 semitones")
+        _fits(page, f"call page at {size}")
+        _within_width(page, page.locator("table.evidence tbody td"), f"evidence cells at {size}")
+        _shot(page, f"call-page-{size}", readme=True)
+
+        page.goto(app_server.url + f"/admin/patients/{deployment.patient_id}")
+        expect(page.locator("table.contributions tbody tr")).to_have_count(len(deployment.contribution_ids))
+        _fits(page, f"baseline page at {size}")
+        expect(page.locator('tr[data-origin="upload"]').first).to_contain_text("Enrolment upload, utterance 2 of 2")
+        _within_width(page, page.get_by_role("button", name=re.compile(r"^Exclude contribution")), f"Exclude at {size}")
+        page.evaluate("window.scrollTo(0, 0)")
+        _shot(page, f"baseline-{size}", readme=True)
+
+        page.goto(app_server.url + "/admin/patients")
+        _fits(page, f"patients at {size}")
+        page.goto(app_server.url + "/admin/audit")
+        expect(page.locator("table.audit tbody tr").first).to_be_visible()
+        _fits(page, f"audit log at {size}")
+        _within_width(page, page.get_by_role("button", name="Filter"), f"audit filter at {size}")
+        page.context.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# issue 13: the worklist
+
+
+def test_a_call_appears_when_its_stream_starts_and_leaves_live_when_it_ends(
+    app_server: AppServer,
+    pages_app: Flask,
+    dash_users: DashUsers,
+    deployment: Deployment,
+    new_page,  # type: ignore[no-untyped-def]
+) -> None:
+    """The real telephony path: the signed voice webhook, then the Media Stream socket's start and stop."""
+    import json
+
+    import websocket
+
+    from painline import replay
+    from tests.app_fixtures import AUTH_TOKEN
+
+    expect = playwright_api.expect
+    page = new_page()
+    _sign_in(page, app_server, "nurse1")
+    expect(page.locator("#live-status")).to_have_text("Live updates on.")
+    ref = f"HL-{secrets.randbelow(90000) + 10000}"
+    account_sid, call_sid = replay.new_sid("AC"), replay.new_sid("CA")
+    public, reached = replay.voice_webhook_urls(app_server.url, app_server.url, ref)
+    params = replay.voice_webhook_params(account_sid, call_sid, replay.DEFAULT_FROM, replay.DEFAULT_TO)
+    instruction = replay.check_voice_answer(*replay._post_form(reached, public, params, AUTH_TOKEN))
+    builder = replay.StreamMessages(account_sid=account_sid, call_sid=call_sid)
+    ws = websocket.create_connection(
+        replay.connect_url(instruction.url, app_server.url),
+        header=[f"{k}: {v}" for k, v in replay.handshake_headers(AUTH_TOKEN, instruction.url).items()],
+        timeout=10,
+    )
+    try:
+        row = page.locator("#queue-rows tr", has_text=ref)
+        expect(row).to_have_count(0)  # the webhook alone does not put it on the screen
+        ws.send(json.dumps(builder.connected()))
+        ws.send(json.dumps(builder.start(instruction.parameters)))
+        expect(row.locator(".live-dot")).to_be_visible(timeout=2000)  # no poll could be this quick
+        expect(row).to_have_attribute("data-live", "yes")
+        ws.send(json.dumps(builder.stop()))
+        assert replay._await_close(ws) == 1000
+        expect(row).to_have_count(0, timeout=2000)  # ended, unflagged: off the list of calls in progress
+    finally:
+        ws.close()
+
+
+def test_the_call_page_follows_its_call_live(
+    app_server: AppServer,
+    pages_app: Flask,
+    dash_users: DashUsers,
+    deployment: Deployment,
+    new_page,  # type: ignore[no-untyped-def]
+) -> None:
+    from schema.contract import LiveEvent, announce_call
+
+    expect = playwright_api.expect
+    live_call = deployment.queued_call_ids[2]
+    page = new_page()
+    _sign_in(page, app_server, "nurse1", f"/calls/{live_call}")
+    expect(page.locator("#call-badges .live-dot")).to_be_visible()
+    expect(page.locator("#live-status")).to_have_text("Live updates on.")
+    expect(page.locator("table.utterances tr[data-utterance-id]")).to_have_count(2)
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        call = s.get(Call, live_call)
+        call.status = CallStatus.ENDED.value
+        call.ended_at = utcnow()
+        flag = _add_flag(s, call, "medium", 0.7, 0)
+        flag_id = flag.id
+    redis = pages_app.extensions["painline.redis"]
+    announce_call(redis, config_of(pages_app).call_channel, LiveEvent.CALL_ENDED, live_call)
+    expect(page.locator("#call-badges .live-dot")).to_have_count(0, timeout=2000)
+    expect(page.locator("#call-badges .badge-medium")).to_be_visible()
+    expect(page.locator("#call-ended time")).to_be_visible()
+    expect(page.locator("#flag-status")).to_have_text("open")  # the flag raised meanwhile, with its forms
+    expect(page.get_by_role("button", name="Acknowledge")).to_be_visible()
+    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+        assert s.get(Flag, flag_id) is not None
+        views = s.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(AuditEvent.action == "call.view", AuditEvent.actor == "nurse1")
+        )
+    assert views == 1  # the live refreshes are not audited as views
+
+
+def test_a_new_flag_counts_in_the_tab_title_until_the_tab_gets_focus(
+    app_server: AppServer,
+    pages_app: Flask,
+    dash_users: DashUsers,
+    deployment: Deployment,
+    new_page,  # type: ignore[no-untyped-def]
+) -> None:
+    from dashboard.formatting import ago
+
+    expect = playwright_api.expect
+    page = new_page()
+    _sign_in(page, app_server, "nurse1")
+    expect(page.locator("#live-status")).to_have_text("Live updates on.")
+    title = "Triage queue · painline"
+    assert page.title() == title
+    page.evaluate("window.dispatchEvent(new Event('blur'))")  # the nurse is in another tab or window
+    first = _publish_new_flag(pages_app, deployment)
+    expect(page).to_have_title(f"(1) New flag — {title}")
+    expect(page.locator(f'#queue-rows tr[data-call-id="{first}"]')).to_be_visible()
+    _publish_new_flag(pages_app, deployment)
+    expect(page).to_have_title(f"(2) New flags — {title}")
+    page.evaluate("window.dispatchEvent(new Event('focus'))")
+    expect(page).to_have_title(title)
+    _publish_new_flag(pages_app, deployment)  # seen as it arrives: no count
+    expect(page.locator("#live-status")).to_contain_text("New flag: high")
+    assert page.title() == title
+    # the browser keeps relative times with the server's rule
+    now = utcnow()
+    for delta in (
+        timedelta(seconds=5),
+        timedelta(minutes=3, seconds=30),
+        timedelta(hours=5, minutes=2),
+        timedelta(days=2),
+    ):
+        then = now - delta
+        in_browser = page.evaluate(
+            "([iso, now]) => window.painlineAgo(iso, now)", [then.isoformat(), now.timestamp() * 1000]
+        )
+        assert in_browser == ago(then, now), delta
+    expect(page.locator("#queue-rows time.ago").first).to_contain_text("raised ")
