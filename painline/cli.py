@@ -171,7 +171,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         print("exec:", " ".join(command[1:]), flush=True)
         os.execv(command[0], command)
-    from painline.app import close_app, create_app
+    from painline.app import begin_shutdown, close_app, create_app
     from painline.devserver import make_dev_server
 
     app = create_app(_settings())
@@ -183,6 +183,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        begin_shutdown(app)  # open event streams end within a second instead of holding the stop
         server.server_close()
         close_app(app)
     return 0
@@ -445,7 +446,7 @@ def cmd_baseline_enroll(args: argparse.Namespace) -> int:
     from schema.db import session_scope
     from schema.identity import PatientKeyKind, caller_key, looks_like_phone_number, mask_number, patient_ref_key
     from schema.models import Patient
-    from worker.jobs import enroll
+    from worker.baselines import enroll
 
     prog = "painline baseline enroll"
     settings = _settings()

@@ -58,9 +58,9 @@ from schema.models import Call, Score, Utterance
 from telephony import tokens
 from telephony.session import StreamCounters, StreamSession
 from telephony.twiml import TOKEN_PARAMETER
-from worker.baselines import EnrolmentResult
+from worker.baselines import EnrolmentResult, enroll
 from worker.context import WorkerContext
-from worker.jobs import ScoreOutcome
+from worker.scoring import ScoreOutcome
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +224,6 @@ class LiveDeployment:
 
     def enrol(self, patient_ref: str, clips_8k: Sequence[np.ndarray], *, check_speaker: bool = True) -> EnrolmentResult:
         """``painline baseline enroll PATIENT_REF ...``: the clips through the mu-law codec, then ``enroll``."""
-        from worker.jobs import enroll
-
         self._install()
         patient_id = self.patient(patient_ref)
         clips = [mulaw_decode(mulaw_encode(np.asarray(c, dtype=np.float32))) for c in clips_8k]

@@ -295,38 +295,6 @@ def gain_check(
     )
 
 
-def evaluate_task(
-    data: TaskData,
-    embedder: Embedder,
-    channel: ChannelConfig,
-    cfg: TrainConfig,
-    cross: list[TaskData] | None = None,
-    n_boot: int = 1000,
-    draws: int = 3,
-) -> dict[str, Any]:
-    """Every protocol for one task; returns a JSON-serialisable result."""
-    fit = make_fit(data, embedder, channel, cfg)
-    started = time.time()
-    results: dict[str, Scored] = {"random": random_split(data.X, data.y, data.groups, fit)}
-    person, thresholds = person_level(data.X, data.y, data.groups, data.normal, fit, draws=draws)
-    results.update(person)
-    threshold = float(np.median(thresholds))
-    out: dict[str, Any] = {"task": data.task.name, "n_clips": len(data.y), "threshold": threshold}
-    if cross:
-        model = fit(data.X, data.y, data.groups, data.normal)
-        for target in cross:
-            for name, scored in cross_corpus(model, target.X, target.y, target.groups, target.normal).items():
-                results[f"{name}->{target.task.name}"] = scored
-    out["protocols"] = {name: s.summary(threshold, n_boot) for name, s in results.items()}
-    if not data.task.is_binary:
-        labels = np.array([c.label for c in data.clips])
-        out["multiclass_person"] = multiclass_person_level(
-            data.X, data.task.class_index(labels), data.groups, list(data.task.classes), n_boot=n_boot
-        )
-    out["seconds"] = round(time.time() - started, 1)
-    return out
-
-
 def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"task {result['task']}  ({result['n_clips']} clips; threshold {result['threshold']:.3f})",
@@ -413,11 +381,14 @@ def evaluate_main(argv: list[str]) -> int:
     settings, embedder, channel, cfg = _setup(args)
     data = load_task_data(args.task, embedder, settings, channel, args.tasks, args.max_speakers)
     cross = [load_task_data(t, embedder, settings, channel, args.tasks, args.max_speakers) for t in args.cross]
-    result = evaluate_task(data, embedder, channel, cfg, cross, n_boot=args.boot)
+    evaluation = evaluate_protocols(data, embedder, channel, cfg, cross, n_boot=args.boot)
+    result = evaluation.result
     print(format_table(result))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.task}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out / (args.task + '.json')}")
+    figures = write_figures(evaluation, args.out)
+    print(f"wrote {len(figures)} figures (ROC, calibration, per speaker for each protocol) to {args.out}")
     return 0
 
 
@@ -514,3 +485,108 @@ def train_main(argv: list[str]) -> int:
     model.save(args.out)
     print(f"wrote {args.out} (model {model.version}, threshold {model.threshold:.3f}, blend {model.blend})")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# figures (``painline evaluate`` and ``python -m bench.detection``)
+
+
+@dataclass
+class Evaluation:
+    """One task's protocols: the JSON summary, and the pooled predictions the figures are drawn from.
+
+    The summary alone cannot be plotted (it holds metrics, not per-clip scores), so the figures need
+    the :class:`Scored` predictions each protocol pooled.
+    """
+
+    result: dict[str, Any]
+    scored: dict[str, Scored]
+
+
+def evaluate_protocols(
+    data: TaskData,
+    embedder: Embedder,
+    channel: ChannelConfig,
+    cfg: TrainConfig,
+    cross: list[TaskData] | None = None,
+    n_boot: int = 1000,
+    draws: int = 3,
+) -> Evaluation:
+    """Every protocol for one task: the JSON-serialisable summary, and each protocol's predictions for the figures."""
+    fit = make_fit(data, embedder, channel, cfg)
+    started = time.time()
+    results: dict[str, Scored] = {"random": random_split(data.X, data.y, data.groups, fit)}
+    person, thresholds = person_level(data.X, data.y, data.groups, data.normal, fit, draws=draws)
+    results.update(person)
+    threshold = float(np.median(thresholds))
+    out: dict[str, Any] = {"task": data.task.name, "n_clips": len(data.y), "threshold": threshold}
+    if cross:
+        model = fit(data.X, data.y, data.groups, data.normal)
+        for target in cross:
+            for name, scored in cross_corpus(model, target.X, target.y, target.groups, target.normal).items():
+                results[f"{name}->{target.task.name}"] = scored
+    out["protocols"] = {name: s.summary(threshold, n_boot) for name, s in results.items()}
+    if not data.task.is_binary:
+        labels = np.array([c.label for c in data.clips])
+        out["multiclass_person"] = multiclass_person_level(
+            data.X, data.task.class_index(labels), data.groups, list(data.task.classes), n_boot=n_boot
+        )
+    out["seconds"] = round(time.time() - started, 1)
+    return Evaluation(result=out, scored=results)
+
+
+@dataclass(frozen=True)
+class ProtocolFigures:
+    """The PNG files drawn for one protocol; ``roc`` is None when its clips hold one class only."""
+
+    roc: Path | None
+    calibration: Path
+    speakers: Path
+
+
+FIGURE_KINDS = ("roc", "calibration", "speakers")
+"""The file name endings :func:`protocol_figures` writes, ``<stem>-<kind>.png``."""
+
+
+def figure_stem(task: str, protocol: str) -> str:
+    """A file-name-safe ``<task>-<protocol>``: cross-corpus protocols are named ``cross->T``."""
+    name = f"{task}-{protocol.replace('->', '-to-')}"
+    return "".join(c if c.isalnum() or c in "_.-" else "-" for c in name)
+
+
+def protocol_figures(
+    scored: Scored, out: Path, stem: str, title: str, compare: dict[str, Scored] | None = None
+) -> ProtocolFigures | None:
+    """ROC, calibration and per-speaker figures of one protocol's pooled predictions, as PNG files.
+
+    ``compare`` adds other protocols' curves to the ROC (the random split beside the person-level
+    one shows the speaker gap at a glance). None when the protocol scored nothing.
+    """
+    from analysis import plots  # matplotlib is loaded only by the commands that draw
+
+    if not scored.y:
+        return None
+    y, p, g = (np.concatenate(v) for v in (scored.y, scored.p, scored.g))
+    curves = {title: (y, p)}
+    for name, other in (compare or {}).items():
+        if other.y:
+            curves[name] = (np.concatenate(other.y), np.concatenate(other.p))
+    one_class = np.unique(y).size < 2
+    return ProtocolFigures(
+        roc=None if one_class else plots.roc_plot(curves, out / f"{stem}-roc.png", title=f"ROC: {title}"),
+        calibration=plots.calibration_plot(y, p, out / f"{stem}-calibration.png", title=f"Calibration: {title}"),
+        speakers=plots.per_speaker_plot(
+            y, p, g, out / f"{stem}-speakers.png", title=f"Mean score per speaker: {title}"
+        ),
+    )
+
+
+def write_figures(evaluation: Evaluation, out: Path) -> list[Path]:
+    """Every protocol's figures for ``painline evaluate``, named ``<task>-<protocol>-<kind>.png``."""
+    task = str(evaluation.result["task"])
+    written: list[Path] = []
+    for name, scored in evaluation.scored.items():
+        figures = protocol_figures(scored, out, figure_stem(task, name), f"{task} {name}")
+        if figures is not None:
+            written += [f for f in (figures.roc, figures.calibration, figures.speakers) if f is not None]
+    return written

@@ -58,8 +58,8 @@ from schema.identity import patient_ref_key
 from schema.models import Call, Patient, Utterance, UtteranceAudio
 from tests.app_fixtures import AUTH_TOKEN, AppServer, app_redis_url
 from worker import context as worker_context
+from worker.baselines import enroll
 from worker.context import WorkerContext
-from worker.jobs import enroll
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_MODEL = Settings().model_path  # the configured default: painline/models/default.joblib

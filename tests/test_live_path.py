@@ -39,7 +39,7 @@ from tests.db_fixtures import temporary_postgres_database
 from tests.e2e_fixtures import SHIPPED_MODEL, corpus_available, data_dir, missing_corpus_reason
 from tests.worker_fixtures import calm, pain
 from worker.context import DEFAULT_SPEAKER_THRESHOLD
-from worker.jobs import ScoreOutcome
+from worker.scoring import ScoreOutcome
 
 REPO = Path(__file__).resolve().parents[1]
 AUTH_TOKEN = "live-path-auth-token"

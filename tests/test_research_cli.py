@@ -52,6 +52,26 @@ def test_evaluate_prints_protocol_table_and_writes_json(tmp_path: Path, capsys) 
     assert lo <= protocols["person"]["auc"] <= hi
 
 
+def test_evaluate_writes_roc_calibration_and_per_speaker_figures(tmp_path: Path, capsys) -> None:
+    """Every protocol that scored clips gets its three PNG figures beside the JSON."""
+    from painline.research import evaluate_main
+
+    out = tmp_path / "eval"
+    rc = evaluate_main(["--task", "ravdess-distress", "--max-speakers", "6", "--boot", "20", "--out", str(out)])
+    assert rc == 0
+    protocols = json.loads((out / "ravdess-distress.json").read_text())["protocols"]
+    scored = [name for name, summary in protocols.items() if summary is not None]
+    assert {"random", "person", "baseline_3", "call_3"} <= set(scored)
+    expected = {
+        out / f"ravdess-distress-{name}-{kind}.png" for name in scored for kind in ("roc", "calibration", "speakers")
+    }
+    assert set(out.glob("*.png")) == expected
+    for png in expected:
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+    assert f"wrote {len(expected)} figures" in capsys.readouterr().out
+
+
 def test_train_writes_an_artifact_the_loader_accepts(tmp_path: Path, capsys) -> None:
     from painline.research import train_main
 

@@ -25,8 +25,8 @@ from schema.models import (
     utcnow,
 )
 from tests.worker_fixtures import add_utterance, calm, make_call, make_patient
-from worker import jobs
-from worker.baselines import CallNotReady
+from worker import baselines, jobs
+from worker.baselines import CallNotReady, GrowthOutcome
 from worker.context import WorkerContext
 from worker.rows import from_bytes
 
@@ -67,7 +67,7 @@ def _model_baseline(ctx: WorkerContext, patient_id: int) -> Baseline | None:
 def test_enrolment_builds_baseline_and_audits(worker_ctx: WorkerContext) -> None:
     patient_id = _patient(worker_ctx)
     clips = [calm(110.0, seed=k) for k in range(3)]
-    result = jobs.enroll(patient_id, clips, "nurse1")
+    result = baselines.enroll(patient_id, clips, "nurse1", ctx=worker_ctx)
     # each clip is cut into utterances as a call would cut it, and each utterance is one contribution
     utterances = [u.samples for clip in clips for u in cut_clip(clip, worker_ctx.vad)]
     assert result.accepted == 3 and result.no_speech == [] and result.utterances == len(utterances) >= 3
@@ -83,16 +83,17 @@ def test_enrolment_builds_baseline_and_audits(worker_ctx: WorkerContext) -> None
     assert event.actor == "nurse1" and event.object_id == str(patient_id)
     assert event.detail["accepted"] == 3 and event.detail["utterances"] == len(utterances)
     with pytest.raises(LookupError):
-        jobs.enroll(987654, clips, "nurse1")
+        baselines.enroll(987654, clips, "nurse1", ctx=worker_ctx)
     with pytest.raises(ValueError):
-        jobs.enroll(patient_id, [], "nurse1")
+        baselines.enroll(patient_id, [], "nurse1", ctx=worker_ctx)
 
 
 def test_resolved_no_pain_grows_baseline_once(worker_ctx: WorkerContext) -> None:
     patient_id = _patient(worker_ctx)
     call_id, ids = _finalised_call(worker_ctx, patient_id)
     _flag(worker_ctx, call_id, FlagStatus.RESOLVED, FlagLabel.NO_PAIN)
-    assert jobs.grow_baseline_from_call(call_id) == "added 3"
+    grown = jobs.grow_baseline_from_call(call_id)
+    assert (grown.outcome, grown.added) == (GrowthOutcome.APPLIED, 3)
     baseline = _model_baseline(worker_ctx, patient_id)
     assert baseline is not None and baseline.count == 3
     with worker_ctx.sessions() as s:
@@ -102,8 +103,31 @@ def test_resolved_no_pain_grows_baseline_once(worker_ctx: WorkerContext) -> None
     np.testing.assert_allclose(baseline.stats["mean"], np.mean(embeddings, axis=0), rtol=1e-6)
     assert sources == {"resolved_call"} and evidence.count == 3
     # the job runs again (a retry, a second resolution click): nothing changes
-    assert jobs.grow_baseline_from_call(call_id) == "added 0"
+    again = jobs.grow_baseline_from_call(call_id)
+    assert (again.outcome, again.added) == (GrowthOutcome.APPLIED, 0)
     assert _model_baseline(worker_ctx, patient_id).count == 3
+
+
+def test_every_contribution_keeps_its_speech_length_for_the_baseline_page(worker_ctx: WorkerContext) -> None:
+    """Issue 13, item 9: an enrolment utterance's audio is discarded, so its length is kept on the row."""
+    patient_id = _patient(worker_ctx)
+    clips = [calm(110.0, seed=k) for k in range(2)]
+    baselines.enroll(patient_id, clips, "admin1", ctx=worker_ctx)
+    expected = sorted(u.speech_s for clip in clips for u in cut_clip(clip, worker_ctx.vad))
+    call_id, ids = _finalised_call(worker_ctx, patient_id, n=2, seed=7)
+    _flag(worker_ctx, call_id, FlagStatus.RESOLVED, FlagLabel.NO_PAIN)
+    jobs.grow_baseline_from_call(call_id)
+    with worker_ctx.sessions() as s:
+        rows = s.execute(
+            select(BaselineContribution.source, BaselineContribution.utterance_id, BaselineContribution.speech_s)
+        ).all()
+        heard = {
+            u.id: u.speech_s for u in s.execute(select(Utterance.id, Utterance.speech_s).where(Utterance.id.in_(ids)))
+        }
+    enrolled = sorted(r.speech_s for r in rows if r.source == "enrolment")
+    assert len(enrolled) == 2 * len(expected)  # model and evidence baselines, one row each per utterance
+    np.testing.assert_allclose(enrolled, sorted(expected * 2))
+    assert all(r.speech_s == heard[r.utterance_id] for r in rows if r.source == "resolved_call")
 
 
 @pytest.mark.parametrize(
@@ -122,14 +146,14 @@ def test_other_flags_never_grow_baseline(
     patient_id = _patient(worker_ctx)
     call_id, _ = _finalised_call(worker_ctx, patient_id, n=2)
     _flag(worker_ctx, call_id, status, label)
-    assert jobs.grow_baseline_from_call(call_id) == "unchanged"
+    assert jobs.grow_baseline_from_call(call_id).outcome is GrowthOutcome.NOT_RESOLVED_NO_PAIN
     assert _model_baseline(worker_ctx, patient_id) is None
 
 
 def test_unflagged_call_never_grows_baseline(worker_ctx: WorkerContext) -> None:
     patient_id = _patient(worker_ctx)
     call_id, _ = _finalised_call(worker_ctx, patient_id, n=2)
-    result = jobs.grow_baseline(call_id)
+    result = baselines.grow_from_resolved_call(worker_ctx, call_id)
     assert result.added == 0 and "no flag" in result.reason
 
 
@@ -157,7 +181,7 @@ def test_speaker_mismatch_excluded(worker_ctx: WorkerContext) -> None:
         for uid, sim in zip(ids, [0.95, 0.30, None], strict=True):
             s.scalars(select(Score).where(Score.utterance_id == uid)).one().speaker_similarity = sim
     _flag(worker_ctx, call_id, FlagStatus.RESOLVED, FlagLabel.NO_PAIN)
-    result = jobs.grow_baseline(call_id)
+    result = baselines.grow_from_resolved_call(worker_ctx, call_id)
     assert result.added == 1 and result.excluded_speaker == 2
     with worker_ctx.sessions() as s:
         included = s.scalars(select(BaselineContribution.utterance_id)).all()
@@ -167,7 +191,7 @@ def test_speaker_mismatch_excluded(worker_ctx: WorkerContext) -> None:
 def test_exclusion_rebuild_mirrors_to_evidence(worker_ctx: WorkerContext) -> None:
     patient_id = _patient(worker_ctx)
     clips = [calm(150.0, seed=k) for k in range(20, 24)]
-    result = jobs.enroll(patient_id, clips, "nurse1")
+    result = baselines.enroll(patient_id, clips, "nurse1", ctx=worker_ctx)
     with worker_ctx.sessions.begin() as s:
         first = s.scalars(
             select(BaselineContribution)
@@ -199,18 +223,18 @@ def test_exclusion_rebuild_mirrors_to_evidence(worker_ctx: WorkerContext) -> Non
 
 def test_derive_baseline_for_new_model(worker_ctx: WorkerContext) -> None:
     patient_id = _patient(worker_ctx)
-    old = jobs.enroll(patient_id, [calm(140.0, seed=k) for k in range(30, 33)], "nurse1")
+    old = baselines.enroll(patient_id, [calm(140.0, seed=k) for k in range(30, 33)], "nurse1", ctx=worker_ctx)
     new_model = replace(worker_ctx.model, card={**worker_ctx.model.card, "model_version": "test-egemaps-2"})
-    new_id = jobs.derive_baseline_for_model(patient_id, new_model)
+    new_id = baselines.start_for_model(worker_ctx, patient_id, new_model)
     assert new_id is not None and new_id != old.baseline_id
     with worker_ctx.sessions() as s:
         a = s.get_one(Baseline, old.baseline_id)
         b = s.get_one(Baseline, new_id)
     assert (b.model_version, b.count) == ("test-egemaps-2", 3)
     np.testing.assert_allclose(a.stats["mean"], b.stats["mean"])
-    assert jobs.derive_baseline_for_model(patient_id, new_model) == new_id  # idempotent
+    assert baselines.start_for_model(worker_ctx, patient_id, new_model) == new_id  # idempotent
     other = replace(new_model, card={**new_model.card, "embedder": {"name": "clap", "dim": 512}})
-    assert jobs.derive_baseline_for_model(patient_id, other) is None  # another space: re-enrol
+    assert baselines.start_for_model(worker_ctx, patient_id, other) is None  # another space: re-enrol
 
 
 def test_audit_details_hold_no_caller_data(worker_ctx: WorkerContext) -> None:

@@ -13,8 +13,9 @@ from sqlalchemy import func, select
 from schema.models import AuditEvent, Call, CallStatus, Flag, Patient, Verdict
 from tests.worker_fixtures import add_utterance, calm, make_call, make_patient, pain, run_burst
 from worker import jobs
-from worker.baselines import CallNotReady
+from worker.baselines import CallNotReady, enroll
 from worker.context import WorkerContext
+from worker.finalise import FinaliseOutcome
 
 
 def _scored_call(ctx: WorkerContext, clips: list, patient_id: int | None = None, **kw: object) -> int:
@@ -30,7 +31,7 @@ def _scored_call(ctx: WorkerContext, clips: list, patient_id: int | None = None,
 
 def test_inconclusive_with_too_little_speech(worker_ctx: WorkerContext) -> None:
     call_id = _scored_call(worker_ctx, [pain(seed=1, seconds=1.0), pain(seed=2, seconds=1.0)])
-    assert jobs.finalise_call(call_id) == "inconclusive"
+    assert jobs.finalise_call(call_id) == FinaliseOutcome.INCONCLUSIVE
     with worker_ctx.sessions() as s:
         call = s.get_one(Call, call_id)
         assert call.status == CallStatus.FINALISED.value
@@ -43,9 +44,9 @@ def test_inconclusive_with_too_little_speech(worker_ctx: WorkerContext) -> None:
 def test_pain_likely_with_evidence_against_baseline(worker_ctx: WorkerContext) -> None:
     with worker_ctx.sessions.begin() as s:
         patient_id = make_patient(s).id
-    jobs.enroll(patient_id, [calm(125.0, seed=k) for k in (10, 11, 12, 13)], "nurse1")
+    enroll(patient_id, [calm(125.0, seed=k) for k in (10, 11, 12, 13)], "nurse1", ctx=worker_ctx)
     call_id = _scored_call(worker_ctx, [calm(125.0, seed=14), pain(125.0, seed=15), pain(125.0, seed=16)], patient_id)
-    assert jobs.finalise_call(call_id) == "pain_likely"
+    assert jobs.finalise_call(call_id) == FinaliseOutcome.PAIN_LIKELY
     with worker_ctx.sessions() as s:
         call = s.get_one(Call, call_id)
         flag = s.scalars(select(Flag).where(Flag.call_id == call_id)).one()
@@ -83,7 +84,7 @@ def test_waits_for_pending_utterances_then_gives_up_after_grace(worker_ctx: Work
         call = s.get_one(Call, call_id)
         assert call.status == CallStatus.ENDED.value
         call.ended_at = call.ended_at - timedelta(seconds=worker_ctx.finalise_grace_s + 1)
-    assert jobs.finalise_call(call_id) == "inconclusive"  # 2.5 s scored < 3 s
+    assert jobs.finalise_call(call_id) == FinaliseOutcome.INCONCLUSIVE  # 2.5 s scored < 3 s
     with worker_ctx.sessions() as s:
         call = s.get_one(Call, call_id)
         assert call.status == CallStatus.FINALISED.value
@@ -103,7 +104,7 @@ def test_not_ready_is_retried_by_rq(worker_ctx: WorkerContext, worker_queue: Que
     worker_queue.enqueue("worker.jobs.score_utterance", uid, job_id=f"score-utterance-{uid}")
     run_burst(worker_queue)  # finalise fails first (pending), scoring runs, the retry finalises
     assert job.get_status(refresh=True) == JobStatus.FINISHED
-    assert job.return_value() in {"no_pain", "pain_likely"}
+    assert job.return_value() in {FinaliseOutcome.NO_PAIN, FinaliseOutcome.PAIN_LIKELY}
     with worker_ctx.sessions() as s:
         assert s.get_one(Call, call_id).status == CallStatus.FINALISED.value
 
@@ -111,20 +112,20 @@ def test_not_ready_is_retried_by_rq(worker_ctx: WorkerContext, worker_queue: Que
 def test_finalise_is_idempotent(worker_ctx: WorkerContext) -> None:
     call_id = _scored_call(worker_ctx, [calm(seed=40), calm(seed=41)])
     first = jobs.finalise_call(call_id)
-    assert first == "no_pain"
+    assert first == FinaliseOutcome.NO_PAIN
     with worker_ctx.sessions() as s:
         evidence = s.get_one(Call, call_id).evidence
-    assert jobs.finalise_call(call_id) == "already finalised"
+    assert jobs.finalise_call(call_id) == FinaliseOutcome.ALREADY_FINALISED
     with worker_ctx.sessions() as s:
         assert s.get_one(Call, call_id).evidence == evidence
         events = s.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "call.finalise"))
         assert events == 1
-    assert jobs.finalise_call(999_999) == "missing"
+    assert jobs.finalise_call(999_999) == FinaliseOutcome.MISSING
 
 
 def test_streaming_call_is_not_finalised(worker_ctx: WorkerContext) -> None:
     with worker_ctx.sessions.begin() as s:
         call_id = make_call(s, None, status=CallStatus.STREAMING).id
-    assert jobs.finalise_call(call_id) == "streaming"
+    assert jobs.finalise_call(call_id) == FinaliseOutcome.STREAMING
     with worker_ctx.sessions() as s:
         assert s.get_one(Call, call_id).status == CallStatus.STREAMING.value

@@ -24,6 +24,7 @@ from worker.flags import (
     sign,
     verify,
 )
+from worker.scoring import ScoreOutcome
 
 SECRET = "webhook-secret-for-tests"
 
@@ -128,6 +129,6 @@ def test_unreachable_webhook_does_not_fail_scoring(worker_ctx: WorkerContext) ->
     with worker_ctx.sessions.begin() as s:
         call = make_call(s, make_patient(s))
         ids = [add_utterance(s, call, i, pain(seed=95 + i)) for i in range(2)]
-    assert [jobs.score_utterance(uid) for uid in ids] == ["scored", "scored"]
+    assert [jobs.score_utterance(uid) for uid in ids] == [ScoreOutcome.SCORED, ScoreOutcome.SCORED]
     with worker_ctx.sessions() as s:
         assert s.scalars(select(Flag)).one().status == "open"

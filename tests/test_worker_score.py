@@ -29,9 +29,11 @@ from schema.models import (
     Voiceprint,
 )
 from tests.worker_fixtures import add_utterance, calm, make_call, make_patient, pain, run_burst
-from worker import jobs
+from worker import jobs, scoring
+from worker.baselines import enroll
 from worker.context import WorkerContext
 from worker.rows import from_bytes, to_bytes
+from worker.scoring import ScoreOutcome
 
 SCORE = "worker.jobs.score_utterance"
 
@@ -80,8 +82,8 @@ def test_second_run_scores_once(worker_ctx: WorkerContext, worker_queue: Queue) 
     # the outbox sweep or a retry runs the same job again
     again = worker_queue.enqueue(SCORE, u1, job_id=f"score-utterance-{u1}-again")
     run_burst(worker_queue)
-    assert again.return_value(refresh=True) == "already scored"
-    assert jobs.score_utterance(u1) == "already scored"
+    assert again.return_value(refresh=True) == ScoreOutcome.ALREADY_SCORED
+    assert jobs.score_utterance(u1) == ScoreOutcome.ALREADY_SCORED
     assert _count(worker_ctx, Score) == 2
     with worker_ctx.sessions() as s:
         assert s.scalars(select(PopulationStats.count)).one() == 2
@@ -118,14 +120,14 @@ def test_failure_after_insert_rolls_everything_back(worker_ctx: WorkerContext, m
     def boom(*_: Any, **__: Any) -> None:
         raise RuntimeError("simulated crash after the score insert")
 
-    monkeypatch.setattr(jobs, "update_running_score", boom)
+    monkeypatch.setattr(scoring, "update_running_score", boom)  # the write step of score_utterance
     with pytest.raises(RuntimeError):
         jobs.score_utterance(uid)
     assert _count(worker_ctx, Score) == 0
     assert _count(worker_ctx, PopulationStats) == 0
     assert _count(worker_ctx, UtteranceAudio) == 1
     monkeypatch.undo()
-    assert jobs.score_utterance(uid) == "scored"
+    assert jobs.score_utterance(uid) == ScoreOutcome.SCORED
     with worker_ctx.sessions() as s:
         assert s.scalars(select(PopulationStats.count)).one() == 1
 
@@ -134,10 +136,10 @@ def test_missing_audio_marks_failed(worker_ctx: WorkerContext) -> None:
     _, (uid,) = _call_with(worker_ctx, [calm(seed=8)])
     with worker_ctx.sessions.begin() as s:
         s.delete(s.get(UtteranceAudio, uid))
-    assert jobs.score_utterance(uid) == "no audio"
+    assert jobs.score_utterance(uid) == ScoreOutcome.NO_AUDIO
     with worker_ctx.sessions() as s:
         assert s.get(Utterance, uid).status == UtteranceStatus.FAILED.value
-    assert jobs.score_utterance(10_000_000) == "missing"
+    assert jobs.score_utterance(10_000_000) == ScoreOutcome.MISSING
 
 
 def _drain(pubsub: Any, timeout_s: float = 5.0) -> list[dict[str, Any]]:
@@ -212,7 +214,7 @@ def test_too_little_speech_raises_no_flag(worker_ctx: WorkerContext) -> None:
 def test_baseline_applied_when_enrolled(worker_ctx: WorkerContext) -> None:
     with worker_ctx.sessions.begin() as s:
         patient_id = make_patient(s).id
-    jobs.enroll(patient_id, [calm(170.0, seed=s) for s in (41, 42, 43)], "nurse1")
+    enroll(patient_id, [calm(170.0, seed=s) for s in (41, 42, 43)], "nurse1", ctx=worker_ctx)
     with worker_ctx.sessions.begin() as s:
         call = make_call(s, s.get_one(Patient, patient_id))
         uid = add_utterance(s, call, 0, pain(170.0, seed=44))
@@ -231,7 +233,7 @@ def test_speaker_check_pools_the_calls_speech(worker_ctx: WorkerContext, speaker
     with worker_ctx.sessions.begin() as s:
         patient_id = make_patient(s).id
     enrol_clips = [calm(120.0, seed=s) for s in (61, 62)]
-    jobs.enroll(patient_id, enrol_clips, "nurse1")
+    enroll(patient_id, enrol_clips, "nurse1", ctx=worker_ctx)
     with worker_ctx.sessions.begin() as s:
         call = make_call(s, s.get_one(Patient, patient_id))
         first = add_utterance(s, call, 0, enrol_clips[0])
@@ -258,7 +260,7 @@ def test_speaker_check_uses_voiceprint(worker_ctx: WorkerContext, speaker_embedd
         patient = make_patient(s)
         patient_id = patient.id
     enrol_clips = [calm(120.0, seed=s) for s in (51, 52)]
-    result = jobs.enroll(patient_id, enrol_clips, "nurse1")
+    result = enroll(patient_id, enrol_clips, "nurse1", ctx=worker_ctx)
     assert result.voiceprint_n == 2
     with worker_ctx.sessions.begin() as s:
         call = make_call(s, s.get_one(Patient, patient_id))
@@ -337,7 +339,12 @@ def test_concurrent_runs_race_safely(worker_ctx: WorkerContext) -> None:
     call_id, (u1, u2) = _call_with(worker_ctx, [pain(seed=81), pain(seed=82)])
     with ThreadPoolExecutor(4) as pool:
         outcomes = list(pool.map(jobs.score_utterance, [u1, u1, u2, u2]))
-    assert sorted(outcomes) == ["already scored", "already scored", "scored", "scored"]
+    assert sorted(outcomes) == [
+        ScoreOutcome.ALREADY_SCORED,
+        ScoreOutcome.ALREADY_SCORED,
+        ScoreOutcome.SCORED,
+        ScoreOutcome.SCORED,
+    ]
     assert _count(worker_ctx, Score) == 2
     with worker_ctx.sessions() as s:
         assert s.scalars(select(PopulationStats.count)).one() == 2

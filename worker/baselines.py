@@ -39,6 +39,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 import numpy as np
 from sqlalchemy import func, select
@@ -157,6 +158,7 @@ def _add_contribution(
     utterance_id: int | None = None,
     call_id: int | None = None,
     created_at: datetime | None = None,
+    speech_s: float | None = None,
 ) -> BaselineContribution:
     row = BaselineContribution(
         baseline_id=baseline.id,
@@ -164,6 +166,7 @@ def _add_contribution(
         call_id=call_id,
         source=source.value,
         embedding=to_bytes(embedding),
+        speech_s=speech_s,
         included=True,
         created_at=created_at or utcnow(),
     )
@@ -217,6 +220,8 @@ def enroll(
     no_speech = [i for i, pieces in enumerate(cut) if not pieces]
     owner = [i for i, pieces in enumerate(cut) for _ in pieces]  # utterance -> the clip it came from
     utterances = [piece.samples for pieces in cut for piece in pieces]
+    # kept with each contribution: the audio is not, and the baseline page tells utterances apart by length
+    speech = [piece.speech_s for pieces in cut for piece in pieces]
     if not utterances:
         raise ValueError("no speech found in the enrolment audio")
     featurized = featurize(ctx, utterances)
@@ -250,10 +255,12 @@ def enroll(
         for u in kept:
             # twins share a timestamp (distinct per utterance), which is how exclusions are mirrored
             at = start + timedelta(microseconds=u)
-            _add_contribution(session, baseline, X[u], ContributionSource.ENROLMENT, created_at=at)
+            _add_contribution(session, baseline, X[u], ContributionSource.ENROLMENT, created_at=at, speech_s=speech[u])
             measure_row = measure_rows[u]
             if measure_row is not None:
-                _add_contribution(session, ev_baseline, measure_row, ContributionSource.ENROLMENT, created_at=at)
+                _add_contribution(
+                    session, ev_baseline, measure_row, ContributionSource.ENROLMENT, created_at=at, speech_s=speech[u]
+                )
         stats = rederive(session, baseline)
         ev_stats = rederive(session, ev_baseline)
 
@@ -324,10 +331,22 @@ def _fold_into_voiceprint(
 # growth from resolved calls
 
 
+class GrowthOutcome(StrEnum):
+    """What :func:`grow_from_call` did with one call: the policy ran, or which of its rules refused it."""
+
+    APPLIED = "applied"  # ``added`` may still be 0: a repeated job finds every utterance already in
+    NO_CALL = "no call"
+    NOT_REVIEWED = "not reviewed"  # no flag: nobody checked the call
+    NOT_RESOLVED_NO_PAIN = "not resolved as no_pain"
+    NO_PATIENT = "no patient"
+    NOT_SCORED = "not scored"  # no utterance scored by the current model
+
+
 @dataclass
 class GrowthResult:
-    """What :func:`grow_from_call` did (or why it did nothing)."""
+    """What :func:`grow_from_call` did (or why it did nothing); ``worker.jobs.grow_baseline_from_call`` returns it."""
 
+    outcome: GrowthOutcome
     added: int = 0
     excluded_speaker: int = 0
     baseline_id: int | None = None
@@ -343,25 +362,28 @@ def grow_from_call(session: Session, ctx: WorkerContext, call_id: int) -> Growth
     """
     call = session.get(Call, call_id)
     if call is None:
-        return GrowthResult(reason="no such call")
+        return GrowthResult(GrowthOutcome.NO_CALL, reason="no such call")
     flag = session.scalars(select(Flag).where(Flag.call_id == call_id)).one_or_none()
     if flag is None:
-        return GrowthResult(reason="no flag: an unreviewed call never feeds a baseline")
+        return GrowthResult(GrowthOutcome.NOT_REVIEWED, reason="no flag: an unreviewed call never feeds a baseline")
     if flag.status != FlagStatus.RESOLVED.value or flag.label != FlagLabel.NO_PAIN.value:
-        return GrowthResult(reason=f"flag {flag.status}/{flag.label or 'unlabelled'}: not resolved as no_pain")
+        return GrowthResult(
+            GrowthOutcome.NOT_RESOLVED_NO_PAIN,
+            reason=f"flag {flag.status}/{flag.label or 'unlabelled'}: not resolved as no_pain",
+        )
     if call.patient_id is None:
-        return GrowthResult(reason="call has no patient")
+        return GrowthResult(GrowthOutcome.NO_PATIENT, reason="call has no patient")
     if call.status != CallStatus.FINALISED.value:
         raise CallNotReady(f"call {call_id} is not finalised yet")
     model = ctx.model
     rows = session.execute(
-        select(Utterance.id, Score.embedding, Score.features, Score.speaker_similarity)
+        select(Utterance.id, Utterance.speech_s, Score.embedding, Score.features, Score.speaker_similarity)
         .join(Score, Score.utterance_id == Utterance.id)
         .where(Utterance.call_id == call_id, Score.model_version == model.version)
         .order_by(Utterance.seq)
     ).all()
     if not rows:
-        return GrowthResult(reason=f"no utterances scored by model {model.version}")
+        return GrowthResult(GrowthOutcome.NOT_SCORED, reason=f"no utterances scored by model {model.version}")
     has_voiceprint = (
         session.scalar(select(Voiceprint.id).where(Voiceprint.patient_id == call.patient_id, Voiceprint.count > 0))
         is not None
@@ -397,6 +419,7 @@ def grow_from_call(session: Session, ctx: WorkerContext, call_id: int) -> Growth
                 ContributionSource.RESOLVED_CALL,
                 utterance_id=r.id,
                 call_id=call_id,
+                speech_s=r.speech_s,
             )
             added += 1
         stored = r.features or {}
@@ -411,6 +434,7 @@ def grow_from_call(session: Session, ctx: WorkerContext, call_id: int) -> Growth
                 ContributionSource.RESOLVED_CALL,
                 utterance_id=r.id,
                 call_id=call_id,
+                speech_s=r.speech_s,
             )
     stats = rederive(session, baseline)
     rederive(session, ev_baseline)
@@ -426,7 +450,15 @@ def grow_from_call(session: Session, ctx: WorkerContext, call_id: int) -> Growth
             excluded_speaker=excluded,
             baseline_n=stats.n,
         )
-    return GrowthResult(added=added, excluded_speaker=excluded, baseline_id=baseline.id, baseline_n=stats.n)
+    return GrowthResult(
+        GrowthOutcome.APPLIED, added=added, excluded_speaker=excluded, baseline_id=baseline.id, baseline_n=stats.n
+    )
+
+
+def grow_from_resolved_call(ctx: WorkerContext, call_id: int) -> GrowthResult:
+    """:func:`grow_from_call` in a transaction of its own: what the job runs, and tests and tools call."""
+    with session_scope(ctx.sessions) as session:
+        return grow_from_call(session, ctx, call_id)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -508,6 +540,7 @@ def derive_for_model(session: Session, patient_id: int, new_model: PainModel) ->
                 call_id=c.call_id,
                 source=c.source,
                 embedding=c.embedding,
+                speech_s=c.speech_s,
                 included=c.included,
                 created_at=c.created_at,
             )
@@ -516,17 +549,30 @@ def derive_for_model(session: Session, patient_id: int, new_model: PainModel) ->
     return target
 
 
+def start_for_model(ctx: WorkerContext, patient_id: int, new_model: PainModel) -> int | None:
+    """:func:`derive_for_model` in a transaction of its own, for a model rollout; the new baseline's id.
+
+    None means the patient has no baseline in the same embedder's space and must re-enrol.
+    """
+    with session_scope(ctx.sessions) as session:
+        baseline = derive_for_model(session, patient_id, new_model)
+        return baseline.id if baseline is not None else None
+
+
 __all__ = [
     "EVIDENCE_BASELINE_VERSION",
     "CallNotReady",
     "EnrolmentResult",
+    "GrowthOutcome",
     "GrowthResult",
     "derive_for_model",
     "enroll",
     "evidence_baseline",
     "grow_from_call",
+    "grow_from_resolved_call",
     "model_baseline",
     "rebuild",
     "rederive",
     "speaker_passes",
+    "start_for_model",
 ]

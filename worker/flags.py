@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -37,6 +37,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from schema.models import Call, Flag, FlagLevel, FlagStatus, utcnow
+
+if TYPE_CHECKING:  # worker.context imports this module for its webhook timeout
+    from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -209,10 +212,23 @@ def announce(
         post_webhook(webhook_url, webhook_secret, change, webhook_timeout_s)
 
 
+def announce_from(ctx: WorkerContext, change: FlagChange) -> None:
+    """:func:`announce` with the worker's own channel and webhook: what every job calls after its commit."""
+    announce(
+        change,
+        ctx.redis,
+        channel=ctx.flag_channel,
+        webhook_url=ctx.flag_webhook_url,
+        webhook_secret=ctx.flag_webhook_secret,
+        webhook_timeout_s=ctx.webhook_timeout_s,
+    )
+
+
 __all__ = [
     "SIGNATURE_HEADER",
     "FlagChange",
     "announce",
+    "announce_from",
     "encode",
     "flag_message",
     "level_for",

@@ -7,7 +7,9 @@
 
 Runs every protocol for every shipped task, cross-corpus both ways between ravdess-distress and
 nemo-distress, the gain-invariance check (test audio scaled by +-12 dB), and each installed
-embedder's speed in audio seconds per CPU second on telephone audio.
+embedder's speed in audio seconds per CPU second on telephone audio. The clip-level run also draws
+each task's person-level ROC, calibration and per-speaker figures into ``img/`` beside --doc
+(docs/img/detection-<task>-<kind>.png) and links them from the doc.
 """
 
 from __future__ import annotations
@@ -25,7 +27,16 @@ from analysis.embedders import EmbedderUnavailable, get_embedder
 from analysis.training import TrainConfig
 from painline.config import Settings
 from painline.live_path import SPEECH_TASKS
-from painline.research import DEFAULT_CHANNEL, evaluate_task, format_table, gain_check, load_task_data
+from painline.research import (
+    DEFAULT_CHANNEL,
+    Evaluation,
+    ProtocolFigures,
+    evaluate_protocols,
+    format_table,
+    gain_check,
+    load_task_data,
+    protocol_figures,
+)
 
 RESULTS = Path("bench/results/detection.json")
 DOC = Path("docs/detection.md")
@@ -111,6 +122,50 @@ def targets_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+FIGURE_KINDS = {"roc": "ROC", "calibration": "calibration", "speakers": "per speaker"}
+"""The figures drawn per task, ``docs/img/detection-<task>-<kind>.png``, and their link text."""
+
+
+def write_figures(evaluation: Evaluation, img: Path) -> ProtocolFigures | None:
+    """The person-level protocol's figures for one task, the random split's ROC beside it.
+
+    Person-level is the row a hotline's new callers get; the random split, drawn on the same ROC
+    axes, shows how much of its apparent accuracy came from hearing the speaker in training.
+    """
+    task = str(evaluation.result["task"])
+    return protocol_figures(
+        evaluation.scored["person"],
+        img,
+        f"detection-{task}",
+        f"{task}, person-level",
+        compare={"random split (speakers leak)": evaluation.scored["random"]},
+    )
+
+
+def figures_table(results: dict, doc: Path) -> str:
+    """Links from the doc to each task's figures that exist beside it (``img/``), or '' when none do.
+
+    Read from disk rather than the results JSON, so a run that merged or assembled other tasks'
+    rows still links the figures their own runs drew.
+    """
+    img = doc.parent / "img"
+    rows = []
+    for task in results["tasks"]:
+        names = {kind: f"detection-{task['task']}-{kind}.png" for kind in FIGURE_KINDS}
+        links = [
+            f"[{text}](img/{names[kind]})" if (img / names[kind]).exists() else "-"
+            for kind, text in FIGURE_KINDS.items()
+        ]
+        if any(link != "-" for link in links):
+            rows.append(f"| {task['task']} | " + " | ".join(links) + " |")
+    if not rows:
+        return ""
+    return (
+        "\n\nFigures, person-level predictions pooled over the folds (the ROC also draws the random split):\n\n"
+        "| task | " + " | ".join(FIGURE_KINDS.values()) + " |\n|---|---|---|---|\n" + "\n".join(rows)
+    )
+
+
 def write_doc(results: dict, doc: Path = DOC) -> None:
     rows = [
         "| task | protocol | AUC [95% CI] | balanced accuracy [95% CI] | sens@90%spec | n |",
@@ -161,6 +216,7 @@ def write_doc(results: dict, doc: Path = DOC) -> None:
         "`cross->T`: trained on the task's corpus, tested on T's corpus with T's own unlabelled population "
         "statistics; `cross_training_population` uses the training corpus's statistics instead.\n\n"
         + "\n".join(rows)
+        + figures_table(results, doc)
         + f"\n\nGain invariance (ravdess-distress, person-level, test audio scaled): {gain}\n\n"
         f"Embedder speed, audio seconds per CPU second on telephone audio: {speed}\n" + kept
     )
@@ -228,7 +284,7 @@ def live_path_section(results: dict) -> str:
         "`worker.jobs.score_utterance` (speaker check, running population statistics, baseline) and the call "
         "finalised by `finalise_call`, on a throwaway database (`painline.live_path`). Every call is played "
         "twice, into two otherwise identical deployments: in one the speaker was enrolled with "
-        "`worker.jobs.enroll` from 3 of their normal-state clips (never played in a call), in the other nobody "
+        "`worker.baselines.enroll` from 3 of their normal-state clips (never played in a call), in the other nobody "
         "was. Before the first call both deployments' population statistics are seeded, as a hotline seeds them "
         "before go-live (`painline population seed`), from the fold's other speakers' clips, unlabelled; they then "
         "accumulate over the fold's calls in both. `call_n_*`: the finalised call "
@@ -543,7 +599,9 @@ def main() -> int:
         cross = [
             load_task_data(t, emb, settings, DEFAULT_CHANNEL, max_speakers=max_speakers) for t in CROSS.get(task, [])
         ]
-        res = evaluate_task(data, emb, DEFAULT_CHANNEL, cfg, cross, n_boot=n_boot)
+        evaluation = evaluate_protocols(data, emb, DEFAULT_CHANNEL, cfg, cross, n_boot=n_boot)
+        write_figures(evaluation, args.doc.parent / "img")
+        res = evaluation.result
         res["channel"] = DEFAULT_CHANNEL.card()
         print(format_table(res), flush=True)
         results["tasks"].append(res)
