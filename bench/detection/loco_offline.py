@@ -150,6 +150,12 @@ DAMAGES: dict[str, ChannelConfig] = {
 seed); training audio stays clean. Babble is four other speakers of the test corpus at once."""
 
 
+FAST = TrainConfig(c_grid=(1.0,), enrol_k=(3,), draws=1)
+"""For ranking variants against each other when a full fold fit per variant costs too much: one C,
+one enrolment size (the 3 clips the LOCO plan enrols) and one draw. Every variant of a comparison
+uses it; no shipped figure does."""
+
+
 def loco_fold(
     data: list[TaskData],
     held_out: int,
@@ -158,12 +164,12 @@ def loco_fold(
     *,
     robustness: bool = False,
     fold_dir: Path | None = None,
+    cfg: TrainConfig | None = None,
 ) -> dict[str, Any]:
     started = time.time()
     emb = get_embedder(variant.embedder, embedder_sources(settings))
-    model = loco_fold_model(
-        data, held_out, emb, DEFAULT_CHANNEL, TrainConfig(), aligned=variant.aligned, fold_dir=fold_dir
-    )
+    cfg = cfg or TrainConfig()
+    model = loco_fold_model(data, held_out, emb, DEFAULT_CHANNEL, cfg, aligned=variant.aligned, fold_dir=fold_dir)
     test = data[held_out]
     out: dict[str, Any] = {"auc": play_offline(model, test).auc(), "threshold": model.threshold}
     if robustness:
@@ -182,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", required=True, help="<embedder>[/aligned] (repeatable)")
     p.add_argument("--task", action="append", help="test corpus task (default: every speech task)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--fast", action="store_true", help="rank variants with FAST's training settings (not the shipped)")
     p.add_argument("--robustness", action="store_true", help="also score the test corpus's audio damaged (DAMAGES)")
     p.add_argument(
         "--fold-models", type=Path, help="keep and reuse fold models under DIR/<variant>/ (as painline train)"
@@ -194,11 +201,19 @@ def main(argv: list[str] | None = None) -> int:
         variant = Variant.parse(text)
         emb = get_embedder(variant.embedder, embedder_sources(settings))
         data = [load_task_data(t, emb, settings, DEFAULT_CHANNEL) for t in SPEECH_TASKS]
-        out = results.setdefault(str(variant), {})
+        out = results.setdefault(str(variant) + (" (fast)" if args.fast else ""), {})
+        if args.fast and args.fold_models:
+            raise SystemExit("--fast models are for ranking only: they are not kept beside the shipped procedure's")
         fold_dir = args.fold_models / str(variant).replace("/", "-") if args.fold_models else None
         for t in tasks:
             out[t] = loco_fold(
-                data, list(SPEECH_TASKS).index(t), variant, settings, robustness=args.robustness, fold_dir=fold_dir
+                data,
+                list(SPEECH_TASKS).index(t),
+                variant,
+                settings,
+                robustness=args.robustness,
+                fold_dir=fold_dir,
+                cfg=FAST if args.fast else TrainConfig(),
             )
             print(str(variant), t, json.dumps(out[t]["auc"]), f"{out[t]['seconds']} s", flush=True)
             args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -1,0 +1,49 @@
+"""The offline LOCO bench's own rules: how a call with unheard utterances scores, what a variant is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from analysis.aggregate import call_probability
+from bench.detection.loco_offline import AGGREGATIONS, DAMAGES, Variant, aggregate
+
+
+def test_the_shipped_aggregation_is_the_workers() -> None:
+    probs = [0.2, 0.7, 0.9, 0.4]
+    assert aggregate(np.array(probs), "mean_logodds") == pytest.approx(call_probability(probs))
+
+
+def test_an_unheard_utterance_is_left_out_and_a_call_heard_not_at_all_cannot_flag() -> None:
+    assert aggregate(np.array([0.8, np.nan]), "mean_logodds") == pytest.approx(0.8)
+    for how in AGGREGATIONS:
+        assert aggregate(np.array([np.nan, np.nan]), how) == 0.0
+
+
+def test_top_half_listens_to_the_loudest_evidence() -> None:
+    probs = np.array([0.1, 0.1, 0.9, 0.9])
+    assert aggregate(probs, "top_half") == pytest.approx(0.9)
+    assert aggregate(probs, "median") == pytest.approx(0.5)
+
+
+def test_variants_parse_and_refuse_unknown_options() -> None:
+    assert Variant.parse("egemaps+speaker/aligned") == Variant("egemaps+speaker", aligned=True)
+    assert str(Variant.parse("egemaps")) == "egemaps"
+    with pytest.raises(SystemExit, match="unknown variant option"):
+        Variant.parse("egemaps/shuffled")
+
+
+def test_every_robustness_row_damages_the_audio_and_none_changes_the_cut_or_level_rule() -> None:
+    assert set(DAMAGES) == {
+        "white_20db",
+        "white_10db",
+        "babble_20db",
+        "babble_10db",
+        "frames_lost_2pct",
+        "frames_lost_5pct",
+        "gain_plus_12db",
+        "gain_minus_12db",
+    }
+    for channel in DAMAGES.values():
+        assert channel.segment and channel.rms_normalise and channel.telephone
+        assert channel.damaged or channel.gain_db
