@@ -11,7 +11,8 @@
                                           keeps the web app up with a throwaway nurse account
     painline check                        list every missing or contradictory production setting
     painline population seed AUDIO...     give the population statistics the hotline's scale before go-live
-    painline baseline enroll REF AUDIO... enrol a patient's normal voice (or --phone NUMBER AUDIO...)
+    painline baseline enrol REF AUDIO...  enrol a patient's normal voice (or --phone NUMBER AUDIO...);
+                                          the old spelling ``enroll`` still works
     painline keys generate|rotate         data encryption keys: print a new one / re-encrypt with the newest
     painline retention [--every N]        delete unscored audio and old per-utterance rows (audited)
     painline users add --role admin NAME  create an account (password prompted, or one line on stdin);
@@ -33,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from painline.config import Settings, SettingsError, production_problems
 
@@ -426,7 +428,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # baseline
 
 
-def cmd_baseline_enroll(args: argparse.Namespace) -> int:
+def cmd_baseline_enrol(args: argparse.Namespace) -> int:
     """Enrol clips under the key a call will be recognised by, so the baseline is actually used.
 
     Calls are keyed by the hotline's ``patient_ref`` when they pass one, else by an HMAC of the
@@ -446,9 +448,9 @@ def cmd_baseline_enroll(args: argparse.Namespace) -> int:
     from schema.db import session_scope
     from schema.identity import PatientKeyKind, caller_key, looks_like_phone_number, mask_number, patient_ref_key
     from schema.models import Patient
-    from worker.baselines import enroll
+    from worker.baselines import enrol
 
-    prog = "painline baseline enroll"
+    prog = "painline baseline enrol"
     settings = _settings()
     inputs: list[str] = list(args.inputs)
     if args.phone is not None:
@@ -527,7 +529,7 @@ def cmd_baseline_enroll(args: argparse.Namespace) -> int:
                     patient_id = session.scalar(select(Patient.id).where(Patient.key == key))
                     assert patient_id is not None  # the row whose insert conflicted with ours
         try:
-            result = enroll(patient_id, clips, actor, ctx=ctx, check_speaker=not args.no_speaker_check)
+            result = enrol(patient_id, clips, actor, ctx=ctx, check_speaker=not args.no_speaker_check)
         except ValueError:  # the VAD found no speech in any recording
             print(f"{prog}: no speech found in the recordings (they are cut as a call would be)", file=sys.stderr)
             return EXIT_FAILED
@@ -870,37 +872,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("baseline", help="patient baselines")
     baseline = p.add_subparsers(dest="baseline_command", required=True, metavar="ACTION")
-    e = baseline.add_parser(
-        "enroll",
-        help="enrol recordings of a patient's normal voice",
-        # one positional list, split by the command: argparse cannot tell an optional PATIENT_REF from AUDIO
-        usage="%(prog)s [-h] [--actor ACTOR] [--no-speaker] [--no-speaker-check]\n"
-        "       (PATIENT_REF | --phone NUMBER) AUDIO [AUDIO ...]",
-        description="Enrol the patient under the key their calls will have: the hotline's reference for calls "
-        "that pass patient_ref, or with --phone the caller's number (keyed with PAINLINE_HMAC_KEY, "
-        "never stored) for calls that do not. A baseline under the wrong one is never used.",
-    )
-    e.add_argument(
-        "inputs",
-        nargs="+",
-        metavar="[PATIENT_REF] AUDIO",
-        help="the hotline's patient reference (not with --phone), then recordings of the patient's normal voice",
-    )
-    e.add_argument(
-        "--phone",
-        metavar="NUMBER",
-        default=None,
-        help="key the patient by this caller number (E.164, e.g. +15550002222) as a call from it is "
-        "keyed; needs PAINLINE_HMAC_KEY. Instead of PATIENT_REF",
-    )
-    e.add_argument("--actor", default=None, help="who is enrolling, for the audit trail (default: cli:<user>)")
-    e.add_argument("--no-speaker", action="store_true", help="do not load speaker verification")
-    e.add_argument(
-        "--no-speaker-check",
-        action="store_true",
-        help="accept clips even if they do not match the patient's voiceprint",
-    )
-    e.set_defaults(func=cmd_baseline_enroll)
+    # "enroll", the old spelling, stays as a hidden alias so existing scripts keep working: a parser
+    # added without help= is left out of the ACTION list
+    for name, shown in (("enrol", True), ("enroll", False)):
+        listed: dict[str, Any] = {"help": "enrol recordings of a patient's normal voice"} if shown else {}
+        e = baseline.add_parser(
+            name,
+            **listed,
+            # one positional list, split by the command: argparse cannot tell an optional PATIENT_REF from AUDIO
+            usage="%(prog)s [-h] [--actor ACTOR] [--no-speaker] [--no-speaker-check]\n"
+            "       (PATIENT_REF | --phone NUMBER) AUDIO [AUDIO ...]",
+            description="Enrol the patient under the key their calls will have: the hotline's reference for calls "
+            "that pass patient_ref, or with --phone the caller's number (keyed with PAINLINE_HMAC_KEY, "
+            "never stored) for calls that do not. A baseline under the wrong one is never used. "
+            "(`painline baseline enroll`, the old spelling, still works.)",
+        )
+        e.add_argument(
+            "inputs",
+            nargs="+",
+            metavar="[PATIENT_REF] AUDIO",
+            help="the hotline's patient reference (not with --phone), then recordings of the patient's normal voice",
+        )
+        e.add_argument(
+            "--phone",
+            metavar="NUMBER",
+            default=None,
+            help="key the patient by this caller number (E.164, e.g. +15550002222) as a call from it is "
+            "keyed; needs PAINLINE_HMAC_KEY. Instead of PATIENT_REF",
+        )
+        e.add_argument("--actor", default=None, help="who is enrolling, for the audit trail (default: cli:<user>)")
+        e.add_argument("--no-speaker", action="store_true", help="do not load speaker verification")
+        e.add_argument(
+            "--no-speaker-check",
+            action="store_true",
+            help="accept clips even if they do not match the patient's voiceprint",
+        )
+        e.set_defaults(func=cmd_baseline_enrol)
 
     add_data_parsers(sub)
 

@@ -15,7 +15,7 @@ without sockets, Redis or real-time pacing:
   then runs the jobs the session would have enqueued, in the order it would have enqueued them.
   With ``queue=None`` every utterance is left in the outbox (that is what the sweep recovers in
   production), so nothing is scored twice and nothing depends on RQ's timing.
-- :meth:`LiveDeployment.enrol` is what ``painline baseline enroll`` does with its clips.
+- :meth:`LiveDeployment.enrol` is what ``painline baseline enrol`` does with its clips.
 
 :func:`run_protocol` is the person-level live-path protocol built on it (``python -m bench.detection
 --live-path``, ``painline evaluate --protocol live-path``).
@@ -58,7 +58,7 @@ from schema.models import Call, Score, Utterance
 from telephony import tokens
 from telephony.session import StreamCounters, StreamSession
 from telephony.twiml import TOKEN_PARAMETER
-from worker.baselines import EnrolmentResult, enroll
+from worker.baselines import EnrolmentResult, enrol
 from worker.context import WorkerContext
 from worker.scoring import ScoreOutcome
 
@@ -223,11 +223,11 @@ class LiveDeployment:
         return patient_id
 
     def enrol(self, patient_ref: str, clips_8k: Sequence[np.ndarray], *, check_speaker: bool = True) -> EnrolmentResult:
-        """``painline baseline enroll PATIENT_REF ...``: the clips through the mu-law codec, then ``enroll``."""
+        """``painline baseline enrol PATIENT_REF ...``: the clips through the mu-law codec, then ``enrol``."""
         self._install()
         patient_id = self.patient(patient_ref)
         clips = [mulaw_decode(mulaw_encode(np.asarray(c, dtype=np.float32))) for c in clips_8k]
-        return enroll(patient_id, clips, "live-path", ctx=self.ctx, check_speaker=check_speaker)
+        return enrol(patient_id, clips, "live-path", ctx=self.ctx, check_speaker=check_speaker)
 
     # -- calls -------------------------------------------------------------------------------------
 

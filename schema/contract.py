@@ -79,7 +79,7 @@ class JobName(StrEnum):
     FINALISE_CALL = "worker.jobs.finalise_call"
     GROW_BASELINE = "worker.jobs.grow_baseline_from_call"
     REBUILD_BASELINE = "worker.jobs.rebuild_baseline"
-    ENROL_UPLOAD = "worker.jobs.enroll_uploaded"
+    ENROL_UPLOAD = "worker.jobs.enrol_uploaded"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ Here the reader thread is never started (``NoReaderThread`` is passed as simple-
 simple-websocket handle the events (pings, close handshake, size limit), take the next message.
 The handshake, routing and response handling stay flask-sock's; the event handling stays
 simple-websocket's. What this module relies on beyond their public API is listed on
-:class:`InlineReader` and checked by ``tests/test_telephony_inline_socket.py``.
+:class:`InlineReader` and checked by ``tests/telephony/test_telephony_inline_socket.py``.
 """
 
 from __future__ import annotations

@@ -8,9 +8,8 @@
   other areas' tests use them too); Redis keys deleted afterwards.
 - ``app_server``: that app served by werkzeug on a free port in a thread, its ``public_url`` set to
   the real address so Twilio-style signatures over it verify.
-- ``proxied_app_server``: the same, but the app believes it is ``https://painline.example`` (as behind
-  a TLS proxy), so replay must sign the public URL while connecting to the local one.
-- helpers: ``isolated_job_class``, ``cleanup_queue``, ``wav_file``.
+- helpers: ``isolated_job_class``, ``cleanup_queue``, ``wav_file``, ``serve_app`` (an app in a thread,
+  under a public URL of its choosing: ``proxied_app_server`` in ``tests/painline/conftest.py``).
 """
 
 from __future__ import annotations
@@ -122,7 +121,7 @@ class AppServer:
         return self.app.extensions["painline.queue"]
 
 
-def _serve(app: Flask, public_url: str | None) -> Iterator[AppServer]:
+def serve_app(app: Flask, public_url: str | None) -> Iterator[AppServer]:
     server = make_dev_server("127.0.0.1", 0, app)
     url = f"http://127.0.0.1:{server.server_port}"
     configure(app, settings_of(app).with_(public_url=public_url or url))
@@ -138,9 +137,4 @@ def _serve(app: Flask, public_url: str | None) -> Iterator[AppServer]:
 
 @pytest.fixture
 def app_server(painline_app: Flask) -> Iterator[AppServer]:
-    yield from _serve(painline_app, None)
-
-
-@pytest.fixture
-def proxied_app_server(painline_app: Flask) -> Iterator[AppServer]:
-    yield from _serve(painline_app, PROXY_PUBLIC_URL)
+    yield from serve_app(painline_app, None)

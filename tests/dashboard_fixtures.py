@@ -7,6 +7,9 @@
   :data:`PASSWORD`, plus a bearer token each: ``dash_users.tokens[role]``.
 - ``dash_seed``: a patient with a finalised flagged call (three scored utterances, open flag), a live
   unflagged call, and a model baseline with two contributions beside its evidence twin.
+- ``pages_app``: ``dash_app`` with a flag channel of its own (``DashboardConfig.flag_channel``), so the live
+  stream under test hears only this test's messages, and a short SSE heartbeat (the dashboard page
+  tests and the browser tests).
 - helpers: :func:`login`, :func:`csrf_of`, :func:`bearer`.
 """
 
@@ -271,3 +274,12 @@ def login(client: FlaskClient, username: str, password: str = PASSWORD, **extra:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def pages_app(dash_app: Flask) -> Iterator[Flask]:
+    configure(
+        dash_app,
+        replace(config_of(dash_app), flag_channel=f"painline-test-flags:{secrets.token_hex(6)}", sse_heartbeat_s=0.5),
+    )
+    yield dash_app

@@ -9,9 +9,8 @@ Fixtures:
 - ``pg_url`` / ``sqlite_url``: session-wide empty databases (not migrated).
 - ``db_url``: parametrised over both backends (test ids ``sqlite`` and ``postgresql``).
 - ``migrated_engine``: an engine on ``db_url`` migrated to head; emptied of rows after each test.
-- ``db_session``: a session on ``migrated_engine``, rolled back and closed after the test.
-- ``fresh_db_url``: a brand-new empty database per test (both backends), for tests that must see a
-  database nobody has migrated yet.
+
+``db_session`` and ``fresh_db_url``, which only the schema tests use, are in ``tests/schema/conftest.py``.
 """
 
 from __future__ import annotations
@@ -25,10 +24,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from schema.db import make_engine, session_factory
+from schema.db import make_engine
 from schema.migrate import upgrade
 from schema.models import Base
 
@@ -78,16 +76,6 @@ def db_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue(fixture)
 
 
-@pytest.fixture(params=BACKENDS)
-def fresh_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A new, empty database of each backend in turn, just for this test."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fresh.sqlite'}"
-        return
-    with temporary_postgres_database() as url:
-        yield url
-
-
 def _delete_all_rows(engine: Engine) -> None:
     with engine.begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):
@@ -111,13 +99,3 @@ def migrated_engine(db_url: str) -> Iterator[Engine]:
             _delete_all_rows(cleanup)
         finally:
             cleanup.dispose()
-
-
-@pytest.fixture
-def db_session(migrated_engine: Engine) -> Iterator[Session]:
-    session = session_factory(migrated_engine)()
-    try:
-        yield session
-    finally:
-        session.rollback()
-        session.close()

@@ -14,8 +14,8 @@ corpus offline with whatever model is shipped, the same way training prepared it
   extracts about a thousand clips (~1.5 min), a warm one reads them back.
 - :meth:`OfflineScorer.streamed`: clips as the live worker will get them (cut by the socket's VAD).
 - fixtures: ``shipped_model`` / ``offline`` (session), ``shipped_context`` (the worker context built
-  from the configured model path and installed for one test), ``flag_listener`` (subscribed to
-  the deployment's flag channel before anything is replayed).
+  from the configured model path and installed for one test); :class:`FlagListener`, a subscription to
+  the deployment's flag channel (the ``flag_listener`` fixture is in ``tests/painline/conftest.py``).
 - live helpers: :func:`write_call_wav`, :func:`replay_wav`, :func:`pending_audio`,
   :func:`run_worker`, :func:`enrol_patient`.
 """
@@ -52,13 +52,12 @@ from analysis.segmentation import VadConfig, cut_clip
 from painline.config import Settings
 from painline.replay import ReplayResult, load_call_audio, replay_call
 from painline.workers import PainlineSimpleWorker, build_context, install_context
-from schema.contract import flag_channel
 from schema.db import session_scope
 from schema.identity import patient_ref_key
 from schema.models import Call, Patient, Utterance, UtteranceAudio
 from tests.app_fixtures import AUTH_TOKEN, AppServer, app_redis_url
 from worker import context as worker_context
-from worker.baselines import enroll
+from worker.baselines import enrol
 from worker.context import WorkerContext
 
 REPO = Path(__file__).resolve().parents[1]
@@ -342,19 +341,6 @@ class FlagListener:
         self.pubsub.close()
 
 
-@pytest.fixture
-def flag_listener(shipped_context: WorkerContext, app_settings: Settings) -> Iterator[FlagListener]:
-    channel = flag_channel(app_settings.channel_namespace)
-    assert shipped_context.flag_channel == channel
-    connection = Redis.from_url(app_redis_url())
-    listener = FlagListener(connection, channel)
-    try:
-        yield listener
-    finally:
-        listener.close()
-        connection.close()
-
-
 @dataclass(frozen=True)
 class CallFile:
     path: Path
@@ -433,7 +419,7 @@ def run_worker(server: AppServer, *, drained: bool = True) -> None:
 def enrol_patient(ctx: WorkerContext, clips: Sequence[Clip]) -> tuple[str, int, int]:
     """A new patient known by a hotline reference, with ``clips`` enrolled as their normal voice.
 
-    The clips go in as ``painline baseline enroll`` sends them: 8 kHz through the mu-law codec.
+    The clips go in as ``painline baseline enrol`` sends them: 8 kHz through the mu-law codec.
     Returns ``(patient_ref, patient_id, baseline_n)``.
     """
     ref = f"E2E-{secrets.token_hex(4)}"
@@ -443,6 +429,6 @@ def enrol_patient(ctx: WorkerContext, clips: Sequence[Clip]) -> tuple[str, int, 
         session.flush()
         patient_id = int(patient.id)
     audio = [mulaw_decode(mulaw_encode(call_audio_of(c))) for c in clips]
-    result = enroll(patient_id, audio, "test:e2e", ctx=ctx, check_speaker=False)
+    result = enrol(patient_id, audio, "test:e2e", ctx=ctx, check_speaker=False)
     assert result.accepted == len(clips) and result.no_speech == [] and result.baseline_n == result.utterances
     return ref, patient_id, result.baseline_n

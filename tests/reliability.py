@@ -1,7 +1,7 @@
 """The reliability table: what each fault or bad-input test did to painline, and whether it survived.
 
 Fault tests (``tests/faults``) and bad-input tests record one row each through the ``reliability``
-fixture (``tests/fault_fixtures.py``)::
+fixture (``tests/conftest.py``)::
 
     def test_worker_killed(reliability):
         ...
@@ -183,7 +183,7 @@ def read_rows(path: Path | None = None) -> list[dict[str, Any]]:
     return [row for row in rows if isinstance(row, dict) and row.get("name")]
 
 
-# one recorder per pytest process; tests/fault_fixtures.py writes it at session end
+# one recorder per pytest process; tests/conftest.py writes it at session end
 RECORDER = ReliabilityRecorder()
 
 

@@ -1,4 +1,4 @@
-"""Fixtures and helpers for the telephony tests (loaded through ``pytest_plugins`` in conftest).
+"""Telephony fixtures and helpers shared by several test folders (loaded through ``pytest_plugins`` in conftest).
 
 - Twilio-side builders: messages in the documented Media Streams format, request signatures.
 - ``speechlike`` / ``synthetic_call``: harmonic, amplitude-modulated bursts webrtcvad treats as speech.
@@ -6,8 +6,9 @@
   migrated to head, emptied after each test.
 - ``rq_queue``: a real Redis queue with a unique name and a job-key namespace of its own (job ids such
   as ``score-utterance-1`` are global in RQ and other areas' tests use them too); deleted afterwards.
-- ``telephony_app`` / ``live_server``: a minimal Flask app carrying only the telephony blueprint, and
-  the same app served by werkzeug in a thread for real WebSocket clients.
+
+The telephony tests' own fixtures (``tel_settings``, ``telephony_app``, ``live_server``, ``down_sessions``,
+``down_queue``) are in ``tests/telephony/conftest.py``.
 """
 
 from __future__ import annotations
@@ -16,36 +17,26 @@ import base64
 import json
 import os
 import secrets
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pytest
-from flask import Flask
-from flask_sock import Sock
 from redis import Redis
 from rq import Queue
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from twilio.request_validator import RequestValidator
-from werkzeug.serving import make_server
 
 from analysis.channel import mulaw_encode
-from painline.app import telephony_config
-from painline.config import Settings
 from schema.db import make_engine, session_factory
 from schema.migrate import upgrade
 from schema.models import Base
-from telephony.blueprint import init_app
 from tests.app_fixtures import cleanup_queue, isolated_job_class
 
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/0"
-PUBLIC_URL = "https://painline.example"
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 HMAC_KEY = "test-hmac-key-for-telephony"
-STREAM_WSS_URL = "wss://painline.example/twilio/stream"
 
 
 def new_sid(prefix: str) -> str:
@@ -189,17 +180,6 @@ def synthetic_call(bursts: list[tuple[float, float]], total_s: float, sr: int = 
 # settings, database, queue, app
 
 
-@pytest.fixture
-def tel_settings() -> Settings:
-    return Settings(
-        public_url=PUBLIC_URL,
-        twilio_auth_token=AUTH_TOKEN,
-        hmac_key=HMAC_KEY,
-        next_dial="+15550100",
-        stream_token_ttl_s=120,
-    )
-
-
 @pytest.fixture(scope="session")
 def _tel_pg_migrated(pg_url: str) -> str:
     upgrade(pg_url)
@@ -223,17 +203,6 @@ def tel_sessions(tel_engine: Engine) -> sessionmaker[Session]:
     return session_factory(tel_engine)
 
 
-@pytest.fixture
-def down_sessions() -> Iterator[sessionmaker[Session]]:
-    """A session factory whose database refuses connections (nothing listens on port 1)."""
-    url = "postgresql+psycopg://postgres@127.0.0.1:1/none"
-    engine = make_engine(url, connect_args={"connect_timeout": 2})
-    try:
-        yield session_factory(engine)
-    finally:
-        engine.dispose()
-
-
 def redis_url() -> str:
     return os.environ.get("PAINLINE_TEST_REDIS_URL") or DEFAULT_TEST_REDIS_URL
 
@@ -248,46 +217,3 @@ def rq_queue() -> Iterator[Queue]:
     finally:
         cleanup_queue(connection, name)
         connection.close()
-
-
-@pytest.fixture
-def down_queue() -> Iterator[Queue]:
-    """An rq queue whose Redis refuses connections."""
-    connection = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5, socket_timeout=0.5)
-    yield Queue("painline-test-down", connection=connection)
-    connection.close()
-
-
-def make_app(settings: Settings, sessions: Any, queue: Queue | None) -> Flask:
-    """The smallest app the telephony blueprint runs in, shaped like painline's own factory."""
-    app = Flask("painline-telephony-test")
-    app.extensions["painline.sessions"] = sessions
-    app.extensions["painline.queue"] = queue
-    sock = Sock(app)
-    init_app(app, sock, telephony_config(settings))
-    return app
-
-
-@pytest.fixture
-def telephony_app(tel_settings: Settings, tel_sessions: sessionmaker[Session], rq_queue: Queue) -> Flask:
-    return make_app(tel_settings, tel_sessions, rq_queue)
-
-
-@dataclass
-class LiveServer:
-    http_url: str
-    ws_url: str
-    app: Flask
-
-
-@pytest.fixture
-def live_server(telephony_app: Flask) -> Iterator[LiveServer]:
-    server = make_server("127.0.0.1", 0, telephony_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="telephony-live-server", daemon=True)
-    thread.start()
-    port = server.server_port
-    try:
-        yield LiveServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", telephony_app)
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)

@@ -1,15 +1,15 @@
-"""Fixtures for the worker tests (loaded through ``pytest_plugins`` in conftest).
+"""Worker fixtures and helpers shared by several test folders (loaded through ``pytest_plugins`` in conftest).
 
 - ``voice``: synthetic 8 kHz voiced speech with a chosen pitch, level, syllable rate and jitter.
 - ``pain_model`` / ``pain_model_path``: a small but real :class:`analysis.model.PainModel`, trained on
   eGeMAPS of synthetic speakers whose "pain" clips are higher, louder, faster and rougher.
-- ``egemaps``: the eGeMAPS embedder, built once. ``speaker_embedder``: resemblyzer, or a skip.
+- ``egemaps``: the eGeMAPS embedder, built once.
 - ``worker_redis``: a real Redis connection; ``worker_queue``: an RQ queue with a unique name and a
   job-key namespace of its own (job ids such as ``score-utterance-1`` are global in RQ and other
   areas' tests use them too); deleted afterwards.
-- ``worker_ctx``: a :class:`worker.context.WorkerContext` on ``migrated_engine`` (both backends),
-  installed for the test and uninstalled after, publishing on a flag channel of its own.
 - helpers: ``make_patient``, ``make_call``, ``add_utterance``, ``run_burst``.
+
+``speaker_embedder`` and ``worker_ctx``, which only the worker tests use, are in ``tests/worker/conftest.py``.
 """
 
 from __future__ import annotations
@@ -23,18 +23,15 @@ import numpy as np
 import pytest
 from redis import Redis
 from rq import Queue
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from analysis.baseline import RunningStats, TwoLevelNormaliser
 from analysis.channel import TELEPHONE_RATE, mulaw_encode
-from analysis.embedders import Embedder, EmbedderUnavailable, get_embedder
+from analysis.embedders import Embedder, get_embedder
 from analysis.model import PainModel
 from painline.workers import PainlineSimpleWorker
-from schema.db import session_factory
 from schema.models import Call, CallStatus, Patient, Utterance, UtteranceAudio, UtteranceStatus, utcnow
 from tests.app_fixtures import cleanup_queue, isolated_job_class
-from worker import context
 
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/0"
 MODEL_VERSION = "test-egemaps-1"
@@ -147,16 +144,6 @@ def pain_model_path(pain_model: PainModel, tmp_path_factory: pytest.TempPathFact
     return pain_model.save(tmp_path_factory.mktemp("model") / "test.joblib")
 
 
-@pytest.fixture(scope="session")
-def speaker_embedder() -> Embedder:
-    try:
-        embedder = get_embedder("speaker")
-        embedder.embed([calm()])
-    except EmbedderUnavailable as exc:
-        pytest.skip(f"speaker embedder unavailable: {exc}")
-    return embedder
-
-
 @pytest.fixture
 def worker_redis() -> Iterator[Redis]:
     connection = Redis.from_url(redis_url())
@@ -174,28 +161,6 @@ def worker_queue(worker_redis: Redis) -> Iterator[Queue]:
         yield queue
     finally:
         cleanup_queue(worker_redis, name)
-
-
-@pytest.fixture
-def worker_ctx(
-    migrated_engine: Engine, pain_model: PainModel, egemaps: Embedder, worker_redis: Redis
-) -> Iterator[context.WorkerContext]:
-    ctx = context.WorkerContext(
-        engine=migrated_engine,
-        sessions=session_factory(migrated_engine),
-        redis=worker_redis,
-        model=pain_model,
-        embedder=egemaps,
-        evidence_embedder=egemaps,
-        speaker_embedder=None,
-        min_speech_s=3.0,
-        flag_channel=f"painline:flags:test-{secrets.token_hex(6)}",
-    )
-    context.install(ctx)
-    try:
-        yield ctx
-    finally:
-        context.uninstall()
 
 
 def run_burst(queue: Queue) -> bool:

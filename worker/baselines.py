@@ -3,7 +3,7 @@
 The policy, deliberately narrow because a baseline defines "normal" for a caller and a polluted one
 would hide pain:
 
-- A baseline grows only from (a) explicit enrolment of normal-voice audio (:func:`enroll`), and
+- A baseline grows only from (a) explicit enrolment of normal-voice audio (:func:`enrol`), and
   (b) the utterances of a call whose flag a nurse *resolved* with label ``no_pain``
   (:func:`grow_from_call`). Never from an unflagged call (no one checked it), an open or
   acknowledged flag, or ``pain_confirmed`` / ``unsure``.
@@ -180,7 +180,7 @@ def _add_contribution(
 
 @dataclass
 class EnrolmentResult:
-    """What :func:`enroll` did; ids and counts only."""
+    """What :func:`enrol` did; ids and counts only."""
 
     baseline_id: int
     baseline_n: int
@@ -192,7 +192,7 @@ class EnrolmentResult:
     utterances: int = 0  # baseline contributions added: the utterances cut from the accepted clips
 
 
-def enroll(
+def enrol(
     patient_id: int,
     clips_8k: Sequence[np.ndarray],
     actor: str,
@@ -566,7 +566,7 @@ __all__ = [
     "GrowthOutcome",
     "GrowthResult",
     "derive_for_model",
-    "enroll",
+    "enrol",
     "evidence_baseline",
     "grow_from_call",
     "grow_from_resolved_call",

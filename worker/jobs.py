@@ -12,9 +12,10 @@ job's result and logged.
 - ``grow_baseline_from_call``: add a call resolved as no_pain to the patient's baseline
   (:mod:`worker.baselines`);
 - ``rebuild_baseline``: re-derive a baseline after an admin's change (:mod:`worker.baselines`);
-- ``enroll_uploaded``: enrol clips an admin uploaded (:mod:`worker.uploads`).
+- ``enrol_uploaded``: enrol clips an admin uploaded (:mod:`worker.uploads`); ``enroll_uploaded``,
+  its old name, stays for jobs enqueued under it.
 
-The baseline library functions the CLI and tools call directly (``enroll``,
+The baseline library functions the CLI and tools call directly (``enrol``,
 ``grow_from_resolved_call``, ``start_for_model``) are in :mod:`worker.baselines`, not here.
 """
 
@@ -28,7 +29,7 @@ from worker.baselines import CallNotReady, GrowthOutcome, GrowthResult
 from worker.context import current
 from worker.finalise import FinaliseOutcome, finalise
 from worker.scoring import ScoreOutcome, score
-from worker.uploads import UploadEnrolment, UploadOutcome, enroll_upload
+from worker.uploads import UploadEnrolment, UploadOutcome, enrol_upload
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,9 @@ def rebuild_baseline(baseline_id: int) -> int:
         return baselines.rebuild(session, baseline_id).n
 
 
-def enroll_uploaded(patient_id: int, token: str, actor: int | str) -> UploadEnrolment:
+def enrol_uploaded(patient_id: int, token: str, actor: int | str) -> UploadEnrolment:
     """Enrol clips an admin uploaded, read from (and then removed from) Redis (:mod:`worker.uploads`)."""
-    done = enroll_upload(current(), patient_id, token, actor)
+    done = enrol_upload(current(), patient_id, token, actor)
     result = done.enrolment
     if done.outcome is UploadOutcome.ENROLLED and result is not None:
         log.info(
@@ -88,9 +89,15 @@ def enroll_uploaded(patient_id: int, token: str, actor: int | str) -> UploadEnro
     return done
 
 
+enroll_uploaded = enrol_uploaded
+"""The job's name before it was spelt ``enrol``: RQ finds a job's function by its dotted name, so an
+upload a dashboard enqueued as ``worker.jobs.enroll_uploaded`` before the upgrade (or a failed one
+requeued later) still runs. Nothing enqueues this name any more."""
+
+
 __all__ = [
     "CallNotReady",
-    "enroll_uploaded",
+    "enrol_uploaded",
     "finalise_call",
     "grow_baseline_from_call",
     "rebuild_baseline",

@@ -1,4 +1,4 @@
-"""Enrolment audio an admin uploaded: the body of ``worker.jobs.enroll_uploaded``.
+"""Enrolment audio an admin uploaded: the body of ``worker.jobs.enrol_uploaded``.
 
 The web UI puts the uploaded clips (mu-law) in Redis under :func:`schema.contract.enrol_upload_key`
 and enqueues the job; the audio is passed through Redis rather than job arguments or the database,
@@ -17,12 +17,12 @@ from analysis.channel import mulaw_decode
 from schema.contract import enrol_upload_key
 from schema.db import session_scope
 from schema.models import User
-from worker.baselines import EnrolmentResult, enroll
+from worker.baselines import EnrolmentResult, enrol
 from worker.context import WorkerContext
 
 
 class UploadOutcome(StrEnum):
-    """What :func:`enroll_upload` did with one upload."""
+    """What :func:`enrol_upload` did with one upload."""
 
     ENROLLED = "enrolled"
     EXPIRED = "expired"  # the clips were gone from Redis (expiry passed, or an earlier run took them)
@@ -37,7 +37,7 @@ class UploadEnrolment:
     enrolment: EnrolmentResult | None = None
 
 
-def enroll_upload(ctx: WorkerContext, patient_id: int, token: str, actor: int | str) -> UploadEnrolment:
+def enrol_upload(ctx: WorkerContext, patient_id: int, token: str, actor: int | str) -> UploadEnrolment:
     """Enrol the clips uploaded under ``token`` for ``patient_id``, removing them from Redis.
 
     ``actor`` is the uploading user's id, resolved to a username here for the audit trail: job
@@ -45,7 +45,7 @@ def enroll_upload(ctx: WorkerContext, patient_id: int, token: str, actor: int | 
     (A username string, from a job queued before this changed, is still accepted.)
     """
     if ctx.redis is None:
-        raise RuntimeError("enroll_uploaded needs the worker's Redis connection")
+        raise RuntimeError("enrol_uploaded needs the worker's Redis connection")
     key = enrol_upload_key(token)
     pipe = ctx.redis.pipeline()
     pipe.lrange(key, 0, -1)
@@ -55,7 +55,7 @@ def enroll_upload(ctx: WorkerContext, patient_id: int, token: str, actor: int | 
         return UploadEnrolment(UploadOutcome.EXPIRED)
     clips = [mulaw_decode(bytes(p)) for p in payloads]
     try:
-        result = enroll(patient_id, clips, _actor_name(ctx, actor), ctx=ctx)
+        result = enrol(patient_id, clips, _actor_name(ctx, actor), ctx=ctx)
     except ValueError:  # no speech in any clip
         return UploadEnrolment(UploadOutcome.NO_SPEECH)
     return UploadEnrolment(UploadOutcome.ENROLLED, result)
@@ -70,4 +70,4 @@ def _actor_name(ctx: WorkerContext, actor: int | str) -> str:
     return name or f"user:{actor}"
 
 
-__all__ = ["UploadEnrolment", "UploadOutcome", "enroll_upload"]
+__all__ = ["UploadEnrolment", "UploadOutcome", "enrol_upload"]

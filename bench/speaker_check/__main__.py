@@ -7,7 +7,7 @@ and two per-call rules the product could use instead.
 
 Each clip goes the deployment's way: ``telephone`` -> ``cut_clip`` with the default ``VadConfig`` ->
 one d-vector per utterance from the worker's ``speaker`` embedder. Enrolment embeds whole clips, as
-``worker.baselines.enroll`` does. d-vectors are cached under ``.cache/speaker_check/`` (keyed by
+``worker.baselines.enrol`` does. d-vectors are cached under ``.cache/speaker_check/`` (keyed by
 corpus, clip path and what produced them), so a re-run only recomputes the statistics.
 """
 

@@ -6,7 +6,7 @@ comes from the Debian package, at ``/usr/bin/chromium``. The tests skip when eit
 
 The nurse scenario is the real thing end to end
 (:func:`test_nurse_sees_a_replayed_call_flag_live_resolves_it_as_no_pain_and_the_baseline_grows`): a
-distressed RAVDESS call (the clips chosen as ``tests/test_e2e_corpus.py`` chooses them) is replayed in
+distressed RAVDESS call (the clips chosen as ``tests/painline/test_e2e_corpus.py`` chooses them) is replayed in
 real time through the signed webhook and the Media Stream socket while a real RQ worker with the
 shipped model scores it, and the nurse's open queue shows the flag the worker raises before the caller
 hangs up. It needs the shared corpora (marked ``corpus``; skipped with the reason when
@@ -59,7 +59,7 @@ from schema.models import (
 from tests.app_fixtures import AppServer
 from tests.dashboard_fixtures import PASSWORD, DashUsers
 from tests.e2e_fixtures import CallFile, OfflineScorer, aggregate, replay_wav, run_worker, write_call_wav
-from tests.test_e2e_corpus import needs_ravdess, strongest_distressed_actor
+from tests.painline.test_e2e_corpus import needs_ravdess, strongest_distressed_actor
 from worker.context import WorkerContext
 from worker.flags import FlagChange, encode, flag_message
 

@@ -11,7 +11,7 @@ disconnected, new connections are refused) and starts again:
   --every 1`` process, itself riding out the outage) re-enqueues it once the database is back;
 - **the voice webhook keeps calls going**: throughout the outage ``POST /twilio/voice`` still answers
   200 with TwiML that hands the call on to the hotline's flow (no stream), quickly; once the
-  database is back, calls get their stream again. (``tests/test_telephony_webhooks.py::
+  database is back, calls get their stream again. (``tests/telephony/test_telephony_webhooks.py::
   test_database_down_still_continues_the_call`` checks one request against a database that is not
   there; this is the same promise over a real outage of a running server.)
 
