@@ -372,19 +372,26 @@ class BaselineContribution(Base):
 
 
 class PopulationStats(Base):
-    """Statistics over everyone, used before a patient has a baseline of their own."""
+    """One shard of the statistics over everyone, used before a patient has a baseline of their own.
+
+    The deployment's population for an (embedder, model version) is the merge of all its shards
+    (``RunningStats.merge_in``; :func:`worker.population.merged_population`). Each scoring worker
+    writes only the shard it holds, so no single row is locked by every scored utterance.
+    """
 
     __tablename__ = "population_stats"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     embedder: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(128))
+    shard: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     stats: Mapped[dict[str, Any]] = mapped_column(JSONType)
     count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (
-        UniqueConstraint("embedder", "model_version"),
+        UniqueConstraint("embedder", "model_version", "shard"),
+        CheckConstraint("shard >= 0", name="shard_nonnegative"),
         CheckConstraint("count >= 0", name="count_nonnegative"),
     )
 

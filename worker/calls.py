@@ -9,9 +9,10 @@ that is what the verdict's minimum-speech rule needs, since unscored speech is n
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from analysis.aggregate import CallVerdict, call_probability, call_verdict
@@ -24,10 +25,10 @@ from analysis.evidence import (
     describe_measures,
 )
 from schema.contract import EVIDENCE_BASELINE_EMBEDDER
-from schema.models import Baseline, Call, Score, Utterance, UtteranceStatus
+from schema.models import Baseline, Call, Flag, Score, Utterance, UtteranceStatus
 from worker.baselines import EVIDENCE_BASELINE_VERSION
 from worker.context import WorkerContext
-from worker.flags import FlagChange, raise_or_update_flag
+from worker.flags import FlagChange, FlagState, raise_or_upgrade_known
 
 TOP_UTTERANCES = 3
 TOP_MEASURES = 3
@@ -53,17 +54,30 @@ def _scored(session: Session, call_id: int, model_version: str) -> list[Any]:
     )
 
 
-def update_running_score(session: Session, ctx: WorkerContext, call: Call) -> FlagChange | None:
+@dataclass(frozen=True)
+class LockedCall:
+    """The call row as the scoring job read it while taking its row lock."""
+
+    id: int
+    patient_id: int | None
+    call_score: float | None
+    speech_s: float
+
+
+def update_running_score(session: Session, ctx: WorkerContext, call: LockedCall) -> FlagChange | None:
     """Refresh ``call_score`` / ``speech_s`` and raise or upgrade the flag if the call now crosses.
 
     The caller holds the call's row lock, so concurrent scoring jobs of one call take turns here and
-    the last one sees every committed score.
+    the last one sees every committed score. One statement reads the scores and the flag (read
+    after the lock was granted, so neither is stale); the call is written only if its numbers moved,
+    and the flag only if it is raised or upgraded.
     """
     # only the two numbers the running score needs: this runs on every utterance of a call, so
     # loading each score's evidence JSON here would make a long call quadratic in parsing
     rows = session.execute(
-        select(Utterance.speech_s, Score.probability)
+        select(Utterance.speech_s, Score.probability, Flag.id, Flag.level, Flag.severity, Flag.status)
         .join(Score, Score.utterance_id == Utterance.id)
+        .outerjoin(Flag, Flag.call_id == Utterance.call_id)
         .where(Utterance.call_id == call.id, Score.model_version == ctx.model.version)
     ).all()
     if not rows:
@@ -71,10 +85,16 @@ def update_running_score(session: Session, ctx: WorkerContext, call: Call) -> Fl
     speech = [float(r.speech_s) for r in rows]
     p = call_probability([float(r.probability) for r in rows], speech)
     total = float(sum(speech))
-    call.call_score = p
-    call.speech_s = total
+    if call.call_score != p or call.speech_s != total:
+        session.execute(update(Call).where(Call.id == call.id).values(call_score=p, speech_s=total))
     if total >= ctx.min_speech_s and p >= ctx.threshold:
-        return raise_or_update_flag(session, call, p, ctx.threshold)
+        first = rows[0]
+        flag = (
+            None
+            if first.id is None
+            else FlagState(int(first.id), str(first.level), float(first.severity), str(first.status))
+        )
+        return raise_or_upgrade_known(session, call.id, call.patient_id, flag, p, ctx.threshold)
     return None
 
 
@@ -149,4 +169,4 @@ def verdict_and_evidence(
     return verdict, (p if math.isfinite(p) else None), total, evidence
 
 
-__all__ = ["pending_utterances", "update_running_score", "verdict_and_evidence"]
+__all__ = ["LockedCall", "pending_utterances", "update_running_score", "verdict_and_evidence"]

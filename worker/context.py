@@ -37,6 +37,7 @@ from analysis.model import ModelMismatchError, PainModel
 from analysis.segmentation import VadConfig
 from schema.db import make_engine, session_factory
 from worker.flags import WEBHOOK_TIMEOUT_S
+from worker.shards import PopulationView
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ class WorkerContext:
     finalise_grace_s: float = DEFAULT_FINALISE_GRACE_S
     webhook_timeout_s: float = WEBHOOK_TIMEOUT_S
     vad: VadConfig = field(default_factory=VadConfig)  # the deployment's call segmentation, for enrolment
+    # this process's shard of the population statistics (worker.population). SimpleWorker keeps what
+    # it learns across jobs; a forking Worker's work horse starts from the parent's cold copy and
+    # re-reads the shards, one statement more per job
+    population: PopulationView = field(default_factory=PopulationView)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

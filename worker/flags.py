@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from schema.models import Call, Flag, FlagLevel, FlagStatus, utcnow
@@ -112,6 +112,71 @@ def raise_or_update_flag(session: Session, call: Call, probability: float, thres
     if _LEVEL_RANK[level.value] > old_rank:
         return _change("flag.upgraded", flag, probability)
     return None  # a higher severity within the same level: stored, not worth a notification
+
+
+@dataclass(frozen=True)
+class FlagState:
+    """The columns of a call's flag that deciding a raise or an upgrade needs, read with the call's scores."""
+
+    id: int
+    level: str
+    severity: float
+    status: str
+
+
+def raise_or_upgrade_known(
+    session: Session,
+    call_id: int,
+    patient_id: int | None,
+    flag: FlagState | None,
+    probability: float,
+    threshold: float,
+) -> FlagChange | None:
+    """:func:`raise_or_update_flag` for a caller that has already read the flag: one statement at most.
+
+    The scoring job reads the flag in the same statement as the call's scores, under the call's row
+    lock, so the rule (raise once, then only upgrade, never touch a resolved flag) is the same and
+    the same lock makes it safe; only the round trips differ.
+    """
+    level = level_for(probability, threshold)
+    now = utcnow()
+    if flag is None:
+        flag_id = session.execute(
+            insert(Flag)
+            .values(
+                call_id=call_id,
+                patient_id=patient_id,
+                severity=float(probability),
+                level=level.value,
+                status=FlagStatus.OPEN.value,
+                raised_at=now,
+                updated_at=now,
+            )
+            .returning(Flag.id)
+        ).scalar_one()
+        raised = FlagState(int(flag_id), level.value, float(probability), FlagStatus.OPEN.value)
+        return _change_of("flag.raised", raised, call_id, probability)
+    if flag.status == FlagStatus.RESOLVED.value or probability <= flag.severity:
+        return None
+    session.execute(
+        update(Flag).where(Flag.id == flag.id).values(severity=float(probability), level=level.value, updated_at=now)
+    )
+    if _LEVEL_RANK[level.value] > _LEVEL_RANK.get(flag.level, -1):
+        upgraded = FlagState(flag.id, level.value, float(probability), flag.status)
+        return _change_of("flag.upgraded", upgraded, call_id, probability)
+    return None  # a higher severity within the same level: stored, not worth a notification
+
+
+def _change_of(event: str, flag: FlagState, call_id: int, probability: float) -> FlagChange:
+    return FlagChange(
+        event=event,
+        flag_id=flag.id,
+        call_id=call_id,
+        level=flag.level,
+        severity=round(float(flag.severity), 4),
+        probability=round(float(probability), 4),
+        status=flag.status,
+    )
 
 
 def _change(event: str, flag: Flag, probability: float) -> FlagChange:
@@ -227,6 +292,7 @@ def announce_from(ctx: WorkerContext, change: FlagChange) -> None:
 __all__ = [
     "SIGNATURE_HEADER",
     "FlagChange",
+    "FlagState",
     "announce",
     "announce_from",
     "encode",
@@ -235,6 +301,7 @@ __all__ = [
     "post_webhook",
     "publish",
     "raise_or_update_flag",
+    "raise_or_upgrade_known",
     "sign",
     "verify",
 ]

@@ -2,13 +2,20 @@
 
 :func:`score` in three steps, so no database transaction stays open while audio is embedded:
 
-1. read: skip if this model already scored the utterance; load audio, patient, voiceprint, the
-   live population statistics and the patient's baseline;
+1. read, in one statement (two when the caller has a voiceprint to check against): skip if this
+   model already scored the utterance; load audio, patient, voiceprint and the patient's baseline.
+   The population statistics come from the worker's own view (``worker.population``), re-read
+   only every few seconds;
 2. compute (no transaction): decode mu-law, RMS-normalise if the model card says so, embed, compute
    eGeMAPS evidence measures, check the speaker, predict;
-3. write, in one transaction: insert the Score, fold the raw embedding into the population
-   statistics (row-locked), mark the utterance scored and delete its audio, refresh the call's
-   running score and raise or upgrade its flag. Flag notifications go out after the commit.
+3. write, in one transaction: insert the Score, fold the raw embedding into this worker's shard of
+   the population statistics, mark the utterance scored, delete its audio and take the call's row
+   lock (on PostgreSQL all five in one statement), then refresh the call's running score and raise
+   or upgrade its flag. Flag notifications go out after the commit.
+
+Statements are the budget (issue 15: at most six per scored utterance, which
+``tests/worker/test_worker_budget.py`` counts): every round trip is CPU in the worker, and the
+scoring tier's throughput is what a deployment buys cores for (docs/scaling.md).
 
 Idempotency rests on the unique constraint on ``scores (utterance_id, model_version)``: step 1
 exits if a Score exists; two runs racing past step 1 both reach the insert, the loser gets an
@@ -31,9 +38,10 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -56,11 +64,13 @@ from schema.models import (
     Voiceprint,
     utcnow,
 )
-from worker.calls import update_running_score
+from worker.calls import LockedCall, update_running_score
 from worker.context import WorkerContext
 from worker.featurize import featurize
 from worker.flags import FlagChange, announce_from
 from worker.population import fold as fold_into_population
+from worker.population import move_on
+from worker.population import refresh as refresh_population
 from worker.rows import from_bytes, to_bytes
 
 log = logging.getLogger(__name__)
@@ -111,100 +121,196 @@ def score(ctx: WorkerContext, utterance_id: int) -> ScoreOutcome:
     baseline = inputs.baseline if same_speaker and inputs.baseline is not None and inputs.baseline.n > 0 else None
     probability = float(model.predict_proba(embedding[None, :], population=inputs.population, baseline=baseline)[0])
     applied = baseline is not None and model.caller_weight(baseline.n) > 0
+    view = ctx.population
+    own = view.own if view.own is not None else RunningStats.empty(model.dim)
+    folded = own.copy().update(np.atleast_2d(np.asarray(embedding, dtype=np.float64)))
+    score_row = {
+        "utterance_id": utterance_id,
+        "model_version": model.version,
+        "probability": min(max(probability, 0.0), 1.0),
+        "baseline_applied": applied,
+        "baseline_n": baseline.n if applied and baseline is not None else 0,
+        "speaker_similarity": similarity,
+        "speaker_vector": None if d_vector is None else to_bytes(d_vector),
+        "embedding": to_bytes(embedding),
+        "features": {"evidence_version": EVIDENCE_VERSION, "measures": measures},
+        "created_at": utcnow(),
+    }
 
     change: FlagChange | None = None
     try:
         with session_scope(ctx.sessions) as session:
-            session.add(
-                Score(
-                    utterance_id=utterance_id,
-                    model_version=model.version,
-                    probability=min(max(probability, 0.0), 1.0),
-                    baseline_applied=applied,
-                    baseline_n=baseline.n if applied and baseline is not None else 0,
-                    speaker_similarity=similarity,
-                    speaker_vector=None if d_vector is None else to_bytes(d_vector),
-                    embedding=to_bytes(embedding),
-                    features={"evidence_version": EVIDENCE_VERSION, "measures": measures},
-                    created_at=utcnow(),
-                )
-            )
-            session.flush()  # a duplicate fails here, before anything shared is touched
-            fold_into_population(session, model, embedding)
-            utterance = session.get(Utterance, utterance_id)
-            if utterance is not None:
-                utterance.status = UtteranceStatus.SCORED.value
-            session.execute(delete(UtteranceAudio).where(UtteranceAudio.utterance_id == utterance_id))
-            call = session.scalars(select(Call).where(Call.id == inputs.call_id).with_for_update()).one_or_none()
-            if call is not None and call.status != CallStatus.FINALISED.value:
-                change = update_running_score(session, ctx, call)
+            # a duplicate Score fails the first statement, before anything shared is kept
+            written = _write_score(session, ctx, score_row, own.n, folded, inputs.call_id)
+            if written.population_n != folded.n:  # someone else wrote this shard: fold under its lock
+                folded = fold_into_population(session, model, embedding, view.shard)
+                moved = True
+            else:
+                moved = False
+            if written.call is not None:
+                change = update_running_score(session, ctx, written.call)
     except IntegrityError:
         if _already_scored(ctx, utterance_id, model.version):
             log.info("utterance %s: scored concurrently by another job", utterance_id)
             return ScoreOutcome.ALREADY_SCORED
         raise
+    if moved:
+        move_on(view)
+    else:
+        view.own = folded  # only now: a rolled-back write must not count
     if change is not None:
         announce_from(ctx, dataclasses.replace(change, utterance_id=utterance_id))
     log.info("utterance %s scored (baseline %s)", utterance_id, "applied" if applied else "not applied")
     return ScoreOutcome.SCORED
 
 
+@dataclass(frozen=True)
+class _Written:
+    """What the write statement returned: the shard's new count (None: the guard refused) and the call."""
+
+    population_n: int | None
+    call: LockedCall | None  # None: the call is gone or finalised, its running score is left alone
+
+
+def _write_score(
+    session: Session,
+    ctx: WorkerContext,
+    score_row: dict[str, Any],
+    expected_n: int,
+    folded: RunningStats,
+    call_id: int,
+) -> _Written:
+    """Insert the score, write this worker's shard (if it still holds ``expected_n``), mark the utterance
+    scored, delete its audio and lock the call: one statement on PostgreSQL, five on SQLite."""
+    model = ctx.model
+    utterance_id = int(score_row["utterance_id"])
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert_insert  # type: ignore[assignment]
+    values = upsert_insert(PopulationStats).values(
+        embedder=model.embedder_name,
+        model_version=model.version,
+        shard=ctx.population.shard,
+        stats=folded.to_dict(),
+        count=folded.n,
+        updated_at=utcnow(),
+    )
+    shard = values.on_conflict_do_update(
+        index_elements=["embedder", "model_version", "shard"],
+        set_={"stats": values.excluded.stats, "count": values.excluded.count, "updated_at": values.excluded.updated_at},
+        where=PopulationStats.count == expected_n,
+    ).returning(PopulationStats.count)
+    new_score = insert(Score).values(**score_row).returning(Score.id)
+    gone = (
+        delete(UtteranceAudio).where(UtteranceAudio.utterance_id == utterance_id).returning(UtteranceAudio.utterance_id)
+    )
+    marked = (
+        update(Utterance)
+        .where(Utterance.id == utterance_id)
+        .values(status=UtteranceStatus.SCORED.value)
+        .returning(Utterance.id)
+    )
+    call_columns = (Call.id, Call.patient_id, Call.status, Call.call_score, Call.speech_s)
+    if dialect == "postgresql":
+        ctes = [new_score.cte("new_score"), shard.cte("shard"), gone.cte("gone"), marked.cte("marked")]
+        row = session.execute(
+            select(*call_columns, select(ctes[1].c.count).scalar_subquery().label("population_n"))
+            .where(Call.id == call_id)
+            .with_for_update(of=Call)
+            .add_cte(*ctes)
+        ).one_or_none()
+        population_n = None if row is None else row.population_n
+    else:
+        session.execute(new_score)
+        population_n = session.execute(shard).scalar_one_or_none()
+        session.execute(gone)
+        session.execute(marked)
+        row = session.execute(select(*call_columns).where(Call.id == call_id).with_for_update()).one_or_none()
+    call = (
+        None
+        if row is None or row.status == CallStatus.FINALISED.value
+        else LockedCall(int(row.id), row.patient_id, row.call_score, float(row.speech_s or 0.0))
+    )
+    return _Written(None if population_n is None else int(population_n), call)
+
+
 def _read_inputs(ctx: WorkerContext, utterance_id: int) -> _Inputs | ScoreOutcome:
     model = ctx.model
     with session_scope(ctx.sessions) as session:
-        if _score_exists(session, utterance_id, model.version):
-            return ScoreOutcome.ALREADY_SCORED
-        utterance = session.get(Utterance, utterance_id)
-        if utterance is None:
-            log.warning("utterance %s: gone before scoring", utterance_id)
-            return ScoreOutcome.MISSING
-        audio = session.get(UtteranceAudio, utterance_id)
-        if audio is None:
-            if utterance.status == UtteranceStatus.PENDING.value:
-                utterance.status = UtteranceStatus.FAILED.value
-            log.warning("utterance %s: no audio to score", utterance_id)
-            return ScoreOutcome.NO_AUDIO
-        call = session.get(Call, utterance.call_id)
-        patient_id = call.patient_id if call is not None else None
-        pop_row = session.scalars(
-            select(PopulationStats).where(
-                PopulationStats.embedder == model.embedder_name,
-                PopulationStats.model_version == model.version,
+        row = session.execute(
+            select(
+                Utterance.call_id,
+                Utterance.status,
+                Utterance.speech_s,
+                UtteranceAudio.mulaw,
+                Call.patient_id,
+                Score.id.label("score_id"),
+                Baseline.stats.label("baseline_stats"),
+                Baseline.count.label("baseline_count"),
+                Voiceprint.vector.label("voiceprint"),
+                Voiceprint.embedder.label("voiceprint_embedder"),
+                Voiceprint.count.label("voiceprint_count"),
             )
-        ).one_or_none()
-        baseline: RunningStats | None = None
-        voiceprint: np.ndarray | None = None
-        voiceprint_embedder: str | None = None
-        if patient_id is not None:
-            row = session.scalars(
-                select(Baseline).where(
-                    Baseline.patient_id == patient_id,
+            .outerjoin(UtteranceAudio, UtteranceAudio.utterance_id == Utterance.id)
+            .outerjoin(Call, Call.id == Utterance.call_id)
+            .outerjoin(Score, and_(Score.utterance_id == Utterance.id, Score.model_version == model.version))
+            .outerjoin(
+                Baseline,
+                and_(
+                    Baseline.patient_id == Call.patient_id,
                     Baseline.embedder == model.embedder_name,
                     Baseline.model_version == model.version,
-                )
-            ).one_or_none()
-            if row is not None and row.count > 0:
-                baseline = RunningStats.from_dict(row.stats)
-            vp = session.scalars(select(Voiceprint).where(Voiceprint.patient_id == patient_id)).one_or_none()
-            if vp is not None and vp.count > 0:
-                voiceprint, voiceprint_embedder = from_bytes(vp.vector), vp.embedder
-        earlier = session.scalars(
-            select(Score.speaker_vector)
-            .join(Utterance, Utterance.id == Score.utterance_id)
-            .where(
-                Utterance.call_id == utterance.call_id,
-                Score.model_version == model.version,
-                Score.speaker_vector.is_not(None),
-                Utterance.id != utterance_id,
+                ),
             )
-        ).all()
+            .outerjoin(Voiceprint, Voiceprint.patient_id == Call.patient_id)
+            .where(Utterance.id == utterance_id)
+        ).one_or_none()
+        if row is not None and row.score_id is not None:
+            return ScoreOutcome.ALREADY_SCORED
+        if row is None:
+            log.warning("utterance %s: gone before scoring", utterance_id)
+            return ScoreOutcome.MISSING
+        if row.mulaw is None:
+            if row.status == UtteranceStatus.PENDING.value:
+                session.execute(
+                    update(Utterance).where(Utterance.id == utterance_id).values(status=UtteranceStatus.FAILED.value)
+                )
+            log.warning("utterance %s: no audio to score", utterance_id)
+            return ScoreOutcome.NO_AUDIO
+        refresh_population(ctx.population, session, model)
+        baseline = (
+            RunningStats.from_dict(row.baseline_stats)
+            if row.baseline_stats is not None and row.baseline_count > 0
+            else None
+        )
+        has_voiceprint = row.voiceprint is not None and row.voiceprint_count > 0
+        voiceprint = from_bytes(row.voiceprint) if has_voiceprint else None
+        voiceprint_embedder = row.voiceprint_embedder if has_voiceprint else None
+        earlier: list[bytes | None] = []
+        speaker = ctx.speaker_embedder
+        if voiceprint is not None and speaker is not None and voiceprint_embedder == speaker.name:
+            # only then is a d-vector computed and pooled with the call's earlier ones
+            earlier = list(
+                session.scalars(
+                    select(Score.speaker_vector)
+                    .join(Utterance, Utterance.id == Score.utterance_id)
+                    .where(
+                        Utterance.call_id == row.call_id,
+                        Score.model_version == model.version,
+                        Score.speaker_vector.is_not(None),
+                        Utterance.id != utterance_id,
+                    )
+                )
+            )
         return _Inputs(
             utterance_id=utterance_id,
-            call_id=utterance.call_id,
-            patient_id=patient_id,
-            speech_s=float(utterance.speech_s),
-            mulaw=bytes(audio.mulaw),
-            population=RunningStats.from_dict(pop_row.stats) if pop_row is not None else None,
+            call_id=int(row.call_id),
+            patient_id=row.patient_id,
+            speech_s=float(row.speech_s),
+            mulaw=bytes(row.mulaw),
+            population=ctx.population.current(),
             baseline=baseline,
             voiceprint=voiceprint,
             voiceprint_embedder=voiceprint_embedder,
