@@ -1,7 +1,9 @@
 """The JSON API under ``/api/v1``: the pages' data and actions for the hotline's own systems.
 
-Every route is a thin shell over :class:`dashboard.queries.Store`, the same methods the pages call,
-so the API cannot show or do anything the pages would not (and writes the same audit events).
+Every route is a thin shell over :class:`dashboard.store.Store`, the same methods the pages call,
+so the API cannot show or do anything the pages would not (and writes the same audit events). The
+store's records become JSON through one helper, :func:`dashboard.store.to_json` (field names are the
+keys), and a test holds :mod:`dashboard.openapi`'s schemas to those records.
 Authentication is a bearer token (``Authorization: Bearer pl_...``, issued by ``painline users token``)
 or a signed-in browser session (then state-changing calls need the ``X-CSRF-Token`` header); see
 :mod:`dashboard.auth`. Errors are JSON: ``{"error": code, "message": text}`` with 400, 401, 403, 404,
@@ -22,7 +24,8 @@ from dashboard import params
 from dashboard.auth import ACTORS, ADMIN, AUDITOR, VIEWERS, current_user, json_error, require_api_role
 from dashboard.openapi import openapi_document
 from dashboard.params import MAX_ID
-from dashboard.queries import Conflict, Invalid, NotFound, Store, isoformat
+from dashboard.store import Conflict, Invalid, NotFound, Store, to_json
+from dashboard.store.audit import AuditFilters
 
 PREFIX = "/api/v1"
 
@@ -59,8 +62,9 @@ def _actor() -> str:
     return user.username
 
 
-def _ok(doc: Any, status: int = 200) -> ResponseReturnValue:
-    response = jsonify(isoformat(doc))
+def _ok(doc: object, status: int = 200) -> ResponseReturnValue:
+    """``doc`` (a record, or a dict or list of them) as the JSON answer."""
+    response = jsonify(to_json(doc))
     response.status_code = status
     return response
 
@@ -111,19 +115,19 @@ def me() -> ResponseReturnValue:
 @bp.get("/queue")
 @require_api_role(*VIEWERS)
 def queue() -> ResponseReturnValue:
-    return _ok({"rows": _store().queue_rows(_actor())})
+    return _ok({"rows": _store().flags.queue_rows(_actor())})
 
 
 @bp.get("/calls/<id:call_id>")
 @require_api_role(*VIEWERS)
 def call(call_id: int) -> ResponseReturnValue:
-    return _ok(_store().call(call_id, _actor()))
+    return _ok(_store().calls.call(call_id, _actor()))
 
 
 @bp.post("/flags/<id:flag_id>/acknowledge")
 @require_api_role(*ACTORS)
 def acknowledge(flag_id: int) -> ResponseReturnValue:
-    return _ok(_store().acknowledge_flag(flag_id, _actor()))
+    return _ok(_store().flags.acknowledge_flag(flag_id, _actor()))
 
 
 @bp.post("/flags/<id:flag_id>/resolve")
@@ -138,37 +142,37 @@ def resolve(flag_id: int) -> ResponseReturnValue:
         raise Invalid("note must be a string")
     if "\x00" in label or (note is not None and "\x00" in note):
         raise Invalid("label and note must not contain NUL characters")
-    return _ok(_store().resolve_flag(flag_id, _actor(), label, note))
+    return _ok(_store().flags.resolve_flag(flag_id, _actor(), label, note))
 
 
 @bp.get("/patients")
 @require_api_role(*REVIEWERS)
 def patients() -> ResponseReturnValue:
-    return _ok({"patients": _store().search_patients(params.search_query(request.args), _actor())})
+    return _ok({"patients": _store().patients.search(params.search_query(request.args), _actor())})
 
 
 @bp.get("/patients/<id:patient_id>/baseline")
 @require_api_role(*REVIEWERS)
 def baseline(patient_id: int) -> ResponseReturnValue:
-    return _ok(_store().baseline(patient_id, _actor()))
+    return _ok(_store().patients.baseline(patient_id, _actor()))
 
 
 @bp.post("/patients/<id:patient_id>/baseline/reset")
 @require_api_role(ADMIN)
 def reset_baseline(patient_id: int) -> ResponseReturnValue:
-    return _ok(_store().reset_baseline(patient_id, _actor()), 202)
+    return _ok(_store().patients.reset_baseline(patient_id, _actor()), 202)
 
 
 @bp.post("/contributions/<id:contribution_id>/exclude")
 @require_api_role(ADMIN)
 def exclude_contribution(contribution_id: int) -> ResponseReturnValue:
-    return _ok(_store().set_contribution_included(contribution_id, False, _actor()), 202)
+    return _ok(_store().patients.set_contribution_included(contribution_id, False, _actor()), 202)
 
 
 @bp.post("/contributions/<id:contribution_id>/include")
 @require_api_role(ADMIN)
 def include_contribution(contribution_id: int) -> ResponseReturnValue:
-    return _ok(_store().set_contribution_included(contribution_id, True, _actor()), 202)
+    return _ok(_store().patients.set_contribution_included(contribution_id, True, _actor()), 202)
 
 
 @bp.get("/audit")
@@ -181,16 +185,10 @@ def audit() -> ResponseReturnValue:
         raise Invalid("limit must be an integer") from exc
     # the same validation as the audit page's (dashboard.params), so both refuse the same values
     match = params.audit_match(args)
-    doc = _store().audit_log(
-        _actor(),
-        by=match.actor,
-        action=match.action,
-        object_type=match.object_type,
-        object_id=match.object_id,
-        before_id=params.row_id(args, "before_id"),
-        limit=limit,
+    filters = AuditFilters(
+        actor=match.actor, action=match.action, object_type=match.object_type, object_id=match.object_id
     )
-    return _ok(doc)
+    return _ok(_store().audit.log(_actor(), filters, before_id=params.row_id(args, "before_id"), limit=limit))
 
 
 __all__ = ["MAX_ID", "PREFIX", "REVIEWERS", "RowIdConverter", "bp", "init_app"]

@@ -46,7 +46,7 @@ class DashboardConfig:
     login_user_limit: int = 50  # failures per username and window, all addresses
     login_window_s: int = 5 * 60
     # Deprecated and unused since the sign-in counters moved under ``key_namespace``; kept only because
-    # tests/test_privacy_leaks.py still passes it. Remove with that fixture's argument.
+    # tests/painline/test_privacy_leaks.py still passes it. Remove with that fixture's argument.
     login_throttle_prefix: str = ""
     sse_heartbeat_s: float = 15.0
     sse_max_stream_s: float = 300.0

@@ -28,7 +28,7 @@ from werkzeug.exceptions import HTTPException, default_exceptions
 
 from dashboard.auth import json_error
 from dashboard.params import InvalidParameter
-from dashboard.queries import Invalid
+from dashboard.store.base import Invalid
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """How the pages spell things: times, durations, probabilities, verdicts and baseline status.
 
 Kept apart from the views so the nurse pages, the admin pages and their tests agree on one spelling.
-Patients are named by :func:`dashboard.queries.patient_label` (the hotline reference, or
+Patients are named by :func:`dashboard.store.base.patient_label` (the hotline reference, or
 ``caller #<id>`` for callers keyed by an HMAC of their number), the same label the JSON API gives;
 :func:`key_kind` says which of the two a patient is keyed by, since only calls keyed the same way
 reach that patient's baseline.
@@ -25,6 +25,7 @@ from flask import Blueprint, url_for
 
 from dashboard.config import config_of
 from dashboard.params import MAX_ID
+from dashboard.store.patients import BaselineRecord, BaselineStatus, PatientSummary
 from schema.identity import PatientKeyKind, looks_like_phone_number
 
 VERDICT_LABELS = {
@@ -134,15 +135,15 @@ def key_kind(value: str | None) -> str:
         return "–"
 
 
-def phone_like_reference(patient: Mapping[str, Any] | None) -> bool:
+def phone_like_reference(patient: PatientSummary | None) -> bool:
     """Whether a patient is keyed by a hotline reference that reads as a phone number.
 
     Such a patient was most likely enrolled by number under the reference by mistake: calls from
     that number are keyed by its HMAC and never reach this baseline, so the page says so.
     """
-    if not patient or patient.get("key_kind") != PatientKeyKind.HOTLINE_REFERENCE:
+    if patient is None or patient.key_kind != PatientKeyKind.HOTLINE_REFERENCE:
         return False
-    return looks_like_phone_number(str(patient.get("label") or ""))
+    return looks_like_phone_number(patient.label)
 
 
 def baseline_status(utterances: int, calls: int) -> str:
@@ -155,11 +156,11 @@ def baseline_status(utterances: int, calls: int) -> str:
     return f"{counted} over {calls} call{'s' if calls != 1 else ''}"
 
 
-def baseline_text(doc: Mapping[str, Any] | None) -> str:
-    """:func:`baseline_status` of a ``Store`` baseline document (None: no baseline yet)."""
-    if not doc:
+def baseline_text(status: BaselineStatus | BaselineRecord | None) -> str:
+    """:func:`baseline_status` of a patient's baseline (None: no baseline yet)."""
+    if status is None:
         return baseline_status(0, 0)
-    return baseline_status(int(doc.get("n_utterances") or 0), int(doc.get("n_calls") or 0))
+    return baseline_status(status.n_utterances, status.n_calls)
 
 
 PITCH_REFERENCE_HZ = 27.5

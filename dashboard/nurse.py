@@ -16,7 +16,8 @@ Routes (blueprint ``nurse``):
   ``worker.jobs.grow_baseline_from_call`` by name, job id ``grow-baseline-<call id>``: the worker
   applies the baseline policy; the web process never imports ``worker``.
 
-Reads and changes go through :class:`dashboard.queries.Store`, the same methods the JSON API calls,
+Reads and changes go through :class:`dashboard.store.Store` (its ``flags`` and ``calls`` subjects),
+the same methods the JSON API calls,
 so pages and API show the same rows in the same order and write the same audit events
 (``queue.view``, ``call.view``, ``flag.acknowledge``, ``flag.resolve``). The queue fragment refreshed
 and call page refreshed by the live script are not audited, or each event would write one row per
@@ -36,7 +37,8 @@ from flask.typing import ResponseReturnValue
 from dashboard import formatting, live
 from dashboard.auth import ACTORS, VIEWERS, require_role
 from dashboard.charts import ChartPoint, probability_chart
-from dashboard.queries import (
+from dashboard.store import (
+    CallDetail,
     Conflict,
     Invalid,
     NotFound,
@@ -85,22 +87,22 @@ def _actor() -> str:
     return g.current_user.username
 
 
-def chart_for(doc: dict) -> str:
-    """The probability chart of a call document from :meth:`Store.call`."""
+def chart_for(doc: CallDetail) -> str:
+    """The probability chart of a call from :meth:`dashboard.store.calls.CallStore.call`."""
     points = [
         ChartPoint(
-            seq=u["seq"],
-            start_s=u["start_ms"] / 1000.0,
-            end_s=u["end_ms"] / 1000.0,
-            probability=float(u["probability"]),
-            speaker_mismatch=u["speaker_similarity"] is not None and u["speaker_similarity"] < SPEAKER_THRESHOLD,
+            seq=u.seq,
+            start_s=u.start_ms / 1000.0,
+            end_s=u.end_ms / 1000.0,
+            probability=float(u.probability),
+            speaker_mismatch=u.speaker_similarity is not None and u.speaker_similarity < SPEAKER_THRESHOLD,
         )
-        for u in doc["utterances"]
-        if u["probability"] is not None
+        for u in doc.utterances
+        if u.probability is not None
     ]
-    call = doc["call"]
-    duration = (call["ended_at"] - call["started_at"]).total_seconds() if call["ended_at"] else None
-    return probability_chart(points, doc["threshold"], duration_s=duration)
+    call = doc.call
+    duration = (call.ended_at - call.started_at).total_seconds() if call.ended_at else None
+    return probability_chart(points, doc.threshold, duration_s=duration)
 
 
 def shows_pitch(evidence: dict) -> bool:
@@ -171,7 +173,7 @@ def _queue_context(view: QueueView) -> dict[str, Any]:
 @require_role(*VIEWERS)
 def queue() -> ResponseReturnValue:
     view = queue_view(request.args)
-    rows = _store().queue_rows(_actor(), view=view)
+    rows = _store().flags.queue_rows(_actor(), view=view)
     return render_template("nurse/queue.html", rows=rows, **_queue_context(view))
 
 
@@ -180,7 +182,7 @@ def queue() -> ResponseReturnValue:
 def queue_rows() -> ResponseReturnValue:
     # a refresh of the page already audited shows no one anything they did not choose to open
     view = queue_view(request.args)
-    rows = _store().queue_rows(None, view=view)
+    rows = _store().flags.queue_rows(None, view=view)
     return render_template("nurse/_queue_rows.html", rows=rows, view=view)
 
 
@@ -209,19 +211,19 @@ def call_live(call_id: int) -> ResponseReturnValue:
 
 def _call_page(call_id: int, actor: str | None) -> ResponseReturnValue:
     try:
-        doc = _store().call(call_id, actor)
+        doc = _store().calls.call(call_id, actor)
     except NotFound:
         abort(404)
-    evidence = doc["evidence"] or {}
+    evidence = doc.evidence or {}
     return render_template(
         "nurse/call.html",
         doc=doc,
-        call=doc["call"],
-        flag=doc["flag"],
+        call=doc.call,
+        flag=doc.flag,
         evidence=evidence,
         pitch_reference_hz=formatting.PITCH_REFERENCE_HZ if shows_pitch(evidence) else None,
         chart=chart_for(doc),
-        threshold=doc["threshold"],
+        threshold=doc.threshold,
         speaker_threshold=SPEAKER_THRESHOLD,
         labels=[(m.value, formatting.label(m.value)) for m in FlagLabel],
     )
@@ -236,14 +238,14 @@ def _back(call_id: int | None) -> ResponseReturnValue:
 def acknowledge(flag_id: int) -> ResponseReturnValue:
     call_id = request.form.get("call_id", type=int)
     try:
-        doc = _store().acknowledge_flag(flag_id, _actor())
+        flag = _store().flags.acknowledge_flag(flag_id, _actor())
     except NotFound:
         abort(404)
     except Conflict as exc:
         flash(f"Not acknowledged: {exc}.", "error")
         return _back(call_id)
     flash("Flag acknowledged.", "success")
-    return _back(doc["call_id"])
+    return _back(flag.call_id)
 
 
 @bp.post("/flags/<id:flag_id>/resolve")
@@ -255,16 +257,16 @@ def resolve(flag_id: int) -> ResponseReturnValue:
         flash("Choose an outcome before resolving.", "error")
         return _back(call_id)
     try:
-        doc = _store().resolve_flag(flag_id, _actor(), label, request.form.get("note", ""))
+        resolved = _store().flags.resolve_flag(flag_id, _actor(), label, request.form.get("note", ""))
     except NotFound:
         abort(404)
     except (Conflict, Invalid) as exc:
         flash(f"Not resolved: {exc}.", "error")
         return _back(call_id)
     flash(f"Flag resolved: {formatting.label(label)}.", "success")
-    if label == FlagLabel.NO_PAIN.value and doc.get("grow_job") is None:
+    if label == FlagLabel.NO_PAIN.value and resolved.grow_job is None:
         flash("The baseline could not be updated from this call right now (queue unavailable).", "warning")
-    return _back(doc["call_id"])
+    return _back(resolved.call_id)
 
 
 __all__ = ["SPEAKER_THRESHOLD", "bp", "chart_for", "queue_view", "sort_link", "view_args"]

@@ -1,9 +1,13 @@
 """The OpenAPI 3.1 description of ``/api/v1``, written by hand beside the routes it describes.
 
 Hand-written rather than generated so the document says what the API promises (roles, errors,
-which fields can be null) rather than what a decorator could infer. A test compares its paths with
-the app's URL map, so a route added without a description fails the suite, and validates the
-document with ``openapi-spec-validator``.
+which fields can be null, enums, descriptions) rather than what a decorator could infer. The answers
+themselves are the store's records (:mod:`dashboard.store`) serialised by field name, so
+:data:`SCHEMA_RECORDS` names the record each schema describes, and a test holds the two together:
+every record field is a schema property of a compatible JSON type (nullable where the field may be
+None), and every property is a field. A test also compares the paths with the app's URL map, so a
+route added without a description fails the suite, and validates the document with
+``openapi-spec-validator``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,19 @@ from __future__ import annotations
 from copy import deepcopy
 from typing import Any
 
+from dashboard.store.audit import AuditEntry, AuditPage
+from dashboard.store.calls import CallDetail, UtteranceRecord
+from dashboard.store.flags_queue import QueueRow, ResolvedFlag
+from dashboard.store.patients import (
+    BaselineRecord,
+    BaselineReset,
+    BaselineStatus,
+    ContributionChange,
+    ContributionRecord,
+    MeasureRecord,
+    PatientBaseline,
+    PatientRow,
+)
 from schema.identity import PatientKeyKind
 
 API_VERSION = "1.0.0"
@@ -357,6 +374,25 @@ _SCHEMAS: dict[str, Any] = {
     },
 }
 
+SCHEMA_RECORDS: dict[str, type] = {
+    "BaselineStatus": BaselineStatus,
+    "QueueRow": QueueRow,
+    "Flag": ResolvedFlag,  # acknowledge answers the same fields without grow_job (a FlagRecord)
+    "Utterance": UtteranceRecord,
+    "CallDetail": CallDetail,
+    "PatientRow": PatientRow,
+    "Contribution": ContributionRecord,
+    "Baseline": BaselineRecord,
+    "Measure": MeasureRecord,
+    "PatientBaseline": PatientBaseline,
+    "ContributionChange": ContributionChange,
+    "BaselineReset": BaselineReset,
+    "AuditEvent": AuditEntry,
+    "AuditPage": AuditPage,
+}
+"""The store record each schema describes; the schemas not listed are no record (errors, requests,
+``/me`` and the ``{"rows": ...}`` and ``{"patients": ...}`` envelopes)."""
+
 
 def _paths() -> dict[str, Any]:
     not_found = {"404": _error("No such object.")}
@@ -544,4 +580,4 @@ def openapi_document() -> dict[str, Any]:
     )
 
 
-__all__ = ["API_VERSION", "openapi_document"]
+__all__ = ["API_VERSION", "SCHEMA_RECORDS", "openapi_document"]

@@ -6,7 +6,7 @@ with no next day (the "to" filter is exclusive of the day after). The API had it
 the pages copies of them; now both call these functions, so a page and its API twin refuse the same
 values with the same words.
 
-Every function raises :class:`InvalidParameter` (an :class:`dashboard.queries.Invalid`) whose message starts with the
+Every function raises :class:`InvalidParameter` (an :class:`dashboard.store.Invalid`) whose message starts with the
 parameter's name. The API blueprint answers it as a JSON 400; for pages, :mod:`dashboard.errors`
 renders it as a 400 page in the layout naming the field.
 """
@@ -17,13 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from dashboard.queries import Invalid
+from dashboard.store.base import Invalid
 
 
 class InvalidParameter(Invalid):
     """One query parameter is wrong: ``name`` and what is wrong with it (``problem``), both safe to show.
 
-    A subclass of :class:`~dashboard.queries.Invalid`, so the API answers it as any other 400; the
+    A subclass of :class:`~dashboard.store.Invalid`, so the API answers it as any other 400; the
     pages show ``name`` as the field to correct.
     """
 

@@ -14,7 +14,7 @@ Decisions:
   which libsndfile turns into its maximum count) is refused: its cost cannot be known in advance.
   Saving the recording again as WAV or FLAC from any editor fixes it;
 - formats libsndfile cannot open are refused as unreadable. ``analysis.audio.load_audio`` (used by
-  the ``painline baseline enroll`` command, which an operator runs on files they chose) falls back
+  the ``painline baseline enrol`` command, which an operator runs on files they chose) falls back
   to ffmpeg for them; a web upload never does, since ffmpeg would decode first and ask later;
 - decoding (:func:`decode_mono`) reads blocks and mixes each to mono at once, stops at the frame
   count the checks were made on even if the stream holds more, and so never holds more than one
@@ -22,7 +22,7 @@ Decisions:
   float32 samples (23 MB at the defaults).
 
 The mono mix is the same as ``load_audio``'s (mean of the channels, float32), so an uploaded file
-enrols exactly as the same file given to ``painline baseline enroll`` would.
+enrols exactly as the same file given to ``painline baseline enrol`` would.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """What the baseline page says about each contribution, so an admin can tell them apart and act.
 
+Read through :meth:`dashboard.store.patients.PatientStore.contributions`; these are the functions
+over its session.
+
 A contribution row holds little: its source (enrolment or resolved call), the utterance and call it
 came from when it came from a call, its length, whether it is included, and when it was written.
 Everything an admin needs to pick the one to exclude is derived here from rows that already exist,
@@ -7,12 +10,12 @@ rather than stored twice:
 
 - a call's utterance: the call (linked), the utterance's place in it, and the probability the
   baseline's own model gave it (``scores`` of that model version);
-- an enrolment utterance: the enrolment it belonged to and its place in it. :func:`worker.baselines.enroll`
+- an enrolment utterance: the enrolment it belonged to and its place in it. :func:`worker.baselines.enrol`
   writes one ``baseline.enrol`` audit event per enrolment, just after its contributions, whose
   timestamps it spaces a microsecond apart; so the enrolment is the first such event of the patient
   at or after the contribution. An enrolment is an *upload* when the same user queued a
   ``baseline.enrol_upload`` from this page within the upload's lifetime before it, *the command
-  line* when its actor is ``cli:<user>`` (``painline baseline enroll``, by hotline reference or by
+  line* when its actor is ``cli:<user>`` (``painline baseline enrol``, by hotline reference or by
   ``--phone``), and otherwise is named by its actor. Baselines copied to a new model keep the
   timestamps, so they still match;
 - an excluded contribution: who excluded it and when, from the ``baseline.exclude`` or
@@ -41,7 +44,7 @@ EXCLUDE = "baseline.exclude"
 INCLUDE = "baseline.include"
 RESET = "baseline.reset"
 CLI_ACTOR_PREFIX = "cli:"
-"""What ``painline baseline enroll`` records as the actor unless ``--actor`` says otherwise."""
+"""What ``painline baseline enrol`` records as the actor unless ``--actor`` says otherwise."""
 
 
 class Origin(StrEnum):
