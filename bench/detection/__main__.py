@@ -284,7 +284,7 @@ def live_path_section(results: dict) -> str:
         "`worker.jobs.score_utterance` (speaker check, running population statistics, baseline) and the call "
         "finalised by `finalise_call`, on a throwaway database (`painline.live_path`). Every call is played "
         "twice, into two otherwise identical deployments: in one the speaker was enrolled with "
-        "`worker.baselines.enroll` from 3 of their normal-state clips (never played in a call), in the other nobody "
+        "`worker.baselines.enrol` from 3 of their normal-state clips (never played in a call), in the other nobody "
         "was. Before the first call both deployments' population statistics are seeded, as a hotline seeds them "
         "before go-live (`painline population seed`), from the fold's other speakers' clips, unlabelled; they then "
         "accumulate over the fold's calls in both. `call_n_*`: the finalised call "
