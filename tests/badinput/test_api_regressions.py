@@ -68,10 +68,11 @@ def test_audit_filters_out_of_range_or_with_nul_are_400(dash_app: Flask, dash_us
     [
         ("99999999999999999999", 200),  # digits beyond integer: a reference search only
         ("²", 200),  # str.isdigit() but not int()-able
-        ("9" * 5000, 200),  # beyond Python's int-from-string limit
+        ("9" * 199, 200),  # far beyond any row id, within the search length limit
+        ("9" * 5000, 400),  # beyond the 200-character search limit (and Python's int-from-string limit)
         ("a%00b", 400),
     ],
-    ids=["beyond-integer", "superscript-two", "5000-digits", "nul"],
+    ids=["beyond-integer", "superscript-two", "199-digits", "5000-digits", "nul"],
 )
 def test_patient_search_odd_queries(
     dash_app: Flask, dash_users: DashUsers, dash_seed: Seed, q: str, status: int

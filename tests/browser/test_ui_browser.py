@@ -60,6 +60,7 @@ from tests.app_fixtures import AppServer
 from tests.dashboard_fixtures import PASSWORD, DashUsers
 from tests.e2e_fixtures import CallFile, OfflineScorer, aggregate, replay_wav, run_worker, write_call_wav
 from tests.painline.test_e2e_corpus import needs_ravdess, strongest_distressed_actor
+from worker.baselines import GrowthOutcome
 from worker.context import WorkerContext
 from worker.flags import FlagChange, encode, flag_message
 
@@ -544,7 +545,8 @@ def test_nurse_sees_a_replayed_call_flag_live_resolves_it_as_no_pain_and_the_bas
     run_worker(app_server)
     job = app_server.queue.fetch_job(job_id)
     assert job is not None and job.get_status() == "finished", job and job.get_status()
-    assert job.return_value() == f"added {n_utterances}"
+    grown = job.return_value()
+    assert (grown.outcome, grown.added) == (GrowthOutcome.APPLIED, n_utterances), grown
     after = _baseline_count(pages_app, patient_id, shipped_context)
     assert after == before + n_utterances, (before, after)
 
