@@ -266,7 +266,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from painline import redis_conn
     from painline.app import job_options, make_app_engine
     from schema.db import session_factory
-    from telephony.outbox import sweep
+    from schema.outbox import sweep
 
     settings = _settings()
     engine = make_app_engine(settings)

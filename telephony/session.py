@@ -9,7 +9,9 @@ It does no ML and never waits on a worker: each utterance is committed together 
 then its scoring job is enqueued by id. If Redis is down the utterance stays ``pending`` for the
 outbox sweep; if the database is down mid-call the utterance waits in memory and is saved once the
 database answers again (retried every few seconds, and for up to a minute after the stream ends),
-while the call carries on (the stream must keep being read or Twilio discards audio).
+while the call carries on (the stream must keep being read or Twilio discards audio). That holding
+and retrying is :class:`~telephony.saving.OutageTolerantSaver`'s; this module keeps the protocol and
+says only how one utterance is written.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from analysis.segmentation import SegmentedUtterance, UtteranceSegmenter, VadCon
 from schema.contract import JobOptions, LiveEvent, announce_call
 from schema.db import session_scope
 from schema.models import Call, CallStatus, Utterance, UtteranceAudio, UtteranceStatus
+from schema.outbox import enqueue_finalise_call, enqueue_score_utterance
 from telephony import tokens
 from telephony.jitter import JitterBuffer, TimestampJump
 from telephony.messages import (
@@ -46,7 +48,7 @@ from telephony.messages import (
     Stop,
     parse_message,
 )
-from telephony.outbox import enqueue_finalise_call, enqueue_score_utterance
+from telephony.saving import FinishOutcome, OutageTolerantSaver, SavingPolicy
 from telephony.stream_stats import StreamStats, log_stream_end
 from telephony.twiml import TOKEN_PARAMETER
 
@@ -86,6 +88,16 @@ class StreamConfig:
     # pub/sub channel the stream's start and end are announced on (schema.contract.call_channel of the
     # deployment); empty announces nothing (tools and tests that drive a session without a dashboard)
     call_channel: str = ""
+
+    @property
+    def saving(self) -> SavingPolicy:
+        """The database-outage fields above, as the saver's policy (kept flat here: settings set them)."""
+        return SavingPolicy(
+            max_waiting=self.max_unsaved_utterances,
+            retry_s=self.save_retry_s,
+            finish_retry_s=self.finish_retry_s,
+            finish_retry_interval_s=self.finish_retry_interval_s,
+        )
 
 
 @dataclass
@@ -128,8 +140,8 @@ class StreamSession:
         self.stats = StreamStats()  # frames received and per-frame handling lag, logged at the end
         self.utterance_ids: list[int] = []
         self._enqueue_paused_until = 0.0
-        self._unsaved: deque[SegmentedUtterance] = deque()  # ended while the database was unavailable
-        self._save_paused_until = 0.0
+        # utterances on their way to the database, held through outages; made at start, with the call
+        self._saver: OutageTolerantSaver[SegmentedUtterance] | None = None
         self._streaming_since: float | None = None  # time.monotonic() at start, for the flood check
 
     @property
@@ -174,33 +186,17 @@ class StreamSession:
             return
         started = self.state is StreamState.STREAMING
         self.state = StreamState.ENDED
-        if not started or self.call_id is None:
+        if not started or self.call_id is None or self._saver is None:
             return
         for frame in self.jitter.flush():
             self._utterances(self.segmenter.push(frame.timestamp_ms, frame.data))
         self._utterances(self.segmenter.flush())
         # the socket is done, so waiting here costs no audio: ride out a short database outage
-        deadline = time.monotonic() + self._config.finish_retry_s
-        while True:
-            self._save_paused_until = 0.0
-            self._save_backlog()
-            error = None if self._unsaved else self._mark_ended()
-            if not self._unsaved and error is None:
-                break
-            if time.monotonic() >= deadline:
-                self.counters.utterances_lost += len(self._unsaved)
-                log.error(
-                    "call %s: database unavailable at stream end (%s); %d utterances not saved",
-                    self.call_id,
-                    error or "utterances pending",
-                    len(self._unsaved),
-                )
-                self._unsaved.clear()
-                if error is not None:  # the sweep ends and finalises calls left streaming
-                    self._log_stats()
-                    return
-                break
-            time.sleep(self._config.finish_retry_interval_s)
+        result = self._saver.finish(self._mark_ended)
+        self.counters.utterances_lost += result.given_up
+        if result.outcome is FinishOutcome.CLOSE_FAILED:  # the sweep ends and finalises calls left streaming
+            self._log_stats()
+            return
         self._announce(LiveEvent.CALL_ENDED)
         if not self._enqueue(enqueue_finalise_call, self.call_id):
             self.counters.jobs_deferred += 1
@@ -271,6 +267,13 @@ class StreamSession:
         # a call can have had an earlier stream (the hotline's flow came back to painline)
         self._seq_base = 0 if last_seq is None else last_seq + 1
         self.call_id = call_id
+        self._saver = OutageTolerantSaver(
+            self._save,
+            self._saved,
+            self._config.saving,
+            label=f"call {call_id}",
+            noun="utterance",
+        )
         self.call_sid = start.call_sid
         self.stream_sid = start.stream_sid
         self.state = StreamState.STREAMING
@@ -337,31 +340,20 @@ class StreamSession:
         return None
 
     def _utterances(self, utterances: list[SegmentedUtterance]) -> None:
-        if self.call_id is None or not utterances:
+        """Hand ended utterances to the saver (which holds them through a database outage)."""
+        if self._saver is None or not utterances:
             return
-        self._unsaved.extend(utterances)
-        while len(self._unsaved) > self._config.max_unsaved_utterances:
-            self._unsaved.popleft()
-            self.counters.utterances_lost += 1
-            log.error("call %s: database unavailable too long; oldest unsaved utterance dropped", self.call_id)
-        self._save_backlog()
+        self.counters.utterances_lost += self._saver.add(utterances)
 
-    def _save_backlog(self) -> None:
-        """Save and enqueue waiting utterances in order; stop at the first refusal and retry later.
+    def _save(self, utterance: SegmentedUtterance) -> int | None:
+        """The saver's ``save``: one utterance into this stream's call; None if the database refused."""
+        assert self.call_id is not None  # the saver is made at start, once the call is known
+        return self._persist(self.call_id, utterance)
 
-        While the database is refusing, attempts are spaced by ``save_retry_s`` so the socket's thread
-        is not stalled on every utterance (Twilio drops audio from a slow reader).
-        """
-        if self.call_id is None or time.monotonic() < self._save_paused_until:
-            return
-        while self._unsaved:
-            utterance_id = self._persist(self.call_id, self._unsaved[0])
-            if utterance_id is None:
-                self._save_paused_until = time.monotonic() + self._config.save_retry_s
-                return
-            self._unsaved.popleft()
-            if not self._enqueue(enqueue_score_utterance, utterance_id):
-                self.counters.jobs_deferred += 1
+    def _saved(self, utterance_id: int) -> None:
+        """The saver's ``on_saved``: queue the committed utterance for scoring (or leave it to the sweep)."""
+        if not self._enqueue(enqueue_score_utterance, utterance_id):
+            self.counters.jobs_deferred += 1
 
     def _announce(self, event: LiveEvent) -> None:
         """Tell open dashboards the stream started or ended (best effort, after the row is committed).

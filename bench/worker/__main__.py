@@ -35,7 +35,7 @@ import psutil
 
 from bench.soak.services import ScratchServices
 from bench.worker.utterances import persist_utterances, speech_utterances
-from telephony.outbox import score_job_id
+from schema.contract import score_job_id
 
 RESULTS = Path("bench/results/worker.json")
 EMBEDDERS = ("egemaps", "compare", "speaker", "egemaps+speaker")
@@ -153,7 +153,7 @@ class WorkerProcess:
         """(CPU s, wall s) for the worker to finish the already-enqueued jobs of ``ids``."""
         from rq.job import Job, JobStatus
 
-        from telephony.outbox import score_job_id
+        from schema.contract import score_job_id
 
         job_ids = [score_job_id(uid) for uid in ids]
         cpu0, wall0 = _cpu_s(self.process), time.perf_counter()
@@ -217,7 +217,8 @@ WARM_JOBS = 4
 def _enqueue_copies(services: ScratchServices, clips: list[bytes]) -> list[int]:
     """Persist fresh copies of ``clips`` and enqueue their scoring jobs exactly as telephony does."""
     from painline.workers import build_context
-    from telephony.outbox import JobOptions, enqueue_score_utterance
+    from schema.contract import JobOptions
+    from schema.outbox import enqueue_score_utterance
 
     ctx = build_context(services.settings(), services.redis, speaker=False)
     try:

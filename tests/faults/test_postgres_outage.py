@@ -33,7 +33,7 @@ from painline.replay import new_sid
 from schema.contract import JobOptions, finalise_job_id
 from schema.db import make_engine, session_factory, session_scope
 from schema.models import Call
-from telephony.outbox import enqueue_score_utterance, sweep
+from schema.outbox import enqueue_score_utterance, sweep
 from tests.faults.helpers import FaultStack, queue_on, seed_pending_utterances, voice_webhook
 from tests.reliability import ReliabilityRecorder
 

@@ -14,7 +14,7 @@ third with painline's default rq.SimpleWorker, which runs jobs in the worker pro
   or machine gone). Nobody tells RQ: the job stays ``started`` until its heartbeat lease ends
   (~90 s), and RQ only looks at a worker's maintenance pass (every 10 min), while the dead
   scheduler's lock keeps a new worker from scheduling retries. A new worker starts; the outbox sweep
-  (``telephony.outbox.sweep``: reap abandoned jobs, promote overdue retries, re-enqueue dead ones)
+  (``schema.outbox.sweep``: reap abandoned jobs, promote overdue retries, re-enqueue dead ones)
   brings the job back. The sweep is run with its clock set past the lease (what the periodic
   ``painline sweep --every 30`` does ~2 minutes later) so the test does not sit out the lease.
 - ``simple-worker``: a SimpleWorker process SIGKILLed mid-job; recovered exactly as ``whole-worker``,
@@ -35,7 +35,7 @@ from rq.job import Job, JobStatus
 from bench.soak.services import horse_pids, outcome_counts, wait_until
 from schema.contract import JobOptions, score_job_id
 from schema.db import make_engine, session_factory
-from telephony.outbox import enqueue_score_utterance, sweep
+from schema.outbox import enqueue_score_utterance, sweep
 from tests.faults.helpers import FaultStack, backends_waiting_on_locks, call_row_locked, seed_pending_utterances
 from tests.reliability import ReliabilityRecorder
 

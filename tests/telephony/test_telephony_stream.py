@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from schema.db import session_scope
 from schema.models import Call, CallStatus, Utterance, UtteranceAudio, UtteranceStatus
+from schema.outbox import requeue_pending, requeue_unfinalised
 from telephony import session as session_module
 from telephony import tokens
 from telephony.messages import CLOSE_INTERNAL_ERROR, CLOSE_INVALID_DATA, CLOSE_POLICY_VIOLATION, ProtocolError
-from telephony.outbox import requeue_pending, requeue_unfinalised
 from telephony.session import StreamConfig, StreamSession
 from tests.telephony.helpers import STREAM_WSS_URL, LiveServer
 from tests.telephony_fixtures import (

@@ -7,6 +7,10 @@ the live path, the dashboard and the sweeper can all ask for the same work witho
 two runs of it overlapping. Job arguments are database ids only: nothing about the caller ever sits
 in Redis.
 
+It lives here, beside the contract, rather than in ``telephony``: the live path enqueues through it,
+but the sweep re-hands work that any layer committed (a dashboard's baseline rebuild as much as a
+stream's utterances), and it needs nothing but the schema, the contract and RQ.
+
 :func:`sweep` runs periodically (``painline sweep --every 30``, a process of its own next to the
 workers). It treats as pending work every row the database still calls unfinished (a ``pending``
 utterance, an ``ended`` call, a *stale* baseline whose stored count differs from its included
