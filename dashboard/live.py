@@ -2,12 +2,13 @@
 
 Each open ``GET /events`` holds its own Redis ``SUBSCRIBE`` to the flag channel (the worker's flags,
 colleagues' acknowledgements and resolutions) and the call channel (the telephony layer's stream
-start and end, :func:`schema.contract.announce_call`), so it works with any number of web processes:
-a message is published once and every process's subscribers receive it. Flag messages go out as
-``event: flag``, call messages as ``event: call``. The browser's script (``static/live.js``) only
-treats an event as "something changed" and re-fetches the queue fragment or the call page's parts,
-so nothing a nurse sees comes from the event itself and a lost event costs nothing but a late
-refresh (the script also refreshes when it reconnects).
+start and end, the worker's score landed and call finalised, :func:`schema.contract.announce_call`),
+so it works with any number of web processes: a message is published once and every process's
+subscribers receive it. Flag messages go out as ``event: flag``, call messages as ``event: call``.
+The browser's script (``static/live.js``) only treats an event as "something changed" and re-fetches
+the queue fragment or the call page's parts, so nothing a nurse sees comes from the event itself and
+a lost event costs nothing but a late refresh (the script also refreshes when it reconnects, and the
+call page polls slowly as a fallback).
 
 What a stream holds and for how long:
 
@@ -55,7 +56,10 @@ MAX_STREAM_S = DashboardConfig.sse_max_stream_s
 RETRY_MS = 3000
 STOPPING = "painline.stopping"
 """``app.extensions`` key of the app's shutdown :class:`threading.Event` (:func:`stopping_event`)."""
-CALL_EVENTS = frozenset({LiveEvent.CALL_STARTED.value, LiveEvent.CALL_ENDED.value})
+CALL_EVENTS = frozenset(event.value for event in LiveEvent if event.value.startswith("call."))
+"""The events relayed as ``event: call``: every ``call.*`` member, so one added to the contract (the
+worker's ``call.scored`` and ``call.finalised`` were) reaches the call page without an edit here,
+instead of going out as ``flag`` and making every queue highlight a row."""
 
 FORWARDED = {
     "event": str,

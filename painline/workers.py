@@ -42,7 +42,7 @@ from analysis.embedders import EmbedderSources
 from analysis.segmentation import VadConfig
 from painline import redis_conn
 from painline.config import Settings
-from schema.contract import flag_channel
+from schema.contract import call_channel, flag_channel
 
 if TYPE_CHECKING:  # for the annotations only; the functions below import it when they run
     from worker.context import WorkerContext
@@ -157,6 +157,7 @@ def build_context(settings: Settings, connection: Redis | None, *, speaker: bool
         flag_webhook_url=settings.flag_webhook_url,
         flag_webhook_secret=settings.flag_webhook_secret,
         flag_channel=flag_channel(settings.channel_namespace),
+        call_channel=call_channel(settings.channel_namespace),
         sources=embedder_sources(settings),
         vad=VadConfig(aggressiveness=settings.vad_aggressiveness),
     )

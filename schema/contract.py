@@ -45,6 +45,7 @@ database number, so two painlines on one Redis server would otherwise hear each 
 
 **Call channels** (:func:`call_channel`) carry the telephony layer's stream start and end
 (:class:`LiveEvent`, :func:`announce_call`) to the dashboard's event stream, namespaced the same way.
+The worker announces on them too, when a score lands and when a call is finalised.
 
 **Dashboard sessions and sign-in counters** (:func:`session_key`, :func:`user_sessions_key`,
 :func:`login_counter_key`, :func:`known_address_key`) live under the same per-deployment namespace.
@@ -211,6 +212,10 @@ class LiveEvent(StrEnum):
 
     CALL_STARTED = "call.started"
     CALL_ENDED = "call.ended"
+    # the worker's, after the commit: a call page then re-reads its chart and rows (or its verdict)
+    # at once instead of on its fallback poll; ids only, like the rest, never the score itself
+    CALL_SCORED = "call.scored"
+    CALL_FINALISED = "call.finalised"
     FLAG_RAISED = "flag.raised"
     FLAG_UPGRADED = "flag.upgraded"
     FLAG_ACKNOWLEDGED = "flag.acknowledged"

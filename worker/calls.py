@@ -24,7 +24,7 @@ from analysis.evidence import (
     compare_to_baseline,
     describe_measures,
 )
-from schema.contract import EVIDENCE_BASELINE_EMBEDDER
+from schema.contract import EVIDENCE_BASELINE_EMBEDDER, LiveEvent, announce_call
 from schema.models import Baseline, Call, Flag, Score, Utterance, UtteranceStatus
 from worker.baselines import EVIDENCE_BASELINE_VERSION
 from worker.context import WorkerContext
@@ -98,6 +98,20 @@ def update_running_score(session: Session, ctx: WorkerContext, call: LockedCall)
     return None
 
 
+def announce(ctx: WorkerContext, event: LiveEvent, call_id: int) -> bool:
+    """Tell open call pages that ``call_id`` changed (a score landed, a verdict was given); never raises.
+
+    Called only after the commit, so a page that re-reads on the event sees the change. Goes out on
+    the deployment's call channel through the worker's own Redis connection, with the call's id and
+    the event only: the page re-reads the rest with the nurse's authorisation. Best effort, as
+    :func:`schema.contract.announce_call` is: the rows are the record and the page still polls
+    slowly, so a Redis outage costs a late refresh, never the job (False, logged).
+    """
+    if ctx.redis is None or not ctx.call_channel:
+        return False
+    return announce_call(ctx.redis, ctx.call_channel, event, call_id)
+
+
 def pending_utterances(session: Session, call_id: int) -> int:
     return int(
         session.scalar(
@@ -169,4 +183,4 @@ def verdict_and_evidence(
     return verdict, (p if math.isfinite(p) else None), total, evidence
 
 
-__all__ = ["LockedCall", "pending_utterances", "update_running_score", "verdict_and_evidence"]
+__all__ = ["LockedCall", "announce", "pending_utterances", "update_running_score", "verdict_and_evidence"]

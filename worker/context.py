@@ -65,6 +65,9 @@ class WorkerContext:
     embedder: Embedder
     evidence_embedder: Embedder
     flag_channel: str  # the deployment's (``schema.contract.flag_channel``): no default that another could share
+    # the deployment's ``schema.contract.call_channel``, where scores landing and verdicts are announced;
+    # empty announces nothing (a tool scoring without a dashboard), never another deployment's channel
+    call_channel: str = ""
     speaker_embedder: Embedder | None = None
     flag_threshold: float = 0.0  # 0: the model card's threshold
     min_speech_s: float = 3.0

@@ -7,6 +7,8 @@ RQ's Retry turns into a later attempt (enqueued through ``schema.contract.enqueu
 ``JobOptions`` give it interval retries; the worker must run with the scheduler). Once
 ``finalise_grace_s`` has passed since hang-up it stops waiting and finalises on what was scored,
 recording how many utterances were left out: a verdict a little late is worth more than none.
+After the commit it announces ``call.finalised`` on the call channel, so an open call page shows the
+verdict and evidence at once.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from sqlalchemy import select
 
 from analysis.aggregate import CallVerdict
 from schema.audit import record
+from schema.contract import LiveEvent
 from schema.db import session_scope
 from schema.models import Call, CallStatus, utcnow
 from worker.baselines import CallNotReady
-from worker.calls import pending_utterances, verdict_and_evidence
+from worker.calls import announce, pending_utterances, verdict_and_evidence
 from worker.context import WorkerContext
 from worker.flags import FlagChange, announce_from, raise_or_update_flag
 
@@ -87,6 +90,7 @@ def finalise(ctx: WorkerContext, call_id: int) -> FinaliseOutcome:
         )
     if change is not None:
         announce_from(ctx, change)
+    announce(ctx, LiveEvent.CALL_FINALISED, call_id)
     log.info("call %s finalised: %s", call_id, verdict.value)
     return FinaliseOutcome(verdict.value)
 

@@ -11,7 +11,9 @@
 3. write, in one transaction: insert the Score, fold the raw embedding into this worker's shard of
    the population statistics, mark the utterance scored, delete its audio and take the call's row
    lock (on PostgreSQL all five in one statement), then refresh the call's running score and raise
-   or upgrade its flag. Flag notifications go out after the commit.
+   or upgrade its flag. Flag notifications go out after the commit, then the call's
+   ``call.scored`` event (ids only), so an open call page shows the new score at once rather than
+   on its fallback poll.
 
 Statements are the budget (issue 15: at most six per scored utterance, which
 ``tests/worker/test_worker_budget.py`` counts): every round trip is CPU in the worker, and the
@@ -51,6 +53,7 @@ from analysis.embedders import EmbedderUnavailable
 from analysis.embedders.fusion import ConcatEmbedder
 from analysis.embedders.speaker import pooled_similarity
 from analysis.evidence import EVIDENCE_VERSION
+from schema.contract import LiveEvent
 from schema.db import session_scope
 from schema.models import (
     Baseline,
@@ -64,7 +67,7 @@ from schema.models import (
     Voiceprint,
     utcnow,
 )
-from worker.calls import LockedCall, update_running_score
+from worker.calls import LockedCall, announce, update_running_score
 from worker.context import WorkerContext
 from worker.featurize import featurize
 from worker.flags import FlagChange, announce_from
@@ -160,6 +163,7 @@ def score(ctx: WorkerContext, utterance_id: int) -> ScoreOutcome:
         view.own = folded  # only now: a rolled-back write must not count
     if change is not None:
         announce_from(ctx, dataclasses.replace(change, utterance_id=utterance_id))
+    announce(ctx, LiveEvent.CALL_SCORED, inputs.call_id)  # even for a finalised call: its rows changed
     log.info("utterance %s scored (baseline %s)", utterance_id, "applied" if applied else "not applied")
     return ScoreOutcome.SCORED
 

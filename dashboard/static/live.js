@@ -2,9 +2,14 @@
  *
  * Events only say "something changed"; the page re-reads what it shows from the server, so a lost
  * event costs a late refresh at worst (both pages also refresh when the stream reconnects).
- * - queue: every flag or call event re-fetches the rows (same sort and filters as the page);
- * - call page: events naming this call re-fetch its parts from /calls/<id>/live, and so does a short
- *   poll while the call is live or its verdict pending (scores arrive without events);
+ * - queue: every flag or call event re-fetches the rows (same sort and filters as the page), except
+ *   call.scored: that comes with every utterance of every live call, and re-fetching the whole queue
+ *   on each would load the database for what its 30 s poll shows soon enough;
+ * - call page: events naming this call (its stream's start and end, a score landing, its verdict,
+ *   its flag) re-fetch its parts from /calls/<id>/live. While the call is live or its verdict
+ *   pending it also polls: every 5 s while the event stream is down (nothing else would tell it),
+ *   and 30 s after its last refresh while the stream is up, a fallback for an event lost on the way
+ *   (pub/sub is at-most-once: a worker that could not reach Redis published nothing);
  * - both: relative times ("raised 3 min ago") are kept current; a new flag while the tab is not in
  *   focus counts in the tab title, "(2) New flags — ...", cleared when the tab gets focus; when the
  *   server stops or the stream drops the status says live updates are paused, not on.
@@ -105,7 +110,9 @@
     var note = section.querySelector("textarea");
     return section.contains(document.activeElement) || (note && note.value) || section.querySelector("input[type=radio]:checked");
   }
+  var streaming = false, lastCallRefresh = Date.now();
   var refreshCall = callId ? serial(function () {
+    lastCallRefresh = Date.now();
     return load(status.getAttribute("data-src")).then(function (html) {
       var fresh = new DOMParser().parseFromString(html, "text/html");
       var parts = document.querySelectorAll("[data-live-part][id]");
@@ -123,7 +130,10 @@
     });
   }) : null;
   if (refreshCall) {
-    window.setInterval(function () { if (status.getAttribute("data-poll") === "yes") { refreshCall(); } }, 5000);
+    window.setInterval(function () {
+      if (status.getAttribute("data-poll") !== "yes") { return; }
+      if (!streaming || Date.now() - lastCallRefresh >= 30000) { refreshCall(); }
+    }, 5000);
   }
   function refresh() { if (refreshQueue) { refreshQueue(); } if (refreshCall) { refreshCall(); } }
 
@@ -132,6 +142,7 @@
   var source = new EventSource(eventsUrl);
   function parse(event) { try { return JSON.parse(event.data) || {}; } catch (e) { return {}; } }
   source.addEventListener("open", function () {
+    streaming = true;
     say("Live updates on.");
     if (opened) { refresh(); }  /* reconnected: catch up on anything missed */
     opened = true;
@@ -148,10 +159,11 @@
   });
   source.addEventListener("call", function (event) {
     var call = parse(event);
-    if (refreshQueue) { refreshQueue(); }
+    if (refreshQueue && call.event !== "call.scored") { refreshQueue(); }
     if (refreshCall && String(call.call_id) === callId) { refreshCall(); }
   });
-  source.addEventListener("closing", function () { say("Live updates paused — reconnecting…"); });
-  source.addEventListener("error", function () { say("Live updates paused — reconnecting…"); });
+  function paused() { streaming = false; say("Live updates paused — reconnecting…"); }
+  source.addEventListener("closing", paused);
+  source.addEventListener("error", paused);
   if (refreshQueue) { window.setInterval(refreshQueue, 30000); }  /* speech heard on live calls changes without events */
 }());

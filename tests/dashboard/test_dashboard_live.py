@@ -155,6 +155,32 @@ def test_events_relays_call_starts_and_ends_from_the_call_channel(pages_app: Fla
     assert _subscribers(redis, channel) == 0
 
 
+def test_events_relays_the_workers_score_and_verdict_as_call_events(pages_app: Flask, client_as: ClientAs) -> None:
+    """A score landing and a verdict reach the call page as ``event: call`` (not ``flag``), ids only."""
+    redis: Redis = pages_app.extensions["painline.redis"]
+    channel = call_channel(f"test-{secrets.token_hex(6)}")
+    configure(pages_app, replace(config_of(pages_app), call_channel=channel))
+    response = client_as("nurse").get("/events", buffered=False)
+    chunks = iter(response.response)
+    next(chunks)
+    assert announce_call(redis, channel, LiveEvent.CALL_SCORED, 12)  # what worker.calls.announce calls
+    assert announce_call(redis, channel, LiveEvent.CALL_FINALISED, 12)
+    seen = _read_until(chunks, "call.finalised")
+    events = re.findall(r"event: (\w+)\ndata: (.+)\n\n", seen)
+    assert [(name, json.loads(data)["event"]) for name, data in events] == [
+        ("call", "call.scored"),
+        ("call", "call.finalised"),
+    ]
+    assert all(set(json.loads(data)) == {"event", "call_id", "sent_at"} for _, data in events)
+    response.close()
+
+
+def test_every_call_event_of_the_contract_goes_out_as_a_call_event() -> None:
+    for event in LiveEvent:
+        expected = "call" if event.value.startswith("call.") else "flag"
+        assert live.event_name({"event": event.value, "call_id": 1}) == expected, event
+
+
 def test_the_stream_ends_within_a_second_once_the_server_is_stopping() -> None:
     redis = Redis.from_url("redis://127.0.0.1:6379/0")
     channel = f"painline-test-flags:{secrets.token_hex(6)}"

@@ -31,6 +31,7 @@ from schema.contract import (
     Enqueued,
     JobName,
     JobOptions,
+    call_channel,
     enqueue,
     flag_channel,
     follow_up_id,
@@ -38,7 +39,7 @@ from schema.contract import (
 )
 from schema.db import session_scope
 from schema.models import Baseline, BaselineContribution
-from telephony.outbox import sweep
+from schema.outbox import sweep
 from tests.app_fixtures import app_redis_url
 from tests.dashboard_fixtures import DashUsers, Seed, bearer
 from tests.worker_fixtures import run_burst
@@ -288,6 +289,8 @@ def test_the_worker_publishes_on_its_deployments_channel(pain_model_path: Path, 
     ctx = build_context(settings, None, speaker=False)
     try:
         assert ctx.flag_channel == dashboard_config(settings).flag_channel == flag_channel(settings.channel_namespace)
+        # scores and verdicts are announced where the dashboard's event stream listens for calls
+        assert ctx.call_channel == dashboard_config(settings).call_channel == call_channel(settings.channel_namespace)
     finally:
         ctx.engine.dispose()
 
