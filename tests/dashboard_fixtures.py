@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -39,15 +40,11 @@ from schema.models import (
     Call,
     CallStatus,
     ContributionSource,
-    Flag,
-    FlagStatus,
     Patient,
-    Score,
-    Utterance,
-    UtteranceStatus,
     Verdict,
     utcnow,
 )
+from tests.rows import add_flag_row, add_score_row, add_utterance_row
 
 PASSWORD = "correct horse battery staple"
 ROLES = ("nurse", "admin", "auditor")
@@ -75,19 +72,26 @@ def probe_blueprint() -> Blueprint:
     return bp
 
 
-@pytest.fixture
-def dash_app(painline_app: Flask) -> Iterator[Flask]:
-    namespace = f"test-dash-{secrets.token_hex(6)}"
-    configure(painline_app, replace(config_of(painline_app), key_namespace=namespace))
-    painline_app.config["TESTING"] = True
-    painline_app.register_blueprint(probe_blueprint())
+@contextmanager
+def own_key_namespace(app: Flask, prefix: str) -> Iterator[Flask]:
+    """``app`` in testing mode with a Redis key namespace of its own, whose keys are deleted on leaving."""
+    namespace = f"{prefix}-{secrets.token_hex(6)}"
+    configure(app, replace(config_of(app), key_namespace=namespace))
+    app.config["TESTING"] = True
     try:
-        yield painline_app
+        yield app
     finally:
-        redis: Redis = painline_app.extensions["painline.redis"]
+        redis: Redis = app.extensions["painline.redis"]
         keys = list(redis.scan_iter(match=f"painline:{namespace}:*"))
         if keys:
             redis.delete(*keys)
+
+
+@pytest.fixture
+def dash_app(painline_app: Flask) -> Iterator[Flask]:
+    with own_key_namespace(painline_app, "test-dash") as app:
+        app.register_blueprint(probe_blueprint())
+        yield app
 
 
 @dataclass
@@ -162,37 +166,25 @@ def dash_seed(dash_app: Flask) -> Seed:
         s.flush()
         utterance_ids = []
         for seq, p in enumerate((0.4, 0.9, 0.85)):
-            u = Utterance(
-                call_id=call.id,
-                seq=seq,
-                start_ms=seq * 4000,
-                end_ms=seq * 4000 + 3000,
-                speech_s=3.0,
-                status=UtteranceStatus.SCORED.value,
-            )
-            s.add(u)
-            s.flush()
-            s.add(
-                Score(
-                    utterance_id=u.id,
-                    model_version=MODEL_VERSION,
-                    probability=p,
-                    baseline_applied=True,
-                    baseline_n=2,
-                    speaker_similarity=0.9,
-                    embedding=_vectors(1, 4, seq).tobytes(),
-                )
+            u = add_utterance_row(s, call.id, seq, step_ms=4000, length_ms=3000)
+            add_score_row(
+                s,
+                u.id,
+                model_version=MODEL_VERSION,
+                probability=p,
+                embedding=_vectors(1, 4, seq).tobytes(),
+                baseline_applied=True,
+                baseline_n=2,
+                speaker_similarity=0.9,
             )
             utterance_ids.append(u.id)
-        flag = Flag(
+        flag = add_flag_row(
+            s,
             call_id=call.id,
             patient_id=patient.id,
             severity=0.81,
-            level="high",
-            status=FlagStatus.OPEN.value,
             raised_at=now - timedelta(minutes=5),
         )
-        s.add(flag)
         model_vectors = _vectors(2, 4, 7)
         baseline = Baseline(
             patient_id=patient.id,
@@ -211,35 +203,17 @@ def dash_seed(dash_app: Flask) -> Seed:
         )
         s.add_all([baseline, evidence])
         s.flush()
+        resolved_from = {"utterance_id": utterance_ids[0], "call_id": call.id}
         contributions = [
             BaselineContribution(
-                baseline_id=baseline.id,
-                source=ContributionSource.ENROLMENT.value,
-                embedding=model_vectors[0].astype("<f4").tobytes(),
+                baseline_id=b.id,
+                source=source.value,
+                embedding=vectors[i].astype("<f4").tobytes(),
                 created_at=now,
-            ),
-            BaselineContribution(
-                baseline_id=baseline.id,
-                source=ContributionSource.RESOLVED_CALL.value,
-                utterance_id=utterance_ids[0],
-                call_id=call.id,
-                embedding=model_vectors[1].astype("<f4").tobytes(),
-                created_at=now,
-            ),
-            BaselineContribution(
-                baseline_id=evidence.id,
-                source=ContributionSource.ENROLMENT.value,
-                embedding=ev_vectors[0].astype("<f4").tobytes(),
-                created_at=now,
-            ),
-            BaselineContribution(
-                baseline_id=evidence.id,
-                source=ContributionSource.RESOLVED_CALL.value,
-                utterance_id=utterance_ids[0],
-                call_id=call.id,
-                embedding=ev_vectors[1].astype("<f4").tobytes(),
-                created_at=now,
-            ),
+                **({} if source is ContributionSource.ENROLMENT else resolved_from),
+            )
+            for b, vectors in ((baseline, model_vectors), (evidence, ev_vectors))
+            for i, source in enumerate((ContributionSource.ENROLMENT, ContributionSource.RESOLVED_CALL))
         ]
         s.add_all(contributions)
         s.flush()

@@ -24,10 +24,11 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,14 +53,15 @@ from schema.models import (
     Patient,
     Score,
     Utterance,
-    UtteranceStatus,
     Verdict,
     utcnow,
 )
 from tests.app_fixtures import AppServer
+from tests.dashboard.pages import moved
 from tests.dashboard_fixtures import PASSWORD, DashUsers
 from tests.e2e_fixtures import CallFile, OfflineScorer, aggregate, replay_wav, run_worker, write_call_wav
 from tests.painline.test_e2e_corpus import needs_ravdess, strongest_distressed_actor
+from tests.rows import add_flag_row, add_score_row, add_utterance_row
 from worker.baselines import GrowthOutcome
 from worker.context import WorkerContext
 from worker.flags import FlagChange, encode, flag_message
@@ -161,38 +163,7 @@ def _add_call(
             ],
             "measures": [],
             "baseline": {"n": 9},
-            "moved": [
-                {
-                    "measure": "pitch",
-                    "label": "pitch",
-                    "unit": "semitones",
-                    "value": 35.1,
-                    "baseline": 32.6,
-                    "delta": 2.5,
-                    "z": 2.1,
-                    "text": "pitch +2.5 semitones",
-                },
-                {
-                    "measure": "loudness",
-                    "label": "loudness",
-                    "unit": "dB",
-                    "value": 71.0,
-                    "baseline": 65.2,
-                    "delta": 5.8,
-                    "z": 1.9,
-                    "text": "loudness +5.8 dB",
-                },
-                {
-                    "measure": "hnr",
-                    "label": "harmonics-to-noise ratio",
-                    "unit": "dB",
-                    "value": 6.1,
-                    "baseline": 8.4,
-                    "delta": -2.3,
-                    "z": -1.5,
-                    "text": "harmonics-to-noise ratio -2.3 dB",
-                },
-            ],
+            "moved": moved("pitch", "loudness", "hnr"),
         }
     call = Call(
         call_sid="CA" + secrets.token_hex(16),
@@ -214,43 +185,30 @@ def _add_call(
     s.flush()
     rng = np.random.default_rng(call.id)
     for i, p in enumerate(probabilities):
-        u = Utterance(
-            call_id=call.id,
-            seq=i,
-            start_ms=i * 6000,
-            end_ms=i * 6000 + 2500,
-            speech_s=2.5,
-            status=UtteranceStatus.SCORED.value,
-        )
-        s.add(u)
-        s.flush()
-        s.add(
-            Score(
-                utterance_id=u.id,
-                model_version=MODEL_VERSION,
-                probability=p,
-                baseline_applied=True,
-                baseline_n=9,
-                speaker_similarity=float(rng.uniform(0.78, 0.92)),
-                embedding=rng.normal(size=8).astype("<f4").tobytes(),
-            )
+        u = add_utterance_row(s, call.id, i, step_ms=6000, length_ms=2500)
+        add_score_row(
+            s,
+            u.id,
+            model_version=MODEL_VERSION,
+            probability=p,
+            baseline_applied=True,
+            baseline_n=9,
+            speaker_similarity=float(rng.uniform(0.78, 0.92)),  # drawn before the embedding, as always
+            embedding=rng.normal(size=8).astype("<f4").tobytes(),
         )
     s.flush()
     return call
 
 
 def _add_flag(s, call: Call, level: str, severity: float, minutes_ago: float) -> Flag:  # type: ignore[no-untyped-def]
-    flag = Flag(
+    return add_flag_row(
+        s,
         call_id=call.id,
         patient_id=call.patient_id,
         severity=severity,
         level=level,
-        status=FlagStatus.OPEN.value,
         raised_at=utcnow() - timedelta(minutes=minutes_ago),
     )
-    s.add(flag)
-    s.flush()
-    return flag
 
 
 def _add_baseline(
@@ -288,25 +246,18 @@ def _add_baseline(
     for i, (utterance_id, call_id) in enumerate(items):
         at = base_time + timedelta(days=i, microseconds=i)
         source = ContributionSource.ENROLMENT.value if utterance_id is None else ContributionSource.RESOLVED_CALL.value
-        row = BaselineContribution(
-            baseline_id=model.id,
-            utterance_id=utterance_id,
-            call_id=call_id,
-            source=source,
-            embedding=model_vectors[i].astype("<f4").tobytes(),
-            created_at=at,
-        )
-        s.add(row)
-        s.add(
+        row, twin = (
             BaselineContribution(
-                baseline_id=evidence.id,
+                baseline_id=baseline.id,
                 utterance_id=utterance_id,
                 call_id=call_id,
                 source=source,
-                embedding=measure_vectors[i].astype("<f4").tobytes(),
+                embedding=vectors[i].astype("<f4").tobytes(),
                 created_at=at,
             )
+            for baseline, vectors in ((model, model_vectors), (evidence, measure_vectors))
         )
+        s.add_all([row, twin])
         s.flush()
         ids.append(row.id)
     return model, ids
@@ -423,6 +374,36 @@ def _sign_in(page, server: AppServer, username: str, path: str = "/") -> None:  
     page.wait_for_load_state()
 
 
+@dataclass
+class UI:
+    """What a browser test works with: the running server, its app, the deployment, and fresh pages."""
+
+    server: AppServer
+    app: Flask
+    deployment: Deployment
+    new_page: Callable[[], Any]
+
+    def signed_in(self, username: str, path: str = "/", *, live: bool = False) -> Any:
+        """A fresh page signed in as ``username`` at ``path``; with ``live``, once its live updates are on."""
+        page = self.new_page()
+        _sign_in(page, self.server, username, path)
+        if live:
+            playwright_api.expect(page.locator("#live-status")).to_have_text("Live updates on.")
+        return page
+
+
+@pytest.fixture
+def ui(
+    app_server: AppServer,
+    pages_app: Flask,
+    dash_users: DashUsers,
+    deployment: Deployment,
+    new_page,  # type: ignore[no-untyped-def]
+) -> UI:
+    """The users exist (``dash_users``) and the deployment is seeded before any page is opened."""
+    return UI(app_server, pages_app, deployment, new_page)
+
+
 def _publish_new_flag(app: Flask, deployment: Deployment) -> int:
     """What the worker does when a call crosses the threshold: write the flag, then announce it."""
     with session_scope(app.extensions["painline.sessions"]) as s:
@@ -457,13 +438,9 @@ def _publish_new_flag(app: Flask, deployment: Deployment) -> int:
 @pytest.mark.slow
 @needs_ravdess
 def test_nurse_sees_a_replayed_call_flag_live_resolves_it_as_no_pain_and_the_baseline_grows(
-    app_server: AppServer,
-    pages_app: Flask,
-    dash_users: DashUsers,
-    deployment: Deployment,  # type: ignore[no-untyped-def]
+    ui: UI,
     shipped_context: WorkerContext,
     offline: OfflineScorer,
-    new_page,
     tmp_path: Path,
 ) -> None:
     """Issue 4's nurse scenario on a real call: replayed distressed speech, the shipped model, a real worker."""
@@ -478,21 +455,20 @@ def test_nurse_sees_a_replayed_call_flag_live_resolves_it_as_no_pain_and_the_bas
         )
     call_file = write_call_wav(pick.clips, tmp_path / "distressed.wav")
     # the worker announces on this app's flag channel, the one the queue page's /events listens to
-    shipped_context.flag_channel = config_of(pages_app).flag_channel
+    shipped_context.flag_channel = config_of(ui.app).flag_channel
     ref = f"HL-{secrets.randbelow(90000) + 10000}"
 
-    page = new_page()
-    _sign_in(page, app_server, "nurse1")
+    page = ui.signed_in("nurse1")
     expect(page.get_by_role("heading", name="Triage queue")).to_be_visible()
-    expect(page.locator("#queue-rows tr[data-call-id]")).to_have_count(len(deployment.queued_call_ids))
+    expect(page.locator("#queue-rows tr[data-call-id]")).to_have_count(len(ui.deployment.queued_call_ids))
     expect(page.locator("#live-status")).to_have_text("Live updates on.")
 
     # the call streams in real time in the background; a real worker scores it here as it arrives
-    replay = _BackgroundReplay(app_server, call_file, ref)
+    replay = _BackgroundReplay(ui.server, call_file, ref)
     replay.start()
-    call_id, patient_id, seen_live = _work_until_flag_shows(page, app_server, replay, ref)
+    call_id, patient_id, seen_live = _work_until_flag_shows(page, ui.server, replay, ref)
     assert seen_live, "the flag reached the queue only after the caller hung up"
-    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+    with session_scope(ui.app.extensions["painline.sessions"]) as s:
         flag = s.scalars(select(Flag).where(Flag.call_id == call_id)).one()
         call = s.get(Call, call_id)
         assert call.status == CallStatus.STREAMING.value or (call.ended_at and flag.raised_at < call.ended_at)
@@ -508,8 +484,8 @@ def test_nurse_sees_a_replayed_call_flag_live_resolves_it_as_no_pain_and_the_bas
     assert not replay.is_alive(), "the replay did not finish"
     if replay.error is not None:
         raise replay.error
-    run_worker(app_server)
-    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+    run_worker(ui.server)
+    with session_scope(ui.app.extensions["painline.sessions"]) as s:
         call = s.get(Call, call_id)
         assert call.status == CallStatus.FINALISED.value
         n_utterances = s.scalar(
@@ -531,7 +507,7 @@ def test_nurse_sees_a_replayed_call_flag_live_resolves_it_as_no_pain_and_the_bas
     expect(page.locator("table tr[data-utterance-id]")).to_have_count(n_utterances)
     _shot(page, "call-page-replayed")
 
-    before = _baseline_count(pages_app, patient_id, shipped_context)
+    before = _baseline_count(ui.app, patient_id, shipped_context)
     page.get_by_label("no pain").check()
     page.get_by_label("Note").fill("Raised voice, not pain: caller was upset about a delivery.")
     page.get_by_role("button", name="Resolve").click()
@@ -541,17 +517,16 @@ def test_nurse_sees_a_replayed_call_flag_live_resolves_it_as_no_pain_and_the_bas
 
     # the worker runs the growth job the resolution queued: every utterance joins the caller's baseline
     job_id = f"grow-baseline-{call_id}"
-    assert app_server.queue.fetch_job(job_id) is not None
-    run_worker(app_server)
-    job = app_server.queue.fetch_job(job_id)
+    assert ui.server.queue.fetch_job(job_id) is not None
+    run_worker(ui.server)
+    job = ui.server.queue.fetch_job(job_id)
     assert job is not None and job.get_status() == "finished", job and job.get_status()
     grown = job.return_value()
     assert (grown.outcome, grown.added) == (GrowthOutcome.APPLIED, n_utterances), grown
-    after = _baseline_count(pages_app, patient_id, shipped_context)
+    after = _baseline_count(ui.app, patient_id, shipped_context)
     assert after == before + n_utterances, (before, after)
 
-    admin = new_page()
-    _sign_in(admin, app_server, "admin1", f"/admin/patients/{patient_id}")
+    admin = ui.signed_in("admin1", f"/admin/patients/{patient_id}")
     expect(admin.get_by_role("heading", name=f"Baseline of {ref}")).to_be_visible()
     expect(admin.locator("#baseline-count")).to_have_text(str(after))
     grown = admin.locator("table.contributions tbody tr.included", has_text=f"call {call_id}")
@@ -623,23 +598,18 @@ def _baseline_count(app: Flask, patient_id: int, ctx: WorkerContext) -> int:
 
 
 def test_nurse_sees_a_published_flag_arrive_live_and_the_evidence_on_the_call_page(
-    app_server: AppServer,
-    pages_app: Flask,
-    dash_users: DashUsers,
-    deployment: Deployment,
-    new_page,  # type: ignore[no-untyped-def]
+    ui: UI,
 ) -> None:
     """Corpus-free: a synthetic flag announced as the worker announces one; evidence in plain units."""
-    page = new_page()
-    _sign_in(page, app_server, "nurse1")
+    page = ui.signed_in("nurse1")
     expect = playwright_api.expect
     expect(page.get_by_role("heading", name="Triage queue")).to_be_visible()
     rows = page.locator("#queue-rows tr[data-call-id]")
-    expect(rows).to_have_count(len(deployment.queued_call_ids))
+    expect(rows).to_have_count(len(ui.deployment.queued_call_ids))
     expect(page.locator("#live-status")).to_have_text("Live updates on.")
     _shot(page, "nurse-queue-before")
 
-    call_id = _publish_new_flag(pages_app, deployment)
+    call_id = _publish_new_flag(ui.app, ui.deployment)
     new_row = page.locator(f'#queue-rows tr[data-call-id="{call_id}"]')
     expect(new_row).to_be_visible()  # arrived without a reload
     expect(rows.first).to_have_attribute("data-call-id", str(call_id))  # most severe first
@@ -662,7 +632,7 @@ def test_nurse_sees_a_published_flag_arrive_live_and_the_evidence_on_the_call_pa
     expect(page.locator("#flag-status")).to_have_text("resolved")
     expect(page.locator("form.resolve-form")).to_have_count(0)
     _shot(page, "call-resolved")
-    job = app_server.queue.fetch_job(f"grow-baseline-{call_id}")
+    job = ui.server.queue.fetch_job(f"grow-baseline-{call_id}")
     assert job is not None and job.func_name == "worker.jobs.grow_baseline_from_call"
 
 
@@ -675,34 +645,29 @@ def _rebuild(app: Flask, baseline_id: int) -> None:
 
 
 def test_admin_excludes_a_contribution_and_resets_a_baseline_both_in_the_audit_log(
-    app_server: AppServer,
-    pages_app: Flask,
-    dash_users: DashUsers,
-    deployment: Deployment,
-    new_page,  # type: ignore[no-untyped-def]
+    ui: UI,
 ) -> None:
     expect = playwright_api.expect
-    page = new_page()
-    _sign_in(page, app_server, "admin1", f"/admin/patients/{deployment.patient_id}")
-    expect(page.get_by_role("heading", name=f"Baseline of {deployment.patient_ref}")).to_be_visible()
+    page = ui.signed_in("admin1", f"/admin/patients/{ui.deployment.patient_id}")
+    expect(page.get_by_role("heading", name=f"Baseline of {ui.deployment.patient_ref}")).to_be_visible()
     expect(page.locator("svg.measures-plot g.measure-row")).to_have_count(5)
     contributions = page.locator("table.contributions tbody tr")
-    expect(contributions).to_have_count(len(deployment.contribution_ids))
+    expect(contributions).to_have_count(len(ui.deployment.contribution_ids))
     _shot(page, "baseline", readme=True)
 
-    target = deployment.contribution_ids[-1]
+    target = ui.deployment.contribution_ids[-1]
     page.get_by_role("button", name=f"Exclude contribution {target}").click()
     expect(page.get_by_text(f"Contribution {target} excluded.")).to_be_visible()
     expect(page.locator(f'tr[data-contribution-id="{target}"]')).to_have_class("excluded")
-    _rebuild(pages_app, deployment.baseline_id)
+    _rebuild(ui.app, ui.deployment.baseline_id)
     page.reload()
-    expect(page.locator("#baseline-count")).to_have_text(str(len(deployment.contribution_ids) - 1))
+    expect(page.locator("#baseline-count")).to_have_text(str(len(ui.deployment.contribution_ids) - 1))
     _shot(page, "baseline-excluded")
 
     page.get_by_label("I want to reset the baseline").check()
     page.get_by_role("button", name="Reset baseline").click()
     expect(page.get_by_text("Baseline reset:")).to_be_visible()
-    _rebuild(pages_app, deployment.baseline_id)
+    _rebuild(ui.app, ui.deployment.baseline_id)
     page.reload()
     expect(page.locator("#baseline-count")).to_have_text("0")
     expect(page.locator("table.contributions tr.included")).to_have_count(0)
@@ -716,39 +681,34 @@ def test_admin_excludes_a_contribution_and_resets_a_baseline_both_in_the_audit_l
     expect(page.locator("table.audit tbody tr")).to_have_count(1)
     expect(page.locator('tr[data-action="baseline.reset"]')).to_contain_text("admin1")
     _shot(page, "audit-log")
-    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+    with session_scope(ui.app.extensions["painline.sessions"]) as s:
         actions = set(s.scalars(select(AuditEvent.action).where(AuditEvent.actor == "admin1")))
     assert {"baseline.view", "baseline.exclude", "baseline.reset", "audit.view"} <= actions
 
 
 def test_a_nurse_is_refused_admin_pages_and_api_and_forms_need_a_csrf_token(
-    app_server: AppServer,
-    pages_app: Flask,
-    dash_users: DashUsers,
-    deployment: Deployment,
-    new_page,  # type: ignore[no-untyped-def]
+    ui: UI,
 ) -> None:
     expect = playwright_api.expect
-    page = new_page()
-    _sign_in(page, app_server, "nurse1")
+    page = ui.signed_in("nurse1")
     expect(page.get_by_role("link", name="Patients")).to_have_count(0)
-    for path in ("/admin/patients", f"/admin/patients/{deployment.patient_id}", "/admin/audit"):
-        response = page.goto(app_server.url + path)
+    for path in ("/admin/patients", f"/admin/patients/{ui.deployment.patient_id}", "/admin/audit"):
+        response = page.goto(ui.server.url + path)
         assert response is not None and response.status == 403, path
     _shot(page, "nurse-refused-admin")
-    api = page.goto(app_server.url + f"/api/v1/patients/{deployment.patient_id}/baseline")
+    api = page.goto(ui.server.url + f"/api/v1/patients/{ui.deployment.patient_id}/baseline")
     assert api is not None and api.status == 403
-    page.goto(app_server.url + "/")
-    flag_call = deployment.queued_call_ids[0]
-    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+    page.goto(ui.server.url + "/")
+    flag_call = ui.deployment.queued_call_ids[0]
+    with session_scope(ui.app.extensions["painline.sessions"]) as s:
         flag_id = s.scalar(select(Flag.id).where(Flag.call_id == flag_call))
     status = page.evaluate(
         """async (url) => (await fetch(url, {method: "POST", body: new URLSearchParams({label: "no_pain"}),
                                               redirect: "manual"})).status""",
-        f"{app_server.url}/flags/{flag_id}/resolve",
+        f"{ui.server.url}/flags/{flag_id}/resolve",
     )
     assert status == 400
-    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+    with session_scope(ui.app.extensions["painline.sessions"]) as s:
         assert s.get(Flag, flag_id).status == FlagStatus.OPEN.value
 
 
@@ -762,24 +722,20 @@ document.addEventListener("securitypolicyviolation", function (e) {
 
 
 def test_every_page_runs_under_the_strict_content_security_policy(
-    app_server: AppServer,
-    pages_app: Flask,
-    dash_users: DashUsers,
-    deployment: Deployment,
-    new_page,  # type: ignore[no-untyped-def]
+    ui: UI,
 ) -> None:
     """Issue 13: the pages carry a CSP without 'unsafe-inline', and nothing on them breaks it.
 
     Violations are collected both from the page's ``securitypolicyviolation`` events and from
     chromium's console (which reports every blocked inline style, script or handler)."""
     expect = playwright_api.expect
-    page = new_page()
+    page = ui.new_page()
     page.context.add_init_script(_CSP_LISTENER)
     console: list[str] = []
     page.on("console", lambda m: console.append(m.text) if "Content Security Policy" in m.text else None)
 
     def visit(path: str, status: int = 200) -> None:
-        response = page.goto(app_server.url + path)
+        response = page.goto(ui.server.url + path)
         assert response is not None and response.status == status, (path, response and response.status)
         policy = response.headers.get("content-security-policy", "")
         assert "style-src 'self'" in policy and "script-src 'self'" in policy, (path, policy)
@@ -790,16 +746,16 @@ def test_every_page_runs_under_the_strict_content_security_policy(
         assert seen == [] and console == [], (path, seen, console)
 
     visit("/login")
-    _sign_in(page, app_server, "admin1")
+    _sign_in(page, ui.server, "admin1")
     visit("/")
     expect(page.locator("#live-status")).to_have_text("Live updates on.")  # live.js runs under the policy
-    _publish_new_flag(pages_app, deployment)
+    _publish_new_flag(ui.app, ui.deployment)
     expect(page.locator("#live-status")).to_contain_text("New flag")  # and its fetch + innerHTML refresh too
     assert page.evaluate("window.__cspViolations") == [] and console == []
-    visit(f"/calls/{deployment.queued_call_ids[0]}")
+    visit(f"/calls/{ui.deployment.queued_call_ids[0]}")
     expect(page.locator("svg.probability-chart")).to_be_visible()
     visit("/admin/patients")
-    visit(f"/admin/patients/{deployment.patient_id}")
+    visit(f"/admin/patients/{ui.deployment.patient_id}")
     expect(page.locator("svg.measures-plot")).to_be_visible()
     visit("/admin/audit")
     visit("/admin/audit?from=yesterday", 400)
@@ -880,30 +836,26 @@ def _record_enrolment_as_uploaded(app: Flask, deployment: Deployment) -> None:
 
 
 def test_every_page_fits_a_390_px_phone_and_a_1366_px_laptop_without_page_scrolling(
-    app_server: AppServer,
-    pages_app: Flask,
-    dash_users: DashUsers,
-    deployment: Deployment,
-    new_page,  # type: ignore[no-untyped-def]
+    ui: UI,
 ) -> None:
     """Issue 13, item 8: tables respond inside their own area; what a nurse or admin acts on stays on screen.
 
     Also writes the README's phone and laptop screenshots of the queue, a call page and a baseline page."""
     expect = playwright_api.expect
-    flagged_call = deployment.queued_call_ids[0]  # finalised, with evidence
-    _record_enrolment_as_uploaded(pages_app, deployment)
+    flagged_call = ui.deployment.queued_call_ids[0]  # finalised, with evidence
+    _record_enrolment_as_uploaded(ui.app, ui.deployment)
     for viewport, size in ((PHONE, "390"), (LAPTOP, "1366")):
-        page = new_page()
+        page = ui.new_page()
         page.set_viewport_size(viewport)
-        page.goto(app_server.url + "/login")
+        page.goto(ui.server.url + "/login")
         _fits(page, f"sign-in at {size}")
         _within_width(page, page.get_by_role("button", name="Sign in"), f"sign-in button at {size}")
-        _sign_in(page, app_server, "admin1")
+        _sign_in(page, ui.server, "admin1")
 
         expect(page.locator("#live-status")).to_have_text("Live updates on.")
         _fits(page, f"queue at {size}")
         rows = page.locator("#queue-rows tr[data-call-id]")
-        expect(rows).to_have_count(len(deployment.queued_call_ids))
+        expect(rows).to_have_count(len(ui.deployment.queued_call_ids))
         # the figures a nurse triages by are on screen, not behind a sideways scroll
         heads = [t.strip() for t in page.locator("table.queue thead th").all_inner_texts()]
         for name in ("Probability", "Flag"):
@@ -911,23 +863,23 @@ def test_every_page_fits_a_390_px_phone_and_a_1366_px_laptop_without_page_scroll
             _within_width(page, rows.locator(f"td:nth-child({column})"), f"queue {name} at {size}")
         _shot(page, f"nurse-queue-{size}", readme=True)
 
-        page.goto(app_server.url + f"/calls/{flagged_call}")
+        page.goto(ui.server.url + f"/calls/{flagged_call}")
         expect(page.locator("table.evidence tbody tr").first).to_contain_text("+2.5 semitones")
         _fits(page, f"call page at {size}")
         _within_width(page, page.locator("table.evidence tbody td"), f"evidence cells at {size}")
         _shot(page, f"call-page-{size}", readme=True)
 
-        page.goto(app_server.url + f"/admin/patients/{deployment.patient_id}")
-        expect(page.locator("table.contributions tbody tr")).to_have_count(len(deployment.contribution_ids))
+        page.goto(ui.server.url + f"/admin/patients/{ui.deployment.patient_id}")
+        expect(page.locator("table.contributions tbody tr")).to_have_count(len(ui.deployment.contribution_ids))
         _fits(page, f"baseline page at {size}")
         expect(page.locator('tr[data-origin="upload"]').first).to_contain_text("Enrolment upload, utterance 2 of 2")
         _within_width(page, page.get_by_role("button", name=re.compile(r"^Exclude contribution")), f"Exclude at {size}")
         page.evaluate("window.scrollTo(0, 0)")
         _shot(page, f"baseline-{size}", readme=True)
 
-        page.goto(app_server.url + "/admin/patients")
+        page.goto(ui.server.url + "/admin/patients")
         _fits(page, f"patients at {size}")
-        page.goto(app_server.url + "/admin/audit")
+        page.goto(ui.server.url + "/admin/audit")
         expect(page.locator("table.audit tbody tr").first).to_be_visible()
         _fits(page, f"audit log at {size}")
         _within_width(page, page.get_by_role("button", name="Filter"), f"audit filter at {size}")
@@ -939,11 +891,7 @@ def test_every_page_fits_a_390_px_phone_and_a_1366_px_laptop_without_page_scroll
 
 
 def test_a_call_appears_when_its_stream_starts_and_leaves_live_when_it_ends(
-    app_server: AppServer,
-    pages_app: Flask,
-    dash_users: DashUsers,
-    deployment: Deployment,
-    new_page,  # type: ignore[no-untyped-def]
+    ui: UI,
 ) -> None:
     """The real telephony path: the signed voice webhook, then the Media Stream socket's start and stop."""
     import json
@@ -954,17 +902,15 @@ def test_a_call_appears_when_its_stream_starts_and_leaves_live_when_it_ends(
     from tests.app_fixtures import AUTH_TOKEN
 
     expect = playwright_api.expect
-    page = new_page()
-    _sign_in(page, app_server, "nurse1")
-    expect(page.locator("#live-status")).to_have_text("Live updates on.")
+    page = ui.signed_in("nurse1", live=True)
     ref = f"HL-{secrets.randbelow(90000) + 10000}"
     account_sid, call_sid = replay.new_sid("AC"), replay.new_sid("CA")
-    public, reached = replay.voice_webhook_urls(app_server.url, app_server.url, ref)
+    public, reached = replay.voice_webhook_urls(ui.server.url, ui.server.url, ref)
     params = replay.voice_webhook_params(account_sid, call_sid, replay.DEFAULT_FROM, replay.DEFAULT_TO)
     instruction = replay.check_voice_answer(*replay._post_form(reached, public, params, AUTH_TOKEN))
     builder = replay.StreamMessages(account_sid=account_sid, call_sid=call_sid)
     ws = websocket.create_connection(
-        replay.connect_url(instruction.url, app_server.url),
+        replay.connect_url(instruction.url, ui.server.url),
         header=[f"{k}: {v}" for k, v in replay.handshake_headers(AUTH_TOKEN, instruction.url).items()],
         timeout=10,
     )
@@ -983,35 +929,30 @@ def test_a_call_appears_when_its_stream_starts_and_leaves_live_when_it_ends(
 
 
 def test_the_call_page_follows_its_call_live(
-    app_server: AppServer,
-    pages_app: Flask,
-    dash_users: DashUsers,
-    deployment: Deployment,
-    new_page,  # type: ignore[no-untyped-def]
+    ui: UI,
 ) -> None:
     from schema.contract import LiveEvent, announce_call
 
     expect = playwright_api.expect
-    live_call = deployment.queued_call_ids[2]
-    page = new_page()
-    _sign_in(page, app_server, "nurse1", f"/calls/{live_call}")
+    live_call = ui.deployment.queued_call_ids[2]
+    page = ui.signed_in("nurse1", f"/calls/{live_call}")
     expect(page.locator("#call-badges .live-dot")).to_be_visible()
     expect(page.locator("#live-status")).to_have_text("Live updates on.")
     expect(page.locator("table.utterances tr[data-utterance-id]")).to_have_count(2)
-    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+    with session_scope(ui.app.extensions["painline.sessions"]) as s:
         call = s.get(Call, live_call)
         call.status = CallStatus.ENDED.value
         call.ended_at = utcnow()
         flag = _add_flag(s, call, "medium", 0.7, 0)
         flag_id = flag.id
-    redis = pages_app.extensions["painline.redis"]
-    announce_call(redis, config_of(pages_app).call_channel, LiveEvent.CALL_ENDED, live_call)
+    redis = ui.app.extensions["painline.redis"]
+    announce_call(redis, config_of(ui.app).call_channel, LiveEvent.CALL_ENDED, live_call)
     expect(page.locator("#call-badges .live-dot")).to_have_count(0, timeout=2000)
     expect(page.locator("#call-badges .badge-medium")).to_be_visible()
     expect(page.locator("#call-ended time")).to_be_visible()
     expect(page.locator("#flag-status")).to_have_text("open")  # the flag raised meanwhile, with its forms
     expect(page.get_by_role("button", name="Acknowledge")).to_be_visible()
-    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+    with session_scope(ui.app.extensions["painline.sessions"]) as s:
         assert s.get(Flag, flag_id) is not None
         views = s.scalar(
             select(func.count())
@@ -1021,30 +962,57 @@ def test_the_call_page_follows_its_call_live(
     assert views == 1  # the live refreshes are not audited as views
 
 
+def test_the_call_page_follows_its_scores_and_verdict_by_events_not_a_5_s_poll(
+    ui: UI,
+) -> None:
+    """Issue 13 leftover: the worker's ``call.scored`` and ``call.finalised`` refresh the page at once,
+    so while the event stream is up the page does not poll every 5 s (its fallback is 30 s)."""
+    from dashboard.formatting import verdict
+    from schema.contract import LiveEvent, announce_call
+
+    expect = playwright_api.expect
+    live_call = ui.deployment.queued_call_ids[2]
+    page = ui.signed_in("nurse1", f"/calls/{live_call}", live=True)
+    rows = page.locator("table.utterances tr[data-utterance-id]")
+    expect(rows).to_have_count(2)
+    refreshes: list[str] = []
+    page.on("request", lambda request: refreshes.append(request.url) if request.url.endswith("/live") else None)
+    page.wait_for_timeout(6500)  # past the old 5 s poll
+    assert refreshes == [], "the page polled while the event stream was up"
+    redis = ui.app.extensions["painline.redis"]
+    channel = config_of(ui.app).call_channel
+    with session_scope(ui.app.extensions["painline.sessions"]) as s:
+        u = add_utterance_row(s, live_call, 2, step_ms=6000, length_ms=2500)
+        add_score_row(s, u.id, model_version=MODEL_VERSION, probability=0.4)
+    announce_call(redis, channel, LiveEvent.CALL_SCORED, live_call)  # what the scoring job sends
+    expect(rows).to_have_count(3, timeout=2000)
+    with session_scope(ui.app.extensions["painline.sessions"]) as s:
+        call = s.get_one(Call, live_call)
+        call.status, call.ended_at, call.verdict = CallStatus.FINALISED.value, utcnow(), Verdict.NO_PAIN.value
+    announce_call(redis, channel, LiveEvent.CALL_FINALISED, live_call)  # what finalise_call sends
+    expect(page.locator("#verdict")).to_have_text(verdict(Verdict.NO_PAIN.value), timeout=2000)
+    expect(page.locator("#call-badges .live-dot")).to_have_count(0)
+    assert len(refreshes) == 2  # one per event
+
+
 def test_a_new_flag_counts_in_the_tab_title_until_the_tab_gets_focus(
-    app_server: AppServer,
-    pages_app: Flask,
-    dash_users: DashUsers,
-    deployment: Deployment,
-    new_page,  # type: ignore[no-untyped-def]
+    ui: UI,
 ) -> None:
     from dashboard.formatting import ago
 
     expect = playwright_api.expect
-    page = new_page()
-    _sign_in(page, app_server, "nurse1")
-    expect(page.locator("#live-status")).to_have_text("Live updates on.")
+    page = ui.signed_in("nurse1", live=True)
     title = "Triage queue · painline"
     assert page.title() == title
     page.evaluate("window.dispatchEvent(new Event('blur'))")  # the nurse is in another tab or window
-    first = _publish_new_flag(pages_app, deployment)
+    first = _publish_new_flag(ui.app, ui.deployment)
     expect(page).to_have_title(f"(1) New flag — {title}")
     expect(page.locator(f'#queue-rows tr[data-call-id="{first}"]')).to_be_visible()
-    _publish_new_flag(pages_app, deployment)
+    _publish_new_flag(ui.app, ui.deployment)
     expect(page).to_have_title(f"(2) New flags — {title}")
     page.evaluate("window.dispatchEvent(new Event('focus'))")
     expect(page).to_have_title(title)
-    _publish_new_flag(pages_app, deployment)  # seen as it arrives: no count
+    _publish_new_flag(ui.app, ui.deployment)  # seen as it arrives: no count
     expect(page.locator("#live-status")).to_contain_text("New flag: high")
     assert page.title() == title
     # the browser keeps relative times with the server's rule

@@ -1,8 +1,9 @@
 """Helpers for the nurse and admin page tests (their fixtures are in ``tests/dashboard/conftest.py``).
 
 :func:`form_csrf` (the token in a rendered form), :func:`audit_actions`, :func:`queue_order` (call ids in
-the order the queue shows them), :func:`make_flagged_call`, and :class:`QueueSeed` (what the
-``queue_seed`` fixture made).
+the order the queue shows them), :func:`make_flagged_call`, :class:`QueueSeed` (what the
+``queue_seed`` fixture made), and :func:`moved` (evidence's measures that moved, as the call page shows them;
+the browser tests use it too).
 """
 
 from __future__ import annotations
@@ -21,14 +22,10 @@ from schema.models import (
     AuditEvent,
     Call,
     CallStatus,
-    Flag,
-    FlagStatus,
     Patient,
-    Score,
-    Utterance,
-    UtteranceStatus,
     Verdict,
 )
+from tests.rows import add_flag_row, add_score_row, add_utterance_row
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 _ROW = re.compile(r'<tr data-call-id="(\d+)"')
@@ -80,27 +77,16 @@ def make_flagged_call(
     s.add(call)
     s.flush()
     for seq, p in enumerate(probabilities):
-        u = Utterance(
-            call_id=call.id,
-            seq=seq,
-            start_ms=seq * 5000,
-            end_ms=seq * 5000 + 3000,
-            speech_s=3.0,
-            status=UtteranceStatus.SCORED.value,
-        )
-        s.add(u)
-        s.flush()
-        s.add(Score(utterance_id=u.id, model_version=model_version, probability=p, embedding=b"\0" * 16))
+        u = add_utterance_row(s, call.id, seq, step_ms=5000, length_ms=3000)
+        add_score_row(s, u.id, model_version=model_version, probability=p)
     if severity is not None:
-        s.add(
-            Flag(
-                call_id=call.id,
-                patient_id=patient.id,
-                severity=severity,
-                level=level,
-                status=FlagStatus.OPEN.value,
-                raised_at=started_at + timedelta(seconds=30),
-            )
+        add_flag_row(
+            s,
+            call_id=call.id,
+            patient_id=patient.id,
+            severity=severity,
+            level=level,
+            raised_at=started_at + timedelta(seconds=30),
         )
     s.flush()
     return call.id
@@ -113,3 +99,42 @@ class QueueSeed:
     mild_old: int
     live: int
     resolved: int
+
+
+_MOVED: dict[str, dict[str, object]] = {
+    "pitch": {
+        "measure": "pitch",
+        "label": "pitch",
+        "unit": "semitones",
+        "value": 35.1,
+        "baseline": 32.6,
+        "delta": 2.5,
+        "z": 2.1,
+        "text": "pitch +2.5 semitones",
+    },
+    "loudness": {
+        "measure": "loudness",
+        "label": "loudness",
+        "unit": "dB",
+        "value": 71.0,
+        "baseline": 65.2,
+        "delta": 5.8,
+        "z": 1.9,
+        "text": "loudness +5.8 dB",
+    },
+    "hnr": {
+        "measure": "hnr",
+        "label": "harmonics-to-noise ratio",
+        "unit": "dB",
+        "value": 6.1,
+        "baseline": 8.4,
+        "delta": -2.3,
+        "z": -1.5,
+        "text": "harmonics-to-noise ratio -2.3 dB",
+    },
+}
+
+
+def moved(*measures: str) -> list[dict[str, object]]:
+    """Evidence ``moved`` entries (fresh copies): pitch +2.5 semitones, loudness +5.8 dB, HNR -2.3 dB."""
+    return [dict(_MOVED[m]) for m in measures]

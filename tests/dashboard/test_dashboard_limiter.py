@@ -4,7 +4,6 @@ real client address behind trusted proxies, Retry-After, and no lockout of a nur
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from painline.config import Settings
 from schema.contract import LoginCounter
 from schema.db import session_scope
 from schema.models import AuditEvent
-from tests.dashboard_fixtures import PASSWORD, DashUsers, csrf_of
+from tests.dashboard_fixtures import PASSWORD, DashUsers, csrf_of, own_key_namespace
 
 WRONG = "not the password at all"
 
@@ -143,17 +142,11 @@ def test_limiter_window_expires(dash_app: Flask) -> None:
 def proxied_app(app_settings: Settings) -> Iterator[Flask]:
     """The app as deployed behind one reverse proxy (``PAINLINE_TRUSTED_PROXIES=1``)."""
     app = create_app(app_settings.with_(trusted_proxies=1))
-    namespace = f"test-proxy-{secrets.token_hex(6)}"
-    configure(app, replace(config_of(app), key_namespace=namespace))
-    app.config["TESTING"] = True
-    add_user(app.extensions["painline.sessions"], "nurse1", "nurse", PASSWORD)
     try:
-        yield app
+        with own_key_namespace(app, "test-proxy"):
+            add_user(app.extensions["painline.sessions"], "nurse1", "nurse", PASSWORD)
+            yield app
     finally:
-        redis: Redis = app.extensions["painline.redis"]
-        keys = list(redis.scan_iter(match=f"painline:{namespace}:*"))
-        if keys:
-            redis.delete(*keys)
         close_app(app)
 
 

@@ -21,7 +21,7 @@ from schema.audit import record
 from schema.contract import enrol_upload_key
 from schema.db import session_scope
 from schema.models import Baseline, BaselineContribution, Call, Flag, FlagStatus, Score, Utterance, utcnow
-from tests.dashboard.pages import QueueSeed, audit_actions, form_csrf, make_flagged_call, queue_order
+from tests.dashboard.pages import QueueSeed, audit_actions, form_csrf, make_flagged_call, moved, queue_order
 from tests.dashboard_fixtures import DashUsers, Seed
 
 ClientAs = Callable[[str], FlaskClient]
@@ -541,40 +541,22 @@ def test_audit_objects_link_to_their_pages(pages_app: Flask, client_as: ClientAs
     assert object_cell == "queue -"  # nothing to open
 
 
-def test_call_page_states_the_reference_of_pitch_in_semitones(client_as: ClientAs, pages_app: Flask) -> None:
-    with session_scope(pages_app.extensions["painline.sessions"]) as s:
+def _flagged_call_with_evidence(app: Flask, ref: str, evidence: dict[str, object]) -> int:
+    """A flagged call of one scored utterance whose stored evidence is ``evidence``; returns its id."""
+    with session_scope(app.extensions["painline.sessions"]) as s:
         call_id = make_flagged_call(
-            s, ref="ST-1", severity=0.8, started_at=utcnow() - timedelta(minutes=3), probabilities=(0.7,)
+            s, ref=ref, severity=0.8, started_at=utcnow() - timedelta(minutes=3), probabilities=(0.7,)
         )
-        from schema.models import Call
-
         call = s.get(Call, call_id)
         assert call is not None
-        call.evidence = {
-            "baseline": {"n": 9},
-            "moved": [
-                {
-                    "measure": "pitch",
-                    "label": "pitch",
-                    "unit": "semitones",
-                    "value": 35.1,
-                    "baseline": 32.6,
-                    "delta": 2.5,
-                    "z": 2.1,
-                    "text": "pitch +2.5 semitones",
-                },
-                {
-                    "measure": "loudness",
-                    "label": "loudness",
-                    "unit": "dB",
-                    "value": 71.0,
-                    "baseline": 65.2,
-                    "delta": 5.8,
-                    "z": 1.9,
-                    "text": "loudness +5.8 dB",
-                },
-            ],
-        }
+        call.evidence = evidence
+    return call_id
+
+
+def test_call_page_states_the_reference_of_pitch_in_semitones(client_as: ClientAs, pages_app: Flask) -> None:
+    call_id = _flagged_call_with_evidence(
+        pages_app, "ST-1", {"baseline": {"n": 9}, "moved": moved("pitch", "loudness")}
+    )
     html = client_as("nurse").get(f"/calls/{call_id}").get_data(as_text=True)
     row = html.split('<th scope="row">pitch</th>', 1)[1].split("</tr>", 1)[0]
     assert row.count("semitones re 27.5 Hz") == 2  # this call and usual: absolute values need the reference
@@ -583,15 +565,10 @@ def test_call_page_states_the_reference_of_pitch_in_semitones(client_as: ClientA
 
 
 def test_call_page_without_a_baseline_states_the_reference_too(client_as: ClientAs, pages_app: Flask) -> None:
-    with session_scope(pages_app.extensions["painline.sessions"]) as s:
-        call_id = make_flagged_call(
-            s, ref="ST-2", severity=0.8, started_at=utcnow() - timedelta(minutes=3), probabilities=(0.7,)
-        )
-        from schema.models import Call
-
-        call = s.get(Call, call_id)
-        assert call is not None
-        call.evidence = {
+    call_id = _flagged_call_with_evidence(
+        pages_app,
+        "ST-2",
+        {
             "measures": [
                 {
                     "measure": "pitch",
@@ -608,7 +585,8 @@ def test_call_page_without_a_baseline_states_the_reference_too(client_as: Client
                     "text": "pitch range 4.2 semitones",
                 },
             ]
-        }
+        },
+    )
     html = client_as("nurse").get(f"/calls/{call_id}").get_data(as_text=True)
     assert "pitch 33.0 semitones re 27.5 Hz" in html
     assert "pitch range 4.2 semitones<" in html  # a range is a difference

@@ -34,39 +34,21 @@ from schema.models import (
     utcnow,
 )
 from tests.app_fixtures import AUTH_TOKEN, AppServer, app_redis_url, wav_file
+from tests.cli_env import clear_settings_env, point_env_at
 from tests.worker_fixtures import calm, pain
 from worker import context as worker_context
-
-SETTINGS_ENV = [
-    "PAINLINE_DATABASE_URL",
-    "PAINLINE_REDIS_URL",
-    "PAINLINE_VAR_DIR",
-    "PAINLINE_PUBLIC_URL",
-    "PAINLINE_QUEUE_NAME",
-    "PAINLINE_MODEL_PATH",
-    "PAINLINE_HMAC_KEY",
-    "TWILIO_AUTH_TOKEN",
-    "PAINLINE_FLAG_THRESHOLD",
-]
 
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in SETTINGS_ENV:
-        monkeypatch.delenv(name, raising=False)
+    clear_settings_env(monkeypatch)
     return monkeypatch
 
 
 @pytest.fixture
 def service_env(clean_env: pytest.MonkeyPatch, app_settings: Settings, pain_model_path: Path) -> Settings:
     """The environment a deployed process would have, pointing at the test services."""
-    clean_env.setenv("PAINLINE_DATABASE_URL", app_settings.database_url)
-    clean_env.setenv("PAINLINE_REDIS_URL", app_settings.redis_url)
-    clean_env.setenv("PAINLINE_VAR_DIR", str(app_settings.var_dir))
-    clean_env.setenv("PAINLINE_QUEUE_NAME", app_settings.queue_name)
-    clean_env.setenv("PAINLINE_HMAC_KEY", app_settings.hmac_key)
-    clean_env.setenv("PAINLINE_MODEL_PATH", str(pain_model_path))
-    clean_env.setenv("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+    point_env_at(clean_env, app_settings, pain_model_path)
     return Settings.from_env()
 
 

@@ -28,6 +28,7 @@ from schema.db import session_scope
 from schema.identity import PatientKeyKind, caller_key, looks_like_phone_number, mask_number, patient_ref_key
 from schema.models import AuditEvent, Call, Patient
 from tests.app_fixtures import AUTH_TOKEN, HMAC_KEY, wav_file
+from tests.cli_env import clear_settings_env, point_env_at
 from tests.dashboard_fixtures import DashUsers, bearer, login
 from tests.telephony_fixtures import new_sid, sign
 from tests.worker_fixtures import calm
@@ -40,18 +41,6 @@ MASKED = "+1555*****22"
 _SPELLINGS = re.compile(r"(?:\+|%2b|00)?1?[\s().\-]*" + r"[\s().\-/]*".join(DIGITS), re.IGNORECASE)
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
-SETTINGS_ENV = [
-    "PAINLINE_DATABASE_URL",
-    "PAINLINE_REDIS_URL",
-    "PAINLINE_VAR_DIR",
-    "PAINLINE_PUBLIC_URL",
-    "PAINLINE_QUEUE_NAME",
-    "PAINLINE_MODEL_PATH",
-    "PAINLINE_HMAC_KEY",
-    "TWILIO_AUTH_TOKEN",
-    "PAINLINE_FLAG_THRESHOLD",
-]
-
 
 def leaks(text: str) -> bool:
     return bool(_SPELLINGS.search(text))
@@ -60,15 +49,8 @@ def leaks(text: str) -> bool:
 @pytest.fixture
 def enrol_env(monkeypatch: pytest.MonkeyPatch, app_settings: Settings, pain_model_path: Path) -> pytest.MonkeyPatch:
     """The environment of an operator's shell on a deployment: the app's database, Redis, queue and HMAC key."""
-    for name in SETTINGS_ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PAINLINE_DATABASE_URL", app_settings.database_url)
-    monkeypatch.setenv("PAINLINE_REDIS_URL", app_settings.redis_url)
-    monkeypatch.setenv("PAINLINE_VAR_DIR", str(app_settings.var_dir))
-    monkeypatch.setenv("PAINLINE_QUEUE_NAME", app_settings.queue_name)
-    monkeypatch.setenv("PAINLINE_HMAC_KEY", app_settings.hmac_key)
-    monkeypatch.setenv("PAINLINE_MODEL_PATH", str(pain_model_path))
-    monkeypatch.setenv("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+    clear_settings_env(monkeypatch)
+    point_env_at(monkeypatch, app_settings, pain_model_path)
     return monkeypatch
 
 

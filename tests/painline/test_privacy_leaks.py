@@ -46,25 +46,24 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from flask import Flask
 from redis import Redis
 from rq.serializers import resolve_serializer
 from sqlalchemy import select
 
-from analysis.channel import TELEPHONE_RATE, mulaw_encode
+from analysis.channel import mulaw_encode
 from dashboard.config import config_of, configure
 from dashboard.users import add_user, create_api_token
 from painline.app import settings_of
 from painline.config import Settings
 from painline.replay import chunks, replay_call
-from painline.workers import PainlineSimpleWorker, build_context, install_context
+from painline.workers import PainlineSimpleWorker, build_context
 from schema.contract import flag_channel
 from schema.models import Call, Flag, Patient, UtteranceAudio
 from tests.app_fixtures import AUTH_TOKEN, AppServer, app_redis_url, wav_file
+from tests.e2e_fixtures import call_audio, installed
 from tests.worker_fixtures import calm, pain
-from worker import context as worker_context
 from worker.context import WorkerContext
 
 NUMBER = "+15550001234"
@@ -123,14 +122,6 @@ def _secrets(mulaw: list[bytes]) -> Secrets:
         audio_frames=frames,
         audio_payloads=payloads,
     )
-
-
-def _call_audio(*clips: np.ndarray, gap_s: float = 1.0) -> bytes:
-    rng = np.random.default_rng(9071)
-    parts = [rng.normal(0, 0.001, int(gap_s * TELEPHONE_RATE))]
-    for clip in clips:
-        parts += [clip, rng.normal(0, 0.001, int(gap_s * TELEPHONE_RATE))]
-    return mulaw_encode(np.clip(np.concatenate(parts), -1, 1))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -278,12 +269,8 @@ def privacy_context(app_settings: Settings, pain_model_path: Path, worker_redis:
     settings = app_settings.with_(model_path=pain_model_path, flag_threshold=LOW_THRESHOLD)
     ctx = build_context(settings, worker_redis, speaker=False)
     ctx.flag_channel = f"painline-test-privacy-flags:{secrets.token_hex(6)}"
-    install_context(ctx)
-    try:
+    with installed(ctx):
         yield ctx
-    finally:
-        worker_context.uninstall()
-        ctx.engine.dispose()
 
 
 @pytest.fixture
@@ -334,8 +321,8 @@ def test_no_caller_data_in_logs_jobs_redis_or_urls(
         tokens = {NURSE: create_api_token(sessions, NURSE), ADMIN: create_api_token(sessions, ADMIN)}
 
         # -- two calls: one known by the hotline's reference, one by the number alone -----------------
-        by_ref = _call_audio(pain(137.0, seed=7101), pain(137.0, seed=7102), pain(137.0, seed=7103))
-        by_number = _call_audio(calm(151.0, seed=7201), calm(151.0, seed=7202))
+        by_ref = call_audio(pain(137.0, seed=7101), pain(137.0, seed=7102), pain(137.0, seed=7103), seed=9071)
+        by_number = call_audio(calm(151.0, seed=7201), calm(151.0, seed=7202), seed=9071)
         sid_ref = replay_call(
             by_ref,
             base_url=app_server.url,
@@ -464,7 +451,7 @@ def test_no_caller_data_in_logs_jobs_redis_or_urls(
 
 def test_the_search_finds_every_form_it_looks_for() -> None:
     """The inspection above is only as good as its search: each form of each secret must be found."""
-    audio = _call_audio(pain(137.0, seed=7101))
+    audio = call_audio(pain(137.0, seed=7101), seed=9071)
     found = _secrets([audio])
     for leak in (
         NUMBER,

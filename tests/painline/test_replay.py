@@ -30,7 +30,7 @@ from painline.replay import (
     stream_status_params,
     voice_webhook_params,
 )
-from painline.workers import PainlineSimpleWorker, build_context, install_context
+from painline.workers import PainlineSimpleWorker, build_context
 from schema.identity import patient_ref_key
 from schema.models import (
     AuditEvent,
@@ -48,8 +48,8 @@ from telephony.messages import Connected, Media, Start, Stop, parse_message
 from telephony.signatures import is_valid
 from telephony.twiml import NextStep, continue_only, stream_response
 from tests.app_fixtures import AUTH_TOKEN, PROXY_PUBLIC_URL, AppServer, wav_file
+from tests.e2e_fixtures import call_audio, installed
 from tests.worker_fixtures import calm, pain
-from worker import context as worker_context
 from worker.context import WorkerContext
 
 # ---------------------------------------------------------------------------------------------------
@@ -181,15 +181,6 @@ def test_load_call_audio_resamples_any_rate_to_the_telephone_channel(tmp_path: P
 # against the real server (create_app on PostgreSQL and Redis, werkzeug on a free port)
 
 
-def call_audio(*clips: np.ndarray, gap_s: float = 1.0) -> bytes:
-    """Clips separated (and surrounded) by faint noise: what a call with pauses sounds like."""
-    rng = np.random.default_rng(3)
-    parts = [rng.normal(0, 0.001, int(gap_s * TELEPHONE_RATE))]
-    for clip in clips:
-        parts += [clip, rng.normal(0, 0.001, int(gap_s * TELEPHONE_RATE))]
-    return mulaw_encode(np.clip(np.concatenate(parts), -1, 1))
-
-
 def test_replay_streams_a_call_into_the_server(app_server: AppServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     audio = call_audio(calm(140.0, seed=1), pain(140.0, seed=2), pain(140.0, seed=3))
@@ -305,13 +296,8 @@ flag threshold, passed through the settings, keeps the verdicts of this test una
 @pytest.fixture
 def installed_context(app_settings: Settings, pain_model_path: Path, worker_redis: Redis) -> Iterator[WorkerContext]:
     settings = app_settings.with_(model_path=pain_model_path, flag_threshold=LOW_THRESHOLD)
-    ctx = build_context(settings, worker_redis, speaker=False)
-    install_context(ctx)
-    try:
+    with installed(build_context(settings, worker_redis, speaker=False)) as ctx:
         yield ctx
-    finally:
-        worker_context.uninstall()
-        ctx.engine.dispose()
 
 
 def test_whole_calls_are_scored_and_finalised_by_a_real_worker(

@@ -34,6 +34,7 @@ from schema.models import (
     UtteranceStatus,
     utcnow,
 )
+from tests.rows import add_flag_row, add_score_row, add_utterance_row
 from worker.retention import sweep_retention
 
 AUDIO = b"\x7f\x80" * 800
@@ -52,30 +53,11 @@ class Rows:
 
 def _utterance(s, call: Call, seq: int, age: timedelta, *, status: str, audio: bool, score: bool) -> int:  # type: ignore[no-untyped-def]
     at = utcnow() - age
-    u = Utterance(
-        call_id=call.id,
-        seq=seq,
-        start_ms=seq * 2000,
-        end_ms=seq * 2000 + 1500,
-        speech_s=1.5,
-        status=status,
-        created_at=at,
-    )
-    s.add(u)
-    s.flush()
+    u = add_utterance_row(s, call.id, seq, step_ms=2000, length_ms=1500, status=status, created_at=at)
     if audio:
         s.add(UtteranceAudio(utterance_id=u.id, mulaw=AUDIO))
     if score:
-        s.add(
-            Score(
-                utterance_id=u.id,
-                model_version="m1",
-                probability=0.8,
-                embedding=b"\0" * 16,
-                features={"measures": {}},
-                created_at=at,
-            )
-        )
+        add_score_row(s, u.id, model_version="m1", probability=0.8, features={"measures": {}}, created_at=at)
     s.flush()
     return u.id
 
@@ -108,22 +90,20 @@ def _seed(engine: Engine) -> Rows:
             _utterance(s, old, i, timedelta(days=400), status=UtteranceStatus.SCORED.value, audio=False, score=True)
             for i in range(2)
         ]
-        flag = Flag(
+        flag = add_flag_row(
+            s,
             call_id=old.id,
             patient_id=patient.id,
             severity=0.8,
-            level="high",
+            raised_at=long_ago,
             status=FlagStatus.RESOLVED.value,
             label="no_pain",
             note="fine",
-            raised_at=long_ago,
             acknowledged_at=long_ago,
             acknowledged_by="nurse1",
             resolved_at=long_ago,
             resolved_by="nurse1",
         )
-        s.add(flag)
-        s.flush()
         record(s, "nurse1", "flag.resolve", "flag", flag.id, call_id=old.id, label="no_pain")
         baseline = Baseline(patient_id=patient.id, embedder="egemaps", model_version="m1", stats={"n": 1}, count=1)
         s.add(baseline)

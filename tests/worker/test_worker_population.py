@@ -8,7 +8,8 @@ from sqlalchemy import select
 
 from analysis.baseline import RunningStats
 from analysis.segmentation import cut_clip
-from schema.models import Call, CallStatus, PopulationStats, Score, Utterance, UtteranceStatus, utcnow
+from schema.models import Call, CallStatus, PopulationStats, utcnow
+from tests.rows import add_score_row, add_utterance_row
 from tests.worker_fixtures import calm, pain
 from worker.context import WorkerContext
 from worker.featurize import featurize
@@ -56,29 +57,18 @@ def test_seeding_from_past_calls_reuses_embeddings_of_the_same_embedder(worker_c
         session.add(call)
         session.flush()
         for seq, vector in enumerate(vectors):
-            utterance = Utterance(
-                call_id=call.id,
-                seq=seq,
-                start_ms=seq * 1000,
-                end_ms=seq * 1000 + 900,
-                speech_s=0.9,
-                status=UtteranceStatus.SCORED.value,
-                created_at=utcnow(),
-            )
-            session.add(utterance)
-            session.flush()
+            utterance = add_utterance_row(session, call.id, seq, step_ms=1000, length_ms=900, created_at=utcnow())
             for version in (old_version, worker_ctx.model.version) if seq == 2 else (old_version,):
-                session.add(
-                    Score(
-                        utterance_id=utterance.id,
-                        model_version=version,
-                        probability=0.5,
-                        baseline_applied=False,
-                        baseline_n=0,
-                        embedding=to_bytes(vector),
-                        features={},
-                        created_at=utcnow(),
-                    )
+                add_score_row(
+                    session,
+                    utterance.id,
+                    model_version=version,
+                    probability=0.5,
+                    embedding=to_bytes(vector),
+                    baseline_applied=False,
+                    baseline_n=0,
+                    features={},
+                    created_at=utcnow(),
                 )
     result = seed_from_calls(worker_ctx)
     # utterance 2 was scored by the current model already: its embedding is in the statistics
