@@ -38,7 +38,8 @@ import hashlib
 import hmac
 import math
 from dataclasses import dataclass
-from typing import Any
+
+from redis import Redis
 
 from schema.contract import LoginCounter, known_address_key, login_counter_key
 
@@ -96,7 +97,7 @@ class Admission:
 class LoginLimiter:
     """See the module docstring. ``key`` (the app's secret) keys the HMACs; ``namespace`` the deployment."""
 
-    redis: Any
+    redis: Redis
     key: bytes
     namespace: str
     limit: int = 5

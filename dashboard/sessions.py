@@ -36,6 +36,7 @@ from typing import Any
 
 from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
+from redis import Redis
 from redis.exceptions import RedisError
 from werkzeug.datastructures import CallbackDict
 
@@ -111,7 +112,7 @@ def new_session_id() -> str:
 class SessionStore:
     """Session records of one deployment (``namespace``) in Redis."""
 
-    redis: Any
+    redis: Redis
     namespace: str
     idle_timeout_s: int
 

@@ -24,7 +24,6 @@ import logging
 import secrets
 import time
 from dataclasses import replace
-from typing import Any
 
 from alembic.runtime.migration import MigrationContext
 from flask import Blueprint, Flask, current_app, jsonify
@@ -161,7 +160,7 @@ def dashboard_config(settings: Settings) -> DashboardConfig:
     )
 
 
-def session_store(settings: Settings, connection: Any) -> SessionStore:
+def session_store(settings: Settings, connection: Redis) -> SessionStore:
     """The deployment's web sessions, for processes other than the web app (``painline users`` ends an
     account's sessions on a password change or deactivation). Same namespace as :func:`dashboard_config`."""
     return SessionStore(connection, settings.channel_namespace, settings.idle_timeout_s)
