@@ -26,6 +26,7 @@ import pytest
 from flask import Blueprint, Flask
 from flask.testing import FlaskClient
 from redis import Redis
+from werkzeug.test import TestResponse
 
 from analysis.baseline import RunningStats
 from analysis.evidence import EVIDENCE_VERSION, MEASURE_KEYS
@@ -240,7 +241,7 @@ def csrf_of(client: FlaskClient) -> str:
         return session["csrf_token"]
 
 
-def login(client: FlaskClient, username: str, password: str = PASSWORD, **extra: str):  # type: ignore[no-untyped-def]
+def login(client: FlaskClient, username: str, password: str = PASSWORD, **extra: str) -> TestResponse:
     client.get("/login")
     data = {"username": username, "password": password, "csrf_token": csrf_of(client), **extra}
     return client.post("/login", data=data)

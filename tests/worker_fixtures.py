@@ -83,7 +83,7 @@ def pain(f0: float = 140.0, seed: int = 0, seconds: float = 2.5) -> np.ndarray:
     return voice(f0, seed=seed, seconds=seconds, **PAIN)
 
 
-def _pipeline():  # type: ignore[no-untyped-def]
+def _pipeline():
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler

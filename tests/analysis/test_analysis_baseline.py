@@ -174,6 +174,7 @@ def test_normaliser_fit_standardises_to_population() -> None:
     Z = norm.standardise(X)
     np.testing.assert_allclose(Z.mean(axis=0), 0.0, atol=1e-9)
     np.testing.assert_allclose(Z.std(axis=0, ddof=1), 1.0, atol=1e-6)
+    assert norm.within_scale is not None
     np.testing.assert_allclose(norm.within_scale, np.maximum(pooled_within_std(Z, groups), 0.05))
 
 
@@ -209,6 +210,7 @@ def test_relative_algebra() -> None:
     norm = TwoLevelNormaliser(tau=2.0).fit(X, groups)
     offset = np.linspace(-1, 1, X.shape[1])
     R = norm.relative(X, offset)
+    assert norm.within_scale is not None
     np.testing.assert_allclose(R, (norm.standardise(X) - offset) / norm.within_scale)
     # zero offset: just standardised and rescaled; shifting the offset shifts every row equally
     np.testing.assert_allclose(norm.relative(X, np.zeros(X.shape[1])) * norm.within_scale, norm.standardise(X))

@@ -34,7 +34,7 @@ def held_out(corpus: Synthetic) -> Synthetic:
 
 
 @pytest.fixture
-def saved(model: PainModel, tmp_path):  # type: ignore[no-untyped-def]
+def saved(model: PainModel, tmp_path):
     return model.save(tmp_path / "models" / "m.joblib")
 
 

@@ -33,7 +33,7 @@ def recorded_draws(monkeypatch) -> list[tuple[np.ndarray, np.ndarray]]:
     """Every (enrolment rows, scored rows) the protocols draw, recorded as they pass through."""
     seen: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def recording_draws(*args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+    def recording_draws(*args: Any, **kwargs: Any):
         for enrol, scored, k in enrolment_draws(*args, **kwargs):
             seen.append((enrol, scored))
             yield enrol, scored, k
@@ -164,7 +164,7 @@ def test_fit_model_inner_cv_is_grouped(corpus: Synthetic, monkeypatch) -> None:
     splits: list[tuple[set[str], set[str]]] = []
 
     class RecordingGroupKFold(GroupKFold):
-        def split(self, X, y=None, groups=None):  # type: ignore[no-untyped-def,override]
+        def split(self, X, y=None, groups=None):
             for tr, te in super().split(X, y, groups):
                 splits.append((set(np.asarray(groups)[tr].tolist()), set(np.asarray(groups)[te].tolist())))
                 yield tr, te

@@ -20,7 +20,7 @@ from analysis import plots
 # --------------------------------------------------------------------------- fixtures / helpers
 
 
-def _clustered(n_speakers: int, clips_per_speaker: int, seed: int) -> tuple[np.ndarray, ...]:
+def _clustered(n_speakers: int, clips_per_speaker: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Synthetic corpus where speakers differ a lot: own score offset and own pain prevalence."""
     rng = np.random.default_rng(seed)
     groups = np.repeat(np.arange(n_speakers), clips_per_speaker)

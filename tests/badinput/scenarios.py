@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ class Scenario:
 
     name: str
     detail: str
-    build: Callable[[TwilioStream], list[Frame]]
+    build: Callable[[TwilioStream], Sequence[Frame]]
     code: int
     reason: str  # a substring of the close reason
     started: bool = True  # the stream got past ``start`` (so its call must end up ENDED)

@@ -43,7 +43,7 @@ def test_changes_to_ids_beyond_postgres_integer_are_404(dash_app: Flask, dash_us
 
 def test_largest_id_is_routed(dash_app: Flask, dash_users: DashUsers) -> None:
     response = dash_app.test_client().get(f"/api/v1/calls/{MAX_ID}", headers=bearer(dash_users.tokens["admin"]))
-    assert response.status_code == 404 and response.json["error"] == "not_found"  # the view ran: no such call
+    assert response.status_code == 404 and response.get_json()["error"] == "not_found"  # the view ran: no such call
 
 
 @pytest.mark.parametrize(
@@ -60,7 +60,7 @@ def test_largest_id_is_routed(dash_app: Flask, dash_users: DashUsers) -> None:
 )
 def test_audit_filters_out_of_range_or_with_nul_are_400(dash_app: Flask, dash_users: DashUsers, query: str) -> None:
     response = dash_app.test_client().get(f"/api/v1/audit?{query}", headers=bearer(dash_users.tokens["admin"]))
-    assert response.status_code == 400 and response.json["error"] == "invalid"
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid"
 
 
 @pytest.mark.parametrize(
@@ -85,7 +85,7 @@ def test_patient_search_by_id_still_works(dash_app: Flask, dash_users: DashUsers
     response = dash_app.test_client().get(
         f"/api/v1/patients?q={dash_seed.patient_id}", headers=bearer(dash_users.tokens["admin"])
     )
-    assert [p["id"] for p in response.json["patients"]] == [dash_seed.patient_id]
+    assert [p["id"] for p in response.get_json()["patients"]] == [dash_seed.patient_id]
 
 
 def test_resolve_note_with_nul_is_400(dash_app: Flask, dash_users: DashUsers, dash_seed: Seed) -> None:
@@ -94,4 +94,4 @@ def test_resolve_note_with_nul_is_400(dash_app: Flask, dash_users: DashUsers, da
         json={"label": "unsure", "note": "a\x00b"},
         headers=bearer(dash_users.tokens["nurse"]),
     )
-    assert response.status_code == 400 and response.json["error"] == "invalid"
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid"

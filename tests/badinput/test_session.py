@@ -8,6 +8,8 @@ be finished cleanly (its call marked ended, nothing half-written).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -44,7 +46,7 @@ def call_status(sessions: sessionmaker[Session], call_sid: str) -> str:
         return session.scalars(select(Call.status).where(Call.call_sid == call_sid)).one()
 
 
-def feed_until_refused(session: StreamSession, frames: list[Frame]) -> tuple[int, ProtocolError | None]:
+def feed_until_refused(session: StreamSession, frames: Sequence[Frame]) -> tuple[int, ProtocolError | None]:
     """Feed frames until one is refused; returns how many were accepted and the error (None if none)."""
     for i, raw in enumerate(frames):
         try:

@@ -13,6 +13,7 @@ import json
 import struct
 import threading
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 
 import pytest
 import requests
@@ -39,7 +40,9 @@ def start_call(server: AppServer) -> TwilioStream:
     response = requests.post(url, data=form, headers={"X-Twilio-Signature": sign(url, form, AUTH_TOKEN)}, timeout=10)
     assert response.status_code == 200, response.text
     parameters = {p.get("name"): p.get("value") for p in ET.fromstring(response.content).iter("Parameter")}
-    return TwilioStream(call_sid=call_sid, token=parameters["token"])
+    token = parameters["token"]
+    assert token is not None
+    return TwilioStream(call_sid=call_sid, token=token)
 
 
 def open_stream(server: AppServer) -> websocket.WebSocket:
@@ -47,7 +50,7 @@ def open_stream(server: AppServer) -> websocket.WebSocket:
     return websocket.create_connection(url, header=[f"X-Twilio-Signature: {sign(url, None, AUTH_TOKEN)}"], timeout=20)
 
 
-def send_all(ws: websocket.WebSocket, frames: list[Frame]) -> int:
+def send_all(ws: websocket.WebSocket, frames: Sequence[Frame]) -> int:
     """Send until done or the server closes on us; returns how many frames went out."""
     for i, raw in enumerate(frames):
         try:
@@ -78,7 +81,7 @@ def read_close(ws: websocket.WebSocket) -> tuple[int, str]:
         return 1006, "connection dropped without a close frame"
 
 
-def send_and_read_close(ws: websocket.WebSocket, frames: list[Frame]) -> tuple[int, str]:
+def send_and_read_close(ws: websocket.WebSocket, frames: Sequence[Frame]) -> tuple[int, str]:
     """Send every frame while another thread waits for the close frame.
 
     A flood is still being sent when the server closes; reading concurrently takes the close frame

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 from werkzeug.datastructures import MultiDict
+from werkzeug.test import TestResponse
 
 from painline.app import configure, settings_of
 from schema.models import Call, Patient
@@ -100,7 +101,7 @@ def twilio_forms(draw: st.DrawFn) -> list[tuple[str, str]]:
     for _ in range(draw(st.integers(min_value=0, max_value=8))):
         key = draw(st.sampled_from(FIELDS) | st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=20))
         pairs.append((key, draw(values | call_sids)))
-    if pairs and draw(st.booleans()):  # duplicate a key with another value
+    if len(pairs) > 0 and draw(st.booleans()):  # duplicate a key with another value
         key, _ = draw(st.sampled_from(pairs))
         pairs.append((key, draw(values)))
     return draw(st.permutations(pairs))
@@ -121,7 +122,9 @@ def twilio_post_routes(app: Flask) -> list[str]:
     )
 
 
-def signed_post(app: Flask, path: str, pairs: list[tuple[str, str]], query: str = "", *, signature: str | None = None):  # type: ignore[no-untyped-def]
+def signed_post(
+    app: Flask, path: str, pairs: list[tuple[str, str]], query: str = "", *, signature: str | None = None
+) -> TestResponse:
     """POST the form as Twilio would, signed with the auth token over the configured public URL."""
     form = MultiDict(pairs)
     target = path + (f"?{query}" if query else "")
@@ -130,7 +133,7 @@ def signed_post(app: Flask, path: str, pairs: list[tuple[str, str]], query: str 
     return app.test_client().post(target, data=form, headers={"X-Twilio-Signature": signature})
 
 
-def assert_clean(response, route: str) -> None:  # type: ignore[no-untyped-def]
+def assert_clean(response: TestResponse, route: str) -> None:
     """2xx with a well-formed body for that route, or a 4xx other than 403; no 5xx, no traceback."""
     body = response.get_data(as_text=True)
     assert "Traceback" not in body and 'File "' not in body

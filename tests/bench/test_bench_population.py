@@ -43,13 +43,13 @@ def shifted() -> np.ndarray:
 
 def test_first_arrival_is_scored_against_the_training_population(model: PainModel, shifted: np.ndarray) -> None:
     order = np.arange(len(shifted))
-    probs = replay(model, shifted, order)
+    probs = replay(model, shifted, order.tolist())
     assert probs[0] == pytest.approx(model.predict_proba(shifted[:1])[0])
 
 
 def test_each_arrival_sees_only_earlier_ones(model: PainModel, shifted: np.ndarray) -> None:
     order = np.random.default_rng(3).permutation(len(shifted))
-    probs = replay(model, shifted, order)
+    probs = replay(model, shifted, order.tolist())
     for k in (1, 2, 17, len(order) - 1):
         earlier = RunningStats.from_array(shifted[order[:k]])
         expected = model.predict_proba(shifted[order[k]][None, :], population=earlier)[0]
@@ -58,15 +58,15 @@ def test_each_arrival_sees_only_earlier_ones(model: PainModel, shifted: np.ndarr
 
 def test_order_matters(model: PainModel, shifted: np.ndarray) -> None:
     forward = np.arange(len(shifted))
-    first = replay(model, shifted, forward)
-    last = replay(model, shifted, forward[::-1])
+    first = replay(model, shifted, forward.tolist())
+    last = replay(model, shifted, forward[::-1].tolist())
     # row 0 arrives first in one replay (training scale) and last in the other (nearly the live scale)
     assert first[0] != pytest.approx(last[-1], abs=1e-3)
 
 
 def test_seed_rows_are_folded_in_before_the_first_arrival_and_not_scored(model: PainModel, shifted: np.ndarray) -> None:
     seed, live = shifted[:30], shifted[30:]
-    probs = replay(model, live, np.arange(len(live)), seed_rows=seed)
+    probs = replay(model, live, np.arange(len(live)).tolist(), seed_rows=seed)
     assert len(probs) == len(live)
     expected = model.predict_proba(live[:1], population=RunningStats.from_array(seed))[0]
     assert probs[0] == pytest.approx(expected, abs=1e-9)

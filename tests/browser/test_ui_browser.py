@@ -28,12 +28,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from flask import Flask
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from analysis.baseline import RunningStats
 from analysis.evidence import MEASURE_KEYS
@@ -65,6 +66,9 @@ from tests.rows import add_flag_row, add_score_row, add_utterance_row
 from worker.baselines import GrowthOutcome
 from worker.context import WorkerContext
 from worker.flags import FlagChange, encode, flag_message
+
+if TYPE_CHECKING:  # imported for real below, or the module is skipped
+    from playwright.sync_api import Browser, BrowserContext, Locator, Page, ViewportSize
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -119,7 +123,7 @@ def _centre(pitch: float, loudness: float, jitter: float, shimmer: float, hnr: f
     }
 
 
-def _add_patient(s, ref: str) -> Patient:  # type: ignore[no-untyped-def]
+def _add_patient(s: Session, ref: str) -> Patient:
     patient = Patient(key=f"ref:{ref}")
     s.add(patient)
     s.flush()
@@ -127,12 +131,12 @@ def _add_patient(s, ref: str) -> Patient:  # type: ignore[no-untyped-def]
 
 
 def _add_call(
-    s,
+    s: Session,
     patient: Patient,
     *,
     minutes_ago: float,
     probabilities: list[float],
-    status: str,  # type: ignore[no-untyped-def]
+    status: str,
     verdict: str,
     threshold: float = 0.6,
 ) -> Call:
@@ -200,7 +204,7 @@ def _add_call(
     return call
 
 
-def _add_flag(s, call: Call, level: str, severity: float, minutes_ago: float) -> Flag:  # type: ignore[no-untyped-def]
+def _add_flag(s: Session, call: Call, level: str, severity: float, minutes_ago: float) -> Flag:
     return add_flag_row(
         s,
         call_id=call.id,
@@ -212,10 +216,10 @@ def _add_flag(s, call: Call, level: str, severity: float, minutes_ago: float) ->
 
 
 def _add_baseline(
-    s,
+    s: Session,
     patient: Patient,
     rng: np.random.Generator,
-    centre: dict[str, float],  # type: ignore[no-untyped-def]
+    centre: dict[str, float],
     calls: list[Call],
 ) -> tuple[Baseline, list[int]]:
     """A model baseline and its evidence twin: two enrolment clips plus every utterance of ``calls``."""
@@ -334,7 +338,7 @@ def deployment(pages_app: Flask) -> Deployment:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+def browser() -> Iterator[Browser]:
     with playwright_api.sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
@@ -344,10 +348,10 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def new_page(browser):  # type: ignore[no-untyped-def]
-    contexts = []
+def new_page(browser: Browser) -> Iterator[Callable[[], Page]]:
+    contexts: list[BrowserContext] = []
 
-    def make():  # type: ignore[no-untyped-def]
+    def make() -> Page:
         context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-GB")
         context.set_default_timeout(TIMEOUT_MS)
         contexts.append(context)
@@ -358,7 +362,7 @@ def new_page(browser):  # type: ignore[no-untyped-def]
         context.close()
 
 
-def _shot(page, name: str, *, readme: bool = False) -> None:  # type: ignore[no-untyped-def]
+def _shot(page: Page, name: str, *, readme: bool = False) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
     if readme:
@@ -366,7 +370,7 @@ def _shot(page, name: str, *, readme: bool = False) -> None:  # type: ignore[no-
         page.screenshot(path=str(README_IMAGES / f"{name}.png"), full_page=True)
 
 
-def _sign_in(page, server: AppServer, username: str, path: str = "/") -> None:  # type: ignore[no-untyped-def]
+def _sign_in(page: Page, server: AppServer, username: str, path: str = "/") -> None:
     page.goto(server.url + path)
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(PASSWORD)
@@ -381,9 +385,9 @@ class UI:
     server: AppServer
     app: Flask
     deployment: Deployment
-    new_page: Callable[[], Any]
+    new_page: Callable[[], Page]
 
-    def signed_in(self, username: str, path: str = "/", *, live: bool = False) -> Any:
+    def signed_in(self, username: str, path: str = "/", *, live: bool = False) -> Page:
         """A fresh page signed in as ``username`` at ``path``; with ``live``, once its live updates are on."""
         page = self.new_page()
         _sign_in(page, self.server, username, path)
@@ -398,7 +402,7 @@ def ui(
     pages_app: Flask,
     dash_users: DashUsers,
     deployment: Deployment,
-    new_page,  # type: ignore[no-untyped-def]
+    new_page: Callable[[], Page],
 ) -> UI:
     """The users exist (``dash_users``) and the deployment is seeded before any page is opened."""
     return UI(app_server, pages_app, deployment, new_page)
@@ -407,7 +411,7 @@ def ui(
 def _publish_new_flag(app: Flask, deployment: Deployment) -> int:
     """What the worker does when a call crosses the threshold: write the flag, then announce it."""
     with session_scope(app.extensions["painline.sessions"]) as s:
-        patient = s.get(Patient, deployment.patient_id)
+        patient = s.get_one(Patient, deployment.patient_id)
         call = _add_call(
             s,
             patient,
@@ -447,10 +451,10 @@ def test_nurse_sees_a_replayed_call_flag_live_resolves_it_as_no_pain_and_the_bas
     expect = playwright_api.expect
     threshold = shipped_context.threshold
     pick = strongest_distressed_actor(offline, n=REPLAY_CLIPS)
-    if aggregate(pick.probs) < threshold:
+    if aggregate(pick.probs.tolist()) < threshold:
         pytest.fail(
             f"the shipped model {offline.model.version} scores even the most distressed-sounding RAVDESS "
-            f"actor's top clips below its threshold ({aggregate(pick.probs):.3f} < {threshold:.3f}): "
+            f"actor's top clips below its threshold ({aggregate(pick.probs.tolist()):.3f} < {threshold:.3f}): "
             "no corpus call can raise a flag for the nurse"
         )
     call_file = write_call_wav(pick.clips, tmp_path / "distressed.wav")
@@ -470,7 +474,7 @@ def test_nurse_sees_a_replayed_call_flag_live_resolves_it_as_no_pain_and_the_bas
     assert seen_live, "the flag reached the queue only after the caller hung up"
     with session_scope(ui.app.extensions["painline.sessions"]) as s:
         flag = s.scalars(select(Flag).where(Flag.call_id == call_id)).one()
-        call = s.get(Call, call_id)
+        call = s.get_one(Call, call_id)
         assert call.status == CallStatus.STREAMING.value or (call.ended_at and flag.raised_at < call.ended_at)
     row = page.locator(f'#queue-rows tr[data-call-id="{call_id}"]')
     expect(row).to_contain_text(ref)
@@ -486,12 +490,12 @@ def test_nurse_sees_a_replayed_call_flag_live_resolves_it_as_no_pain_and_the_bas
         raise replay.error
     run_worker(ui.server)
     with session_scope(ui.app.extensions["painline.sessions"]) as s:
-        call = s.get(Call, call_id)
+        call = s.get_one(Call, call_id)
         assert call.status == CallStatus.FINALISED.value
         n_utterances = s.scalar(
             select(func.count()).select_from(Score).join(Utterance).where(Utterance.call_id == call_id)
         )
-        assert n_utterances >= len(pick.clips)
+        assert n_utterances is not None and n_utterances >= len(pick.clips)
         print(
             f"\nactor {pick.speaker}: call {call_id}, {n_utterances} utterances, call score {call.call_score:.3f} "
             f"(threshold {threshold:.3f}), verdict {call.verdict}"
@@ -522,6 +526,7 @@ def test_nurse_sees_a_replayed_call_flag_live_resolves_it_as_no_pain_and_the_bas
     job = ui.server.queue.fetch_job(job_id)
     assert job is not None and job.get_status() == "finished", job and job.get_status()
     grown = job.return_value()
+    assert grown is not None
     assert (grown.outcome, grown.added) == (GrowthOutcome.APPLIED, n_utterances), grown
     after = _baseline_count(ui.app, patient_id, shipped_context)
     assert after == before + n_utterances, (before, after)
@@ -563,9 +568,9 @@ def _call_of(server: AppServer, patient_ref: str) -> tuple[int, int] | None:
 
 
 def _work_until_flag_shows(
-    page,
+    page: Page,
     server: AppServer,
-    replay: _BackgroundReplay,  # type: ignore[no-untyped-def]
+    replay: _BackgroundReplay,
     patient_ref: str,
 ) -> tuple[int, int, bool]:
     """Run the worker in bursts until the page shows the call flagged; ``(call, patient, call still live)``."""
@@ -709,7 +714,7 @@ def test_a_nurse_is_refused_admin_pages_and_api_and_forms_need_a_csrf_token(
     )
     assert status == 400
     with session_scope(ui.app.extensions["painline.sessions"]) as s:
-        assert s.get(Flag, flag_id).status == FlagStatus.OPEN.value
+        assert s.get_one(Flag, flag_id).status == FlagStatus.OPEN.value
 
 
 _CSP_LISTENER = """
@@ -768,8 +773,8 @@ def test_every_page_runs_under_the_strict_content_security_policy(
 # ---------------------------------------------------------------------------------------------------
 # narrow screens (issue 13, item 8)
 
-PHONE = {"width": 390, "height": 844}
-LAPTOP = {"width": 1366, "height": 768}
+PHONE: ViewportSize = {"width": 390, "height": 844}
+LAPTOP: ViewportSize = {"width": 1366, "height": 768}
 
 _OVERFLOW = """() => {
   const width = window.innerWidth;
@@ -786,18 +791,20 @@ _OVERFLOW = """() => {
 }"""
 
 
-def _fits(page, where: str) -> None:  # type: ignore[no-untyped-def]
+def _fits(page: Page, where: str) -> None:
     """No page-level horizontal scrolling: the document is no wider than the window."""
     seen = page.evaluate(_OVERFLOW)
     assert seen["scrollWidth"] <= seen["innerWidth"], (where, seen)
 
 
-def _within_width(page, locator, where: str) -> None:  # type: ignore[no-untyped-def]
+def _within_width(page: Page, locator: Locator, where: str) -> None:
     """Every element ``locator`` matches lies wholly inside the window's width, as first shown.
 
     Nothing is scrolled first: a cell that only a sideways scroll of its table would bring in counts as
     off-screen, since that is what the nurse or admin would have to find."""
-    width = page.viewport_size["width"]
+    viewport = page.viewport_size
+    assert viewport is not None, "the context sets a viewport"
+    width = viewport["width"]
     count = locator.count()
     assert count, f"{where}: nothing to check"
     for i in range(count):
@@ -940,7 +947,7 @@ def test_the_call_page_follows_its_call_live(
     expect(page.locator("#live-status")).to_have_text("Live updates on.")
     expect(page.locator("table.utterances tr[data-utterance-id]")).to_have_count(2)
     with session_scope(ui.app.extensions["painline.sessions"]) as s:
-        call = s.get(Call, live_call)
+        call = s.get_one(Call, live_call)
         call.status = CallStatus.ENDED.value
         call.ended_at = utcnow()
         flag = _add_flag(s, call, "medium", 0.7, 0)

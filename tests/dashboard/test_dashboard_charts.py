@@ -15,6 +15,24 @@ def _points(n: int) -> list[ChartPoint]:
     return [ChartPoint(seq=i, start_s=4.0 * i, end_s=4.0 * i + 3.0, probability=0.1 + 0.2 * i) for i in range(n)]
 
 
+def _attr(el: ET.Element, name: str) -> str:
+    """An attribute the chart must have written."""
+    value = el.get(name)
+    assert value is not None, f"{el.tag} has no {name}"
+    return value
+
+
+def _num(el: ET.Element, name: str) -> float:
+    return float(_attr(el, name))
+
+
+def _find(el: ET.Element, path: str) -> ET.Element:
+    """A child the chart must have written."""
+    found = el.find(path)
+    assert found is not None, f"{el.tag} has no {path}"
+    return found
+
+
 def test_probability_chart_has_one_point_per_utterance_and_the_threshold_line() -> None:
     svg = ET.fromstring(str(probability_chart(_points(4), 0.6)))
     circles = svg.findall(f"{SVG}circle")
@@ -22,21 +40,22 @@ def test_probability_chart_has_one_point_per_utterance_and_the_threshold_line() 
     assert [c.get("data-seq") for c in circles] == ["0", "1", "2", "3"]
     [threshold] = [line for line in svg.findall(f"{SVG}line") if line.get("class") == "threshold"]
     # the plot spans y 16..204 (height 240, margins 16 and 36) for probabilities 1..0
-    assert float(threshold.get("y1")) == float(threshold.get("y2")) == 16 + 188 * (1 - 0.6)
+    assert _num(threshold, "y1") == _num(threshold, "y2") == 16 + 188 * (1 - 0.6)
     # points above the threshold are marked, and sit above (smaller y than) the line
     over = [c for c in circles if "over" in c.get("class", "").split()]
     assert [c.get("data-seq") for c in over] == ["3"]
-    assert float(over[0].get("cy")) < float(threshold.get("y1"))
+    assert _num(over[0], "cy") < _num(threshold, "y1")
     assert svg.get("role") == "img" and svg.find(f"{SVG}title") is not None
 
 
 def test_points_are_placed_by_time_and_probability() -> None:
     svg = ET.fromstring(str(probability_chart(_points(3), None, duration_s=40.0)))
-    cx = [float(c.get("cx")) for c in svg.findall(f"{SVG}circle")]
-    cy = [float(c.get("cy")) for c in svg.findall(f"{SVG}circle")]
+    cx = [_num(c, "cx") for c in svg.findall(f"{SVG}circle")]
+    cy = [_num(c, "cy") for c in svg.findall(f"{SVG}circle")]
     assert cx == sorted(cx) and cy == sorted(cy, reverse=True)  # later to the right, likelier higher
     assert not [line for line in svg.findall(f"{SVG}line") if line.get("class") == "threshold"]
-    assert "no threshold known" in svg.find(f"{SVG}desc").text
+    desc = _find(svg, f"{SVG}desc").text
+    assert desc is not None and "no threshold known" in desc
 
 
 def test_empty_chart_says_so_and_other_speakers_are_hollow() -> None:
@@ -61,13 +80,13 @@ def test_measures_plot_places_the_patient_by_population_standard_deviations() ->
     svg = ET.fromstring(str(measures_plot(rows)))
     groups = {g.get("data-measure"): g for g in svg.findall(f"{SVG}g")}
     assert list(groups) == ["pitch", "loudness", "hnr"]
-    pitch_dot = groups["pitch"].find(f"{SVG}circle")
-    loud_dot = groups["loudness"].find(f"{SVG}circle")
+    pitch_dot = _find(groups["pitch"], f"{SVG}circle")
+    loud_dot = _find(groups["loudness"], f"{SVG}circle")
     assert pitch_dot.get("data-z") == "1.00"
-    assert loud_dot.get("data-z") == "-10.00" and "clipped" in loud_dot.get("class")
+    assert loud_dot.get("data-z") == "-10.00" and "clipped" in _attr(loud_dot, "class")
     assert groups["hnr"].find(f"{SVG}circle") is None  # no patient value: population only
     zero = next(line for line in svg.findall(f"{SVG}line") if line.get("class") == "axis-zero")
-    assert float(pitch_dot.get("cx")) > float(zero.get("x1")) > float(loud_dot.get("cx"))
+    assert _num(pitch_dot, "cx") > _num(zero, "x1") > _num(loud_dot, "cx")
     assert re.search(r"32\.0 vs 30\.0 ± 2\.0", str(measures_plot(rows)))
 
 

@@ -15,10 +15,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from http.cookiejar import CookieJar
 from types import SimpleNamespace
+from typing import cast
 
 from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
+from werkzeug.test import TestResponse
 
 from dashboard import live, nurse
 from dashboard.config import config_of, configure
@@ -35,6 +37,11 @@ ClientAs = Callable[[str], FlaskClient]
 
 def _subscribers(redis: Redis, channel: str) -> int:
     return int(dict(redis.pubsub_numsub(channel)).get(channel.encode(), 0))
+
+
+def _chunks(response: TestResponse) -> Iterator[bytes]:
+    """The unbuffered body of a test client's response, chunk by chunk (a WSGI body is bytes)."""
+    return cast(Iterator[bytes], iter(response.response))
 
 
 def _read_until(chunks: Iterator[bytes], needle: str, timeout_s: float = 10.0) -> str:
@@ -64,7 +71,7 @@ def test_events_relays_a_published_flag_and_unsubscribes_when_closed(pages_app: 
     response = client_as("nurse").get("/events", buffered=False)
     assert response.status_code == 200
     assert response.mimetype == "text/event-stream" and response.headers["Cache-Control"] == "no-store"
-    chunks = iter(response.response)
+    chunks = _chunks(response)
     assert "retry:" in next(chunks).decode()  # subscribed before this first chunk
     assert _subscribers(redis, channel) == 1
     redis.publish(channel, b"not json")
@@ -82,7 +89,7 @@ def test_events_relays_a_published_flag_and_unsubscribes_when_closed(pages_app: 
 
 def test_events_sends_heartbeats_while_nothing_happens(pages_app: Flask, client_as: ClientAs) -> None:
     response = client_as("auditor").get("/events", buffered=False)
-    chunks = iter(response.response)
+    chunks = _chunks(response)
     next(chunks)
     assert ": heartbeat" in _read_until(chunks, ": heartbeat", timeout_s=5.0)
     response.close()
@@ -142,7 +149,7 @@ def test_events_relays_call_starts_and_ends_from_the_call_channel(pages_app: Fla
     channel = call_channel(f"test-{secrets.token_hex(6)}")
     configure(pages_app, replace(config_of(pages_app), call_channel=channel))
     response = client_as("nurse").get("/events", buffered=False)
-    chunks = iter(response.response)
+    chunks = _chunks(response)
     next(chunks)
     assert _subscribers(redis, channel) == 1 and _subscribers(redis, config_of(pages_app).flag_channel) == 1
     assert announce_call(redis, channel, LiveEvent.CALL_STARTED, 11)  # what the telephony layer calls
@@ -161,7 +168,7 @@ def test_events_relays_the_workers_score_and_verdict_as_call_events(pages_app: F
     channel = call_channel(f"test-{secrets.token_hex(6)}")
     configure(pages_app, replace(config_of(pages_app), call_channel=channel))
     response = client_as("nurse").get("/events", buffered=False)
-    chunks = iter(response.response)
+    chunks = _chunks(response)
     next(chunks)
     assert announce_call(redis, channel, LiveEvent.CALL_SCORED, 12)  # what worker.calls.announce calls
     assert announce_call(redis, channel, LiveEvent.CALL_FINALISED, 12)
@@ -198,11 +205,11 @@ def test_the_stream_ends_within_a_second_once_the_server_is_stopping() -> None:
 
 def test_begin_shutdown_ends_the_open_streams_of_the_app(pages_app: Flask, client_as: ClientAs) -> None:
     response = client_as("nurse").get("/events", buffered=False)
-    chunks = iter(response.response)
+    chunks = _chunks(response)
     next(chunks)
     started = time.monotonic()
     begin_shutdown(pages_app)
-    rest = "".join(bytes(chunk).decode() for chunk in chunks)  # type: ignore[arg-type]  # it returns by itself
+    rest = "".join(bytes(chunk).decode() for chunk in chunks)  # it returns by itself
     assert time.monotonic() - started < 2.0
     assert "event: closing" in rest
     response.close()

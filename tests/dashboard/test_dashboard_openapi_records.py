@@ -104,7 +104,7 @@ def _narrows(record: type, described: type | None, schema: dict[str, Any]) -> bo
 
 def _record_problems(record: type, schema: dict[str, Any], where: str) -> list[str]:
     hints = typing.get_type_hints(record)
-    fields = {f.name for f in dataclasses.fields(record)}  # type: ignore[arg-type]
+    fields = {f.name for f in dataclasses.fields(record)}
     properties: dict[str, Any] = schema.get("properties") or {}
     named = record.__name__
     problems = [f"{where}.{n}: a field of {named}, not in the schema" for n in sorted(fields - properties.keys())]

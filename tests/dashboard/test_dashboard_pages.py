@@ -6,7 +6,7 @@ import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
@@ -79,7 +79,7 @@ def test_an_auditor_reads_admin_pages_without_forms_and_cannot_post(
     response = auditor.post(f"/admin/contributions/{dash_seed.contribution_ids[0]}/exclude", data={"csrf_token": token})
     assert response.status_code == 403
     with session_scope(pages_app.extensions["painline.sessions"]) as s:
-        assert s.get(BaselineContribution, dash_seed.contribution_ids[0]).included is True
+        assert s.get_one(BaselineContribution, dash_seed.contribution_ids[0]).included is True
 
 
 def test_layout_is_accessible_and_served_without_a_cdn(client_as: ClientAs, dash_seed: Seed) -> None:
@@ -175,7 +175,7 @@ def test_resolving_as_no_pain_enqueues_the_grow_baseline_job(
     assert response.status_code == 302
     assert response.headers["Location"] == f"/calls/{dash_seed.call_id}"
     with session_scope(pages_app.extensions["painline.sessions"]) as s:
-        flag = s.get(Flag, dash_seed.flag_id)
+        flag = s.get_one(Flag, dash_seed.flag_id)
         assert (flag.status, flag.label, flag.note, flag.resolved_by) == (
             "resolved",
             "no_pain",
@@ -213,7 +213,7 @@ def test_resolve_without_a_csrf_token_or_label_is_refused(
     )
     assert no_label.status_code == 302
     with session_scope(pages_app.extensions["painline.sessions"]) as s:
-        assert s.get(Flag, dash_seed.flag_id).status == FlagStatus.OPEN.value
+        assert s.get_one(Flag, dash_seed.flag_id).status == FlagStatus.OPEN.value
 
 
 def test_acknowledge_then_resolve_twice_is_a_polite_refusal(
@@ -223,7 +223,7 @@ def test_acknowledge_then_resolve_twice_is_a_polite_refusal(
     token = form_csrf(client.get(f"/calls/{dash_seed.call_id}").get_data(as_text=True))
     assert client.post(f"/flags/{dash_seed.flag_id}/acknowledge", data={"csrf_token": token}).status_code == 302
     with session_scope(pages_app.extensions["painline.sessions"]) as s:
-        flag = s.get(Flag, dash_seed.flag_id)
+        flag = s.get_one(Flag, dash_seed.flag_id)
         assert (flag.status, flag.acknowledged_by) == ("acknowledged", "nurse1")
     assert "acknowledged" in client.get("/queue/rows").get_data(as_text=True)
     data = {"csrf_token": token, "label": "unsure", "call_id": dash_seed.call_id}
@@ -291,28 +291,28 @@ def test_exclude_include_and_reset_change_the_baseline_and_are_audited(
     assert 'id="rebuild-pending"' not in rebuilt
     assert f'data-contribution-id="{target}" class="excluded"' in rebuilt
     with session_scope(pages_app.extensions["painline.sessions"]) as s:
-        assert s.get(Baseline, dash_seed.baseline_id).count == 1
+        assert s.get_one(Baseline, dash_seed.baseline_id).count == 1
 
     client.post(f"/admin/contributions/{target}/include", data={"csrf_token": token})
     _run_rebuild(pages_app, dash_seed.baseline_id)
     with session_scope(pages_app.extensions["painline.sessions"]) as s:
-        assert s.get(Baseline, dash_seed.baseline_id).count == 2
+        assert s.get_one(Baseline, dash_seed.baseline_id).count == 2
 
     refused = client.post(f"/admin/patients/{dash_seed.patient_id}/reset", data={"csrf_token": token})
     assert refused.status_code == 302  # without the confirmation box nothing happens
     with session_scope(pages_app.extensions["painline.sessions"]) as s:
-        assert s.get(BaselineContribution, target).included is True
+        assert s.get_one(BaselineContribution, target).included is True
     client.post(f"/admin/patients/{dash_seed.patient_id}/reset", data={"csrf_token": token, "confirm": "yes"})
     _run_rebuild(pages_app, dash_seed.baseline_id)
     with session_scope(pages_app.extensions["painline.sessions"]) as s:
-        assert s.get(Baseline, dash_seed.baseline_id).count == 0
+        assert s.get_one(Baseline, dash_seed.baseline_id).count == 0
         assert not any(
             s.scalars(
                 select(BaselineContribution.included).where(BaselineContribution.baseline_id == dash_seed.baseline_id)
             )
         )
         # the evidence twin follows the model baseline's decisions through the worker's rebuild
-        assert s.get(Baseline, dash_seed.evidence_baseline_id).count == 0
+        assert s.get_one(Baseline, dash_seed.evidence_baseline_id).count == 0
 
     assert [e.actor for e in audit_actions(pages_app, "baseline.exclude")] == ["admin1"]
     assert [e.actor for e in audit_actions(pages_app, "baseline.include")] == ["admin1"]
@@ -347,6 +347,7 @@ def test_enrol_upload_stores_telephone_audio_in_redis_and_enqueues_the_job(
         assert [len(c) for c in clips] == [16000, 12000]  # 8 kHz mu-law, one byte a sample
         assert 0 < redis.ttl(key) <= admin_pages.UPLOAD_TTL_S
         job = _queue(pages_app).fetch_job(event.detail["job_id"])
+        assert job is not None
         assert job.func_name == "worker.jobs.enrol_uploaded"
         # the admin's id, not their name: job arguments are stored in Redis and logged by RQ
         assert job.args == (dash_seed.patient_id, upload_token, dash_users.ids["admin"])
@@ -626,11 +627,12 @@ def mixed_baseline(pages_app: Flask) -> MixedBaseline:
             s, ref="MIX-7", severity=0.7, started_at=now - timedelta(days=2), probabilities=(0.31, 0.27)
         )
         patient_id = s.get_one(Call, call_id).patient_id
+        assert patient_id is not None
         baseline = Baseline(patient_id=patient_id, embedder="egemaps", model_version="test-model-1", stats={}, count=5)
         s.add(baseline)
         s.flush()
 
-        def contribution(at, speech_s, **kw):  # type: ignore[no-untyped-def]
+        def contribution(at: datetime, speech_s: float | None, **kw: str | int) -> int:
             row = BaselineContribution(
                 baseline_id=baseline.id, embedding=to_bytes(rng.normal(size=4)), created_at=at, speech_s=speech_s, **kw
             )

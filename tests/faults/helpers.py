@@ -246,8 +246,10 @@ class OpenStream:
 
     def drop(self) -> None:
         """Vanish without ``stop`` and without a close frame: the TCP connection just ends."""
-        self.ws.sock.shutdown(socket.SHUT_RDWR)
-        self.ws.sock.close()
+        sock = self.ws.sock
+        assert sock is not None, "the stream was never opened"
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
 
 
 def open_stream(base_url: str) -> OpenStream:

@@ -27,6 +27,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from redis import Redis
+from rq import Queue
+from rq.job import Job
 
 from bench.soak.services import PrivatePostgres, PrivateRedis, outcome_counts, wait_until
 from painline.replay import new_sid
@@ -40,6 +42,12 @@ from tests.reliability import ReliabilityRecorder
 OUTAGE_S = float(os.environ.get("PAINLINE_FAULT_PG_OUTAGE_S", "30"))
 RETRYING = 4  # utterances whose jobs retry on the normal schedule
 WEBHOOK_BUDGET_S = 5.0  # the app's PostgreSQL connect timeout is 3 s
+
+
+def _job(queue: Queue, job_id: str) -> Job:
+    job = queue.fetch_job(job_id)
+    assert job is not None, f"{job_id} is not in Redis"
+    return job
 
 
 def twiml_tags(body: str) -> list[str]:
@@ -78,7 +86,7 @@ def test_postgres_outage_jobs_retry_and_nothing_is_lost(
             status, body = voice_webhook(app.url, new_sid("CA"))
             webhook_answers.append((status, twiml_tags(body) if status == 200 else [], time.monotonic() - started))
             time.sleep(max(0.0, min(2.0, OUTAGE_S - (time.monotonic() - down_at))))
-        failed_status = queue.fetch_job(f"score-utterance-{exhausted}").get_status()
+        failed_status = _job(queue, f"score-utterance-{exhausted}").get_status()
         fault_stack.postgres.start()
         # calls get their stream again (the first request may meet a stale pooled connection)
         wait_until(
@@ -92,9 +100,7 @@ def test_postgres_outage_jobs_retry_and_nothing_is_lost(
         lambda: outcome_counts(url).scored == RETRYING + 1, 180, interval_s=1.0, message="every utterance scored"
     )
     final = outcome_counts(url)
-    retries_used = [
-        JobOptions().retries - (queue.fetch_job(f"score-utterance-{u}").retries_left or 0) for u in retrying
-    ]
+    retries_used = [JobOptions().retries - (_job(queue, f"score-utterance-{u}").retries_left or 0) for u in retrying]
     assert all(p.alive for p in fault_stack.processes), "the worker or the sweeper died with the database"
 
     webhook_ok = all(

@@ -141,7 +141,7 @@ def strongest_distressed_actor(offline: OfflineScorer, n: int = CALL_CLIPS) -> D
     ``n`` clips (strong intensity only: the most distressed takes, and half the clips to extract)."""
     clips = [c for c in offline.clips("ravdess", DISTRESSED) if c.meta.get("intensity", "strong") == "strong"]
     p = offline.proba(offline.features(clips))
-    ranked = sorted(((aggregate(p[idx]), s, idx) for s, idx in by_speaker(clips).items()), reverse=True)
+    ranked = sorted(((aggregate(p[idx].tolist()), s, idx) for s, idx in by_speaker(clips).items()), reverse=True)
     score, speaker, idx = ranked[0]
     top = sorted(idx, key=lambda i: -p[i])[:n]
     return DistressedPick(speaker, [clips[i] for i in top], p[top], score, (ranked[1][1], ranked[1][0]))
@@ -165,10 +165,10 @@ def test_distressed_call_from_the_corpus_is_scored_flagged_and_published(
         f"{pick.runner_up[1]:.3f}); clips {[c.path.name for c in pick.clips]} offline {fmt(pick.probs)}; "
         f"threshold {threshold:.3f}"
     )
-    if aggregate(pick.probs) < threshold:
+    if aggregate(pick.probs.tolist()) < threshold:
         pytest.fail(
             f"the shipped model {offline.model.version} scores even the most distressed-sounding RAVDESS "
-            f"actor's top clips below its threshold ({aggregate(pick.probs):.3f} < {threshold:.3f}): "
+            f"actor's top clips below its threshold ({aggregate(pick.probs.tolist()):.3f} < {threshold:.3f}): "
             "no corpus call can show the flag path"
         )
 
@@ -246,8 +246,8 @@ def test_training_feature_cache_matches_what_the_live_channel_hears(offline: Off
     """
     project = FeatureCache(project_cache_dir())
     clips = offline.clips("ravdess", NORMAL["ravdess"])[:3] + offline.clips("nemo", NORMAL["nemo"])[:3]
-    cached = [(c, project.get(c.path, offline.embedder, offline.channel)) for c in clips]
-    cached = [(c, v) for c, v in cached if v is not None]
+    looked_up = [(c, project.get(c.path, offline.embedder, offline.channel)) for c in clips]
+    cached = [(c, v) for c, v in looked_up if v is not None]
     if not cached:
         pytest.skip(f"the project feature cache {project_cache_dir()} holds none of the probe clips")
     fresh = extract([c for c, _ in cached], offline.embedder, offline.channel, cache=None, progress=False)
@@ -315,7 +315,7 @@ def _top_distressed_live(
     live = offline.streamed([clips[i] for i in shortlist], work_dir, vad)
     per_clip = np.nan_to_num(live.per_clip(enrolled), nan=-1.0)
     top = np.argsort(-per_clip)[:CALL_CLIPS]
-    return [clips[shortlist[i]] for i in top], live.call(top, enrolled)
+    return [clips[shortlist[i]] for i in top], live.call(top.tolist(), enrolled)
 
 
 def flipping_case(offline: OfflineScorer, work_dir: Path, vad: VadConfig) -> BaselineCase | None:
@@ -350,7 +350,7 @@ def flipping_case(offline: OfflineScorer, work_dir: Path, vad: VadConfig) -> Bas
             if len(flips) < 3:
                 continue
             distressed, distressed_after = _top_distressed_live(offline, dclips, enrolled, where / "dist", vad)
-            normal_before, normal_after = live.call(flips), live.call(flips, enrolled)
+            normal_before, normal_after = live.call(flips.tolist()), live.call(flips.tolist(), enrolled)
             margin = min(normal_before - threshold, threshold - normal_after, distressed_after - threshold)
             key = (len(flips), margin)
             if margin > 0 and key > best_key:
@@ -361,7 +361,7 @@ def flipping_case(offline: OfflineScorer, work_dir: Path, vad: VadConfig) -> Bas
                     [normal[i] for i in rest],
                     [normal[shortlist[i]] for i in flips],
                     distressed,
-                    aggregate(p),
+                    aggregate(p.tolist()),
                     normal_before,
                     normal_after,
                     distressed_after,

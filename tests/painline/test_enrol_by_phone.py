@@ -259,7 +259,9 @@ def test_admin_pages_and_api_show_the_key_kind_never_the_key(
 
     # the JSON API gives the same field, as its OpenAPI description says
     headers = bearer(dash_users.tokens["admin"])
-    rows = client.get("/api/v1/patients", headers=headers).json["patients"]
+    patients_doc = client.get("/api/v1/patients", headers=headers).json
+    assert patients_doc is not None
+    rows = patients_doc["patients"]
     assert {r["id"]: r["key_kind"] for r in rows} == {
         caller_id: "caller_number",
         ref_id: "hotline_reference",
@@ -270,6 +272,7 @@ def test_admin_pages_and_api_show_the_key_kind_never_the_key(
     kinds_documented = schemas["PatientRow"]["properties"]["key_kind"]["enum"]
     assert {r["key_kind"] for r in rows} <= set(kinds_documented)
     doc = client.get(f"/api/v1/patients/{caller_id}/baseline", headers=headers).json
+    assert doc is not None
     assert doc["patient"]["key_kind"] == "caller_number"
     assert set(doc["patient"]) <= set(schemas["PatientBaseline"]["properties"]["patient"]["properties"])
     assert "hmac:" not in str(rows) + str(doc) and not leaks(str(rows) + str(doc))

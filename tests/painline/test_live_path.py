@@ -172,7 +172,7 @@ def own_redis(tmp_path: Path) -> Iterator[str]:
         server.stop()
 
 
-def wait_for(predicate, timeout_s: float, what: str, processes: list[Process]) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout_s: float, what: str, processes: list[Process]) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         for p in processes:

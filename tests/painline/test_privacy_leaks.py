@@ -44,7 +44,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from flask import Flask
@@ -132,30 +132,40 @@ def _all_keys(connection: Redis) -> set[bytes]:
     return set(connection.scan_iter(count=1000))
 
 
+def _raw(reply: object) -> bytes:
+    """A reply from a connection that does not decode responses (redis-py types it ``bytes | str``)."""
+    assert isinstance(reply, bytes), reply
+    return reply
+
+
 def _values(connection: Redis, key: bytes) -> list[bytes]:
     """Every value stored under ``key`` as bytes; RQ job payloads opened with RQ's own serializer."""
     kind = connection.type(key)
     out: list[bytes] = [key]
     if kind == b"string":
         value = connection.get(key)
-        out += [value] if value is not None else []
+        out += [_raw(value)] if value is not None else []
     elif kind == b"hash":
         mapping = connection.hgetall(key)
         for name, value in mapping.items():
-            out += [name, value]
+            out += [_raw(name), _raw(value)]
         if b"data" in mapping:
-            out.append(_job_payload(mapping[b"data"]).encode("utf-8", "backslashreplace"))
+            out.append(_job_payload(_raw(mapping[b"data"])).encode("utf-8", "backslashreplace"))
     elif kind == b"list":
-        out += connection.lrange(key, 0, -1)
+        out += [_raw(item) for item in connection.lrange(key, 0, -1)]
     elif kind == b"set":
-        out += list(connection.smembers(key))
+        out += [_raw(member) for member in connection.smembers(key)]
     elif kind == b"zset":
-        out += [member for member, _ in connection.zrange(key, 0, -1, withscores=True)]
+        # withscores=True: (member, score) pairs, which redis-py's return type does not single out
+        scored = cast(list[tuple[object, float]], connection.zrange(key, 0, -1, withscores=True))
+        out += [_raw(member) for member, _ in scored]
     elif kind == b"stream":
-        for entry_id, fields in connection.xrange(key):
-            out.append(entry_id)
-            for name, value in fields.items():
-                out += [name, value]
+        # a synchronous client's XRANGE: a list of (id, fields), never None
+        entries = cast(list[tuple[object, dict[object, object]]], connection.xrange(key))
+        for entry_id, fields in entries:
+            out.append(_raw(entry_id))
+            for field_name, field_value in fields.items():
+                out += [_raw(field_name), _raw(field_value)]
     return out
 
 
@@ -348,7 +358,7 @@ def test_no_caller_data_in_logs_jobs_redis_or_urls(
             flag = s.scalars(select(Flag).where(Flag.call_id == call_id)).one_or_none()
             assert flag is not None, "the pain call should have been flagged"
             flag_id = flag.id
-            assert s.get(Patient, patient_id).key == f"ref:{PATIENT_REF}"  # type: ignore[union-attr]
+            assert s.get(Patient, patient_id).key == f"ref:{PATIENT_REF}"
             number_call_id = s.scalars(select(Call.id).where(Call.call_sid == sid_number)).one()
             assert s.scalars(select(UtteranceAudio)).first() is None  # scored audio is gone
 
@@ -379,8 +389,8 @@ def test_no_caller_data_in_logs_jobs_redis_or_urls(
         # -- the admin: search by reference, the baseline, an enrolment upload, the audit log ---------
         admin = Browser(app_server.url)
         admin.login(ADMIN)
-        status, found = admin.get("/admin/patients?" + urllib.parse.urlencode({"q": PATIENT_REF}))
-        assert status == 200 and f"/admin/patients/{patient_id}" in found
+        status, results = admin.get("/admin/patients?" + urllib.parse.urlencode({"q": PATIENT_REF}))
+        assert status == 200 and f"/admin/patients/{patient_id}" in results
         status, page = admin.get(f"/admin/patients/{patient_id}")
         assert status == 200
         recording = wav_file(tmp_path / "normal-voice.wav", calm(137.0, seed=7301, seconds=2.0))

@@ -82,8 +82,10 @@ def test_messages_follow_twilios_documented_format() -> None:
 
     assert numbers(first) == ("2", "1", "0")
     assert numbers(second) == ("3", "2", "20")
-    assert first["media"]["track"] == "inbound"
-    assert base64.b64decode(first["media"]["payload"]) == b"\x01" * CHUNK_BYTES
+    media = first["media"]
+    assert isinstance(media, dict)
+    assert media["track"] == "inbound"
+    assert base64.b64decode(media["payload"]) == b"\x01" * CHUNK_BYTES
     assert stop == {
         "event": "stop",
         "sequenceNumber": "4",

@@ -12,10 +12,12 @@ import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
 from redis import Redis
+from redis.lock import Lock
 from rq import Queue
 from rq.job import Job, JobStatus
 from sqlalchemy import Engine, func, select
@@ -67,10 +69,16 @@ def _ask(queue: Queue, *, if_idle: bool = False) -> Enqueued:
     return enqueue(queue, JobName.REBUILD_BASELINE, 77, job_id=JOB, options=OPTIONS, if_idle=if_idle)
 
 
+def _job(queue: Queue, job_id: str) -> Job:
+    """The job under ``job_id``, which must still be in Redis."""
+    job = queue.fetch_job(job_id)
+    assert job is not None, job_id
+    return job
+
+
 def _take(queue: Queue, job_id: str, status: JobStatus) -> Job:
     """What a worker does to a job it pops (``started``) and then ends (``finished``, ``failed`` ...)."""
-    job = queue.fetch_job(job_id)
-    assert job is not None
+    job = _job(queue, job_id)
     queue.remove(job)
     job.set_status(status)
     return job
@@ -81,7 +89,7 @@ def test_a_finished_or_failed_job_is_replaced_by_a_fresh_one(worker_queue: Queue
         assert _ask(worker_queue) is Enqueued.NEW
         _take(worker_queue, JOB, dead)
         assert _ask(worker_queue) is Enqueued.NEW
-        job = worker_queue.fetch_job(JOB)
+        job = _job(worker_queue, JOB)
         assert job.get_status() == JobStatus.QUEUED and worker_queue.job_ids == [JOB], dead
         assert job.retries_left == OPTIONS.retries and job.failure_ttl == OPTIONS.failure_ttl_s
         _take(worker_queue, JOB, JobStatus.FINISHED)
@@ -99,7 +107,7 @@ def test_a_running_job_gets_one_follow_up_that_waits_for_it(worker_queue: Queue)
     assert _ask(worker_queue, if_idle=True) is Enqueued.RUNNING  # the sweep adds nothing
     assert worker_queue.fetch_job(follow_up_id(JOB)) is None
     assert _ask(worker_queue) is Enqueued.FOLLOW_UP
-    follow_up = worker_queue.fetch_job(follow_up_id(JOB))
+    follow_up = _job(worker_queue, follow_up_id(JOB))
     assert follow_up.get_status() == JobStatus.DEFERRED and follow_up.args == (77,)
     assert _ask(worker_queue) is Enqueued.WAITING  # the follow-up has not started: it covers this one too
     assert worker_queue.job_ids == []  # nothing runs beside the running job
@@ -110,7 +118,7 @@ def test_a_running_job_gets_one_follow_up_that_waits_for_it(worker_queue: Queue)
     # and while the follow-up runs, the next request waits for it under the first id again
     _take(worker_queue, follow_up_id(JOB), JobStatus.STARTED)
     assert _ask(worker_queue) is Enqueued.FOLLOW_UP
-    assert worker_queue.fetch_job(JOB).get_status() == JobStatus.DEFERRED
+    assert _job(worker_queue, JOB).get_status() == JobStatus.DEFERRED
 
 
 def test_a_new_id_is_one_unique_enqueue_and_a_held_one_falls_back_to_the_full_decision(
@@ -119,7 +127,7 @@ def test_a_new_id_is_one_unique_enqueue_and_a_held_one_falls_back_to_the_full_de
     locks: list[str] = []
     real_lock = worker_queue.connection.lock
 
-    def counting_lock(name: str, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+    def counting_lock(name: str, *args: Any, **kwargs: Any) -> Lock:
         locks.append(name)
         return real_lock(name, *args, **kwargs)
 
@@ -128,7 +136,7 @@ def test_a_new_id_is_one_unique_enqueue_and_a_held_one_falls_back_to_the_full_de
         enqueue, worker_queue, JobName.REBUILD_BASELINE, 77, job_id=JOB, options=OPTIONS, new_id=True
     )
     assert ask() is Enqueued.NEW and locks == []  # the live path's case: no lock, no state reads
-    job = worker_queue.fetch_job(JOB)
+    job = _job(worker_queue, JOB)
     assert job.retries_left == OPTIONS.retries and job.failure_ttl == OPTIONS.failure_ttl_s
     assert ask() is Enqueued.WAITING and len(locks) == 1  # held after all: decided as any other request
     _take(worker_queue, JOB, JobStatus.FINISHED)
@@ -196,15 +204,17 @@ def test_exclude_then_include_rebuilds_twice(
     run_burst(app_worker)
     assert _baseline(dash_app, dash_seed.baseline_id) == (1, 1)
     # the finished rebuild is still in Redis (RQ keeps results for 500 s): it must not swallow the next
-    assert app_worker.fetch_job(rebuild_job_id(dash_seed.baseline_id)).get_status() == JobStatus.FINISHED
+    assert _job(app_worker, rebuild_job_id(dash_seed.baseline_id)).get_status() == JobStatus.FINISHED
 
     included = client.post(f"/api/v1/contributions/{target}/include", headers=headers)
-    assert included.status_code == 202 and included.json["rebuild_job"] == rebuild_job_id(dash_seed.baseline_id)
-    assert app_worker.fetch_job(rebuild_job_id(dash_seed.baseline_id)).get_status() == JobStatus.QUEUED
+    assert included.status_code == 202 and included.json is not None
+    assert included.json["rebuild_job"] == rebuild_job_id(dash_seed.baseline_id)
+    assert _job(app_worker, rebuild_job_id(dash_seed.baseline_id)).get_status() == JobStatus.QUEUED
     run_burst(app_worker)
     assert _baseline(dash_app, dash_seed.baseline_id) == (2, 2)
     assert _baseline(dash_app, dash_seed.evidence_baseline_id) == (2, 2)  # the twin followed
     doc = client.get(f"/api/v1/patients/{dash_seed.patient_id}/baseline", headers=headers).json
+    assert doc is not None
     assert doc["baselines"][0]["stale"] is False and doc["baselines"][0]["count"] == 2
 
 
@@ -218,8 +228,9 @@ def test_a_change_while_the_rebuild_runs_is_rebuilt_after_it(
     client.post(f"/api/v1/contributions/{first}/exclude", headers=headers)
     # a worker has popped that rebuild and read the database, but not yet written
     running = _take(app_worker, job_id, JobStatus.STARTED)
-    assert client.post(f"/api/v1/contributions/{second}/exclude", headers=headers).json["rebuild_job"] == job_id
-    assert app_worker.fetch_job(follow_up_id(job_id)).get_status() == JobStatus.DEFERRED
+    excluded = client.post(f"/api/v1/contributions/{second}/exclude", headers=headers).json
+    assert excluded is not None and excluded["rebuild_job"] == job_id
+    assert _job(app_worker, follow_up_id(job_id)).get_status() == JobStatus.DEFERRED
     assert app_worker.job_ids == []
     running.set_status(JobStatus.FINISHED)  # it ends (having written what it read before the change) ...
     app_worker.enqueue_dependents(running)  # ... and RQ releases the follow-up, as the worker does

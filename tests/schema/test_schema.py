@@ -285,7 +285,8 @@ def test_sqlite_engine_pragmas(tmp_path: Path) -> None:
         with engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+            busy_timeout = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+            assert busy_timeout is not None and busy_timeout >= 1000
     finally:
         engine.dispose()
     assert (tmp_path / "nested" / "db.sqlite").exists()

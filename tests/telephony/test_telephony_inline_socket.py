@@ -15,7 +15,7 @@ import pytest
 import simple_websocket
 from simple_websocket import ConnectionClosed
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Ping, Pong, Request, TextMessage
+from wsproto.events import AcceptConnection, CloseConnection, Event, Ping, Pong, Request, TextMessage
 
 from telephony.inline_socket import InlineReader, NoReaderThread
 
@@ -29,7 +29,7 @@ class Client:
         self.sock = sock
         self.conn = WSConnection(ConnectionType.CLIENT)
 
-    def send(self, event: object) -> None:
+    def send(self, event: Event) -> None:
         self.sock.sendall(self.conn.send(event))
 
     def events(self) -> list[object]:

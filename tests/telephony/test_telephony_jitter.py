@@ -24,8 +24,8 @@ def test_in_order_audio_passes_straight_through() -> None:
     buffer = JitterBuffer()
     out = buffer.push(0, chunk(0))
     assert [(f.timestamp_ms, f.data) for f in out] == [(0, chunk(0))]  # no reorder delay when contiguous
-    out = run(buffer, [(20 * i, chunk(i)) for i in range(1, 50)])
-    assert [ts for ts, _ in out] == [20 * i for i in range(1, 50)]
+    passed = run(buffer, [(20 * i, chunk(i)) for i in range(1, 50)])
+    assert [ts for ts, _ in passed] == [20 * i for i in range(1, 50)]
     assert buffer.stats.frames_in == 50 and buffer.stats.gap_ms_filled == 0
 
 

@@ -157,8 +157,12 @@ def test_finish_gives_up_after_the_limit_with_a_clear_log(caplog: pytest.LogCapt
     saver.add(["a", "b", "c"])
     tried_before = len(store.attempts)
     closes: list[int] = []
+
+    def close() -> None:
+        closes.append(1)
+
     with caplog.at_level(logging.ERROR, logger="telephony.saving"):
-        result = saver.finish(lambda: closes.append(1) or None)
+        result = saver.finish(close)
     assert result.outcome is FinishOutcome.ITEMS_GIVEN_UP and result.given_up == 3 and result.error is None
     assert closes == []  # the call is not marked ended over utterances that were never saved
     assert saver.waiting == 0 and store.rows == []
@@ -174,5 +178,9 @@ def test_finish_with_nothing_waiting_only_closes() -> None:
     store, clock = FakeStore(), FakeClock()
     saver = make_saver(store, clock)
     closes: list[int] = []
-    result = saver.finish(lambda: closes.append(1) or None)
+
+    def close() -> None:
+        closes.append(1)
+
+    result = saver.finish(close)
     assert result.outcome is FinishOutcome.DONE and closes == [1] and store.attempts == [] and clock.sleeps == []

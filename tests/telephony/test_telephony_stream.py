@@ -157,9 +157,13 @@ def test_redis_down_leaves_utterances_pending_for_the_outbox(
     assert_jobs(rq_queue, utterances, call.id)
     # a scored utterance is never re-enqueued, even once its job is gone from Redis
     with session_scope(tel_sessions) as s:
-        s.get(Utterance, utterances[0].id).status = UtteranceStatus.SCORED.value
-    rq_queue.fetch_job(f"score-utterance-{utterances[0].id}").delete()
-    rq_queue.fetch_job(f"score-utterance-{utterances[1].id}").delete()
+        scored = s.get(Utterance, utterances[0].id)
+        assert scored is not None
+        scored.status = UtteranceStatus.SCORED.value
+    for u in utterances[:2]:
+        job = rq_queue.fetch_job(f"score-utterance-{u.id}")
+        assert job is not None
+        job.delete()
     assert requeue_pending(tel_sessions, rq_queue, older_than_s=60, now=later) == 1
 
 
@@ -314,6 +318,7 @@ def test_dropped_socket_is_flushed(live_server: LiveServer, tel_sessions: sessio
     ws = connect(live_server, sign(STREAM_WSS_URL))
     for raw in stream.messages(synthetic_call([(1.0, 3.0)], 3.0))[:-1]:
         ws.send(raw)
+    assert ws.sock is not None
     ws.sock.close()  # vanish without stop or a close frame
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -24,7 +24,8 @@ def test_stream_response_order_and_attributes() -> None:
     stream = root.find("Start/Stream")
     assert stream is not None and stream.get("statusCallbackMethod") == "POST"
     assert [(p.get("name"), p.get("value")) for p in stream] == [("token", "tok"), ("patient_ref", "P-7")]
-    assert root.find("Redirect").get("method") == "POST"
+    redirect = root.find("Redirect")
+    assert redirect is not None and redirect.get("method") == "POST"
 
 
 def test_next_step_priority_and_continue_only() -> None:

@@ -69,9 +69,12 @@ def test_good_signature_returns_stream_twiml(telephony_app: Flask, tel_sessions:
     params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
     assert set(params) == {"token"}
     assert CALLER not in response.get_data(as_text=True)
-    assert root.find("Dial").text == "+15550100"
+    dial = root.find("Dial")
+    assert dial is not None and dial.text == "+15550100"
     # the token works for this call and is on record, unused
-    nonce = tokens.verify(params["token"], call_sid, HMAC_KEY, datetime.now(UTC))
+    token = params["token"]
+    assert token is not None
+    nonce = tokens.verify(token, call_sid, HMAC_KEY, datetime.now(UTC))
     with tel_sessions() as session:
         row = session.get(StreamToken, nonce)
         assert row is not None and row.used_at is None and row.call_sid == call_sid
@@ -111,7 +114,8 @@ def test_query_string_is_part_of_the_signed_url_and_patient_ref_is_used(
     assert params["patient_ref"] == "MRN-42"
     with tel_sessions() as session:
         call = session.scalars(select(Call).where(Call.call_sid == call_sid)).one()
-        assert session.get(Patient, call.patient_id).key == "ref:MRN-42"
+        patient = session.get(Patient, call.patient_id)
+        assert patient is not None and patient.key == "ref:MRN-42"
     # the same query string, signed without it, is refused
     form = voice_form(new_sid("CA"))
     headers = {"X-Twilio-Signature": sign(f"{PUBLIC_URL}/twilio/voice", form)}

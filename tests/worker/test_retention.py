@@ -51,7 +51,7 @@ class Rows:
     contribution: int
 
 
-def _utterance(s, call: Call, seq: int, age: timedelta, *, status: str, audio: bool, score: bool) -> int:  # type: ignore[no-untyped-def]
+def _utterance(s, call: Call, seq: int, age: timedelta, *, status: str, audio: bool, score: bool) -> int:
     at = utcnow() - age
     u = add_utterance_row(s, call.id, seq, step_ms=2000, length_ms=1500, status=status, created_at=at)
     if audio:

@@ -105,7 +105,8 @@ def test_resolved_no_pain_grows_baseline_once(worker_ctx: WorkerContext) -> None
     # the job runs again (a retry, a second resolution click): nothing changes
     again = jobs.grow_baseline_from_call(call_id)
     assert (again.outcome, again.added) == (GrowthOutcome.APPLIED, 0)
-    assert _model_baseline(worker_ctx, patient_id).count == 3
+    model_baseline = _model_baseline(worker_ctx, patient_id)
+    assert model_baseline is not None and model_baseline.count == 3
 
 
 def test_every_contribution_keeps_its_speech_length_for_the_baseline_page(worker_ctx: WorkerContext) -> None:
@@ -198,6 +199,7 @@ def test_exclusion_rebuild_mirrors_to_evidence(worker_ctx: WorkerContext) -> Non
             .where(BaselineContribution.baseline_id == result.baseline_id)
             .order_by(BaselineContribution.id)
         ).first()
+        assert first is not None
         first.included = False
         kept = [
             from_bytes(c.embedding)
@@ -210,6 +212,7 @@ def test_exclusion_rebuild_mirrors_to_evidence(worker_ctx: WorkerContext) -> Non
         ]
     assert jobs.rebuild_baseline(result.baseline_id) == 3
     baseline = _model_baseline(worker_ctx, patient_id)
+    assert baseline is not None
     np.testing.assert_allclose(baseline.stats["mean"], np.mean(kept, axis=0), rtol=1e-6)
     with worker_ctx.sessions() as s:
         evidence = s.scalars(select(Baseline).where(Baseline.embedder == EVIDENCE_BASELINE_EMBEDDER)).one()

@@ -34,7 +34,7 @@ STATEMENT_BUDGET = 6
 def counting(engine: Engine) -> Iterator[list[str]]:
     statements: list[str] = []
 
-    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+    def record(conn, cursor, statement, parameters, context, executemany):
         statements.append(" ".join(statement.split())[:160])
 
     event.listen(engine, "before_cursor_execute", record)
@@ -75,7 +75,9 @@ def test_one_scored_utterance_costs_at_most_six_statements(pg_ctx: WorkerContext
     with ctx.sessions() as s:
         assert s.scalar(select(Score.baseline_applied).where(Score.utterance_id == second)) is True
     with ctx.sessions() as s:  # the flag was raised on the way (by the first or the second utterance)
-        assert s.scalar(select(Flag.id).where(Flag.call_id == s.get(Utterance, second).call_id)) is not None
+        utterance = s.get(Utterance, second)
+        assert utterance is not None
+        assert s.scalar(select(Flag.id).where(Flag.call_id == utterance.call_id)) is not None
 
 
 def test_two_workers_shards_merge_to_one_sequence(pg_ctx: WorkerContext) -> None:
@@ -113,7 +115,12 @@ def test_concurrent_scorers_do_not_wait_on_one_row(pg_ctx: WorkerContext) -> Non
         holder.execute(text("SELECT 1 FROM population_stats WHERE shard = 1 FOR UPDATE"))  # a's write, uncommitted
         try:
             finished = threading.Event()
-            worker = threading.Thread(target=lambda: (score(b, second), finished.set()))
+
+            def score_other_shard() -> None:
+                score(b, second)
+                finished.set()
+
+            worker = threading.Thread(target=score_other_shard)
             worker.start()
             worker.join(60.0)
             assert finished.is_set(), "a scorer on another shard waited for the locked one"

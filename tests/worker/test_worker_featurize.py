@@ -67,6 +67,7 @@ def test_line_gain_moves_loudness_only(shipped_context: WorkerContext, gain_db: 
     louder = np.clip(clip * 10.0 ** (gain_db / 20.0), -1.0, 1.0).astype(np.float32)
     assert np.abs(louder).max() < 1.0  # no clipping, so the gain is a pure level change
     base, moved = featurize(shipped_context, [clip, louder]).measures
+    assert moved["loudness"] is not None and base["loudness"] is not None
     assert moved["loudness"] - base["loudness"] == pytest.approx(gain_db, abs=0.05)
     for key in MEASURE_KEYS:
         if key != "loudness" and base[key] is not None:

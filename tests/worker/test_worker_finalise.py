@@ -37,6 +37,7 @@ def test_inconclusive_with_too_little_speech(worker_ctx: WorkerContext) -> None:
         assert call.status == CallStatus.FINALISED.value
         assert call.verdict == Verdict.INCONCLUSIVE.value
         assert call.speech_s == pytest.approx(2.0)
+        assert call.evidence is not None
         assert call.evidence["utterances_scored"] == 2
         assert call.call_score is not None  # the number is kept; only the verdict abstains
 
@@ -51,6 +52,7 @@ def test_pain_likely_with_evidence_against_baseline(worker_ctx: WorkerContext) -
         call = s.get_one(Call, call_id)
         flag = s.scalars(select(Flag).where(Flag.call_id == call_id)).one()
     ev = call.evidence
+    assert ev is not None and call.call_score is not None
     assert call.verdict == Verdict.PAIN_LIKELY.value and flag.severity >= call.call_score - 1e-9
     probs = [u["probability"] for u in ev["top_utterances"]]
     assert probs == sorted(probs, reverse=True) and len(probs) == 3
@@ -83,11 +85,13 @@ def test_waits_for_pending_utterances_then_gives_up_after_grace(worker_ctx: Work
     with worker_ctx.sessions.begin() as s:
         call = s.get_one(Call, call_id)
         assert call.status == CallStatus.ENDED.value
+        assert call.ended_at is not None
         call.ended_at = call.ended_at - timedelta(seconds=worker_ctx.finalise_grace_s + 1)
     assert jobs.finalise_call(call_id) == FinaliseOutcome.INCONCLUSIVE  # 2.5 s scored < 3 s
     with worker_ctx.sessions() as s:
         call = s.get_one(Call, call_id)
         assert call.status == CallStatus.FINALISED.value
+        assert call.evidence is not None
         assert call.evidence["utterances_unscored"] == 1
         assert call.evidence["utterances_scored"] == 1
 

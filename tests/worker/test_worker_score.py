@@ -65,9 +65,10 @@ def test_score_end_to_end_through_rq(worker_ctx: WorkerContext, worker_queue: Qu
         assert score.baseline_applied is False and score.baseline_n == 0
         assert score.speaker_similarity is None  # no speaker embedder, no voiceprint
         assert from_bytes(score.embedding).shape == (worker_ctx.model.dim,)
+        assert score.features is not None
         assert set(score.features["measures"]) >= {"pitch", "loudness", "jitter"}
         assert score.features["measures"]["pitch"] == pytest.approx(12 * np.log2(150 / 27.5), abs=0.6)
-        assert s.get(Utterance, uid).status == UtteranceStatus.SCORED.value
+        assert s.get_one(Utterance, uid).status == UtteranceStatus.SCORED.value
         assert s.get(UtteranceAudio, uid) is None
         pop = s.scalars(select(PopulationStats)).one()
         assert (pop.embedder, pop.model_version, pop.count) == ("egemaps", worker_ctx.model.version, 1)
@@ -138,12 +139,13 @@ def test_missing_audio_marks_failed(worker_ctx: WorkerContext) -> None:
         s.delete(s.get(UtteranceAudio, uid))
     assert jobs.score_utterance(uid) == ScoreOutcome.NO_AUDIO
     with worker_ctx.sessions() as s:
-        assert s.get(Utterance, uid).status == UtteranceStatus.FAILED.value
+        assert s.get_one(Utterance, uid).status == UtteranceStatus.FAILED.value
     assert jobs.score_utterance(10_000_000) == ScoreOutcome.MISSING
 
 
 def _drain(pubsub: Any, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-    out, deadline = [], time.monotonic() + timeout_s
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
         if message is None:
@@ -155,6 +157,7 @@ def _drain(pubsub: Any, timeout_s: float = 5.0) -> list[dict[str, Any]]:
 
 
 def test_flag_raised_and_published(worker_ctx: WorkerContext, worker_queue: Queue) -> None:
+    assert worker_ctx.redis is not None
     pubsub = worker_ctx.redis.pubsub()
     pubsub.subscribe(worker_ctx.flag_channel)
     pubsub.get_message(timeout=1.0)  # subscription confirmation
@@ -167,7 +170,7 @@ def test_flag_raised_and_published(worker_ctx: WorkerContext, worker_queue: Queu
     finally:
         pubsub.close()
     with worker_ctx.sessions() as s:
-        call = s.get(Call, call_id)
+        call = s.get_one(Call, call_id)
         flag = s.scalars(select(Flag).where(Flag.call_id == call_id)).one()
         assert call.call_score is not None and call.call_score >= worker_ctx.threshold
         assert call.speech_s == pytest.approx(5.0)
@@ -199,7 +202,8 @@ def test_calm_call_raises_no_flag(worker_ctx: WorkerContext, worker_queue: Queue
         worker_queue.enqueue(SCORE, uid, job_id=f"score-utterance-{uid}")
     run_burst(worker_queue)
     with worker_ctx.sessions() as s:
-        assert s.get(Call, call_id).call_score < worker_ctx.threshold
+        call_score = s.get_one(Call, call_id).call_score
+        assert call_score is not None and call_score < worker_ctx.threshold
     assert _count(worker_ctx, Flag) == 0
 
 
@@ -207,7 +211,8 @@ def test_too_little_speech_raises_no_flag(worker_ctx: WorkerContext) -> None:
     call_id, (uid,) = _call_with(worker_ctx, [pain(130.0, seed=31, seconds=1.5)])
     jobs.score_utterance(uid)
     with worker_ctx.sessions() as s:
-        assert s.get(Call, call_id).call_score >= worker_ctx.threshold
+        call_score = s.get_one(Call, call_id).call_score
+        assert call_score is not None and call_score >= worker_ctx.threshold
     assert _count(worker_ctx, Flag) == 0
 
 
@@ -248,6 +253,7 @@ def test_speaker_check_pools_the_calls_speech(worker_ctx: WorkerContext, speaker
     d_first, d_changed = from_bytes(a.speaker_vector), from_bytes(b.speaker_vector)
     assert a.speaker_similarity == pytest.approx(cosine_similarity(d_first, voiceprint), abs=1e-5)
     assert b.speaker_similarity == pytest.approx(pooled_similarity([d_first, d_changed], voiceprint), abs=1e-5)
+    assert b.speaker_similarity is not None
     assert b.speaker_similarity > cosine_similarity(d_changed, voiceprint)  # the call's first words count too
     assert b.baseline_applied is (b.speaker_similarity >= worker_ctx.speaker_threshold)
 
