@@ -415,7 +415,7 @@ def _play_fold(
     model_path = model.save(fold_dir / "model.joblib")
     threshold = model.threshold
     tally.thresholds.append(threshold)
-    plan, enrol = _plan(test, data.y, data.normal, data.groups, rng)
+    plan, enrol = call_plan(test, data.y, data.normal, data.groups, rng)
     clips = data.clips
     audio = {
         i: _audio(clips[i])
@@ -642,7 +642,7 @@ def _audio(clip: Clip) -> np.ndarray:
     return telephone(samples, rate)
 
 
-def _plan(
+def call_plan(
     test: np.ndarray, y: np.ndarray, normal: np.ndarray, groups: np.ndarray, rng: np.random.Generator
 ) -> tuple[list[tuple[str, int, int, np.ndarray]], dict[str, np.ndarray]]:
     """Enrolment clips per held-out speaker and the fold's calls ``(speaker, label, size, clips)``, shuffled.
@@ -785,6 +785,7 @@ __all__ = [
     "UtteranceResult",
     "baseline_effect",
     "call_mulaw",
+    "call_plan",
     "format_table",
     "markdown_table",
     "run_loco",

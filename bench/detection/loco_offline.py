@@ -7,7 +7,7 @@ and takes about half an hour per corpus; a research question (does the d-vector 
 per-corpus standardisation?) needs an answer per variant in minutes. Since a segmented clip scores
 the same offline as through a replayed call (``tests/painline/test_live_path.py``), this module replays the
 protocol on the features: the same GroupKFold halves, each half's population seeded from the other
-half's clips, the same enrolment and call plan (:func:`painline.live_path._plan` with the same seed),
+half's clips, the same enrolment and call plan (:func:`painline.live_path.call_plan` with the same seed),
 and the same pooled training (:func:`painline.research.fit_pooled`). What it leaves out is the
 speaker check and the population's growth during the calls, so it ranks variants; the shipped
 default's figures come from the live run. Results go to ``bench/results/loco_research.json``; the
@@ -39,7 +39,7 @@ from analysis.metrics import roc_auc
 from analysis.perturb import Noise
 from analysis.training import TrainConfig
 from painline.config import Settings
-from painline.live_path import CALL_SIZES, SPEECH_TASKS, _plan
+from painline.live_path import CALL_SIZES, SPEECH_TASKS, call_plan
 from painline.research import DEFAULT_CHANNEL, TaskData, load_task_data, loco_fold_model
 from painline.workers import embedder_sources
 
@@ -109,7 +109,7 @@ def play_offline(model: Any, test: TaskData, seed: int = 0) -> _Rows:
     heard = has_speech(test.X)
     for seed_rows, te in GroupKFold(2).split(test.X, test.y, test.groups):
         population = RunningStats.from_array(test.X[seed_rows[heard[seed_rows]]])
-        plan, enrol = _plan(te, test.y, test.normal, test.groups, rng)
+        plan, enrol = call_plan(te, test.y, test.normal, test.groups, rng)
         p_pop = _scores(model, test.X, heard, population, None)
         p_base = {}
         for s, idx in enrol.items():
