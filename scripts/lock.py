@@ -1,6 +1,14 @@
 """Regenerate the hashed install locks in ``requirements/`` from ``pyproject.toml``.
 
-    pip install uv && python scripts/lock.py    # re-resolve at today's newest versions pyproject allows
+    pip install uv && python scripts/lock.py --keep    # after adding a dependency: only new packages move
+    pip install uv && python scripts/lock.py           # re-resolve everything at today's newest versions
+
+Adding a dependency: add it to pyproject.toml, then run with ``--keep``. Every package already in
+``requirements/*.txt`` is passed to the resolver as a ``name==version`` constraint, so it keeps its
+version, and only packages new to the locks are resolved, at their newest versions. (Hashes are read
+from the index again: the same unless files were uploaded to a locked release since; check the diff.)
+If uv then reports a conflict, the new dependency needs an existing pin to move: that is a
+deliberate upgrade, made by a plain run (which moves every pin) and reviewed as such.
 
 Why locks: ``pip install -e .[extras]`` resolves afresh on every machine, so a fresh machine gets
 whatever was released last night (redis-py 8.2 once hung the in-process worker that way) and a
@@ -79,14 +87,64 @@ def _write(path: Path, title: str, blocks: dict[str, str]) -> None:
     path.write_text(head + "".join(blocks[name] for name in sorted(blocks)))
 
 
-def generate(target: Path) -> None:
+def _current_pins(locks: Path) -> str:
+    """``name==version`` lines for every package the locks in ``locks`` already pin (``--keep``)."""
+    pins: dict[str, str] = {}
+    for path in sorted(locks.glob("*.txt")):
+        for name, block in blocks(path.read_text()):
+            pin = block.split(None, 1)[0]  # "name==version", before the line's " \\" and hashes
+            if pins.setdefault(name, pin) != pin:
+                raise SystemExit(f"lock: {name} is locked differently in {path}; cannot keep both")
+    return "".join(f"{pins[name]}\n" for name in sorted(pins))
+
+
+def _via(sources: list[str]) -> list[str]:
+    """A "via" note in uv's layout: one source on the line itself, several on lines of their own."""
+    if len(sources) == 1:
+        return [f"    # via {sources[0]}\n"]
+    return ["    # via\n", *(f"    #   {source}\n" for source in sources)] if sources else []
+
+
+def _drop_source(text: str, source: str) -> str:
+    """``text`` without ``source`` among the "via" notes (uv names every constraint file there).
+
+    The pins ``--keep`` passes in live in a temporary file: naming it in the locks would only be
+    noise that changes on every run.
+    """
+    out: list[str] = []
+    sources: list[str] | None = None  # the sources of the multi-line "# via" note being read
+    for line in text.splitlines(keepends=True):
+        bare = line.rstrip("\n")
+        if sources is not None and bare.startswith("    #   "):
+            if bare[len("    #   ") :] != source:
+                sources.append(bare[len("    #   ") :])
+            continue
+        if sources is not None:
+            out += _via(sources)
+            sources = None
+        if bare == "    # via":
+            sources = []
+        elif bare != f"    # via {source}":
+            out.append(line)
+    if sources is not None:
+        out += _via(sources)
+    return "".join(out)
+
+
+def generate(target: Path, *, keep: bool = False) -> None:
     extras = _extras()
     extra_inputs = {"speaker": ["torch.in", "speaker.in"], "clap": ["torch.in"]}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        kept: Path | None = None
+        if keep:
+            kept = work / "keep.txt"
+            kept.write_text(_current_pins(target))
         everything = work / "all.txt"
         every_input = ["pyproject.toml", *(str(REQ / name) for name in ("build.in", "torch.in", "speaker.in"))]
-        _compile(every_input, everything, extras=extras, constraint=None)
+        _compile(every_input, everything, extras=extras, constraint=kept)
+        if kept is not None:
+            everything.write_text(_drop_source(everything.read_text(), f"-c {kept}"))
         all_blocks = _blocks(everything.read_text())
         core = work / "core.txt"
         _compile(["pyproject.toml", str(REQ / "build.in")], core, extras=[], constraint=everything)
@@ -104,8 +162,13 @@ def generate(target: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_args(argv)
-    generate(REQ)
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep every version requirements/*.txt already pins; resolve only packages new to the locks",
+    )
+    args = parser.parse_args(argv)
+    generate(REQ, keep=args.keep)
     print(f"locks written to {REQ.relative_to(ROOT)}/")
     return 0
 
