@@ -242,6 +242,22 @@ def check_redis(connection: Redis) -> str:
     return "ok"
 
 
+def health_report(engine: Engine, connection: Redis, expected_revision: str | None) -> tuple[bool, dict[str, object]]:
+    """Whether this process can work, and the JSON body ``/healthz`` answers (web and stream alike)."""
+    started = time.monotonic()
+    checks = {
+        "database": check_database(engine, expected_revision),
+        "redis": check_redis(connection),
+    }
+    healthy = all(state == "ok" for state in checks.values())
+    body: dict[str, object] = {
+        "status": "ok" if healthy else "unavailable",
+        "checks": checks,
+        "elapsed_ms": round((time.monotonic() - started) * 1000),
+    }
+    return healthy, body
+
+
 def health_blueprint() -> Blueprint:
     """``GET /healthz``: JSON with each dependency's state; 200 if all are ``ok``, else 503."""
     bp = Blueprint("health", __name__)
@@ -249,17 +265,9 @@ def health_blueprint() -> Blueprint:
 
     @bp.get("/healthz")
     def healthz() -> ResponseReturnValue:
-        started = time.monotonic()
-        checks = {
-            "database": check_database(current_app.extensions["painline.engine"], expected),
-            "redis": check_redis(current_app.extensions["painline.redis"]),
-        }
-        healthy = all(state == "ok" for state in checks.values())
-        body = {
-            "status": "ok" if healthy else "unavailable",
-            "checks": checks,
-            "elapsed_ms": round((time.monotonic() - started) * 1000),
-        }
+        healthy, body = health_report(
+            current_app.extensions["painline.engine"], current_app.extensions["painline.redis"], expected
+        )
         response = jsonify(body)
         response.status_code = 200 if healthy else 503
         response.headers["Cache-Control"] = "no-store"
@@ -278,6 +286,7 @@ __all__ = [
     "create_app",
     "dashboard_config",
     "health_blueprint",
+    "health_report",
     "job_options",
     "make_app_engine",
     "session_store",

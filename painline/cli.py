@@ -191,6 +191,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    from painline.stream import serve_stream
+
+    settings = _settings()
+    if not startup_check(settings, "stream"):
+        return EXIT_USAGE
+    serve_stream(settings, host=args.host, port=args.port, io_threads=args.io_threads, drain_s=args.drain_s)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------
 # worker and sweep
 
@@ -323,6 +333,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             to_number=args.to_number,
             patient_ref=args.patient_ref,
             speed=args.speed,
+            stream_base_url=args.stream_url or None,
         )
     except (ReplayError, ValueError) as exc:
         print(f"painline replay: {exc}", file=sys.stderr)
@@ -741,6 +752,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser(
+        "stream",
+        help="serve the Media Stream socket on an event loop",
+        description="The production home of /twilio/stream: one asyncio process holds hundreds of calls. "
+        "Put it behind the same public URL as `painline serve`, routing /twilio/stream here.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8001)
+    p.add_argument(
+        "--io-threads",
+        type=int,
+        default=8,
+        help="database steps (stream start, utterance saves, stream end) run at once (default: 8)",
+    )
+    p.add_argument(
+        "--drain-s",
+        type=float,
+        default=120.0,
+        help="on SIGTERM, seconds open calls may go on before they are closed (default: 120)",
+    )
+    p.set_defaults(func=cmd_stream)
+
     p = sub.add_parser("worker", help="run an RQ worker (model loaded once per process)")
     p.add_argument(
         "--fork",
@@ -798,6 +831,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("audio", type=Path, help="any audio file (resampled to the 8 kHz telephone channel)")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="where the server is reached")
+    p.add_argument(
+        "--stream-url",
+        default="",
+        help="where `painline stream` is reached, if not behind --url (e.g. http://127.0.0.1:8001)",
+    )
     p.add_argument("--public-url", default="", help="the URL Twilio would sign (default: PAINLINE_PUBLIC_URL)")
     p.add_argument("--speed", type=float, default=1.0, help="1.0 real time, 0 as fast as possible")
     p.add_argument("--from", dest="from_number", default="+15551234567", help="caller number to present")

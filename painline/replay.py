@@ -329,8 +329,13 @@ def replay_call(
     status_callbacks: bool = True,
     record_messages: bool = False,
     sleep: Callable[[float], None] = time.sleep,
+    stream_base_url: str | None = None,
 ) -> ReplayResult:
-    """Run one call through the server at ``base_url`` (see the module docstring for each step)."""
+    """Run one call through the server at ``base_url`` (see the module docstring for each step).
+
+    ``stream_base_url`` is where the stream socket is opened when ``painline stream`` serves it on
+    an address of its own (no load balancer in front); by default the socket goes to ``base_url``.
+    """
     if not auth_token:
         raise ReplayError("no Twilio auth token: set TWILIO_AUTH_TOKEN to the server's token")
     started = time.monotonic()
@@ -343,7 +348,7 @@ def replay_call(
 
     builder = StreamMessages(account_sid=account_sid, call_sid=call_sid)
     sent: list[dict[str, object]] = []
-    target = connect_url(instruction.url, base_url)
+    target = connect_url(instruction.url, stream_base_url or base_url)
     try:
         ws = websocket.create_connection(
             target,

@@ -124,7 +124,17 @@ class StreamSession:
         config: StreamConfig,
         *,
         clock: Callable[[], datetime] = _now,
+        save_inline: bool = True,
     ) -> None:
+        """``save_inline=False`` leaves ended utterances in :attr:`save_due` for :meth:`save_ready`.
+
+        A threaded server saves inline, in the socket's own thread. An event loop must not wait on
+        the database, so :mod:`telephony.stream_server` asks the session to hold them and runs
+        :meth:`save_ready` (and ``start``, ``stop`` and :meth:`finish`, which touch the database
+        too) in a thread pool; media frames are handled on the loop itself.
+        """
+        self._save_inline = save_inline
+        self._ready: list[SegmentedUtterance] = []
         self._sessions = sessions
         self._queue = queue
         self._config = config
@@ -147,6 +157,18 @@ class StreamSession:
     @property
     def ended(self) -> bool:
         return self.state is StreamState.ENDED
+
+    @property
+    def save_due(self) -> bool:
+        """Utterances have ended and wait for :meth:`save_ready` (only when not saving inline)."""
+        return bool(self._ready)
+
+    def save_ready(self) -> None:
+        """Save (or hold, through a database outage) the utterances that have ended, in order."""
+        if self._saver is None or not self._ready:
+            return
+        ready, self._ready = self._ready, []
+        self.counters.utterances_lost += self._saver.add(ready)
 
     def receive(self, raw: str | bytes) -> None:
         """Parse and handle one WebSocket frame. Raises :class:`ProtocolError` to close the stream."""
@@ -191,6 +213,7 @@ class StreamSession:
         for frame in self.jitter.flush():
             self._utterances(self.segmenter.push(frame.timestamp_ms, frame.data))
         self._utterances(self.segmenter.flush())
+        self.save_ready()  # finish runs where the database may be waited on, whoever saves the rest
         # the socket is done, so waiting here costs no audio: ride out a short database outage
         result = self._saver.finish(self._mark_ended)
         self.counters.utterances_lost += result.given_up
@@ -340,10 +363,12 @@ class StreamSession:
         return None
 
     def _utterances(self, utterances: list[SegmentedUtterance]) -> None:
-        """Hand ended utterances to the saver (which holds them through a database outage)."""
+        """Queue ended utterances for the saver (which holds them through a database outage)."""
         if self._saver is None or not utterances:
             return
-        self.counters.utterances_lost += self._saver.add(utterances)
+        self._ready.extend(utterances)
+        if self._save_inline:
+            self.save_ready()
 
     def _save(self, utterance: SegmentedUtterance) -> int | None:
         """The saver's ``save``: one utterance into this stream's call; None if the database refused."""

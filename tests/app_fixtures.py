@@ -111,6 +111,13 @@ def painline_app(app_settings: Settings) -> Iterator[Flask]:
 class AppServer:
     url: str
     app: Flask
+    stream_port: int | None = None  # where /twilio/stream is served, if not by the app itself
+
+    @property
+    def stream_url(self) -> str:
+        """Where a test connects the Media Stream (it signs ``public_url``'s address, as Twilio does)."""
+        base = self.url if self.stream_port is None else f"http://127.0.0.1:{self.stream_port}"
+        return base.replace("http://", "ws://", 1) + "/twilio/stream"
 
     @property
     def settings(self) -> Settings:

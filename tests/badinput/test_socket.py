@@ -13,19 +13,22 @@ import json
 import struct
 import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import pytest
 import requests
 import websocket
 from sqlalchemy import select
 
+from painline.app import settings_of, telephony_config
 from schema.models import Call, CallStatus, Utterance
 from telephony.messages import CLOSE_NORMAL
 from telephony.signatures import public_ws_url
 from tests.app_fixtures import AUTH_TOKEN, AppServer
 from tests.badinput.scenarios import SCENARIOS, TOLERATED, Frame, Scenario
 from tests.reliability import ReliabilityRecorder
+from tests.stream_servers import running_stream_server
 from tests.telephony_fixtures import TwilioStream, new_sid, sign, synthetic_call
 
 BURSTS = [(1.0, 2.0), (4.5, 1.5), (7.5, 2.5)]
@@ -45,9 +48,22 @@ def start_call(server: AppServer) -> TwilioStream:
     return TwilioStream(call_sid=call_sid, token=token)
 
 
+@pytest.fixture(params=["flask", "asyncio"])
+def socket_server(request: pytest.FixtureRequest, app_server: AppServer) -> Iterator[AppServer]:
+    """The app, its stream served by the Flask route or by ``painline stream``'s server."""
+    if request.param == "flask":
+        yield app_server
+        return
+    app = app_server.app
+    config = telephony_config(settings_of(app))
+    with running_stream_server(app.extensions["painline.sessions"], app_server.queue, config) as stream:
+        yield replace(app_server, stream_port=stream.port)
+
+
 def open_stream(server: AppServer) -> websocket.WebSocket:
-    url = public_ws_url(server.settings.public_url, "/twilio/stream")
-    return websocket.create_connection(url, header=[f"X-Twilio-Signature: {sign(url, None, AUTH_TOKEN)}"], timeout=20)
+    signed = public_ws_url(server.settings.public_url, "/twilio/stream")
+    header = [f"X-Twilio-Signature: {sign(signed, None, AUTH_TOKEN)}"]
+    return websocket.create_connection(server.stream_url, header=header, timeout=20)
 
 
 def send_all(ws: websocket.WebSocket, frames: Sequence[Frame]) -> int:
@@ -138,14 +154,16 @@ def good_call_unaffected(fate: dict[str, object]) -> bool:
 
 @pytest.mark.parametrize("scenario", SCENARIOS + TOLERATED, ids=[s.name for s in SCENARIOS + TOLERATED])
 def test_bad_stream_closes_with_its_code_and_the_good_call_carries_on(
-    app_server: AppServer, scenario: Scenario, reliability: ReliabilityRecorder
+    socket_server: AppServer, scenario: Scenario, reliability: ReliabilityRecorder
 ) -> None:
-    (code, reason), fate = run_beside_good_call(app_server, scenario)
+    (code, reason), fate = run_beside_good_call(socket_server, scenario)
     ok = code == scenario.code and scenario.reason in reason and good_call_unaffected(fate)
+    stream_process = socket_server.stream_port is not None
     reliability.record_outcome(
-        f"bad-input-socket-{scenario.name}",
+        f"bad-input-socket-{scenario.name}" + ("-stream-process" if stream_process else ""),
         "bad input",
-        f"over the real socket: {scenario.detail}; expect close {scenario.code}, while a concurrent good call on "
+        ("over painline stream's socket" if stream_process else "over the real socket")
+        + f": {scenario.detail}; expect close {scenario.code}, while a concurrent good call on "
         "the same server closes 1000 with all utterances saved and queued, and /healthz answers 200",
         survived=ok,
         lost=max(0, len(BURSTS) - int(fate["utterances"])),  # type: ignore[call-overload]
@@ -157,10 +175,10 @@ def test_bad_stream_closes_with_its_code_and_the_good_call_carries_on(
     assert good_call_unaffected(fate), fate
 
 
-def test_binary_garbage_between_good_frames(app_server: AppServer) -> None:
+def test_binary_garbage_between_good_frames(socket_server: AppServer) -> None:
     """Random binary frames on one socket, many sockets at once: each is closed, the server answers."""
     codes = []
     for payload in (b"\x00" * 10, json.dumps({"event": "connected"}).encode() + b"\xff", b"{}" * 10):
-        codes.append(send_and_read_close(open_stream(app_server), [payload])[0])
+        codes.append(send_and_read_close(open_stream(socket_server), [payload])[0])
     assert codes == [1007, 1007, 1007]
-    assert requests.get(f"{app_server.url}/healthz", timeout=10).status_code == 200
+    assert requests.get(f"{socket_server.url}/healthz", timeout=10).status_code == 200

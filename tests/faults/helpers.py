@@ -35,7 +35,7 @@ from bench.soak.services import (
     start_worker,
     wait_worker_ready,
 )
-from painline.app import close_app, configure, create_app
+from painline.app import close_app, configure, create_app, telephony_config
 from painline.config import Settings
 from painline.devserver import make_dev_server
 from painline.replay import (
@@ -49,6 +49,7 @@ from painline.replay import (
     replay_call,
 )
 from schema.db import make_engine, session_factory, session_scope
+from tests.stream_servers import running_stream_server
 from tests.worker_fixtures import add_utterance, calm, make_call, make_patient
 
 QUEUE = "painline"  # the private Redis is ours alone: the production queue name is fine
@@ -171,8 +172,8 @@ class FaultStack:
         self.processes.append(process)
         return process
 
-    def serve_app(self) -> contextlib.AbstractContextManager[RunningApp]:
-        return serve_app(self.url, self.redis_url, self.var_dir)
+    def serve_app(self, *, stream_process: bool = False) -> contextlib.AbstractContextManager[RunningApp]:
+        return serve_app(self.url, self.redis_url, self.var_dir, stream_process=stream_process)
 
     def close(self) -> None:
         try:
@@ -194,11 +195,18 @@ class RunningApp:
     url: str
     app: Flask
     settings: Settings
+    stream_url: str  # where the Media Stream socket is opened: the app, or ``painline stream``'s server
 
 
 @contextmanager
-def serve_app(database_url: str, redis_url: str, var_dir: Path) -> Iterator[RunningApp]:
-    """The real painline app (``create_app``) on a free port, in a thread, on the given services."""
+def serve_app(
+    database_url: str, redis_url: str, var_dir: Path, *, stream_process: bool = False
+) -> Iterator[RunningApp]:
+    """The real painline app (``create_app``) on a free port, in a thread, on the given services.
+
+    With ``stream_process`` the Media Stream is served by :mod:`telephony.stream_server` (what
+    ``painline stream`` runs) on a port of its own, beside the app that answers the webhooks.
+    """
     settings = Settings(
         var_dir=var_dir,
         database_url=database_url,
@@ -218,7 +226,12 @@ def serve_app(database_url: str, redis_url: str, var_dir: Path) -> Iterator[Runn
     thread = threading.Thread(target=server.serve_forever, name="fault-test-server", daemon=True)
     thread.start()
     try:
-        yield RunningApp(url, app, settings)
+        if stream_process:
+            sessions, queue = app.extensions["painline.sessions"], app.extensions["painline.queue"]
+            with running_stream_server(sessions, queue, telephony_config(settings)) as stream:
+                yield RunningApp(url, app, settings, f"http://127.0.0.1:{stream.port}")
+        else:
+            yield RunningApp(url, app, settings, url)
     finally:
         server.shutdown()
         server.server_close()
@@ -252,14 +265,14 @@ class OpenStream:
         sock.close()
 
 
-def open_stream(base_url: str) -> OpenStream:
+def open_stream(app: RunningApp) -> OpenStream:
     call_sid = new_sid("CA")
-    status, twiml = voice_webhook(base_url, call_sid)
+    status, twiml = voice_webhook(app.url, call_sid)
     assert status == 200, twiml
     instruction = parse_twiml(twiml)
     signature = RequestValidator(AUTH_TOKEN).compute_signature(instruction.url, {})
     ws = websocket.create_connection(
-        connect_url(instruction.url, base_url), header=[f"X-Twilio-Signature: {signature}"], timeout=10
+        connect_url(instruction.url, app.stream_url), header=[f"X-Twilio-Signature: {signature}"], timeout=10
     )
     messages = StreamMessages(account_sid=new_sid("AC"), call_sid=call_sid)
     ws.send(json.dumps(messages.connected()))
@@ -286,6 +299,7 @@ def replay_through_fault(
     fault: Callable[[], None],
     speed: float,
     max_call_s: float,
+    stream_process: bool = False,
 ) -> CallThroughFault:
     """Replay ``mulaw`` as a live call while ``fault`` runs, with a worker and a 1 s sweep; wait for the end.
 
@@ -300,12 +314,17 @@ def replay_through_fault(
     processes = [stack.sweeper("--every", "1", "--older-than", "2"), stack.worker("w1")]
     result: dict[str, ReplayResult | BaseException] = {}
     try:
-        with stack.serve_app() as app:
+        with stack.serve_app(stream_process=stream_process) as app:
 
             def call() -> None:
                 try:
                     result["replay"] = replay_call(
-                        mulaw, base_url=app.url, public_url=app.url, auth_token=AUTH_TOKEN, speed=speed
+                        mulaw,
+                        base_url=app.url,
+                        public_url=app.url,
+                        auth_token=AUTH_TOKEN,
+                        speed=speed,
+                        stream_base_url=app.stream_url,
                     )
                 except BaseException as exc:  # reported below
                     result["replay"] = exc

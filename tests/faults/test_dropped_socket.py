@@ -21,14 +21,16 @@ CUT_AT_S = 6.5  # one second into the third utterance
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stream_process", [False, True], ids=["flask-route", "stream-process"])
 def test_socket_dropped_without_stop_keeps_and_finalises(
     fault_stack: FaultStack,
     reliability: ReliabilityRecorder,
+    stream_process: bool,
 ) -> None:
     url = fault_stack.url
     fault_stack.worker("w1")
-    with fault_stack.serve_app() as app:
-        stream = open_stream(app.url)
+    with fault_stack.serve_app(stream_process=stream_process) as app:
+        stream = open_stream(app)
         stream.send_audio(synthetic_call(BURSTS, CUT_AT_S))
         stream.drop()
         wait_until(
@@ -41,9 +43,10 @@ def test_socket_dropped_without_stop_keeps_and_finalises(
 
     survived = final.exactly_once and final.detected == len(BURSTS) and final.calls_finalised == 1
     reliability.record_outcome(
-        "socket-dropped-without-stop",
+        "socket-dropped-without-stop" + ("-stream-process" if stream_process else ""),
         "fault",
-        "the stream's TCP connection ended mid-utterance with no stop message and no close frame; checked the "
+        ("[painline stream] " if stream_process else "")
+        + "the stream's TCP connection ended mid-utterance with no stop message and no close frame; checked the "
         "utterances so far (the cut-off one included) kept and scored exactly once, call ended and finalised",
         survived,
         lost=len(BURSTS) - final.scored,

@@ -27,9 +27,11 @@ OUTAGE_S = 4.0  # at least one utterance ends inside it
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stream_process", [False, True], ids=["flask-route", "stream-process"])
 def test_postgres_outage_mid_call_loses_no_utterance(
     fault_stack: FaultStack,
     reliability: ReliabilityRecorder,
+    stream_process: bool,
 ) -> None:
     def stop_postgres() -> None:
         fault_stack.postgres.stop("fast")
@@ -42,13 +44,15 @@ def test_postgres_outage_mid_call_loses_no_utterance(
         fault=stop_postgres,
         speed=SPEED,
         max_call_s=CALL_S / SPEED + OUTAGE_S + 5,
+        stream_process=stream_process,
     ).final
 
     survived = final.exactly_once and final.detected == len(BURSTS) and final.calls_finalised == 1
     reliability.record_outcome(
-        "postgres-outage-mid-call",
+        "postgres-outage-mid-call" + ("-stream-process" if stream_process else ""),
         "fault",
-        f"PostgreSQL stopped (fast shutdown, connections cut) for {OUTAGE_S:.0f} s in the middle of a call replayed "
+        ("[painline stream] " if stream_process else "")
+        + f"PostgreSQL stopped (fast shutdown, connections cut) for {OUTAGE_S:.0f} s in the middle of a call replayed "
         "over the real socket; checked the call went on, the utterances that ended during the outage were saved "
         "afterwards from memory, every utterance scored exactly once, call finalised",
         survived,

@@ -28,9 +28,11 @@ SPEED = 2.5  # the call takes 10 s on the wire
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stream_process", [False, True], ids=["flask-route", "stream-process"])
 def test_redis_restart_mid_call_loses_no_utterance(
     fault_stack: FaultStack,
     reliability: ReliabilityRecorder,
+    stream_process: bool,
 ) -> None:
     url = fault_stack.url
     seen: dict[str, Outcome] = {}
@@ -46,15 +48,21 @@ def test_redis_restart_mid_call_loses_no_utterance(
     # exception, quitting"); painline.workers.run_worker waits for Redis and starts a fresh RQ
     # worker on the loaded model, so every process must still be up with nobody restarting it
     run = replay_through_fault(
-        fault_stack, synthetic_call(BURSTS, CALL_S), fault=restart_redis, speed=SPEED, max_call_s=CALL_S / SPEED + 5
+        fault_stack,
+        synthetic_call(BURSTS, CALL_S),
+        fault=restart_redis,
+        speed=SPEED,
+        max_call_s=CALL_S / SPEED + 5,
+        stream_process=stream_process,
     )
     final, before, during, exited = run.final, seen["before"], seen["during"], run.exited
 
     survived = final.exactly_once and final.detected == len(BURSTS) and final.calls_finalised == 1
     reliability.record_outcome(
-        "redis-restart-mid-call",
+        "redis-restart-mid-call" + ("-stream-process" if stream_process else ""),
         "fault",
-        "Redis stopped (SIGTERM, no persistence: queued jobs lost) for 3 s in the middle of a call replayed over "
+        ("[painline stream] " if stream_process else "")
+        + "Redis stopped (SIGTERM, no persistence: queued jobs lost) for 3 s in the middle of a call replayed over "
         "the real socket, `painline sweep --every 1` and a worker running; checked the call went on, no "
         "process quit, every utterance saved, scored exactly once, call finalised",
         survived and not exited,

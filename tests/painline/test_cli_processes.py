@@ -18,9 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
 from painline.config import Settings
 from painline.demo import SAMPLE_CALL
+from schema.db import make_engine
+from schema.models import Call, Utterance
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = Settings().model_path
@@ -256,3 +259,55 @@ def test_demo_serve_ends_on_the_nurse_screen(pain_model_path: Path, tmp_path: Pa
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.slow
+def test_stream_process_takes_a_call_beside_the_web_process(server_env: dict[str, str]) -> None:
+    """``painline serve`` answers the webhook, ``painline stream`` the socket, as behind one load balancer."""
+    from painline.replay import replay_call
+    from tests.telephony_fixtures import synthetic_call
+
+    web_port = free_port()
+    public_url = f"http://127.0.0.1:{web_port}"
+    env = dict(
+        server_env,
+        PAINLINE_PUBLIC_URL=public_url,
+        PAINLINE_HMAC_KEY="process-test-hmac-key",
+        TWILIO_AUTH_TOKEN="process-test-token-0123456789",
+    )
+    web = subprocess.Popen(
+        [sys.executable, "-m", "painline.cli", "serve", "--port", str(web_port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        for url, stream in run_server(["stream"], env):
+            assert wait_healthy(url + "/healthz", stream)["checks"] == {"database": "ok", "redis": "ok"}
+            wait_healthy(public_url + "/healthz", web)  # type: ignore[arg-type]
+            result = replay_call(
+                synthetic_call([(0.5, 1.5), (3.0, 1.5)], 5.0),
+                base_url=public_url,
+                public_url=public_url,
+                auth_token=env["TWILIO_AUTH_TOKEN"],
+                speed=0,
+                status_callbacks=False,
+                stream_base_url=url,
+            )
+            assert result.close_code == 1000
+            engine = make_engine(env["PAINLINE_DATABASE_URL"])
+            try:
+                with engine.connect() as db:
+                    saved = db.scalar(
+                        select(func.count(Utterance.id)).join(Call).where(Call.call_sid == result.call_sid)
+                    )
+            finally:
+                engine.dispose()
+            assert saved == 2  # both utterances, saved by the stream process's database threads
+            os.killpg(stream.pid, signal.SIGTERM)
+            assert stream.wait(timeout=30) == 0  # drains (no call open) and exits cleanly
+    finally:
+        os.killpg(web.pid, signal.SIGTERM)
+        web.wait(timeout=30)

@@ -18,8 +18,10 @@ from rq import Queue
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.serving import make_server
 
+from painline.app import telephony_config
 from painline.config import Settings
 from schema.db import make_engine, session_factory
+from tests.stream_servers import running_stream_server
 from tests.telephony.helpers import PUBLIC_URL, LiveServer, make_app
 from tests.telephony_fixtures import AUTH_TOKEN, HMAC_KEY
 
@@ -59,14 +61,25 @@ def telephony_app(tel_settings: Settings, tel_sessions: sessionmaker[Session], r
     return make_app(tel_settings, tel_sessions, rq_queue)
 
 
-@pytest.fixture
-def live_server(telephony_app: Flask) -> Iterator[LiveServer]:
+@pytest.fixture(params=["flask", "asyncio"])
+def live_server(
+    request: pytest.FixtureRequest,
+    telephony_app: Flask,
+    tel_settings: Settings,
+    tel_sessions: sessionmaker[Session],
+    rq_queue: Queue,
+) -> Iterator[LiveServer]:
+    """The app in werkzeug; its ``ws_url`` is the Flask route's, or ``painline stream``'s server's."""
     server = make_server("127.0.0.1", 0, telephony_app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="telephony-live-server", daemon=True)
     thread.start()
     port = server.server_port
     try:
-        yield LiveServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", telephony_app)
+        if request.param == "flask":
+            yield LiveServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", telephony_app)
+        else:
+            with running_stream_server(tel_sessions, rq_queue, telephony_config(tel_settings)) as stream:
+                yield LiveServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{stream.port}", telephony_app)
     finally:
         server.shutdown()
         thread.join(timeout=10)

@@ -190,9 +190,9 @@ def test_bad_tokens_are_refused(tel_sessions: sessionmaker[Session], rq_queue: Q
         stream.token = ""
     elif case == "garbage":
         stream.token = "v1.x.y.z"
-    clock = (lambda: datetime.now(UTC) + timedelta(seconds=121)) if case == "expired" else None
+    skew = timedelta(seconds=121 if case == "expired" else 0)
     session = StreamSession(
-        tel_sessions, rq_queue, StreamConfig(hmac_key=HMAC_KEY), **({"clock": clock} if clock else {})
+        tel_sessions, rq_queue, StreamConfig(hmac_key=HMAC_KEY), clock=lambda: datetime.now(UTC) + skew
     )
     messages = stream.messages(b"\xff" * 160)
     session.receive(messages[0])

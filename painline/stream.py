@@ -1,0 +1,58 @@
+"""``painline stream``: the Media Stream socket in its own process, on an event loop.
+
+The composition root's half of :mod:`telephony.stream_server`: settings become an engine, a queue
+and the telephony config exactly as for the web app (:mod:`painline.app`), and the process answers
+``GET /healthz`` on its own port so the load balancer can keep calls off it while it cannot work.
+Behind one public URL the load balancer sends ``/twilio/stream`` here and everything else to
+``painline serve`` (README, Deploying; ``deploy/compose.yaml``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from http import HTTPStatus
+
+from rq import Queue
+
+from painline import redis_conn
+from painline.app import health_report, make_app_engine, telephony_config
+from painline.config import Settings
+from schema.db import session_factory
+from schema.migrate import head_revision
+from telephony.stream_server import PlainResponse, Route, StreamServer, StreamServerOptions, run
+
+log = logging.getLogger(__name__)
+
+
+def serve_stream(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    io_threads: int,
+    drain_s: float,
+    on_ready: Callable[[StreamServer], None] | None = None,
+) -> None:
+    """Build the stream process's resources from ``settings`` and serve until SIGTERM."""
+    engine = make_app_engine(settings)
+    connection = redis_conn.connect(settings)
+    queue = Queue(settings.queue_name, connection=connection)
+    expected = head_revision()
+
+    def healthz() -> PlainResponse:
+        healthy, body = health_report(engine, connection, expected)
+        status = HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE
+        return PlainResponse(status, "application/json", json.dumps(body).encode())
+
+    routes: dict[str, Route] = {"/healthz": healthz}
+    options = StreamServerOptions(host=host, port=port, io_threads=io_threads, drain_s=drain_s, routes=routes)
+    try:
+        run(session_factory(engine), queue, telephony_config(settings), options, on_ready=on_ready)
+    finally:
+        engine.dispose()
+        connection.close()
+
+
+__all__ = ["serve_stream"]
