@@ -3,8 +3,9 @@
 ::
 
     python -m bench.stream --quick                       # smoke test, under two minutes
+    python -m bench.stream --mode ingest --calls 100,200,300,500,800     # painline stream (production)
     python -m bench.stream --mode ingest --worker-class gthread,gevent --calls 25,50,100,150,200,300
-    python -m bench.stream --mode e2e --calls 50 --rq-workers 3
+    python -m bench.stream --mode e2e --calls 50,200 --rq-workers 3
     python -m bench.stream --mode ceiling
     python -m bench.stream --mode all                    # everything, then the page
     python -m bench.stream --mode report                 # rebuild docs/stream.md from the JSON
@@ -27,7 +28,7 @@ from bench.stream import report
 from bench.stream.calls import corpus_available, ravdess_dir
 from bench.stream.ceiling import measure as measure_ceiling
 from bench.stream.runs import RunPlan, auto_generator_processes, e2e_run, ingest_run
-from bench.stream.server import DEFAULT_PG_URL, DEFAULT_REDIS_URL, ServerConfig, prepare_database
+from bench.stream.server import ASYNCIO, DEFAULT_PG_URL, DEFAULT_REDIS_URL, ServerConfig, prepare_database
 
 LOG_DIR = Path(__file__).resolve().parents[2] / "var" / "bench-stream" / "logs"
 
@@ -43,7 +44,10 @@ def server_config(worker_class: str, processes: int, calls: int) -> ServerConfig
     wait in a greenlet each: sized at calls + 32 it queued new stream sockets unread behind them
     (seen as megabytes in the server sockets' receive queues), so it gets gunicorn's default of
     1000 or three per call. A gthread thread costs real memory, so there it stays calls + 32.
+    The asyncio layout is one ``painline stream`` process beside one webhook gunicorn process.
     """
+    if worker_class == ASYNCIO:
+        return ServerConfig(ASYNCIO, 1, 0)
     if worker_class == "gevent":
         return ServerConfig(worker_class, processes, max(1000, 3 * calls))
     return ServerConfig(worker_class, processes, calls + 32)
@@ -84,7 +88,12 @@ def run_ingest(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_e2e(args: argparse.Namespace) -> dict[str, Any]:
-    n = args.calls_list[0]
+    """One end-to-end run per N; the first N's is also kept as ``e2e`` (the targets are set at 50)."""
+    runs = {str(n): _run_e2e(args, n) for n in args.calls_list}
+    return {"e2e": runs[str(args.calls_list[0])], "e2e_runs": runs}
+
+
+def _run_e2e(args: argparse.Namespace, n: int) -> dict[str, Any]:
     plan = RunPlan(n, args.duration, args.ramp, args.generator_processes or auto_generator_processes(n))
     worker_class = args.worker_class.split(",")[0]
     processes = _ints(args.web_processes)[0]
@@ -106,7 +115,7 @@ def run_e2e(args: argparse.Namespace) -> dict[str, Any]:
         f"{run['worker_cpu_s_per_audio_s']} s per audio s",
         flush=True,
     )
-    return {"e2e": run}
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,13 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="smoke test: ingest 10 and 30 calls of 10 s, e2e 4 calls, short ceiling; "
         "results go to var/bench-stream/quick.json, not to the committed files",
     )
-    p.add_argument("--calls", default="50,100,200,300", help="N values, comma-separated (e2e: the first)")
+    p.add_argument("--calls", default="100,200,300,500,800", help="N values, comma-separated")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of audio per call (default 60)")
     p.add_argument("--ramp", type=float, default=10.0, help="calls start evenly over this many seconds")
     p.add_argument(
         "--worker-class",
-        default="gthread,gevent",
-        help="gunicorn worker classes to measure (e2e and --quick: the first)",
+        default=ASYNCIO,
+        help="server layouts to measure: asyncio (painline stream, production), gthread, gevent "
+        "(gunicorn serving the socket too); e2e and --quick: the first",
     )
     p.add_argument("--web-processes", default="2", help="gunicorn worker processes, comma-separated")
     p.add_argument("--generator-processes", type=int, default=0, help="0: one per 150 calls")
@@ -172,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.quick:
             args.calls_list = [4]
         elif args.mode == "all":
-            args.calls_list = [50]
+            args.calls_list = [50, 200]
         update.update(run_e2e(args))
     if args.no_write:
         return 0

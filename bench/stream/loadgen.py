@@ -63,6 +63,7 @@ class GeneratorConfig:
     public_url: str
     auth_token: str
     status_callbacks: bool = True
+    stream_base_url: str | None = None  # `painline stream` on an address of its own (no proxy in front)
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ async def run_call(
         result.webhook_ms = (loop.time() - began) * 1000
         began = loop.time()
         ws = await session.ws_connect(
-            connect_url(instruction.url, cfg.base_url),
+            connect_url(instruction.url, cfg.stream_base_url or cfg.base_url),
             autoping=True,
             compress=0,
             headers=handshake_headers(cfg.auth_token, instruction.url),

@@ -181,7 +181,9 @@ def _stream_metrics(
 
 
 def _stream(server: WebServer, plan: RunPlan) -> tuple[loadgen.ProcessOutcome, float, float]:
-    cfg = loadgen.GeneratorConfig(base_url=server.url, public_url=server.url, auth_token=AUTH_TOKEN)
+    cfg = loadgen.GeneratorConfig(
+        base_url=server.url, public_url=server.url, auth_token=AUTH_TOKEN, stream_base_url=server.stream_url
+    )
     specs = loadgen.ramp_specs(plan.calls, plan.ramp_s, plan.duration_s)
     cpu_before = server.cpu_s()
     began = time.monotonic()

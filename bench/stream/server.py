@@ -133,14 +133,22 @@ def tree_cpu_s(root: psutil.Process) -> float:
 # the web server
 
 
+ASYNCIO = "asyncio"
+"""The production layout: ``painline stream`` takes the sockets, gunicorn (gthread) the webhooks."""
+
+WEBHOOK_THREADS = 16  # the webhook-only gunicorn beside ``painline stream``: requests, not calls
+
+
 @dataclass(frozen=True)
 class ServerConfig:
-    worker_class: str  # gthread | gevent
-    processes: int  # gunicorn worker processes
+    worker_class: str  # asyncio (painline stream + gunicorn for webhooks) | gthread | gevent
+    processes: int  # gunicorn worker processes (asyncio: one stream process, this many web processes)
     capacity: int  # gthread: threads per process; gevent: worker connections per process
 
     @property
     def label(self) -> str:
+        if self.worker_class == ASYNCIO:
+            return "painline-stream"
         return f"{self.worker_class}-{self.processes}p"
 
 
@@ -154,13 +162,20 @@ class WebServer:
     database_url: str
     redis_url: str
     extra: dict[str, Any] = field(default_factory=dict)
+    stream_url: str | None = None  # where calls open the socket, if not at ``url`` (painline stream)
+    companion: PainlineProcess | None = None  # the webhook gunicorn beside painline stream
 
     @property
     def psutil_process(self) -> psutil.Process:
         return psutil.Process(self.process.pid)
 
     def cpu_s(self) -> float:
-        return tree_cpu_s(self.psutil_process)
+        """Every server process's CPU: the stream process and the webhook gunicorn both count."""
+        total = tree_cpu_s(self.psutil_process)
+        if self.companion is not None:
+            with contextlib.suppress(psutil.Error):
+                total += tree_cpu_s(psutil.Process(self.companion.pid))
+        return total
 
     def stats_records(self) -> list[dict[str, Any]]:
         records = []
@@ -195,7 +210,15 @@ def _wait_healthy(url: str, process: PainlineProcess, timeout_s: float = 60.0) -
 def web_server(
     config: ServerConfig, database_url: str, redis_url: str, log_dir: Path, queue_name: str | None = None
 ) -> Iterator[WebServer]:
-    """gunicorn as ``painline serve --gunicorn`` runs it, on a free port, until the block ends."""
+    """gunicorn as ``painline serve --gunicorn`` runs it, on a free port, until the block ends.
+
+    For the ``asyncio`` layout, ``painline stream`` on a second port beside it; its log (where the
+    stream stats lines are written) is the server's log.
+    """
+    if config.worker_class == ASYNCIO:
+        with _stream_layout(config, database_url, redis_url, log_dir, queue_name) as server:
+            yield server
+        return
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     queue_name = queue_name or f"painline-bench-{secrets.token_hex(4)}"
@@ -218,6 +241,42 @@ def web_server(
         yield WebServer(config, url, process, log_path, queue_name, database_url, redis_url)
     finally:
         process.stop(timeout_s=40.0)
+
+
+@contextlib.contextmanager
+def _stream_layout(
+    config: ServerConfig, database_url: str, redis_url: str, log_dir: Path, queue_name: str | None
+) -> Iterator[WebServer]:
+    port, stream_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{port}"
+    queue_name = queue_name or f"painline-bench-{secrets.token_hex(4)}"
+    env = server_environment(database_url, redis_url, queue_name, PAINLINE_PUBLIC_URL=url)
+    command = gunicorn_command("127.0.0.1", port, config.processes, WEBHOOK_THREADS, worker_class="gthread")
+    web = PainlineProcess(command, env, log_dir / f"web-{config.label}-{port}.log", program=(), stdout=False)
+    log_path = log_dir / f"server-{config.label}-{stream_port}.log"
+    log_path.unlink(missing_ok=True)
+    stream = PainlineProcess(["stream", "--port", str(stream_port), "--drain-s", "0"], env, log_path, stdout=False)
+    web.start()
+    try:
+        stream.start()
+        try:
+            _wait_healthy(url, web)
+            _wait_healthy(f"http://127.0.0.1:{stream_port}", stream)
+            yield WebServer(
+                config,
+                url,
+                stream,
+                log_path,
+                queue_name,
+                database_url,
+                redis_url,
+                stream_url=f"http://127.0.0.1:{stream_port}",
+                companion=web,
+            )
+        finally:
+            stream.stop(timeout_s=40.0)
+    finally:
+        web.stop(timeout_s=40.0)
 
 
 # ---------------------------------------------------------------------------------------------------
