@@ -140,6 +140,9 @@ class StreamServer:
             max_size=MAX_MESSAGE_BYTES,
             compression=None,  # Twilio does not negotiate it; inflating 50 frames a second costs CPU
             close_timeout=self._options.close_timeout_s,
+            # no keepalive pings: a peer that never reads (Twilio only sends) would miss the pong and be
+            # cut off after 40 s; liveness is the idle sweep's, from the frames every 20 ms
+            ping_interval=None,
         )
 
     async def run_until(self, stop: asyncio.Event) -> None:
