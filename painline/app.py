@@ -45,6 +45,8 @@ from dashboard.sessions import SessionStore
 from painline import redis_conn
 from painline.config import Settings
 from painline.datakeys import install_data_keys
+from painline.metrics import install as install_metrics
+from painline.metrics import metrics_blueprint
 from schema.contract import JobOptions, call_channel, flag_channel
 from schema.db import is_sqlite, make_engine, session_factory
 from schema.migrate import head_revision
@@ -112,6 +114,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["painline.sock"] = sock
     init_telephony(app, sock, telephony_config(settings))
     app.register_blueprint(health_blueprint())
+    install_metrics(app.extensions["painline.queue"])
+    app.register_blueprint(metrics_blueprint())
     init_dashboard(app, dashboard_config(settings))
     return app
 

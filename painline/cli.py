@@ -231,6 +231,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             speaker=not args.no_speaker,
             name=args.name,
             logging_level=args.log_level.upper(),
+            metrics_port=args.metrics_port,
         )
     except FileNotFoundError as exc:
         print(f"painline worker: {exc}", file=sys.stderr)
@@ -786,6 +787,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run jobs in-process (rq.SimpleWorker); the default, accepted for old scripts",
     )
     p.add_argument("--burst", action="store_true", help="quit when the queue is empty")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus /metrics on this port (default: 0, none; README shows a scrape configuration)",
+    )
     p.add_argument(
         "--no-scheduler",
         action="store_true",

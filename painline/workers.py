@@ -42,7 +42,10 @@ from analysis.embedders import EmbedderSources
 from analysis.segmentation import VadConfig
 from painline import redis_conn
 from painline.config import Settings
+from painline.metrics import install as install_metrics
+from painline.metrics import serve_worker_metrics
 from schema.contract import call_channel, flag_channel
+from worker.metrics import job_failed
 
 if TYPE_CHECKING:  # for the annotations only; the functions below import it when they run
     from worker.context import WorkerContext
@@ -129,6 +132,18 @@ class ThreadWorker(PainlineSimpleWorker):
         return super().execute_job(job, queue)
 
 
+def count_failed_job(job: Job, *_exc_info: object) -> bool:
+    """RQ exception handler: count the failure as retried or failed.
+
+    RQ calls its exception handlers before it retries or fails the job, so the decision is read the
+    way RQ will take it (``should_retry``: retries left). Returns True so RQ goes on to its next
+    handler; the failure itself is RQ's to record.
+    """
+    name = (job.func_name or "unknown").rsplit(".", 1)[-1]
+    job_failed(name, will_retry=job.should_retry)
+    return True
+
+
 def default_worker_class(fork: bool = False) -> type[BaseWorker]:
     """:class:`PainlineSimpleWorker`, or the forking :class:`PainlineWorker` when asked and the platform can fork."""
     if fork and hasattr(os, "fork"):
@@ -183,6 +198,7 @@ def run_worker(
     speaker: bool = True,
     name: str | None = None,
     logging_level: str = "INFO",
+    metrics_port: int = 0,
 ) -> bool:
     """Build and install the context, then work the configured queue; True if any job ran.
 
@@ -196,10 +212,13 @@ def run_worker(
     install_context(ctx)
     worker_class = default_worker_class(fork)
     queue = Queue(settings.queue_name, connection=connection)
+    install_metrics(queue)
+    if metrics_port:
+        serve_worker_metrics(metrics_port)
     worked = False
     try:
         while True:
-            worker = worker_class([queue], connection=connection, name=name)
+            worker = worker_class([queue], connection=connection, name=name, exception_handlers=[count_failed_job])
             name = None  # a restarted worker takes a new name: the lost one may still be registered
             log.info(
                 "worker %s (%s) on queue %s, model %s",
@@ -268,7 +287,11 @@ class BackgroundWorker:
                 if self._worker is not None:
                     self._jobs_before += self._worker.jobs_run
                 self._worker = ThreadWorker(
-                    [self.queue], connection=self.queue.connection, job_class=self.job_class, stop_event=self._stop
+                    [self.queue],
+                    connection=self.queue.connection,
+                    job_class=self.job_class,
+                    stop_event=self._stop,
+                    exception_handlers=[count_failed_job],
                 )
                 self._worker.work(logging_level=self.logging_level)
                 if not self._stop.is_set():

@@ -48,6 +48,7 @@ from telephony.messages import (
     Stop,
     parse_message,
 )
+from telephony.metrics import STREAMS
 from telephony.saving import FinishOutcome, OutageTolerantSaver, SavingPolicy
 from telephony.stream_stats import StreamStats, log_stream_end
 from telephony.twiml import TOKEN_PARAMETER
@@ -153,6 +154,7 @@ class StreamSession:
         # utterances on their way to the database, held through outages; made at start, with the call
         self._saver: OutageTolerantSaver[SegmentedUtterance] | None = None
         self._streaming_since: float | None = None  # time.monotonic() at start, for the flood check
+        STREAMS.opened(self)
 
     @property
     def ended(self) -> bool:
@@ -206,6 +208,12 @@ class StreamSession:
         """
         if self.state is StreamState.ENDED:
             return
+        try:
+            self._finish()
+        finally:
+            STREAMS.closed(self)  # its counts move to the process totals /metrics reports
+
+    def _finish(self) -> None:
         started = self.state is StreamState.STREAMING
         self.state = StreamState.ENDED
         if not started or self.call_id is None or self._saver is None:

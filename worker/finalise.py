@@ -24,6 +24,7 @@ from schema.audit import record
 from schema.contract import LiveEvent
 from schema.db import session_scope
 from schema.models import Call, CallStatus, utcnow
+from worker import metrics
 from worker.baselines import CallNotReady
 from worker.calls import announce, pending_utterances, verdict_and_evidence
 from worker.context import WorkerContext
@@ -90,6 +91,7 @@ def finalise(ctx: WorkerContext, call_id: int) -> FinaliseOutcome:
         )
     if change is not None:
         announce_from(ctx, change)
+        metrics.flag_published(change.level, change.event, None)  # raised at hang-up: no one utterance
     announce(ctx, LiveEvent.CALL_FINALISED, call_id)
     log.info("call %s finalised: %s", call_id, verdict.value)
     return FinaliseOutcome(verdict.value)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -67,6 +68,7 @@ from schema.models import (
     Voiceprint,
     utcnow,
 )
+from worker import metrics
 from worker.calls import LockedCall, announce, update_running_score
 from worker.context import WorkerContext
 from worker.featurize import featurize
@@ -102,6 +104,7 @@ class _Inputs:
     voiceprint: np.ndarray | None
     voiceprint_embedder: str | None
     call_speaker_vectors: list[np.ndarray]  # d-vectors of the call's utterances this model scored before
+    created_at: datetime  # when the stream wrote the row (the VAD had just closed it): latency's start
 
 
 def score(ctx: WorkerContext, utterance_id: int) -> ScoreOutcome:
@@ -161,8 +164,10 @@ def score(ctx: WorkerContext, utterance_id: int) -> ScoreOutcome:
         move_on(view)
     else:
         view.own = folded  # only now: a rolled-back write must not count
+    metrics.scored(inputs.created_at)
     if change is not None:
         announce_from(ctx, dataclasses.replace(change, utterance_id=utterance_id))
+        metrics.flag_published(change.level, change.event, inputs.created_at)
     announce(ctx, LiveEvent.CALL_SCORED, inputs.call_id)  # even for a finalised call: its rows changed
     log.info("utterance %s scored (baseline %s)", utterance_id, "applied" if applied else "not applied")
     return ScoreOutcome.SCORED
@@ -248,6 +253,7 @@ def _read_inputs(ctx: WorkerContext, utterance_id: int) -> _Inputs | ScoreOutcom
                 Utterance.call_id,
                 Utterance.status,
                 Utterance.speech_s,
+                Utterance.created_at,
                 UtteranceAudio.mulaw,
                 Call.patient_id,
                 Score.id.label("score_id"),
@@ -319,6 +325,7 @@ def _read_inputs(ctx: WorkerContext, utterance_id: int) -> _Inputs | ScoreOutcom
             voiceprint=voiceprint,
             voiceprint_embedder=voiceprint_embedder,
             call_speaker_vectors=[from_bytes(v) for v in earlier if v is not None],
+            created_at=row.created_at,
         )
 
 
