@@ -413,12 +413,14 @@ class StreamSession:
     def _persist(self, call_id: int, utterance: SegmentedUtterance) -> int | None:
         """Utterance and its audio in one transaction; None if the database refused.
 
-        Two plain INSERTs rather than ORM objects: this runs in the socket's thread, about once a
-        second per call, and the unit-of-work machinery cost more than the database round trips.
+        Two plain INSERTs on the session's connection rather than ORM objects or ``Session.execute``:
+        this runs about once a second per call, and both the unit of work and the ORM's bulk-insert
+        path cost more CPU than the database round trips (``docs/stream.md``, profile).
         """
         try:
             with session_scope(self._sessions) as session:
-                utterance_id = session.execute(
+                connection = session.connection()
+                utterance_id = connection.execute(
                     insert(Utterance)
                     .values(
                         call_id=call_id,
@@ -430,7 +432,7 @@ class StreamSession:
                     )
                     .returning(Utterance.id)
                 ).scalar_one()
-                session.execute(insert(UtteranceAudio).values(utterance_id=utterance_id, mulaw=utterance.mulaw))
+                connection.execute(insert(UtteranceAudio).values(utterance_id=utterance_id, mulaw=utterance.mulaw))
         except SQLAlchemyError as exc:
             log.warning("call %s: utterance not saved yet (%s); kept in memory", call_id, type(exc).__name__)
             return None
