@@ -289,21 +289,7 @@ def run(
             on_ready(server)
         await server.run_until(stop)
 
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(main())
+    asyncio.run(main())
 
 
-def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (the locked install has it), else asyncio's own.
-
-    The loop's own work, a Python-level read callback and selector pass for every 20 ms frame of
-    every call, was the largest item of the stream process's profile; uvloop does it in C.
-    """
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-__all__ = ["PlainResponse", "Route", "StreamServer", "StreamServerOptions", "event_loop_factory", "run"]
+__all__ = ["PlainResponse", "Route", "StreamServer", "StreamServerOptions", "run"]

@@ -16,7 +16,7 @@ from rq import Queue
 from sqlalchemy.orm import Session
 
 from telephony.config import TelephonyConfig
-from telephony.stream_server import StreamServer, StreamServerOptions, event_loop_factory
+from telephony.stream_server import StreamServer, StreamServerOptions
 
 
 @contextlib.contextmanager
@@ -28,8 +28,7 @@ def running_stream_server(
 ) -> Iterator[StreamServer]:
     """Serve on 127.0.0.1 (a free port unless ``options`` says otherwise) until the block ends."""
     options = options or StreamServerOptions(host="127.0.0.1", port=0, drain_s=0.0)
-    factory = event_loop_factory()  # uvloop, as painline stream runs, when installed
-    loop = factory() if factory is not None else asyncio.new_event_loop()
+    loop = asyncio.new_event_loop()
     server = StreamServer(sessions, queue, config, options)
     stop = asyncio.Event()
     ready = threading.Event()

@@ -7,6 +7,7 @@
     python -m bench.stream --mode ingest --worker-class gthread,gevent --calls 25,50,100,150,200,300
     python -m bench.stream --mode e2e --calls 50,200 --rq-workers 3
     python -m bench.stream --mode ceiling
+    python -m bench.stream --mode floor                  # event loop + websockets alone, per frame
     python -m bench.stream --mode all                    # everything, then the page
     python -m bench.stream --mode report                 # rebuild docs/stream.md from the JSON
 
@@ -27,6 +28,7 @@ from typing import Any
 from bench.stream import report
 from bench.stream.calls import corpus_available, ravdess_dir
 from bench.stream.ceiling import measure as measure_ceiling
+from bench.stream.floor import measure as measure_floor
 from bench.stream.runs import RunPlan, auto_generator_processes, e2e_run, ingest_run
 from bench.stream.server import ASYNCIO, DEFAULT_PG_URL, DEFAULT_REDIS_URL, ServerConfig, prepare_database
 
@@ -82,7 +84,7 @@ def run_ingest(args: argparse.Namespace) -> dict[str, Any]:
                 runs.append(run)
                 if not run["sustained"] and args.stop_at_first_loss:
                     break
-            label = f"{worker_class}-{processes}p"
+            label = server_config(worker_class, processes, 0).label
             sweeps[label] = {"worker_class": worker_class, "web_processes": processes, "runs": runs}
     return {"ingest": sweeps}
 
@@ -120,7 +122,7 @@ def _run_e2e(args: argparse.Namespace, n: int) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.stream", description=__doc__.splitlines()[0])
-    p.add_argument("--mode", choices=("ingest", "e2e", "ceiling", "all", "report"), default="ingest")
+    p.add_argument("--mode", choices=("ingest", "e2e", "ceiling", "floor", "all", "report"), default="ingest")
     p.add_argument(
         "--quick",
         action="store_true",
@@ -163,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not corpus_available():
         print(f"bench.stream: the RAVDESS corpus is not at {ravdess_dir()} (set PAINLINE_DATA_DIR)", file=sys.stderr)
         return 1
-    modes = ["ceiling", "ingest", "e2e"] if args.mode == "all" or args.quick else [args.mode]
+    modes = ["ceiling", "floor", "ingest", "e2e"] if args.mode == "all" or args.quick else [args.mode]
     if args.quick:
         args.duration, args.ramp = 10.0, 2.0
         args.results = LOG_DIR.parent / "quick.json"
@@ -172,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "ceiling" in modes:
         update["ceiling"] = measure_ceiling(*((2, 20.0, 1) if args.quick else (4, 60.0, 3)))
         print("ceiling:", json.dumps(update["ceiling"]), flush=True)
+    if "floor" in modes:
+        update["floor"] = measure_floor(*((30, 5.0) if args.quick else (150, 15.0)))
+        print("floor:", json.dumps(update["floor"]), flush=True)
     if "ingest" in modes or "e2e" in modes:
         prepare_database(args.database_url)
     if "ingest" in modes:

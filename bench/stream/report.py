@@ -289,6 +289,18 @@ def render(data: dict[str, Any]) -> str:
             f"this machine's {ceiling['cores']} cores (no socket, thread, database, queue or load generator).",
             "",
         ]
+    floor = data.get("floor")
+    if floor:
+        per_loop = ", ".join(f"{loop} {r['us_per_frame']} µs" for loop, r in floor["loops"].items())
+        lines += [
+            "## Floor",
+            "",
+            f"A server that only receives, with `painline stream`'s library and options ({floor['library']}, no "
+            f"compression, no pings), and {floor['calls']} paced sockets each sending one media message every "
+            f"20 ms: CPU per frame received {per_loop} (`bench/stream/floor.py`). This is what the event loop "
+            "and the WebSocket library cost before any of painline's work.",
+            "",
+        ]
     if sweeps:
         lines += ["## Ingest (no RQ worker running)", ""]
         lines += [

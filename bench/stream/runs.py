@@ -83,7 +83,12 @@ def _call_ids(database_url: str, call_sids: Sequence[str]) -> dict[str, int]:
 
 
 def _stream_metrics(
-    server: WebServer, plan: RunPlan, outcome: loadgen.ProcessOutcome, cpu_s: float, wall_s: float
+    server: WebServer,
+    plan: RunPlan,
+    outcome: loadgen.ProcessOutcome,
+    cpu_s: float,
+    wall_s: float,
+    process_cores: list[float],
 ) -> dict[str, Any]:
     results = outcome.results
     ids = _call_ids(server.database_url, [r.call_sid for r in results])
@@ -157,6 +162,7 @@ def _stream_metrics(
         "call_seconds": round(call_seconds, 1),
         "server_cpu_ms_per_call_s": round(1000 * cpu_s / call_seconds, 3) if call_seconds else None,
         "server_cpu_cores_mean": round(cpu_s / wall_s, 3) if wall_s else None,
+        "server_process_cores": process_cores,  # each server process's mean cores, busiest first
         "wall_s": round(wall_s, 1),
         "generator": {
             "cpu_s": round(outcome.cpu_s, 2),
@@ -180,16 +186,18 @@ def _stream_metrics(
     }
 
 
-def _stream(server: WebServer, plan: RunPlan) -> tuple[loadgen.ProcessOutcome, float, float]:
+def _stream(server: WebServer, plan: RunPlan) -> tuple[loadgen.ProcessOutcome, float, float, list[float]]:
     cfg = loadgen.GeneratorConfig(
         base_url=server.url, public_url=server.url, auth_token=AUTH_TOKEN, stream_base_url=server.stream_url
     )
     specs = loadgen.ramp_specs(plan.calls, plan.ramp_s, plan.duration_s)
-    cpu_before = server.cpu_s()
+    cpu_before, per_process_before = server.cpu_s(), server.process_cpu_s()
     began = time.monotonic()
     outcome = loadgen.run_processes(cfg, specs, plan.generator_processes)
     wall = time.monotonic() - began
-    return outcome, server.cpu_s() - cpu_before, wall
+    per_process = server.process_cpu_s()
+    cores = sorted(((cpu - per_process_before.get(pid, 0.0)) / wall for pid, cpu in per_process.items()), reverse=True)
+    return outcome, server.cpu_s() - cpu_before, wall, [round(c, 3) for c in cores]
 
 
 def ingest_run(
@@ -198,8 +206,8 @@ def ingest_run(
     """N calls with no worker: the web tier alone. Rows and queued jobs are deleted afterwards."""
     with web_server(config, database_url, redis_url, log_dir) as server:
         try:
-            outcome, cpu, wall = _stream(server, plan)
-            metrics = _stream_metrics(server, plan, outcome, cpu, wall)
+            outcome, cpu, wall, cores = _stream(server, plan)
+            metrics = _stream_metrics(server, plan, outcome, cpu, wall, cores)
         finally:
             clear_queue(redis_url, server.queue_name)
             delete_all_rows(database_url)
@@ -373,8 +381,8 @@ def e2e_run(
                 recorder = FlagRecorder(redis_url, channel)
                 try:
                     worker_cpu0 = procs.cpu_s()
-                    outcome, cpu, wall = _stream(server, plan)
-                    metrics = _stream_metrics(server, plan, outcome, cpu, wall)
+                    outcome, cpu, wall, cores = _stream(server, plan)
+                    metrics = _stream_metrics(server, plan, outcome, cpu, wall, cores)
                     ids = _call_ids(database_url, [r.call_sid for r in outcome.results])
                     detected, scored, waited = _drain(database_url, list(ids.values()), drain_timeout_s)
                     worker_cpu = procs.cpu_s() - worker_cpu0

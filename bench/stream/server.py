@@ -129,6 +129,22 @@ def tree_cpu_s(root: psutil.Process) -> float:
     return total
 
 
+def process_cpu_s(root: psutil.Process) -> dict[int, float]:
+    """User + system CPU of ``root`` and each live descendant, per process id.
+
+    The server's total hides how it is spread: a process whose Python work (under its one GIL)
+    nears a whole core falls behind even while the machine has CPU free, so the bench reports the
+    busiest process too.
+    """
+    out: dict[int, float] = {}
+    with contextlib.suppress(psutil.Error):
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                out[proc.pid] = t.user + t.system
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # the web server
 
@@ -168,6 +184,14 @@ class WebServer:
     @property
     def psutil_process(self) -> psutil.Process:
         return psutil.Process(self.process.pid)
+
+    def process_cpu_s(self) -> dict[int, float]:
+        """CPU per server process (stream process, gunicorn master and workers)."""
+        out = process_cpu_s(self.psutil_process)
+        if self.companion is not None:
+            with contextlib.suppress(psutil.Error):
+                out.update(process_cpu_s(psutil.Process(self.companion.pid)))
+        return out
 
     def cpu_s(self) -> float:
         """Every server process's CPU: the stream process and the webhook gunicorn both count."""
