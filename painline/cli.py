@@ -756,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "stream",
         help="serve the Media Stream socket on an event loop",
-        description="The production home of /twilio/stream: one asyncio process holds hundreds of calls. "
+        description="The production home of /twilio/stream: one asyncio process per core, about 150 calls each. "
         "Put it behind the same public URL as `painline serve`, routing /twilio/stream here.",
     )
     p.add_argument("--host", default="127.0.0.1")
