@@ -47,6 +47,8 @@ PUBLIC = {
 }
 # the live queue (Server-Sent Events) streams forever; its guard is tested in test_dashboard_live.py
 STREAMING = {"/events"}
+# for the operator's scraper only: no sign-in, but never answered through the proxy (checked below)
+INTERNAL = {"/metrics"}
 
 
 def page_routes(app: Flask) -> set[tuple[str, str]]:
@@ -68,8 +70,17 @@ def fill(path: str, seed: Seed) -> str:
 def test_matrix_covers_every_page_route(pages_app: Flask) -> None:
     listed = {(m, p) for m, p, _ in PAGES}
     routes = {(m, p) for m, p in page_routes(pages_app) if not p.startswith("/probe/")}  # the auth tests' own
-    unlisted = {(m, p) for m, p in routes if p not in PUBLIC | STREAMING} - listed
+    unlisted = {(m, p) for m, p in routes if p not in PUBLIC | STREAMING | INTERNAL} - listed
     assert not unlisted, f"pages without a role rule in this matrix: {sorted(unlisted)}"
+
+
+@pytest.mark.parametrize("path", sorted(INTERNAL))
+def test_internal_routes_answer_direct_scrapes_only(pages_app: Flask, path: str) -> None:
+    client = pages_app.test_client()
+    assert client.get(path).status_code == 200  # the test client's address is loopback
+    assert client.get(path, headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 404
+    outside = client.get(path, environ_overrides={"REMOTE_ADDR": "8.8.4.4"})  # (documentation ranges count as private)
+    assert outside.status_code == 404
 
 
 @pytest.mark.parametrize("role", ["nurse", "admin", "auditor", "anonymous"])
