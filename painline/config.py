@@ -8,8 +8,8 @@ each layer's own typed config from these settings and passes it down, so tests c
 explicitly. ``docs/configuration.md`` is generated from this class (``python -m painline.config``)
 and a test fails when the two differ.
 
-:func:`production_problems` is what ``painline check`` reports, and what ``painline serve`` and
-``painline worker`` refuse to start with when they are run for a deployment.
+:func:`production_problems` is what ``painline check`` reports, and what ``painline serve``,
+``painline stream`` and ``painline worker`` refuse to start with when they are run for a deployment.
 """
 
 from __future__ import annotations
@@ -467,10 +467,10 @@ def configuration_markdown() -> str:
         "Every setting painline reads, from the environment of each process (web, stream, worker, sweep,",
         "retention). Generated from `painline.config.Settings` by `python -m painline.config >",
         "docs/configuration.md`; a test fails when this page and the code differ. **Required in production**",
-        "marks what `painline check` reports when it is missing. `painline serve` and `painline worker` run the",
-        "same check at start-up: they log each finding, and refuse to start on those that would leave them",
-        "running broken (no `PAINLINE_SECRET_KEY` with more than one web process, contradictory call-flow",
-        "settings, a missing model, values out of range).",
+        "marks what `painline check` reports when it is missing. `painline serve`, `painline stream` and",
+        "`painline worker` run the same check at start-up: they log each finding, and refuse to start on",
+        "those that would leave them running broken (no `PAINLINE_SECRET_KEY` with more than one web",
+        "process, contradictory call-flow settings, a missing model, values out of range).",
         "",
     ]
     for f in fields(Settings):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from http import HTTPStatus
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -27,7 +26,7 @@ from painline.metrics import exposition
 from painline.metrics import install as install_metrics
 from schema.db import session_factory
 from schema.migrate import head_revision
-from telephony.stream_server import PlainResponse, Route, StreamServer, StreamServerOptions, run
+from telephony.stream_server import PlainResponse, Route, StreamServerOptions, run
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,6 @@ def serve_stream(
     port: int,
     io_threads: int,
     drain_s: float,
-    on_ready: Callable[[StreamServer], None] | None = None,
 ) -> None:
     """Build the stream process's resources from ``settings`` and serve until SIGTERM."""
     # websockets logs every connection at INFO: two lines per call, nothing an operator acts on
@@ -66,7 +64,7 @@ def serve_stream(
     routes = stream_routes(engine, connection, queue)
     options = StreamServerOptions(host=host, port=port, io_threads=io_threads, drain_s=drain_s, routes=routes)
     try:
-        run(session_factory(engine), queue, telephony_config(settings), options, on_ready=on_ready)
+        run(session_factory(engine), queue, telephony_config(settings), options)
     finally:
         engine.dispose()
         connection.close()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -75,15 +75,8 @@ class StreamMetrics(Collector):
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         with self._lock:
             live = list(self._open)
-            now = _Totals(
-                frames=self._done.frames,
-                late=self._done.late,
-                gap_frames=self._done.gap_frames,
-                utterances_saved=self._done.utterances_saved,
-                utterances_lost=self._done.utterances_lost,
-                streams=self._done.streams,
-            )
-            now.lag.merge(self._done.lag)
+            now = replace(self._done, lag=LagHistogram())
+            now.lag.merge(self._done.lag)  # a copy: the sessions still open are added to it below
         streaming = 0
         for session in live:
             now.add(session)

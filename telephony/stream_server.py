@@ -272,8 +272,6 @@ def run(
     queue: Queue | None,
     config: TelephonyConfig,
     options: StreamServerOptions,
-    *,
-    on_ready: Callable[[StreamServer], None] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain (the process entry point ``painline stream`` calls)."""
 
@@ -285,8 +283,6 @@ def run(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         log.info("painline stream on ws://%s:%d%s", options.host, server.port, STREAM_PATH)
-        if on_ready is not None:
-            on_ready(server)
         await server.run_until(stop)
 
     asyncio.run(main())

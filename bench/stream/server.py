@@ -185,21 +185,24 @@ class WebServer:
     def psutil_process(self) -> psutil.Process:
         return psutil.Process(self.process.pid)
 
-    def process_cpu_s(self) -> dict[int, float]:
-        """CPU per server process (stream process, gunicorn master and workers)."""
-        out = process_cpu_s(self.psutil_process)
+    def _roots(self) -> list[psutil.Process]:
+        """The server's top processes: gunicorn's master, or painline stream and its webhook gunicorn."""
+        roots = [self.psutil_process]
         if self.companion is not None:
             with contextlib.suppress(psutil.Error):
-                out.update(process_cpu_s(psutil.Process(self.companion.pid)))
+                roots.append(psutil.Process(self.companion.pid))
+        return roots
+
+    def process_cpu_s(self) -> dict[int, float]:
+        """CPU per server process (stream process, gunicorn master and workers)."""
+        out: dict[int, float] = {}
+        for root in self._roots():
+            out.update(process_cpu_s(root))
         return out
 
     def cpu_s(self) -> float:
-        """Every server process's CPU: the stream process and the webhook gunicorn both count."""
-        total = tree_cpu_s(self.psutil_process)
-        if self.companion is not None:
-            with contextlib.suppress(psutil.Error):
-                total += tree_cpu_s(psutil.Process(self.companion.pid))
-        return total
+        """Every server process's CPU, with reaped children's (which :meth:`process_cpu_s` cannot list)."""
+        return sum(tree_cpu_s(root) for root in self._roots())
 
     def stats_records(self) -> list[dict[str, Any]]:
         records = []
@@ -231,21 +234,53 @@ def _wait_healthy(url: str, process: PainlineProcess, timeout_s: float = 60.0) -
 
 
 @contextlib.contextmanager
+def _gunicorn(command: list[str], env: dict[str, str], url: str, log_path: Path) -> Iterator[PainlineProcess]:
+    """One gunicorn as ``painline serve --gunicorn`` runs it, healthy until the block ends.
+
+    Its stderr is the log (its stats lines are read back, so they must be this run's only); stdout
+    is gunicorn's access log, not wanted here.
+    """
+    log_path.unlink(missing_ok=True)
+    process = PainlineProcess(command, env, log_path, program=(), stdout=False).start()
+    try:
+        _wait_healthy(url, process)
+        yield process
+    finally:
+        process.stop(timeout_s=40.0)
+
+
+@contextlib.contextmanager
 def web_server(
     config: ServerConfig, database_url: str, redis_url: str, log_dir: Path, queue_name: str | None = None
 ) -> Iterator[WebServer]:
-    """gunicorn as ``painline serve --gunicorn`` runs it, on a free port, until the block ends.
+    """The server layout ``config`` names on free ports, until the block ends.
 
-    For the ``asyncio`` layout, ``painline stream`` on a second port beside it; its log (where the
-    stream stats lines are written) is the server's log.
+    gunicorn layouts: gunicorn serves webhooks and sockets. ``asyncio``: ``painline stream`` takes the
+    sockets on a second port, and its log (where the stream stats lines are written) is the server's log.
     """
-    if config.worker_class == ASYNCIO:
-        with _stream_layout(config, database_url, redis_url, log_dir, queue_name) as server:
-            yield server
-        return
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     queue_name = queue_name or f"painline-bench-{secrets.token_hex(4)}"
+    env = server_environment(database_url, redis_url, queue_name, PAINLINE_PUBLIC_URL=url)
+    if config.worker_class == ASYNCIO:
+        command = gunicorn_command("127.0.0.1", port, config.processes, WEBHOOK_THREADS, worker_class="gthread")
+        web_log = log_dir / f"web-{config.label}-{port}.log"
+        with (
+            _gunicorn(command, env, url, web_log) as web,
+            _stream_process(env, log_dir / f"server-{config.label}") as (stream, stream_url),
+        ):
+            yield WebServer(
+                config,
+                url,
+                stream,
+                stream.log_path,
+                queue_name,
+                database_url,
+                redis_url,
+                stream_url=stream_url,
+                companion=web,
+            )
+        return
     threads = config.capacity if config.worker_class == "gthread" else 1
     command = gunicorn_command(
         "127.0.0.1",
@@ -255,52 +290,24 @@ def web_server(
         worker_class=config.worker_class,
         worker_connections=max(config.capacity, 64),
     )
-    env = server_environment(database_url, redis_url, queue_name, PAINLINE_PUBLIC_URL=url)
     log_path = log_dir / f"server-{config.label}-{port}.log"
-    log_path.unlink(missing_ok=True)  # its stats lines are read back: they must be this run's only
-    # stderr only: stdout is gunicorn's access log, not wanted here
-    process = PainlineProcess(command, env, log_path, program=(), stdout=False).start()
-    try:
-        _wait_healthy(url, process)
+    with _gunicorn(command, env, url, log_path) as process:
         yield WebServer(config, url, process, log_path, queue_name, database_url, redis_url)
-    finally:
-        process.stop(timeout_s=40.0)
 
 
 @contextlib.contextmanager
-def _stream_layout(
-    config: ServerConfig, database_url: str, redis_url: str, log_dir: Path, queue_name: str | None
-) -> Iterator[WebServer]:
-    port, stream_port = free_port(), free_port()
+def _stream_process(env: dict[str, str], log_stem: Path) -> Iterator[tuple[PainlineProcess, str]]:
+    """``painline stream`` on a free port, healthy until the block ends; yields it and its URL."""
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    queue_name = queue_name or f"painline-bench-{secrets.token_hex(4)}"
-    env = server_environment(database_url, redis_url, queue_name, PAINLINE_PUBLIC_URL=url)
-    command = gunicorn_command("127.0.0.1", port, config.processes, WEBHOOK_THREADS, worker_class="gthread")
-    web = PainlineProcess(command, env, log_dir / f"web-{config.label}-{port}.log", program=(), stdout=False)
-    log_path = log_dir / f"server-{config.label}-{stream_port}.log"
+    log_path = log_stem.with_name(f"{log_stem.name}-{port}.log")
     log_path.unlink(missing_ok=True)
-    stream = PainlineProcess(["stream", "--port", str(stream_port), "--drain-s", "0"], env, log_path, stdout=False)
-    web.start()
+    stream = PainlineProcess(["stream", "--port", str(port), "--drain-s", "0"], env, log_path, stdout=False).start()
     try:
-        stream.start()
-        try:
-            _wait_healthy(url, web)
-            _wait_healthy(f"http://127.0.0.1:{stream_port}", stream)
-            yield WebServer(
-                config,
-                url,
-                stream,
-                log_path,
-                queue_name,
-                database_url,
-                redis_url,
-                stream_url=f"http://127.0.0.1:{stream_port}",
-                companion=web,
-            )
-        finally:
-            stream.stop(timeout_s=40.0)
+        _wait_healthy(url, stream)
+        yield stream, url
     finally:
-        web.stop(timeout_s=40.0)
+        stream.stop(timeout_s=40.0)
 
 
 # ---------------------------------------------------------------------------------------------------
