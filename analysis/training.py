@@ -21,12 +21,14 @@ from sklearn.base import clone
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
+from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
 from analysis.aggregate import logit, sigmoid
 from analysis.baseline import RunningStats, TwoLevelNormaliser
 from analysis.metrics import roc_auc, summarise, threshold_for_specificity
 from analysis.model import PainModel, Platt, model_version
+from analysis.nuisance import NuisanceProjection
 
 # eGeMAPS columns that measure absolute level: the recording-level confound (see the model card)
 LEVEL_FEATURE_PREFIXES = ("loudness_sma3_", "equivalentSoundLevel_dBp")
@@ -43,6 +45,7 @@ class TrainConfig:
     blend_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     target_specificity: float = 0.9
     drop_level_features: bool = False
+    nap_components: int = 0  # population path: speaker directions projected out (analysis.nuisance)
     seed: int = 0
 
 
@@ -65,6 +68,35 @@ def make_classifier(kind: str, c: float, seed: int = 0) -> Any:
     if kind == "gboost":
         return HistGradientBoostingClassifier(learning_rate=0.05, max_iter=int(100 * c), random_state=seed)
     raise ValueError(f"unknown classifier {kind!r}: use svm, logreg or gboost")
+
+
+def population_estimator(cfg: TrainConfig, c: float) -> Any:
+    """The population path's estimator: the classifier, behind a nuisance projection if configured.
+
+    Only the population path gets the projection: the caller path's features are already relative
+    to the caller's own voice, and the spread of its speakers' means is their distress, not who they are.
+    """
+    clf = make_classifier(cfg.classifier, c, cfg.seed)
+    if cfg.nap_components <= 0:
+        return clf
+    return Pipeline([("nap", NuisanceProjection(cfg.nap_components)), ("clf", clf)])
+
+
+def fit_estimator(
+    estimator: Any, Z: np.ndarray, y: np.ndarray, groups: np.ndarray, weight: np.ndarray | None
+) -> Any | None:
+    """Fit ``estimator`` (plain or a :func:`population_estimator` pipeline); None when ``y`` has one class.
+
+    ``weight`` (one per row, or None) goes to the classifier; ``groups`` to the projection, if any.
+    """
+    if len(np.unique(y)) < 2:
+        return None
+    if isinstance(estimator, Pipeline):
+        params: dict[str, Any] = {"nap__groups": groups}
+        if weight is not None:
+            params["clf__sample_weight"] = weight
+        return estimator.fit(Z, y, **params)
+    return estimator.fit(Z, y) if weight is None else estimator.fit(Z, y, sample_weight=weight)
 
 
 def feature_mask(feature_names: list[str], drop_level: bool) -> np.ndarray:
@@ -109,22 +141,20 @@ def caller_training_set(
     normal: np.ndarray,
     cfg: TrainConfig,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Caller-relative features for training speakers, one copy per enrolment draw."""
-    rel, labels = [], []
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Caller-relative features for training speakers, one copy per enrolment draw.
+
+    Returns the features, their labels, and the row of ``X`` each came from (for its weight).
+    """
+    rel, rows = [], []
     for enrol, scored, _ in enrolment_draws(groups, normal, cfg.enrol_k, cfg.draws, rng, remove_enrolled=False):
         offset = norm.caller_offset(RunningStats.from_array(X[enrol]))
         rel.append(norm.relative(X[scored], offset))
-        labels.append(y[scored])
+        rows.append(scored)
     if not rel:
-        return np.zeros((0, X.shape[1])), np.zeros(0, dtype=int)
-    return np.vstack(rel), np.concatenate(labels)
-
-
-def _fit(kind: str, c: float, Z: np.ndarray, y: np.ndarray, seed: int) -> Any | None:
-    if len(np.unique(y)) < 2:
-        return None
-    return make_classifier(kind, c, seed).fit(Z, y)
+        return np.zeros((0, X.shape[1])), np.zeros(0, dtype=int), np.zeros(0, dtype=int)
+    index = np.concatenate(rows)
+    return np.vstack(rel), y[index], index
 
 
 def _decision(clf: Any, Z: np.ndarray) -> np.ndarray:
@@ -141,19 +171,22 @@ class _OOF:
     caller: dict[float, list[np.ndarray]]  # C -> per draw, caller logits
 
 
-def _inner_oof(X, y, groups, normal, mask, cfg: TrainConfig) -> _OOF:  # type: ignore[no-untyped-def]
+def _inner_oof(X, y, groups, normal, mask, weight, cfg: TrainConfig) -> _OOF:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(cfg.seed)
     n_splits = min(cfg.inner_folds, len(np.unique(groups)))
     oof = _OOF({c: np.zeros(len(y)) for c in cfg.c_grid}, [], [], {c: [] for c in cfg.c_grid})
     for tr, te in GroupKFold(n_splits).split(X, y, groups):
         norm = TwoLevelNormaliser(tau=cfg.tau).fit(X[tr], groups[tr])
         z_tr, z_te = norm.standardise(X[tr])[:, mask], norm.standardise(X[te])[:, mask]
-        R, yr = caller_training_set(norm, X[tr], y[tr], groups[tr], normal[tr], cfg, rng)
+        w_tr = weight[tr] if weight is not None else None
+        R, yr, r_rows = caller_training_set(norm, X[tr], y[tr], groups[tr], normal[tr], cfg, rng)
+        w_r = w_tr[r_rows] if w_tr is not None else None
         held = list(enrolment_draws(groups[te], normal[te], cfg.enrol_k, 1, rng, remove_enrolled=True))
         for c in cfg.c_grid:
-            clf = _fit(cfg.classifier, c, z_tr, y[tr], cfg.seed)
+            clf = fit_estimator(population_estimator(cfg, c), z_tr, y[tr], groups[tr], w_tr)
             oof.pop[c][te] = _decision(clf, z_te) if clf is not None else 0.0
-            cclf = _fit(cfg.classifier, c, R[:, mask], yr, cfg.seed) if held else None
+            caller_est = make_classifier(cfg.classifier, c, cfg.seed)
+            cclf = fit_estimator(caller_est, R[:, mask], yr, groups[tr][r_rows], w_r) if held else None
             for enrol, scored, _ in held:
                 offset = norm.caller_offset(RunningStats.from_array(X[te][enrol]))
                 rel = norm.relative(X[te][scored], offset)[:, mask]
@@ -195,16 +228,20 @@ def fit_model(
     task: dict[str, Any],
     training_data: dict[str, Any],
     cfg: TrainConfig | None = None,
+    sample_weight: np.ndarray | None = None,
 ) -> PainModel:
     """Fit both paths, choose C, blend weights, calibration and threshold; return the model.
 
     ``normal`` marks clips in the speaker's normal state (the enrolment pool); ``y`` is 1 for pain.
+    ``sample_weight`` (one per clip) weights the classifiers' fits, e.g. so that each speaker or
+    corpus counts the same however many clips it has; the choices made on out-of-fold predictions
+    (C, blend, calibration, threshold) count every clip once.
     """
     cfg = cfg or TrainConfig()
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y).astype(int)
     mask = feature_mask(feature_names, cfg.drop_level_features)
-    oof = _inner_oof(X, y, groups, normal, mask, cfg)
+    oof = _inner_oof(X, y, groups, normal, mask, sample_weight, cfg)
 
     c_pop = _best({c: roc_auc(y, v) for c, v in oof.pop.items()})
     rows = np.concatenate(oof.caller_rows) if oof.caller_rows else np.zeros(0, dtype=int)
@@ -241,11 +278,19 @@ def fit_model(
             )
 
     norm = TwoLevelNormaliser(tau=cfg.tau).fit(X, groups)
-    pop_clf = make_classifier(cfg.classifier, c_pop, cfg.seed).fit(norm.standardise(X)[:, mask], y)
+    pop_clf = fit_estimator(population_estimator(cfg, c_pop), norm.standardise(X)[:, mask], y, groups, sample_weight)
+    if pop_clf is None:
+        raise ValueError("every training clip has the same label: there is nothing to learn")
     caller_clf = None
     if has_caller:
-        R, yr = caller_training_set(norm, X, y, groups, normal, cfg, np.random.default_rng(cfg.seed + 1))
-        caller_clf = clone(make_classifier(cfg.classifier, c_caller, cfg.seed)).fit(R[:, mask], yr)
+        R, yr, r_rows = caller_training_set(norm, X, y, groups, normal, cfg, np.random.default_rng(cfg.seed + 1))
+        caller_clf = fit_estimator(
+            clone(make_classifier(cfg.classifier, c_caller, cfg.seed)),
+            R[:, mask],
+            yr,
+            groups[r_rows],
+            sample_weight[r_rows] if sample_weight is not None else None,
+        )
 
     card: dict[str, Any] = {
         "format": "painline-model/1",

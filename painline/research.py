@@ -12,6 +12,7 @@ import argparse
 import json
 import time
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -123,16 +124,48 @@ def align_corpora(blocks: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+class Weighting(StrEnum):
+    """How much each clip counts when corpora are pooled for training."""
+
+    CLIPS = "clips"  # every clip once: a corpus with more clips per speaker weighs more
+    SPEAKERS = "speakers"  # every speaker the same, however many clips they recorded
+    CORPORA = "corpora"  # every corpus the same, however many speakers and clips it has
+
+
+def pooling_weights(parts: list[TaskData], weighting: Weighting) -> np.ndarray | None:
+    """One weight per pooled clip (mean 1, so C keeps its meaning), or None for :attr:`Weighting.CLIPS`."""
+    if weighting is Weighting.CLIPS:
+        return None
+    blocks = []
+    for d in parts:
+        if weighting is Weighting.CORPORA:
+            blocks.append(np.full(len(d.y), 1.0 / len(d.y)))
+        else:
+            _, inverse, counts = np.unique(d.groups, return_inverse=True, return_counts=True)
+            blocks.append(1.0 / counts[inverse])
+    w = np.concatenate(blocks)
+    return w * (len(w) / w.sum())
+
+
 def fit_pooled(
-    parts: list[TaskData], embedder: Embedder, channel: ChannelConfig, cfg: TrainConfig, *, aligned: bool = False
+    parts: list[TaskData],
+    embedder: Embedder,
+    channel: ChannelConfig,
+    cfg: TrainConfig,
+    *,
+    aligned: bool = False,
+    weighting: Weighting = Weighting.CLIPS,
 ) -> PainModel:
     """One model on several tasks' clips pooled (speakers kept apart by corpus), as ``painline train`` fits it.
 
     ``aligned``: each corpus standardised by its own statistics first (:func:`align_corpora`).
+    ``weighting``: how much each clip counts in the fit (:class:`Weighting`).
     """
     groups = np.concatenate([np.char.add(f"{d.dataset.name}:", d.groups.astype(str)) for d in parts])
     names = [d.task.name for d in parts]
     blocks = [d.X for d in parts]
+    # recorded only when it is not the default, so the cards of models trained before it keep their versions
+    weighted = {} if weighting is Weighting.CLIPS else {"weighting": weighting.value}
     return fit_model(
         np.vstack(align_corpora(blocks) if aligned else blocks),
         np.concatenate([d.y for d in parts]),
@@ -155,8 +188,10 @@ def fit_pooled(
             ],
             "reproduce": "painline train " + " ".join(f"--task {t}" for t in names) + (" --aligned" if aligned else ""),
             "corpora_aligned": aligned,
+            **weighted,
         },
         cfg=cfg,
+        sample_weight=pooling_weights(parts, weighting),
     )
 
 
@@ -189,13 +224,14 @@ def loco_fold_model(
     cfg: TrainConfig,
     *,
     aligned: bool,
+    weighting: Weighting = Weighting.CLIPS,
     fold_dir: Path | None = None,
 ) -> PainModel:
     """The model trained on every part but ``held_out``; kept in ``fold_dir`` (and reused from it) when given.
 
     A fold model takes minutes to fit and the research bench (bench.detection.loco_offline) scores
     the same folds again, so they are saved as ``<held-out task>.joblib``. A saved one is reused only
-    if its card names the same training tasks, alignment and embedder.
+    if its card names the same training tasks, alignment, weighting, training settings and embedder.
     """
     train = [d for j, d in enumerate(parts) if j != held_out]
     path = fold_dir / f"{parts[held_out].task.name}.joblib" if fold_dir is not None else None
@@ -205,10 +241,12 @@ def loco_fold_model(
         if (
             saved.card.get("task", {}).get("name") == "+".join(d.task.name for d in train)
             and bool(data.get("corpora_aligned")) == aligned
+            and data.get("weighting", Weighting.CLIPS.value) == weighting.value
+            and saved.card.get("training", {}).get("nap_components", 0) == cfg.nap_components
             and saved.embedder_name == embedder.name
         ):
             return saved
-    model = fit_pooled(train, embedder, channel, cfg, aligned=aligned)
+    model = fit_pooled(train, embedder, channel, cfg, aligned=aligned, weighting=weighting)
     if path is not None:
         model.save(path)
     return model

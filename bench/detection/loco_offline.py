@@ -16,7 +16,11 @@ research log (docs/research-log.md) says what was kept.
 A variant is ``<embedder>[/<option>...]``; options:
 
 - ``aligned``: each training corpus standardised by its own statistics before pooling, as a
-  deployment standardises its callers by their own (:func:`painline.research.fit_pooled`).
+  deployment standardises its callers by their own (:func:`painline.research.fit_pooled`);
+- ``speakers`` or ``corpora``: every training speaker, or every training corpus, weighs the same
+  in the fit (:class:`painline.research.Weighting`; by default every clip does);
+- ``nap<k>``: the population path projects out the ``k`` leading directions of between-speaker
+  variation (:mod:`analysis.nuisance`), e.g. ``nap8``.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from analysis.perturb import Noise
 from analysis.training import TrainConfig
 from painline.config import Settings
 from painline.live_path import CALL_SIZES, SPEECH_TASKS, call_plan
-from painline.research import DEFAULT_CHANNEL, TaskData, load_task_data, loco_fold_model
+from painline.research import DEFAULT_CHANNEL, TaskData, Weighting, load_task_data, loco_fold_model
 from painline.workers import embedder_sources
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "loco_research.json"
@@ -70,17 +74,32 @@ def aggregate(probs: np.ndarray, how: str) -> float:
 class Variant:
     embedder: str
     aligned: bool = False
+    weighting: Weighting = Weighting.CLIPS
+    nap: int = 0
 
     @classmethod
     def parse(cls, text: str) -> Variant:
         name, *options = text.split("/")
-        unknown = set(options) - {"aligned"}
-        if unknown:
-            raise SystemExit(f"unknown variant option(s) {sorted(unknown)} in {text!r}")
-        return cls(name, "aligned" in options)
+        variant = cls(name)
+        for option in options:
+            if option == "aligned":
+                variant = replace(variant, aligned=True)
+            elif option in (Weighting.SPEAKERS, Weighting.CORPORA):
+                variant = replace(variant, weighting=Weighting(option))
+            elif option.startswith("nap") and option[3:].isdigit() and int(option[3:]) > 0:
+                variant = replace(variant, nap=int(option[3:]))
+            else:
+                raise SystemExit(f"unknown variant option {option!r} in {text!r}: aligned, speakers, corpora, nap<k>")
+        return variant
 
     def __str__(self) -> str:
-        return self.embedder + ("/aligned" if self.aligned else "")
+        options = ["aligned"] if self.aligned else []
+        options += [self.weighting.value] if self.weighting is not Weighting.CLIPS else []
+        options += [f"nap{self.nap}"] if self.nap else []
+        return "/".join([self.embedder, *options])
+
+    def train_config(self, cfg: TrainConfig) -> TrainConfig:
+        return replace(cfg, nap_components=self.nap)
 
 
 @dataclass
@@ -169,8 +188,17 @@ def loco_fold(
 ) -> dict[str, Any]:
     started = time.time()
     emb = get_embedder(variant.embedder, embedder_sources(settings))
-    cfg = cfg or TrainConfig()
-    model = loco_fold_model(data, held_out, emb, DEFAULT_CHANNEL, cfg, aligned=variant.aligned, fold_dir=fold_dir)
+    cfg = variant.train_config(cfg or TrainConfig())
+    model = loco_fold_model(
+        data,
+        held_out,
+        emb,
+        DEFAULT_CHANNEL,
+        cfg,
+        aligned=variant.aligned,
+        weighting=variant.weighting,
+        fold_dir=fold_dir,
+    )
     test = data[held_out]
     out: dict[str, Any] = {"auc": play_offline(model, test).auc(), "threshold": model.threshold}
     if robustness:
@@ -186,7 +214,12 @@ def loco_fold(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--variant", action="append", required=True, help="<embedder>[/aligned] (repeatable)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        help="<embedder>[/option...] (repeatable; options in the module docstring)",
+    )
     p.add_argument("--task", action="append", help="test corpus task (default: every speech task)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument(

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from analysis.aggregate import call_probability
+from analysis.training import TrainConfig
 from bench.detection.loco_offline import AGGREGATIONS, DAMAGES, Variant, aggregate
+from painline.research import Weighting
 
 
 def test_the_shipped_aggregation_is_the_workers() -> None:
@@ -31,6 +33,15 @@ def test_variants_parse_and_refuse_unknown_options() -> None:
     assert str(Variant.parse("egemaps")) == "egemaps"
     with pytest.raises(SystemExit, match="unknown variant option"):
         Variant.parse("egemaps/shuffled")
+    with pytest.raises(SystemExit, match="unknown variant option"):
+        Variant.parse("egemaps/nap0")
+
+
+def test_a_variant_names_its_weighting_and_projection_and_reads_back_the_same() -> None:
+    variant = Variant.parse("egemaps/aligned/speakers/nap8")
+    assert variant == Variant("egemaps", aligned=True, weighting=Weighting.SPEAKERS, nap=8)
+    assert Variant.parse(str(variant)) == variant
+    assert variant.train_config(TrainConfig()).nap_components == 8
 
 
 def test_every_robustness_row_damages_the_audio_and_none_changes_the_cut_or_level_rule() -> None:

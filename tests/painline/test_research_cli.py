@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
 from analysis.model import PainModel, card_path
+from painline.research import TaskData, Weighting, pooling_weights
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = (REPO / ".." / "shared" / "data").resolve()
@@ -161,3 +163,29 @@ def test_a_leave_one_corpus_out_threshold_needs_two_tasks(tmp_path: Path) -> Non
                 str(tmp_path / "m.joblib"),
             ]
         )
+
+
+def _part(name: str, clips_per_speaker: list[int]) -> TaskData:
+    groups = np.repeat([f"{name}{i}" for i in range(len(clips_per_speaker))], clips_per_speaker)
+    n = len(groups)
+    return TaskData(
+        task=cast(Any, None),
+        dataset=cast(Any, None),
+        clips=[],
+        X=np.zeros((n, 2)),
+        y=np.arange(n) % 2,
+        groups=groups,
+        normal=np.arange(n) % 2 == 0,
+    )
+
+
+def test_pooling_weights_make_each_speaker_or_each_corpus_count_the_same() -> None:
+    parts = [_part("a", [30, 10]), _part("b", [5, 5, 5, 5])]
+    assert pooling_weights(parts, Weighting.CLIPS) is None
+    groups = np.concatenate([p.groups for p in parts])
+    corpus = np.repeat([0, 1], [40, 20])
+    for weighting, unit in ((Weighting.SPEAKERS, groups), (Weighting.CORPORA, corpus)):
+        w = pooling_weights(parts, weighting)
+        assert w is not None and w.mean() == pytest.approx(1.0)
+        totals = [w[unit == u].sum() for u in np.unique(unit)]
+        assert totals == pytest.approx([totals[0]] * len(totals)), weighting
