@@ -32,6 +32,16 @@ from analysis.nuisance import NuisanceProjection
 
 # eGeMAPS columns that measure absolute level: the recording-level confound (see the model card)
 LEVEL_FEATURE_PREFIXES = ("loudness_sma3_", "equivalentSoundLevel_dBp")
+# eGeMAPS columns that time the words (voiced and unvoiced stretches, loudness peaks per second): they
+# follow what is said as much as how, and a corpus whose sentences differ by emotion teaches its text
+TIMING_FEATURES = (
+    "loudnessPeaksPerSec",
+    "VoicedSegmentsPerSec",
+    "MeanVoicedSegmentLengthSec",
+    "StddevVoicedSegmentLengthSec",
+    "MeanUnvoicedSegmentLength",
+    "StddevUnvoicedSegmentLength",
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,7 @@ class TrainConfig:
     blend_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     target_specificity: float = 0.9
     drop_level_features: bool = False
+    drop_timing_features: bool = False
     nap_components: int = 0  # population path: speaker directions projected out (analysis.nuisance)
     seed: int = 0
 
@@ -99,10 +110,14 @@ def fit_estimator(
     return estimator.fit(Z, y) if weight is None else estimator.fit(Z, y, sample_weight=weight)
 
 
-def feature_mask(feature_names: list[str], drop_level: bool) -> np.ndarray:
-    if not drop_level:
-        return np.ones(len(feature_names), dtype=bool)
-    return np.array([not n.startswith(LEVEL_FEATURE_PREFIXES) for n in feature_names])
+def feature_mask(feature_names: list[str], drop_level: bool, drop_timing: bool = False) -> np.ndarray:
+    """The columns the classifiers see: all, or without the level and/or timing ones."""
+    keep = np.ones(len(feature_names), dtype=bool)
+    if drop_level:
+        keep &= np.array([not n.startswith(LEVEL_FEATURE_PREFIXES) for n in feature_names])
+    if drop_timing:
+        keep &= ~np.isin(feature_names, TIMING_FEATURES)
+    return keep
 
 
 def enrolment_draws(
@@ -240,7 +255,7 @@ def fit_model(
     cfg = cfg or TrainConfig()
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y).astype(int)
-    mask = feature_mask(feature_names, cfg.drop_level_features)
+    mask = feature_mask(feature_names, cfg.drop_level_features, cfg.drop_timing_features)
     oof = _inner_oof(X, y, groups, normal, mask, sample_weight, cfg)
 
     c_pop = _best({c: roc_auc(y, v) for c, v in oof.pop.items()})

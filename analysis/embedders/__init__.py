@@ -30,7 +30,7 @@ def _builtin() -> dict[str, tuple[Factory, Needs | None]]:
     from analysis.embedders.clap import ClapEmbedder
     from analysis.embedders.hear import HearEmbedder, options_from_sources
     from analysis.embedders.opensmile_features import compare_embedder, egemaps_embedder
-    from analysis.embedders.speaker import SpeakerEmbedder
+    from analysis.embedders.speaker import SpeakerEmbedder, SpeakerSpreadEmbedder
 
     return {
         "clap": (ClapEmbedder, None),
@@ -38,6 +38,7 @@ def _builtin() -> dict[str, tuple[Factory, Needs | None]]:
         "egemaps": (egemaps_embedder, None),
         "hear": (HearEmbedder, options_from_sources),
         "speaker": (SpeakerEmbedder, None),
+        "speaker-spread": (SpeakerSpreadEmbedder, None),
     }
 
 
@@ -46,7 +47,7 @@ def available() -> list[str]:
 
 
 def get_embedder(name: str, sources: EmbedderSources | None = None, **options: Any) -> Embedder:
-    """Build the embedder registered as ``name``: egemaps, compare, speaker, clap or hear.
+    """Build the embedder registered as ``name``: egemaps, compare, speaker, speaker-spread, clap or hear.
 
     ``a+b`` concatenates embedders (e.g. ``egemaps+speaker``); options go to every part, and each
     part takes what it needs from ``sources``.

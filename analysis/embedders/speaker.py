@@ -140,3 +140,31 @@ class SpeakerEmbedder(Embedder):
             if norm > 0.0:
                 out[i] = (vec / norm).astype(np.float32)
         return out
+
+
+class SpeakerSpreadEmbedder(SpeakerEmbedder):
+    """512-d: the mean and the spread of resemblyzer's partial d-vectors over a clip.
+
+    ``embed_utterance`` averages 1.6 s partial embeddings into one identity vector; how much those
+    partials move within an utterance (a voice breaking, a cry rising) is thrown away by the average
+    and is what this keeps beside it. A clip shorter than one partial has no spread (zeros).
+    """
+
+    name = "speaker-spread"
+
+    @property
+    def dim(self) -> int:
+        return 2 * super().dim
+
+    def _embed_native(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        encoder = self._load()
+        half = self.dim // 2
+        out = np.zeros((len(clips), self.dim), dtype=np.float32)
+        for i, clip in enumerate(clips):
+            wav = _raise_level(np.asarray(clip, dtype=np.float32))
+            with _torch_threads(self.torch_threads):
+                _, partials, _ = encoder.embed_utterance(wav, return_partials=True)
+            parts = np.nan_to_num(np.atleast_2d(np.asarray(partials, dtype=np.float64)))
+            out[i, :half] = parts.mean(axis=0)
+            out[i, half:] = parts.std(axis=0)
+        return out

@@ -19,6 +19,10 @@ A variant is ``<embedder>[/<option>...]``; options:
   deployment standardises its callers by their own (:func:`painline.research.fit_pooled`);
 - ``speakers`` or ``corpora``: every training speaker, or every training corpus, weighs the same
   in the fit (:class:`painline.research.Weighting`; by default every clip does);
+- ``notiming``: the eGeMAPS columns that time the words are left out
+  (:data:`analysis.training.TIMING_FEATURES`);
+- ``vocal``: the nonverbal vocalisations (moans, screams, cries and the other sounds) join every
+  training set; their own check then holds out half of their performers at a time;
 - ``nap<k>``: the population path projects out the ``k`` leading directions of between-speaker
   variation (:mod:`analysis.nuisance`), e.g. ``nap8``.
 """
@@ -39,12 +43,12 @@ from analysis.aggregate import logit, sigmoid
 from analysis.baseline import RunningStats
 from analysis.embedders import get_embedder
 from analysis.features import ChannelConfig, FeatureCache, extract, has_speech
-from analysis.metrics import roc_auc
+from analysis.metrics import grouped_bootstrap_ci, roc_auc
 from analysis.perturb import Noise
 from analysis.training import TrainConfig
 from painline.config import Settings
 from painline.live_path import CALL_SIZES, SPEECH_TASKS, call_plan
-from painline.research import DEFAULT_CHANNEL, TaskData, Weighting, load_task_data, loco_fold_model
+from painline.research import DEFAULT_CHANNEL, TaskData, Weighting, fit_pooled, load_task_data, loco_fold_model
 from painline.workers import embedder_sources
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "loco_research.json"
@@ -76,6 +80,8 @@ class Variant:
     aligned: bool = False
     weighting: Weighting = Weighting.CLIPS
     nap: int = 0
+    no_timing: bool = False
+    vocal: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -86,20 +92,27 @@ class Variant:
                 variant = replace(variant, aligned=True)
             elif option in (Weighting.SPEAKERS, Weighting.CORPORA):
                 variant = replace(variant, weighting=Weighting(option))
+            elif option == "vocal":
+                variant = replace(variant, vocal=True)
+            elif option == "notiming":
+                variant = replace(variant, no_timing=True)
             elif option.startswith("nap") and option[3:].isdigit() and int(option[3:]) > 0:
                 variant = replace(variant, nap=int(option[3:]))
             else:
-                raise SystemExit(f"unknown variant option {option!r} in {text!r}: aligned, speakers, corpora, nap<k>")
+                known = "aligned, speakers, corpora, notiming, vocal, nap<k>"
+                raise SystemExit(f"unknown variant option {option!r} in {text!r}: {known}")
         return variant
 
     def __str__(self) -> str:
         options = ["aligned"] if self.aligned else []
         options += [self.weighting.value] if self.weighting is not Weighting.CLIPS else []
+        options += ["notiming"] if self.no_timing else []
+        options += ["vocal"] if self.vocal else []
         options += [f"nap{self.nap}"] if self.nap else []
         return "/".join([self.embedder, *options])
 
     def train_config(self, cfg: TrainConfig) -> TrainConfig:
-        return replace(cfg, nap_components=self.nap)
+        return replace(cfg, nap_components=self.nap, drop_timing_features=self.no_timing)
 
 
 @dataclass
@@ -185,12 +198,14 @@ def loco_fold(
     robustness: bool = False,
     fold_dir: Path | None = None,
     cfg: TrainConfig | None = None,
+    extra: list[TaskData] | None = None,
 ) -> dict[str, Any]:
+    """One LOCO fold: train on ``data`` but ``held_out`` (and on ``extra``), play the held-out corpus's calls."""
     started = time.time()
     emb = get_embedder(variant.embedder, embedder_sources(settings))
     cfg = variant.train_config(cfg or TrainConfig())
     model = loco_fold_model(
-        data,
+        [*data, *(extra or [])],
         held_out,
         emb,
         DEFAULT_CHANNEL,
@@ -212,6 +227,60 @@ def loco_fold(
     return out
 
 
+NONVERBAL = "nonverbal-distress"
+
+
+def subset(data: TaskData, rows: np.ndarray) -> TaskData:
+    """The clips ``rows`` of ``data`` (a task's speakers split for training and testing)."""
+    return replace(
+        data,
+        clips=[data.clips[i] for i in rows],
+        X=data.X[rows],
+        y=data.y[rows],
+        groups=data.groups[rows],
+        normal=data.normal[rows],
+    )
+
+
+def nonverbal_check(
+    train: list[TaskData], nonverbal: TaskData, variant: Variant, settings: Settings, cfg: TrainConfig
+) -> dict[str, Any]:
+    """The variant trained on ``train``, scored on performed moans, screams and cries it never heard.
+
+    No speech corpus has vocalised distress, so this is the check that a representation learnt from
+    acted speech still points the right way on the sounds closest to a caller in pain. Standardised by
+    the vocalisations' own statistics, as a hotline's population would be; ``labels`` gives each
+    distress sound's AUC against all the other vocalisations, to see which one a variant loses.
+    Its performers gave one or two clips each, so there are no calls or baselines to replay.
+    """
+    started = time.time()
+    emb = get_embedder(variant.embedder, embedder_sources(settings))
+    cfg = variant.train_config(cfg)
+    p = np.zeros(len(nonverbal.y))
+    # with ``vocal`` the vocalisations are training data too: each half of the performers is scored
+    # by a model that heard the other half, standardised by its own half's statistics
+    halves = GroupKFold(2).split(nonverbal.X, nonverbal.y, nonverbal.groups) if variant.vocal else [([], slice(None))]
+    for seen, unseen in halves:
+        parts = [*train, subset(nonverbal, np.asarray(seen))] if variant.vocal else train
+        model = fit_pooled(parts, emb, DEFAULT_CHANNEL, cfg, aligned=variant.aligned, weighting=variant.weighting)
+        X = nonverbal.X[unseen]
+        p[unseen] = model.predict_proba(X, population=RunningStats.from_array(X))
+    point, low, high = grouped_bootstrap_ci(nonverbal.y, p, nonverbal.groups, roc_auc)
+    labels = np.array([c.label for c in nonverbal.clips])
+    negative = nonverbal.y == 0
+    per_label = {
+        str(label): round(roc_auc(np.r_[np.ones(k.sum()), np.zeros(negative.sum())], np.r_[p[k], p[negative]]), 4)
+        for label in sorted(set(labels[nonverbal.y == 1]))
+        for k in [labels == label]
+    }
+    return {
+        "trained_on": [d.task.name for d in train],
+        "population": {"auc": round(point, 4), "ci": [round(low, 4), round(high, 4)]},
+        "labels": per_label,
+        "seconds": round(time.time() - started, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -228,6 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fast", action="store_true", help="rank variants with FAST's training settings (not the shipped)")
     p.add_argument("--robustness", action="store_true", help="also score the test corpus's audio damaged (DAMAGES)")
     p.add_argument(
+        "--nonverbal",
+        action="append",
+        metavar="TASK[+TASK...]",
+        help="also train the variant on these speech tasks (all four: 'all') and score nonverbal-distress "
+        "(repeatable; instead of the LOCO folds when --task is not given)",
+    )
+    p.add_argument(
         "--fold-models", type=Path, help="keep and reuse fold models under DIR/<variant>/ (as painline train)"
     )
     args = p.parse_args(argv)
@@ -242,7 +318,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.fast and args.fold_models:
             raise SystemExit("--fast models are for ranking only: they are not kept beside the shipped procedure's")
         fold_dir = args.fold_models / str(variant).replace("/", "-") if args.fold_models else None
-        for t in tasks:
+        for spec in args.nonverbal or []:
+            names = list(SPEECH_TASKS) if spec == "all" else spec.split("+")
+            nonverbal = load_task_data(NONVERBAL, emb, settings, DEFAULT_CHANNEL)
+            train = [data[list(SPEECH_TASKS).index(n)] for n in names]
+            key = "nonverbal" + ("" if spec == "all" else f" ({spec})")
+            out[key] = nonverbal_check(train, nonverbal, variant, settings, FAST if args.fast else TrainConfig())
+            print(str(variant), key, json.dumps(out[key]), flush=True)
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+        vocal = [load_task_data(NONVERBAL, emb, settings, DEFAULT_CHANNEL)] if variant.vocal else []
+        for t in tasks if (args.task or not args.nonverbal) else []:
             out[t] = loco_fold(
                 data,
                 list(SPEECH_TASKS).index(t),
@@ -251,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                 robustness=args.robustness,
                 fold_dir=fold_dir,
                 cfg=FAST if args.fast else TrainConfig(),
+                extra=vocal,
             )
             print(str(variant), t, json.dumps(out[t]["auc"]), f"{out[t]['seconds']} s", flush=True)
             args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -9,7 +9,7 @@ from sklearn.pipeline import Pipeline
 from analysis.baseline import RunningStats
 from analysis.metrics import roc_auc
 from analysis.nuisance import NuisanceProjection
-from analysis.training import TrainConfig, fit_model
+from analysis.training import TIMING_FEATURES, TrainConfig, feature_mask, fit_model
 from tests.analysis_synthetic import Synthetic, fit_synthetic, make_corpus
 
 
@@ -92,3 +92,10 @@ def test_sample_weights_reach_both_classifiers() -> None:
     for path in (0, 1):  # population, caller
         assert weighted[path] > unweighted[path] + 0.1, (path, unweighted, weighted)
         assert weighted[path] > 0.8
+
+
+def test_the_timing_columns_can_be_left_out_with_or_without_the_level_ones() -> None:
+    names = ["F0semitoneFrom27.5Hz_sma3nz_amean", "loudness_sma3_amean", *TIMING_FEATURES]
+    assert feature_mask(names, drop_level=False).all()
+    assert feature_mask(names, drop_level=False, drop_timing=True).tolist() == [True, True] + [False] * 6
+    assert feature_mask(names, drop_level=True, drop_timing=True).tolist() == [True, False] + [False] * 6

@@ -12,7 +12,7 @@ import pytest
 
 from analysis import embedders as base
 from analysis.channel import TELEPHONE_RATE, telephone
-from analysis.embedders.speaker import SpeakerEmbedder, cosine_similarity
+from analysis.embedders.speaker import SpeakerEmbedder, SpeakerSpreadEmbedder, cosine_similarity
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -150,3 +150,20 @@ def test_pooled_similarity_weighs_each_utterance_the_same() -> None:
     assert pooled_similarity([loud_match], reference) == pytest.approx(1.0)
     assert pooled_similarity([], reference) == 0.0
     assert pooled_similarity([np.zeros(3)], reference) == 0.0
+
+
+def test_spread_keeps_the_d_vector_and_adds_how_the_partials_move(embedder: SpeakerEmbedder) -> None:
+    pytest.importorskip("resemblyzer")
+    spread = base.get_embedder("speaker-spread")
+    assert isinstance(spread, SpeakerSpreadEmbedder)
+    steady, sliding = _voice(4.0, 150, seed=5), _voice(4.0, 150, seed=5)
+    t = np.arange(len(sliding)) / TELEPHONE_RATE
+    sliding = (sliding * (0.1 + 0.9 * t / t[-1])).astype(np.float32)  # its level climbs through the clip
+    sliding = np.concatenate([sliding[: len(sliding) // 2], _voice(2.0, 260, seed=6)])  # then another voice
+    out = spread.embed([steady, sliding, _voice(0.5, 110)])
+    assert out.shape == (3, 512) and spread.describe()["name"] == "speaker-spread"
+    # the mean of the partials points where the plain d-vector does
+    assert cosine_similarity(out[0, :256], embedder.embed([steady])[0]) > 0.99
+    # a clip whose voice changes spreads more than a steady one; one shorter than a partial not at all
+    assert out[1, 256:].sum() > out[0, 256:].sum()
+    assert not out[2, 256:].any()

@@ -38,10 +38,11 @@ def test_variants_parse_and_refuse_unknown_options() -> None:
 
 
 def test_a_variant_names_its_weighting_and_projection_and_reads_back_the_same() -> None:
-    variant = Variant.parse("egemaps/aligned/speakers/nap8")
-    assert variant == Variant("egemaps", aligned=True, weighting=Weighting.SPEAKERS, nap=8)
+    variant = Variant.parse("egemaps/aligned/speakers/notiming/vocal/nap8")
+    assert variant == Variant("egemaps", True, Weighting.SPEAKERS, nap=8, no_timing=True, vocal=True)
     assert Variant.parse(str(variant)) == variant
-    assert variant.train_config(TrainConfig()).nap_components == 8
+    cfg = variant.train_config(TrainConfig())
+    assert cfg.nap_components == 8 and cfg.drop_timing_features
 
 
 def test_every_robustness_row_damages_the_audio_and_none_changes_the_cut_or_level_rule() -> None:
