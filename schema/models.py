@@ -32,11 +32,15 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    func,
+    select,
     true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.ext.hybrid import hybrid_property
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 from schema.crypto import EncryptedBytes, EncryptedJSON
@@ -324,27 +328,6 @@ class Score(Base):
 # baselines and voiceprints
 
 
-class Baseline(Base):
-    """A patient's own running statistics in one embedder's space, for one model version."""
-
-    __tablename__ = "baselines"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"))
-    embedder: Mapped[str] = mapped_column(String(128))
-    model_version: Mapped[str] = mapped_column(String(128))
-    stats: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON)
-    count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
-
-    contributions: Mapped[list[BaselineContribution]] = relationship(back_populates="baseline", passive_deletes=True)
-
-    __table_args__ = (
-        UniqueConstraint("patient_id", "embedder", "model_version"),
-        CheckConstraint("count >= 0", name="count_nonnegative"),
-    )
-
-
 class BaselineContribution(Base):
     """One embedding folded into a baseline, kept so a contribution can be excluded and rebuilt."""
 
@@ -369,6 +352,50 @@ class BaselineContribution(Base):
         UniqueConstraint("baseline_id", "utterance_id"),
         _one_of("source", ContributionSource),
     )
+
+
+class Baseline(Base):
+    """A patient's own running statistics in one embedder's space, for one model version."""
+
+    __tablename__ = "baselines"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"))
+    embedder: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(128))
+    stats: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON)
+    count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # the contributions ``stats`` should be made of; loaded only when asked for (one subquery)
+    included_count: Mapped[int] = column_property(
+        select(func.count(BaselineContribution.id))
+        .where(BaselineContribution.baseline_id == id, BaselineContribution.included.is_(True))
+        .correlate_except(BaselineContribution)
+        .scalar_subquery(),
+        deferred=True,
+    )
+
+    contributions: Mapped[list[BaselineContribution]] = relationship(back_populates="baseline", passive_deletes=True)
+
+    __table_args__ = (
+        UniqueConstraint("patient_id", "embedder", "model_version"),
+        CheckConstraint("count >= 0", name="count_nonnegative"),
+    )
+
+    @hybrid_property
+    def stale(self) -> bool:
+        """A rebuild is pending: ``count`` (what ``stats`` was built from) differs from the included
+        contributions, because an admin excluded, re-included or reset and the rebuild job has not run.
+
+        The one statement of the rule: the dashboard shows "being rebuilt" by it, and the outbox
+        sweep re-enqueues lost rebuilds by it (as SQL, ``select(Baseline.id).where(Baseline.stale)``).
+        """
+        return self.count != self.included_count
+
+    @stale.inplace.expression
+    @classmethod
+    def _stale_expression(cls) -> ColumnElement[bool]:
+        return cls.count != cls.included_count
 
 
 class PopulationStats(Base):

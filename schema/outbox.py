@@ -67,7 +67,7 @@ from schema.contract import (
     score_job_id,
 )
 from schema.db import session_scope
-from schema.models import Baseline, BaselineContribution, Call, CallStatus, Utterance, UtteranceStatus
+from schema.models import Baseline, Call, CallStatus, Utterance, UtteranceStatus
 
 log = logging.getLogger(__name__)
 
@@ -173,20 +173,14 @@ def requeue_stale_baselines(
 ) -> int:
     """Enqueue a rebuild for every stale baseline whose rebuild job is not live; returns how many.
 
-    A baseline is stale when its stored ``count`` differs from its included contributions: an admin
-    excluded, re-included or reset and the rebuild never ran (Redis was down when the dashboard
-    enqueued it, or the job died). The dashboard says "being rebuilt" for as long, so without this
-    the page would say so forever. No age cut-off: the dashboard enqueues only after its commit, so
-    a baseline seen stale here already has its job in Redis unless it was lost, and a live one is
-    left alone.
+    A baseline is stale (:attr:`schema.models.Baseline.stale`) when an admin excluded, re-included
+    or reset and the rebuild never ran (Redis was down when the dashboard enqueued it, or the job
+    died). The dashboard says "being rebuilt" for as long, so without this the page would say so
+    forever. No age cut-off: the dashboard enqueues only after its commit, so a baseline seen stale
+    here already has its job in Redis unless it was lost, and a live one is left alone.
     """
-    included = (
-        select(func.count(BaselineContribution.id))
-        .where(BaselineContribution.baseline_id == Baseline.id, BaselineContribution.included.is_(True))
-        .scalar_subquery()
-    )
     with session_scope(session_factory) as session:
-        ids = session.scalars(select(Baseline.id).where(Baseline.count != included).order_by(Baseline.id)).all()
+        ids = session.scalars(select(Baseline.id).where(Baseline.stale).order_by(Baseline.id)).all()
     return _enqueue_missing(queue, JobName.REBUILD_BASELINE, ids, rebuild_job_id, options or JobOptions())
 
 

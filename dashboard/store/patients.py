@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 
 from redis.exceptions import RedisError
 from sqlalchemy import ColumnElement, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from analysis.baseline import RunningStats
 from analysis.channel import TELEPHONE_RATE
@@ -368,6 +368,7 @@ class PatientStore:
                 raise NotFound(f"no patient {patient_id}")
             rows = session.scalars(
                 select(Baseline)
+                .options(undefer(Baseline.included_count))  # for ``stale``, in this query
                 .where(Baseline.patient_id == patient_id)
                 .order_by(Baseline.updated_at.desc(), Baseline.id.desc())
             ).all()
@@ -412,7 +413,7 @@ class PatientStore:
                         n_utterances=len(included),
                         n_calls=len({c.call_id for c in included if c.call_id is not None}),
                         n_excluded=len(items) - len(included),
-                        stale=b.count != len(included),
+                        stale=b.stale,
                         contributions=tuple(items),
                     )
                 )

@@ -388,3 +388,30 @@ def test_audit_refuses_audio_and_numbers(db_session: Session, detail: dict[str, 
         audit.record(db_session, "worker", "score", "utterance", 1, **detail)
     assert "415" not in str(excinfo.value)
     assert len(db_session.new) == 0
+
+
+def test_a_baseline_is_stale_exactly_while_its_count_differs_from_its_included_contributions(
+    db_session: Session,
+) -> None:
+    call, _ = _call_with_utterance(db_session)
+    baseline = Baseline(patient_id=call.patient_id, embedder="e", model_version="m1", stats={"n": 0}, count=2)
+    db_session.add(baseline)
+    db_session.flush()
+    enrol = ContributionSource.ENROLMENT
+    rows = [BaselineContribution(baseline_id=baseline.id, source=enrol, embedding=bytes([i])) for i in range(2)]
+    db_session.add_all(rows)
+    db_session.flush()
+
+    def stale_in_sql() -> bool:
+        return db_session.scalar(select(Baseline.stale).where(Baseline.id == baseline.id)) is True
+
+    db_session.refresh(baseline)
+    assert baseline.stale is False and not stale_in_sql()
+    rows[0].included = False  # an admin excludes one; the rebuild has not run
+    db_session.flush()
+    db_session.refresh(baseline)
+    assert baseline.included_count == 1 and baseline.stale is True and stale_in_sql()
+    baseline.count = 1  # the rebuild ran
+    db_session.flush()
+    db_session.refresh(baseline)
+    assert baseline.stale is False and not stale_in_sql()
