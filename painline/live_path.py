@@ -51,7 +51,7 @@ from analysis.segmentation import CALL_GAP_S
 from analysis.training import TrainConfig
 from painline.config import Settings
 from painline.replay import StreamMessages, chunks, new_sid
-from painline.research import fmt, fmt_ci
+from painline.research import Pooling, fmt, fmt_ci
 from schema.db import session_scope
 from schema.migrate import upgrade
 from schema.models import Call, Score, Utterance
@@ -554,15 +554,16 @@ def run_loco(
     n_boot: int = 1000,
     seed: int = 0,
     embedder_name: str = "egemaps",
-    aligned: bool = False,
+    pooling: Pooling | None = None,
+    extra_tasks: Sequence[str] = (),
     speaker: bool = True,
     work_dir: Path | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Leave one corpus out on the live path: train on ``train_tasks`` pooled, play ``test_task``'s calls.
 
-    ``aligned``: the training corpora standardised by their own statistics before pooling
-    (:func:`painline.research.align_corpora`), as ``painline train --aligned`` does.
+    ``pooling`` combines the training corpora as ``painline train --aligned --weighting`` does, and
+    ``extra_tasks`` (sounds other than speech) are trained on too, as ``painline train --extra-task``.
 
     One model, trained with the shipped procedure (C, blend and threshold from grouped inner CV over
     the training speakers only), is deployed twice per half of the test corpus's speakers. Each half's
@@ -579,7 +580,9 @@ def run_loco(
     emb = get_embedder(embedder_name, embedder_sources(settings))
     test = load_task_data(test_task, emb, settings, DEFAULT_CHANNEL, max_speakers=max_speakers)
     parts = [load_task_data(t, emb, settings, DEFAULT_CHANNEL, max_speakers=max_speakers) for t in train_tasks]
-    model = fit_pooled(parts, emb, DEFAULT_CHANNEL, TrainConfig(), aligned=aligned)
+    extra = [load_task_data(t, emb, settings, DEFAULT_CHANNEL, max_speakers=max_speakers) for t in extra_tasks]
+    pooling = pooling or Pooling()
+    model = fit_pooled(parts, emb, DEFAULT_CHANNEL, TrainConfig(), pooling, extra)
     progress(f"loco {test_task}: trained on {', '.join(train_tasks)} (model {model.version})")
     tally = _Tally()
     with _work_root(work_dir) as root:
@@ -603,7 +606,9 @@ def run_loco(
         "task": test_task,
         "trained_on": list(train_tasks),
         "embedder": embedder_name,
-        "aligned": aligned,
+        "aligned": pooling.aligned,
+        "weighting": pooling.weighting.value,
+        "extra_tasks": list(extra_tasks),
         "mode": "full" if not max_speakers else f"max_speakers={max_speakers}",
         "n_speakers": len(np.unique(test.groups)),
         "model_version": model.version,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -132,6 +133,33 @@ class Weighting(StrEnum):
     CORPORA = "corpora"  # every corpus the same, however many speakers and clips it has
 
 
+@dataclass(frozen=True)
+class Pooling:
+    """How several corpora become one training set (``painline train --aligned --weighting W``)."""
+
+    aligned: bool = False  # each corpus standardised by its own statistics first (:func:`align_corpora`)
+    weighting: Weighting = Weighting.CLIPS
+
+    @classmethod
+    def from_card(cls, training_data: dict[str, Any]) -> Pooling:
+        """The pooling a model card's ``training_data`` records (absent keys: the defaults)."""
+        return cls(
+            bool(training_data.get("corpora_aligned", False)),
+            Weighting(training_data.get("weighting", Weighting.CLIPS.value)),
+        )
+
+    def card(self) -> dict[str, Any]:
+        # the weighting is recorded only when it is not the default, so the cards (and versions) of
+        # models trained before it existed are unchanged
+        weighted = {} if self.weighting is Weighting.CLIPS else {"weighting": self.weighting.value}
+        return {"corpora_aligned": self.aligned, **weighted}
+
+    def flags(self) -> str:
+        """The ``painline train`` options that ask for this pooling."""
+        weighted = "" if self.weighting is Weighting.CLIPS else f" --weighting {self.weighting.value}"
+        return (" --aligned" if self.aligned else "") + weighted
+
+
 def pooling_weights(parts: list[TaskData], weighting: Weighting) -> np.ndarray | None:
     """One weight per pooled clip (mean 1, so C keeps its meaning), or None for :attr:`Weighting.CLIPS`."""
     if weighting is Weighting.CLIPS:
@@ -152,22 +180,21 @@ def fit_pooled(
     embedder: Embedder,
     channel: ChannelConfig,
     cfg: TrainConfig,
-    *,
-    aligned: bool = False,
-    weighting: Weighting = Weighting.CLIPS,
+    pooling: Pooling = Pooling(),
+    extra: Sequence[TaskData] = (),
 ) -> PainModel:
     """One model on several tasks' clips pooled (speakers kept apart by corpus), as ``painline train`` fits it.
 
-    ``aligned``: each corpus standardised by its own statistics first (:func:`align_corpora`).
-    ``weighting``: how much each clip counts in the fit (:class:`Weighting`).
+    ``extra`` are pooled like ``parts``; they are named apart only in the card's ``reproduce`` line
+    (``painline train --extra-task``), since they are never held out for a LOCO threshold.
     """
+    reproduce = " ".join([*(f"--task {d.task.name}" for d in parts), *(f"--extra-task {d.task.name}" for d in extra)])
+    parts = [*parts, *extra]
     groups = np.concatenate([np.char.add(f"{d.dataset.name}:", d.groups.astype(str)) for d in parts])
     names = [d.task.name for d in parts]
     blocks = [d.X for d in parts]
-    # recorded only when it is not the default, so the cards of models trained before it keep their versions
-    weighted = {} if weighting is Weighting.CLIPS else {"weighting": weighting.value}
     return fit_model(
-        np.vstack(align_corpora(blocks) if aligned else blocks),
+        np.vstack(align_corpora(blocks) if pooling.aligned else blocks),
         np.concatenate([d.y for d in parts]),
         groups,
         np.concatenate([d.normal for d in parts]),
@@ -186,12 +213,12 @@ def fit_pooled(
                 }
                 for d in parts
             ],
-            "reproduce": "painline train " + " ".join(f"--task {t}" for t in names) + (" --aligned" if aligned else ""),
-            "corpora_aligned": aligned,
-            **weighted,
+            "reproduce": f"painline train {reproduce}{pooling.flags()}",
+            **pooling.card(),
+            **({"extra_tasks": [d.task.name for d in extra]} if extra else {}),
         },
         cfg=cfg,
-        sample_weight=pooling_weights(parts, weighting),
+        sample_weight=pooling_weights(parts, pooling.weighting),
     )
 
 
@@ -223,15 +250,19 @@ def loco_fold_model(
     channel: ChannelConfig,
     cfg: TrainConfig,
     *,
-    aligned: bool,
-    weighting: Weighting = Weighting.CLIPS,
+    pooling: Pooling = Pooling(),
+    extra: Sequence[TaskData] = (),
     fold_dir: Path | None = None,
 ) -> PainModel:
-    """The model trained on every part but ``held_out``; kept in ``fold_dir`` (and reused from it) when given.
+    """The model trained on every part but ``held_out``, and on ``extra``; kept in ``fold_dir`` (and reused
+    from it) when given.
+
+    ``extra`` are training corpora that are never held out: sounds other than speech (performed
+    moans, screams and cries) that teach what distress sounds like but are no language of their own.
 
     A fold model takes minutes to fit and the research bench (bench.detection.loco_offline) scores
     the same folds again, so they are saved as ``<held-out task>.joblib``. A saved one is reused only
-    if its card names the same training tasks, alignment, weighting, training settings and embedder.
+    if its card names the same training tasks, pooling, training settings and embedder.
     """
     train = [d for j, d in enumerate(parts) if j != held_out]
     path = fold_dir / f"{parts[held_out].task.name}.joblib" if fold_dir is not None else None
@@ -239,14 +270,13 @@ def loco_fold_model(
         saved = PainModel.load(path)
         data = saved.card.get("training_data", {})
         if (
-            saved.card.get("task", {}).get("name") == "+".join(d.task.name for d in train)
-            and bool(data.get("corpora_aligned")) == aligned
-            and data.get("weighting", Weighting.CLIPS.value) == weighting.value
+            saved.card.get("task", {}).get("name") == "+".join(d.task.name for d in [*train, *extra])
+            and Pooling.from_card(data) == pooling
             and saved.card.get("training", {}).get("nap_components", 0) == cfg.nap_components
             and saved.embedder_name == embedder.name
         ):
             return saved
-    model = fit_pooled(train, embedder, channel, cfg, aligned=aligned, weighting=weighting)
+    model = fit_pooled(train, embedder, channel, cfg, pooling, extra)
     if path is not None:
         model.save(path)
     return model
@@ -258,18 +288,20 @@ def loco_threshold(
     channel: ChannelConfig,
     cfg: TrainConfig,
     *,
-    aligned: bool,
+    pooling: Pooling = Pooling(),
+    extra: Sequence[TaskData] = (),
     fold_dir: Path | None = None,
 ) -> LocoThreshold:
     """The threshold for a model trained on all of ``parts``, chosen where it already held across corpora.
 
     A threshold chosen on the training corpora's own out-of-fold predictions assumes the next
     hotline sounds like them; one chosen on held-out corpora has been tested on that assumption
-    failing. Costs one fit per corpus (:func:`loco_fold_model`).
+    failing. Costs one fit per corpus (:func:`loco_fold_model`); ``extra`` corpora are in every fit
+    and never held out, so they do not vote on the threshold.
     """
     ys, ps = [], []
     for i, held in enumerate(parts):
-        model = loco_fold_model(parts, i, embedder, channel, cfg, aligned=aligned, fold_dir=fold_dir)
+        model = loco_fold_model(parts, i, embedder, channel, cfg, pooling=pooling, extra=extra, fold_dir=fold_dir)
         ys.append(held.y)
         ps.append(model.predict_proba(held.X, population=RunningStats.from_array(held.X)))
     value = threshold_for_specificity(np.concatenate(ys), np.concatenate(ps), cfg.target_specificity)
@@ -497,6 +529,18 @@ def train_main(argv: list[str]) -> int:
         help="standardise each corpus by its own statistics before pooling (as a deployment does)",
     )
     p.add_argument(
+        "--weighting",
+        choices=[w.value for w in Weighting],
+        default=Weighting.CLIPS.value,
+        help="how much each clip counts: every clip once (default), every speaker or every corpus the same",
+    )
+    p.add_argument(
+        "--extra-task",
+        action="append",
+        default=[],
+        help="a task trained on but never held out by --loco-threshold: sounds other than speech (repeatable)",
+    )
+    p.add_argument(
         "--loco-threshold",
         action="store_true",
         help="choose the threshold on pooled leave-one-corpus-out predictions (several tasks)",
@@ -508,12 +552,14 @@ def train_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     settings, embedder, channel, cfg = _setup(args)
     parts = [load_task_data(t, embedder, settings, channel, args.tasks, args.max_speakers) for t in args.task]
+    extra = [load_task_data(t, embedder, settings, channel, args.tasks, args.max_speakers) for t in args.extra_task]
+    pooling = Pooling(args.aligned, Weighting(args.weighting))
     chosen = None
     if args.loco_threshold:
         if len(parts) < 2:
             raise SystemExit("painline: --loco-threshold needs at least two tasks (one held out at a time)")
-        chosen = loco_threshold(parts, embedder, channel, cfg, aligned=args.aligned, fold_dir=args.fold_models)
-    model = fit_pooled(parts, embedder, channel, cfg, aligned=args.aligned)
+        chosen = loco_threshold(parts, embedder, channel, cfg, pooling=pooling, extra=extra, fold_dir=args.fold_models)
+    model = fit_pooled(parts, embedder, channel, cfg, pooling, extra)
     if chosen is not None:
         model = with_threshold(model, chosen)
         print(

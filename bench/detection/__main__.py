@@ -18,6 +18,7 @@ import argparse
 import json
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,9 @@ from painline.live_path import SPEECH_TASKS
 from painline.research import (
     DEFAULT_CHANNEL,
     Evaluation,
+    Pooling,
     ProtocolFigures,
+    Weighting,
     evaluate_protocols,
     format_table,
     gain_check,
@@ -412,9 +415,11 @@ def run_loco(
     doc: Path,
     *,
     embedder: str = "egemaps",
-    aligned: bool = False,
+    pooling: Pooling | None = None,
+    extra_tasks: Sequence[str] = (),
 ) -> int:
-    """Leave each of ``tasks`` out in turn (trained on the others); replace those tasks under ``loco``."""
+    """Leave each of ``tasks`` out in turn (trained on the others and ``extra_tasks``); replace those
+    tasks under ``loco``."""
     from painline.live_path import run_loco as loco_protocol
 
     settings = Settings.from_env()
@@ -428,7 +433,8 @@ def run_loco(
             max_speakers=max_speakers,
             n_boot=n_boot,
             embedder_name=embedder,
-            aligned=aligned,
+            pooling=pooling,
+            extra_tasks=extra_tasks,
             progress=lambda m: print(m, flush=True),
         )
         loco[task]["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -451,23 +457,27 @@ def run_loco(
 def write_card_loco(model_path: Path, loco: dict) -> Path | None:
     """Put the per-language LOCO figures into the shipped model's card when they measure its procedure.
 
-    They do when the shipped model was trained on the LOCO corpora with the same embedder and the
-    same corpus alignment: each fold model is then this model's procedure with one language held out.
+    They do when the shipped model was trained on the LOCO corpora (and the same extra, non-speech
+    tasks) with the same embedder and pooling: each fold model is then this model's procedure with
+    one language held out.
     """
     from analysis.model import PainModel, card_path
     from painline.live_path import LOCO_ROWS
 
     model = PainModel.load(model_path)
-    trained = {c["corpus"] for c in model.card.get("training_data", {}).get("corpora", [])}
-    aligned = bool(model.card.get("training_data", {}).get("corpora_aligned", False))
+    training_data = model.card.get("training_data", {})
+    trained = {c["corpus"] for c in training_data.get("corpora", [])}
+    extra = list(training_data.get("extra_tasks", []))
+    pooling = Pooling.from_card(training_data)
     runs = {
         task: r
         for task, r in loco.items()
         if r.get("embedder", "egemaps") == model.embedder_name
-        and bool(r.get("aligned")) == aligned
+        and Pooling(bool(r.get("aligned")), Weighting(r.get("weighting", Weighting.CLIPS.value))) == pooling
+        and list(r.get("extra_tasks", [])) == extra
         and r.get("mode") == "full"
     }
-    if not runs or {task.split("-")[0] for task in runs} != trained:
+    if not runs or {t.split("-")[0] for t in [*runs, *extra]} != trained:
         return None
     keep = ("auc", "auc_ci", "sensitivity", "specificity", "n_clips", "n_speakers")
     model.card.setdefault("metrics", {})["leave_one_corpus_out"] = {
@@ -574,6 +584,18 @@ def main() -> int:
         help="with --loco: each training corpus standardised by its own statistics (train --aligned)",
     )
     p.add_argument(
+        "--weighting",
+        choices=[w.value for w in Weighting],
+        default=Weighting.CLIPS.value,
+        help="with --loco: how much each training clip counts (train --weighting)",
+    )
+    p.add_argument(
+        "--extra-task",
+        action="append",
+        default=[],
+        help="with --loco: a non-speech task every fold also trains on (train --extra-task; repeatable)",
+    )
+    p.add_argument(
         "--unseeded",
         action="store_true",
         help="with --live-path: no population seeding before the first call (kept apart, for comparison)",
@@ -597,7 +619,8 @@ def main() -> int:
             args.out,
             args.doc,
             embedder=args.embedder,
-            aligned=args.aligned,
+            pooling=Pooling(args.aligned, Weighting(args.weighting)),
+            extra_tasks=args.extra_task,
         )
     if args.assemble:
         return assemble(args.assemble, args.out, args.doc)

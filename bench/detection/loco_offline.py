@@ -48,7 +48,15 @@ from analysis.perturb import Noise
 from analysis.training import TrainConfig
 from painline.config import Settings
 from painline.live_path import CALL_SIZES, SPEECH_TASKS, call_plan
-from painline.research import DEFAULT_CHANNEL, TaskData, Weighting, fit_pooled, load_task_data, loco_fold_model
+from painline.research import (
+    DEFAULT_CHANNEL,
+    Pooling,
+    TaskData,
+    Weighting,
+    fit_pooled,
+    load_task_data,
+    loco_fold_model,
+)
 from painline.workers import embedder_sources
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "loco_research.json"
@@ -110,6 +118,10 @@ class Variant:
         options += ["vocal"] if self.vocal else []
         options += [f"nap{self.nap}"] if self.nap else []
         return "/".join([self.embedder, *options])
+
+    @property
+    def pooling(self) -> Pooling:
+        return Pooling(self.aligned, self.weighting)
 
     def train_config(self, cfg: TrainConfig) -> TrainConfig:
         return replace(cfg, nap_components=self.nap, drop_timing_features=self.no_timing)
@@ -205,13 +217,13 @@ def loco_fold(
     emb = get_embedder(variant.embedder, embedder_sources(settings))
     cfg = variant.train_config(cfg or TrainConfig())
     model = loco_fold_model(
-        [*data, *(extra or [])],
+        data,
         held_out,
         emb,
         DEFAULT_CHANNEL,
         cfg,
-        aligned=variant.aligned,
-        weighting=variant.weighting,
+        pooling=variant.pooling,
+        extra=extra or [],
         fold_dir=fold_dir,
     )
     test = data[held_out]
@@ -261,8 +273,8 @@ def nonverbal_check(
     # by a model that heard the other half, standardised by its own half's statistics
     halves = GroupKFold(2).split(nonverbal.X, nonverbal.y, nonverbal.groups) if variant.vocal else [([], slice(None))]
     for seen, unseen in halves:
-        parts = [*train, subset(nonverbal, np.asarray(seen))] if variant.vocal else train
-        model = fit_pooled(parts, emb, DEFAULT_CHANNEL, cfg, aligned=variant.aligned, weighting=variant.weighting)
+        extra = [subset(nonverbal, np.asarray(seen))] if variant.vocal else []
+        model = fit_pooled(train, emb, DEFAULT_CHANNEL, cfg, variant.pooling, extra)
         X = nonverbal.X[unseen]
         p[unseen] = model.predict_proba(X, population=RunningStats.from_array(X))
     point, low, high = grouped_bootstrap_ci(nonverbal.y, p, nonverbal.groups, roc_auc)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from analysis.model import PainModel, card_path
-from painline.research import TaskData, Weighting, pooling_weights
+from painline.research import Pooling, TaskData, Weighting, pooling_weights
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = (REPO / ".." / "shared" / "data").resolve()
@@ -189,3 +189,24 @@ def test_pooling_weights_make_each_speaker_or_each_corpus_count_the_same() -> No
         assert w is not None and w.mean() == pytest.approx(1.0)
         totals = [w[unit == u].sum() for u in np.unique(unit)]
         assert totals == pytest.approx([totals[0]] * len(totals)), weighting
+
+
+def test_vocalisations_join_every_fold_but_never_vote_on_the_threshold(tmp_path: Path) -> None:
+    """--extra-task trains on the vocalisations in every fit; only the speech corpora are held out."""
+    from painline.research import train_main
+
+    out, folds = tmp_path / "vocal.joblib", tmp_path / "folds"
+    args = ["--task", "ravdess-distress", "--task", "nemo-distress", "--extra-task", "nonverbal-distress"]
+    args += ["--max-speakers", "4", "--aligned", "--weighting", "corpora", "--loco-threshold"]
+    assert train_main([*args, "--fold-models", str(folds), "--out", str(out)]) == 0
+    card = json.loads(card_path(out).read_text())
+    data = card["training_data"]
+    assert [c["corpus"] for c in data["corpora"]] == ["ravdess", "nemo", "nonverbal"]
+    assert data["extra_tasks"] == ["nonverbal-distress"] and data["weighting"] == "corpora"
+    assert data["reproduce"].endswith("--extra-task nonverbal-distress --aligned --weighting corpora")
+    assert set(card["threshold"]["held_out_specificity"]) == {"ravdess", "nemo"}
+    # each fold model heard the vocalisations and the speech corpus that was not held out
+    for held, other in (("ravdess", "nemo"), ("nemo", "ravdess")):
+        fold = json.loads(card_path(folds / f"{held}-distress.joblib").read_text())
+        assert fold["task"]["name"] == f"{other}-distress+nonverbal-distress"
+        assert Pooling.from_card(fold["training_data"]) == Pooling(True, Weighting.CORPORA)
