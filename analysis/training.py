@@ -24,6 +24,7 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
+from analysis.adversarial import AdversarialMLP
 from analysis.aggregate import logit, sigmoid
 from analysis.baseline import RunningStats, TwoLevelNormaliser
 from analysis.metrics import roc_auc, summarise, threshold_for_specificity
@@ -46,7 +47,7 @@ TIMING_FEATURES = (
 
 @dataclass(frozen=True)
 class TrainConfig:
-    classifier: str = "svm"  # svm | logreg | gboost
+    classifier: str = "svm"  # svm | logreg | gboost | adversarial
     c_grid: tuple[float, ...] = (0.3, 1.0)
     enrol_k: tuple[int, ...] = (1, 3, 5)
     draws: int = 2
@@ -78,7 +79,9 @@ def make_classifier(kind: str, c: float, seed: int = 0) -> Any:
         return LogisticRegression(C=c / 10.0, max_iter=5000)
     if kind == "gboost":
         return HistGradientBoostingClassifier(learning_rate=0.05, max_iter=int(100 * c), random_state=seed)
-    raise ValueError(f"unknown classifier {kind!r}: use svm, logreg or gboost")
+    if kind == "adversarial":
+        return AdversarialMLP(weight_decay=1e-3 / c, random_state=seed)
+    raise ValueError(f"unknown classifier {kind!r}: use svm, logreg, gboost or adversarial")
 
 
 def population_estimator(cfg: TrainConfig, c: float) -> Any:
@@ -98,7 +101,8 @@ def fit_estimator(
 ) -> Any | None:
     """Fit ``estimator`` (plain or a :func:`population_estimator` pipeline); None when ``y`` has one class.
 
-    ``weight`` (one per row, or None) goes to the classifier; ``groups`` to the projection, if any.
+    ``weight`` (one per row, or None) goes to the classifier; ``groups`` to the projection and to a
+    classifier that learns from them (:class:`~analysis.adversarial.AdversarialMLP`).
     """
     if len(np.unique(y)) < 2:
         return None
@@ -106,8 +110,13 @@ def fit_estimator(
         params: dict[str, Any] = {"nap__groups": groups}
         if weight is not None:
             params["clf__sample_weight"] = weight
+        if isinstance(estimator.named_steps["clf"], AdversarialMLP):
+            params["clf__groups"] = groups
         return estimator.fit(Z, y, **params)
-    return estimator.fit(Z, y) if weight is None else estimator.fit(Z, y, sample_weight=weight)
+    own: dict[str, Any] = {} if weight is None else {"sample_weight": weight}
+    if isinstance(estimator, AdversarialMLP):
+        own["groups"] = groups
+    return estimator.fit(Z, y, **own)
 
 
 def feature_mask(feature_names: list[str], drop_level: bool, drop_timing: bool = False) -> np.ndarray:
