@@ -47,7 +47,7 @@ TIMING_FEATURES = (
 
 @dataclass(frozen=True)
 class TrainConfig:
-    classifier: str = "svm"  # svm | logreg | gboost | adversarial
+    classifier: str = "svm"  # svm | logreg | gboost | adversarial | mlp
     c_grid: tuple[float, ...] = (0.3, 1.0)
     enrol_k: tuple[int, ...] = (1, 3, 5)
     draws: int = 2
@@ -79,9 +79,9 @@ def make_classifier(kind: str, c: float, seed: int = 0) -> Any:
         return LogisticRegression(C=c / 10.0, max_iter=5000)
     if kind == "gboost":
         return HistGradientBoostingClassifier(learning_rate=0.05, max_iter=int(100 * c), random_state=seed)
-    if kind == "adversarial":
-        return AdversarialMLP(weight_decay=1e-3 / c, random_state=seed)
-    raise ValueError(f"unknown classifier {kind!r}: use svm, logreg, gboost or adversarial")
+    if kind in ("adversarial", "mlp"):  # mlp: the same network with its adversaries silenced
+        return AdversarialMLP(adversary=0.3 if kind == "adversarial" else 0.0, weight_decay=1e-3 / c, random_state=seed)
+    raise ValueError(f"unknown classifier {kind!r}: use svm, logreg, gboost, adversarial or mlp")
 
 
 def population_estimator(cfg: TrainConfig, c: float) -> Any:

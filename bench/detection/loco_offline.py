@@ -24,7 +24,7 @@ A variant is ``<embedder>[/<option>...]``; options:
 - ``vocal``: the nonverbal vocalisations (moans, screams, cries and the other sounds) join every
   training set; their own check then holds out half of their performers at a time;
 - ``adversarial``: a small network with corpus- and speaker-adversarial heads instead of the SVM
-  (:class:`analysis.adversarial.AdversarialMLP`);
+  (:class:`analysis.adversarial.AdversarialMLP`); ``mlp``: the same network, adversaries silenced;
 - ``nap<k>``: the population path projects out the ``k`` leading directions of between-speaker
   variation (:mod:`analysis.nuisance`), e.g. ``nap8``.
 """
@@ -92,7 +92,7 @@ class Variant:
     nap: int = 0
     no_timing: bool = False
     vocal: bool = False
-    adversarial: bool = False
+    classifier: str = "svm"
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -103,8 +103,8 @@ class Variant:
                 variant = replace(variant, aligned=True)
             elif option in (Weighting.SPEAKERS, Weighting.CORPORA):
                 variant = replace(variant, weighting=Weighting(option))
-            elif option == "adversarial":
-                variant = replace(variant, adversarial=True)
+            elif option in ("adversarial", "mlp"):
+                variant = replace(variant, classifier=option)
             elif option == "vocal":
                 variant = replace(variant, vocal=True)
             elif option == "notiming":
@@ -112,7 +112,7 @@ class Variant:
             elif option.startswith("nap") and option[3:].isdigit() and int(option[3:]) > 0:
                 variant = replace(variant, nap=int(option[3:]))
             else:
-                known = "aligned, speakers, corpora, notiming, vocal, adversarial, nap<k>"
+                known = "aligned, speakers, corpora, notiming, vocal, adversarial, mlp, nap<k>"
                 raise SystemExit(f"unknown variant option {option!r} in {text!r}: {known}")
         return variant
 
@@ -121,7 +121,7 @@ class Variant:
         options += [self.weighting.value] if self.weighting is not Weighting.CLIPS else []
         options += ["notiming"] if self.no_timing else []
         options += ["vocal"] if self.vocal else []
-        options += ["adversarial"] if self.adversarial else []
+        options += [self.classifier] if self.classifier != "svm" else []
         options += [f"nap{self.nap}"] if self.nap else []
         return "/".join([self.embedder, *options])
 
@@ -130,7 +130,7 @@ class Variant:
         return Pooling(self.aligned, self.weighting)
 
     def train_config(self, cfg: TrainConfig) -> TrainConfig:
-        classifier = "adversarial" if self.adversarial else cfg.classifier
+        classifier = self.classifier if self.classifier != "svm" else cfg.classifier
         return replace(cfg, nap_components=self.nap, drop_timing_features=self.no_timing, classifier=classifier)
 
 

@@ -39,10 +39,11 @@ def test_variants_parse_and_refuse_unknown_options() -> None:
 
 def test_a_variant_names_its_weighting_and_projection_and_reads_back_the_same() -> None:
     variant = Variant.parse("egemaps/aligned/speakers/notiming/vocal/adversarial/nap8")
-    assert variant == Variant("egemaps", True, Weighting.SPEAKERS, 8, no_timing=True, vocal=True, adversarial=True)
+    assert variant == Variant("egemaps", True, Weighting.SPEAKERS, 8, True, True, "adversarial")
     assert Variant.parse(str(variant)) == variant
     cfg = variant.train_config(TrainConfig())
     assert cfg.nap_components == 8 and cfg.drop_timing_features and cfg.classifier == "adversarial"
+    assert Variant.parse("egemaps/mlp").train_config(TrainConfig()).classifier == "mlp"
 
 
 def test_every_robustness_row_damages_the_audio_and_none_changes_the_cut_or_level_rule() -> None:
