@@ -148,6 +148,11 @@ class Pooling:
             Weighting(training_data.get("weighting", Weighting.CLIPS.value)),
         )
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Pooling:
+        """The pooling :func:`add_pooling_arguments` parsed."""
+        return cls(args.aligned, Weighting(args.weighting))
+
     def card(self) -> dict[str, Any]:
         # the weighting is recorded only when it is not the default, so the cards (and versions) of
         # models trained before it existed are unchanged
@@ -158,6 +163,30 @@ class Pooling:
         """The ``painline train`` options that ask for this pooling."""
         weighted = "" if self.weighting is Weighting.CLIPS else f" --weighting {self.weighting.value}"
         return (" --aligned" if self.aligned else "") + weighted
+
+
+def add_pooling_arguments(p: argparse.ArgumentParser, when: str = "") -> None:
+    """``--aligned``, ``--weighting`` and ``--extra-task``, as ``painline train`` and the LOCO bench take them.
+
+    ``when`` prefixes each help text (e.g. ``"with --loco: "``) where the options apply to one mode.
+    """
+    p.add_argument(
+        "--aligned",
+        action="store_true",
+        help=when + "standardise each corpus by its own statistics before pooling (as a deployment does)",
+    )
+    p.add_argument(
+        "--weighting",
+        choices=[w.value for w in Weighting],
+        default=Weighting.CLIPS.value,
+        help=when + "how much each clip counts: every clip once (default), every speaker or every corpus the same",
+    )
+    p.add_argument(
+        "--extra-task",
+        action="append",
+        default=[],
+        help=when + "a task trained on in every fit but never held out: sounds other than speech (repeatable)",
+    )
 
 
 def pooling_weights(parts: list[TaskData], weighting: Weighting) -> np.ndarray | None:
@@ -523,23 +552,7 @@ def train_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="painline train", description="Train the model artifact on whole corpora.")
     p.add_argument("--task", action="append", required=True, help="task(s) to train on (repeatable: pooled)")
     p.add_argument("--out", type=Path, default=Path("painline/models/default.joblib"))
-    p.add_argument(
-        "--aligned",
-        action="store_true",
-        help="standardise each corpus by its own statistics before pooling (as a deployment does)",
-    )
-    p.add_argument(
-        "--weighting",
-        choices=[w.value for w in Weighting],
-        default=Weighting.CLIPS.value,
-        help="how much each clip counts: every clip once (default), every speaker or every corpus the same",
-    )
-    p.add_argument(
-        "--extra-task",
-        action="append",
-        default=[],
-        help="a task trained on but never held out by --loco-threshold: sounds other than speech (repeatable)",
-    )
+    add_pooling_arguments(p)
     p.add_argument(
         "--loco-threshold",
         action="store_true",
@@ -553,7 +566,7 @@ def train_main(argv: list[str]) -> int:
     settings, embedder, channel, cfg = _setup(args)
     parts = [load_task_data(t, embedder, settings, channel, args.tasks, args.max_speakers) for t in args.task]
     extra = [load_task_data(t, embedder, settings, channel, args.tasks, args.max_speakers) for t in args.extra_task]
-    pooling = Pooling(args.aligned, Weighting(args.weighting))
+    pooling = Pooling.from_args(args)
     chosen = None
     if args.loco_threshold:
         if len(parts) < 2:

@@ -34,6 +34,7 @@ from painline.research import (
     Pooling,
     ProtocolFigures,
     Weighting,
+    add_pooling_arguments,
     evaluate_protocols,
     format_table,
     gain_check,
@@ -578,23 +579,7 @@ def main() -> int:
         "corpora) tested, trained on the other three",
     )
     p.add_argument("--task", action="append", help="with --live-path or --loco: a task to run (repeatable)")
-    p.add_argument(
-        "--aligned",
-        action="store_true",
-        help="with --loco: each training corpus standardised by its own statistics (train --aligned)",
-    )
-    p.add_argument(
-        "--weighting",
-        choices=[w.value for w in Weighting],
-        default=Weighting.CLIPS.value,
-        help="with --loco: how much each training clip counts (train --weighting)",
-    )
-    p.add_argument(
-        "--extra-task",
-        action="append",
-        default=[],
-        help="with --loco: a non-speech task every fold also trains on (train --extra-task; repeatable)",
-    )
+    add_pooling_arguments(p, when="with --loco: ")
     p.add_argument(
         "--unseeded",
         action="store_true",
@@ -619,7 +604,7 @@ def main() -> int:
             args.out,
             args.doc,
             embedder=args.embedder,
-            pooling=Pooling(args.aligned, Weighting(args.weighting)),
+            pooling=Pooling.from_args(args),
             extra_tasks=args.extra_task,
         )
     if args.assemble:
