@@ -34,7 +34,7 @@ from analysis.nuisance import NuisanceProjection
 # eGeMAPS columns that measure absolute level: the recording-level confound (see the model card)
 LEVEL_FEATURE_PREFIXES = ("loudness_sma3_", "equivalentSoundLevel_dBp")
 # eGeMAPS columns that time the words (voiced and unvoiced stretches, loudness peaks per second): they
-# follow what is said as much as how, and a corpus whose sentences differ by emotion teaches its text
+# follow what is said as much as how, and a caller does not say what the training actors said
 TIMING_FEATURES = (
     "loudnessPeaksPerSec",
     "VoicedSegmentsPerSec",

@@ -12,7 +12,7 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -301,7 +301,7 @@ def loco_fold_model(
         if (
             saved.card.get("task", {}).get("name") == "+".join(d.task.name for d in [*train, *extra])
             and Pooling.from_card(data) == pooling
-            and saved.card.get("training", {}).get("nap_components", 0) == cfg.nap_components
+            and all(saved.card.get("training", {}).get(k) == v for k, v in asdict(cfg).items())
             and saved.embedder_name == embedder.name
         ):
             return saved

@@ -339,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         fold_dir = args.fold_models / str(variant).replace("/", "-") if args.fold_models else None
         for spec in args.nonverbal or []:
             names = list(SPEECH_TASKS) if spec == "all" else spec.split("+")
+            if not set(names) <= set(SPEECH_TASKS):
+                raise SystemExit(f"--nonverbal {spec}: train on speech tasks ({', '.join(SPEECH_TASKS)}) or 'all'")
             nonverbal = load_task_data(NONVERBAL, emb, settings, DEFAULT_CHANNEL)
             train = [data[list(SPEECH_TASKS).index(n)] for n in names]
             key = "nonverbal" + ("" if spec == "all" else f" ({spec})")

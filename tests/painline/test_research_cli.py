@@ -210,3 +210,10 @@ def test_vocalisations_join_every_fold_but_never_vote_on_the_threshold(tmp_path:
         fold = json.loads(card_path(folds / f"{held}-distress.joblib").read_text())
         assert fold["task"]["name"] == f"{other}-distress+nonverbal-distress"
         assert Pooling.from_card(fold["training_data"]) == Pooling(True, Weighting.CORPORA)
+    # a second run with the same recipe reuses the fold models; another pooling refits them
+    saved = {f: f.stat().st_mtime_ns for f in folds.glob("*.joblib")}
+    assert train_main([*args, "--fold-models", str(folds), "--out", str(out)]) == 0
+    assert {f: f.stat().st_mtime_ns for f in folds.glob("*.joblib")} == saved
+    other = [a if a != "corpora" else "speakers" for a in args]
+    assert train_main([*other, "--fold-models", str(folds), "--out", str(out)]) == 0
+    assert all(f.stat().st_mtime_ns != t for f, t in saved.items())
