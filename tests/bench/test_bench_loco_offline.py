@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from analysis.aggregate import call_probability
 from analysis.training import TrainConfig
-from bench.detection.loco_offline import AGGREGATIONS, DAMAGES, Variant, aggregate
+from bench.detection.loco_offline import AGGREGATIONS, DAMAGES, Variant, aggregate, augmented
 from painline.research import Weighting
+
+DATA_DIR = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
 
 
 def test_the_shipped_aggregation_is_the_workers() -> None:
@@ -60,3 +64,22 @@ def test_every_robustness_row_damages_the_audio_and_none_changes_the_cut_or_leve
     for channel in DAMAGES.values():
         assert channel.segment and channel.rms_normalise and channel.telephone
         assert channel.damaged or channel.gain_db
+
+
+@pytest.mark.skipif(not (DATA_DIR / "ravdess").is_dir(), reason=f"RAVDESS not found under {DATA_DIR}")
+def test_augmentation_adds_one_damaged_copy_per_heard_clip_keeping_speaker_and_label(tmp_path: Path) -> None:
+    from analysis.embedders import get_embedder
+    from painline.config import Settings
+    from painline.research import DEFAULT_CHANNEL, load_task_data
+
+    settings = Settings().with_(data_dir=DATA_DIR, cache_dir=tmp_path)
+    data = load_task_data("ravdess-distress", get_embedder("egemaps"), settings, DEFAULT_CHANNEL, max_speakers=2)
+    more = augmented(data, settings)
+    n = len(data.y)
+    assert n < len(more.y) <= 2 * n
+    np.testing.assert_array_equal(more.X[:n], data.X)  # the clean clips come first, untouched
+    rows = [data.clips.index(c) for c in more.clips[n:]]
+    np.testing.assert_array_equal(more.y[n:], data.y[rows])
+    np.testing.assert_array_equal(more.groups[n:], data.groups[rows])
+    assert not np.allclose(more.X[n:], data.X[rows])  # the copies were damaged
+    assert np.isfinite(more.X).all()
