@@ -214,6 +214,6 @@ def test_vocalisations_join_every_fold_but_never_vote_on_the_threshold(tmp_path:
     saved = {f: f.stat().st_mtime_ns for f in folds.glob("*.joblib")}
     assert train_main([*args, "--fold-models", str(folds), "--out", str(out)]) == 0
     assert {f: f.stat().st_mtime_ns for f in folds.glob("*.joblib")} == saved
-    other = [a if a != "corpora" else "speakers" for a in args]
-    assert train_main([*other, "--fold-models", str(folds), "--out", str(out)]) == 0
+    reweighted = [a if a != "corpora" else "speakers" for a in args]
+    assert train_main([*reweighted, "--fold-models", str(folds), "--out", str(out)]) == 0
     assert all(f.stat().st_mtime_ns != t for f, t in saved.items())
