@@ -2,7 +2,8 @@
 
 A server process that only receives (``painline stream``'s library and options: websockets,
 no compression, no pings; on asyncio's own loop, and on uvloop when it is installed) and ``N`` paced client sockets in
-this process, each sending one Twilio-sized media message every 20 ms. The server's CPU per frame
+this process, each sending one Twilio-sized media message every 20 ms (built by
+:class:`painline.replay.StreamMessages`, numbered as a real stream numbers them). The server's CPU per frame
 received is the floor under ``painline stream``'s per-frame cost; the difference to the ingest runs'
 figure is painline's own work (the ceiling) plus what saving utterances costs.
 """
@@ -10,7 +11,6 @@ figure is painline's own work (the ceiling) plus what saving utterances costs.
 from __future__ import annotations
 
 import asyncio
-import base64
 import importlib.util
 import json
 import os
@@ -62,24 +62,25 @@ def _serve(loop_kind: str, port: int, settle_s: float, measure_s: float) -> None
 
 
 async def _clients(port: int, calls: int, seconds: float) -> None:
-    payload = base64.b64encode(os.urandom(160)).decode()
-    message = json.dumps(
-        {
-            "event": "media",
-            "sequenceNumber": "2",
-            "streamSid": "MZ" + "0" * 32,
-            "media": {"track": "inbound", "chunk": "1", "timestamp": "20", "payload": payload},
-        }
-    )
+    # imported here, not at the top: the server process runs this module too, and it should load only
+    # what it measures (painline.replay brings scipy and doubles the objects its garbage collector walks)
+    from painline.replay import CHUNK_BYTES, CHUNK_MS, StreamMessages, new_sid
 
     async def one(session: aiohttp.ClientSession, index: int) -> None:
+        # each socket is one stream: its own SIDs, sequenceNumber and chunk counting up, Twilio-sized payload
+        builder = StreamMessages(account_sid=new_sid("AC"), call_sid=new_sid("CA"))
+        payload = os.urandom(CHUNK_BYTES)
         async with session.ws_connect(f"http://127.0.0.1:{port}/", compress=0) as ws:
             loop = asyncio.get_running_loop()
             due = loop.time() + FRAME_S * index / calls  # spread the calls over one frame period
             end = due + seconds
+            frame = 0
             while due < end:
+                # built per frame on the client: only the server's CPU is measured
+                message = json.dumps(builder.media(payload, frame * CHUNK_MS))
                 await asyncio.sleep(max(0.0, due - loop.time()))
                 await ws.send_str(message)
+                frame += 1
                 due += FRAME_S
 
     # the connector's default limit is 100 connections; every call needs its own
