@@ -14,7 +14,7 @@ gives the corpus. torch is imported only when one is fitted or used.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -22,6 +22,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 class AdversarialMLP(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """Encoder (two layers of ``hidden`` units), a distress head, and reversed corpus and speaker heads."""
+
+    # the training procedure passes the speakers as ``groups`` to the fit of any estimator that says so
+    fit_requires_groups: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ pipeline as ``<step>__groups``); with ``n_components=0`` it is the identity.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -20,6 +20,9 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 class NuisanceProjection(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     """Project out the ``n_components`` leading directions of between-speaker variation."""
+
+    # the training procedure passes the speakers as ``groups`` to the fit of any estimator that says so
+    fit_requires_groups: ClassVar[bool] = True
 
     def __init__(self, n_components: int = 0) -> None:
         self.n_components = n_components

@@ -96,25 +96,31 @@ def population_estimator(cfg: TrainConfig, c: float) -> Any:
     return Pipeline([("nap", NuisanceProjection(cfg.nap_components)), ("clf", clf)])
 
 
+def fit_requires_groups(estimator: Any) -> bool:
+    """Whether ``estimator``'s fit learns from the speakers: it declares ``fit_requires_groups = True``."""
+    return bool(getattr(estimator, "fit_requires_groups", False))
+
+
 def fit_estimator(
     estimator: Any, Z: np.ndarray, y: np.ndarray, groups: np.ndarray, weight: np.ndarray | None
 ) -> Any | None:
     """Fit ``estimator`` (plain or a :func:`population_estimator` pipeline); None when ``y`` has one class.
 
-    ``weight`` (one per row, or None) goes to the classifier; ``groups`` to the projection and to a
-    classifier that learns from them (:class:`~analysis.adversarial.AdversarialMLP`).
+    ``weight`` (one per row, or None) goes to the classifier (a pipeline's final step); ``groups`` to
+    every estimator (or pipeline step) that declares ``fit_requires_groups``, such as the projection
+    and :class:`~analysis.adversarial.AdversarialMLP`.
     """
     if len(np.unique(y)) < 2:
         return None
     if isinstance(estimator, Pipeline):
-        params: dict[str, Any] = {"nap__groups": groups}
+        params: dict[str, Any] = {
+            f"{name}__groups": groups for name, step in estimator.steps if fit_requires_groups(step)
+        }
         if weight is not None:
-            params["clf__sample_weight"] = weight
-        if isinstance(estimator.named_steps["clf"], AdversarialMLP):
-            params["clf__groups"] = groups
+            params[f"{estimator.steps[-1][0]}__sample_weight"] = weight
         return estimator.fit(Z, y, **params)
     own: dict[str, Any] = {} if weight is None else {"sample_weight": weight}
-    if isinstance(estimator, AdversarialMLP):
+    if fit_requires_groups(estimator):
         own["groups"] = groups
     return estimator.fit(Z, y, **own)
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import numpy as np
 import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.pipeline import Pipeline
 
 from analysis.baseline import RunningStats
 from analysis.metrics import roc_auc
 from analysis.nuisance import NuisanceProjection
-from analysis.training import TIMING_FEATURES, TrainConfig, feature_mask, fit_model
+from analysis.training import TIMING_FEATURES, TrainConfig, feature_mask, fit_estimator, fit_model
 from tests.analysis_synthetic import Synthetic, fit_synthetic, make_corpus
 
 
@@ -99,3 +102,32 @@ def test_the_timing_columns_can_be_left_out_with_or_without_the_level_ones() -> 
     assert feature_mask(names, drop_level=False).all()
     assert feature_mask(names, drop_level=False, drop_timing=True).tolist() == [True, True] + [False] * 6
     assert feature_mask(names, drop_level=True, drop_timing=True).tolist() == [True, False] + [False] * 6
+
+
+class _Recorder(ClassifierMixin, BaseEstimator):
+    """Remembers what its fit was given."""
+
+    def fit(self, X: np.ndarray, y: np.ndarray, **kwargs: Any) -> _Recorder:
+        self.fitted_with_ = sorted(kwargs)
+        return self
+
+
+class _GroupsRecorder(_Recorder):
+    fit_requires_groups: ClassVar[bool] = True
+
+
+def test_speakers_reach_the_fit_of_the_estimators_that_declare_they_need_them() -> None:
+    data = make_corpus(n_speakers=4, clips=6, dim=5)
+    weight = np.ones(len(data.y))
+
+    def fitted_with(estimator: Any, weight: np.ndarray | None) -> list[str]:
+        fitted = fit_estimator(estimator, data.X, data.y, data.groups, weight)
+        assert fitted is not None
+        return list((fitted.steps[-1][1] if isinstance(fitted, Pipeline) else fitted).fitted_with_)
+
+    assert fitted_with(_Recorder(), weight) == ["sample_weight"]
+    assert fitted_with(_GroupsRecorder(), None) == ["groups"]
+    # in a pipeline the projection gets its groups (it raises without them), the final step its own share
+    assert fitted_with(Pipeline([("nap", NuisanceProjection(1)), ("last", _Recorder())]), weight) == ["sample_weight"]
+    pipeline = Pipeline([("nap", NuisanceProjection(1)), ("last", _GroupsRecorder())])
+    assert fitted_with(pipeline, weight) == ["groups", "sample_weight"]
