@@ -90,8 +90,7 @@ def aggregate(probs: np.ndarray, how: str) -> float:
 @dataclass(frozen=True)
 class Variant:
     embedder: str
-    aligned: bool = False
-    weighting: Weighting = Weighting.CLIPS
+    pooling: Pooling = field(default_factory=Pooling)
     nap: int = 0
     no_timing: bool = False
     vocal: bool = False
@@ -104,9 +103,9 @@ class Variant:
         variant = cls(name)
         for option in options:
             if option == "aligned":
-                variant = replace(variant, aligned=True)
+                variant = replace(variant, pooling=replace(variant.pooling, aligned=True))
             elif option in (Weighting.SPEAKERS, Weighting.CORPORA):
-                variant = replace(variant, weighting=Weighting(option))
+                variant = replace(variant, pooling=replace(variant.pooling, weighting=Weighting(option)))
             elif option in ("adversarial", "mlp"):
                 variant = replace(variant, classifier=option)
             elif option == "augment":
@@ -123,18 +122,14 @@ class Variant:
         return variant
 
     def __str__(self) -> str:
-        options = ["aligned"] if self.aligned else []
-        options += [self.weighting.value] if self.weighting is not Weighting.CLIPS else []
+        options = ["aligned"] if self.pooling.aligned else []
+        options += [self.pooling.weighting.value] if self.pooling.weighting is not Weighting.CLIPS else []
         options += ["notiming"] if self.no_timing else []
         options += ["vocal"] if self.vocal else []
         options += [self.classifier] if self.classifier != "svm" else []
         options += ["augment"] if self.augment else []
         options += [f"nap{self.nap}"] if self.nap else []
         return "/".join([self.embedder, *options])
-
-    @property
-    def pooling(self) -> Pooling:
-        return Pooling(self.aligned, self.weighting)
 
     def train_config(self, cfg: TrainConfig) -> TrainConfig:
         classifier = self.classifier if self.classifier != "svm" else cfg.classifier

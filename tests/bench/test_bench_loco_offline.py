@@ -10,7 +10,7 @@ import pytest
 from analysis.aggregate import call_probability
 from analysis.training import TrainConfig
 from bench.detection.loco_offline import AGGREGATIONS, DAMAGES, Variant, aggregate, augmented
-from painline.research import Weighting
+from painline.research import Pooling, Weighting
 
 DATA_DIR = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
 
@@ -33,7 +33,7 @@ def test_top_half_listens_to_the_loudest_evidence() -> None:
 
 
 def test_variants_parse_and_refuse_unknown_options() -> None:
-    assert Variant.parse("egemaps+speaker/aligned") == Variant("egemaps+speaker", aligned=True)
+    assert Variant.parse("egemaps+speaker/aligned") == Variant("egemaps+speaker", Pooling(aligned=True))
     assert str(Variant.parse("egemaps")) == "egemaps"
     with pytest.raises(SystemExit, match="unknown variant option"):
         Variant.parse("egemaps/shuffled")
@@ -43,7 +43,7 @@ def test_variants_parse_and_refuse_unknown_options() -> None:
 
 def test_a_variant_names_its_weighting_and_projection_and_reads_back_the_same() -> None:
     variant = Variant.parse("egemaps/aligned/speakers/notiming/vocal/adversarial/nap8")
-    assert variant == Variant("egemaps", True, Weighting.SPEAKERS, 8, True, True, "adversarial")
+    assert variant == Variant("egemaps", Pooling(True, Weighting.SPEAKERS), 8, True, True, "adversarial")
     assert Variant.parse(str(variant)) == variant
     cfg = variant.train_config(TrainConfig())
     assert cfg.nap_components == 8 and cfg.drop_timing_features and cfg.classifier == "adversarial"
