@@ -46,7 +46,7 @@ from sklearn.model_selection import GroupKFold
 
 from analysis.aggregate import logit, sigmoid
 from analysis.baseline import RunningStats
-from analysis.embedders import get_embedder
+from analysis.embedders import Embedder, get_embedder
 from analysis.features import ChannelConfig, FeatureCache, extract, has_speech
 from analysis.metrics import grouped_bootstrap_ci, roc_auc
 from analysis.perturb import Noise
@@ -258,10 +258,10 @@ AUGMENTS = ("babble_10db", "gain_minus_12db", "gain_plus_12db")
 rows the shipped procedure fails (docs/detection.md), so the copy teaches what it is tested on."""
 
 
-def augmented(data: TaskData, settings: Settings, seed: int = 0) -> TaskData:
-    """``data`` and, after it, one damaged copy of each of its clips (a clip the VAD no longer hears is
-    left out). The copy keeps the clip's speaker and label, so grouped CV never splits the two."""
-    emb = get_embedder("egemaps")
+def augmented(data: TaskData, emb: Embedder, settings: Settings, seed: int = 0) -> TaskData:
+    """``data`` (embedded by ``emb``) and, after it, one damaged copy of each of its clips embedded the
+    same way (a clip the VAD no longer hears is left out). The copy keeps the clip's speaker and label,
+    so grouped CV never splits the two."""
     cache = FeatureCache(settings.cache_dir / "features")
     damaged = np.stack([extract(data.clips, emb, DAMAGES[name], cache, progress=False) for name in AUGMENTS])
     pick = np.random.default_rng(seed).integers(len(AUGMENTS), size=len(data.y))
@@ -382,9 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             print(str(variant), key, json.dumps(out[key]), flush=True)
             args.out.write_text(json.dumps(results, indent=2) + "\n")
         vocal = [load_task_data(NONVERBAL, emb, settings, DEFAULT_CHANNEL)] if variant.vocal else []
-        if variant.augment and variant.embedder != "egemaps":
-            raise SystemExit("augment: only the egemaps embedder's damaged features are extracted")
-        augmented_data = [augmented(d, settings) for d in data] if variant.augment else None
+        augmented_data = [augmented(d, emb, settings) for d in data] if variant.augment else None
         for t in tasks if (args.task or not args.nonverbal) else []:
             out[t] = loco_fold(
                 data,

@@ -67,14 +67,18 @@ def test_every_robustness_row_damages_the_audio_and_none_changes_the_cut_or_leve
 
 
 @pytest.mark.skipif(not (DATA_DIR / "ravdess").is_dir(), reason=f"RAVDESS not found under {DATA_DIR}")
-def test_augmentation_adds_one_damaged_copy_per_heard_clip_keeping_speaker_and_label(tmp_path: Path) -> None:
+@pytest.mark.parametrize("embedder", ["egemaps", pytest.param("speaker", marks=pytest.mark.slow)])
+def test_augmentation_adds_one_damaged_copy_per_heard_clip_keeping_speaker_and_label(
+    tmp_path: Path, embedder: str
+) -> None:
     from analysis.embedders import get_embedder
     from painline.config import Settings
     from painline.research import DEFAULT_CHANNEL, load_task_data
 
     settings = Settings().with_(data_dir=DATA_DIR, cache_dir=tmp_path)
-    data = load_task_data("ravdess-distress", get_embedder("egemaps"), settings, DEFAULT_CHANNEL, max_speakers=2)
-    more = augmented(data, settings)
+    emb = get_embedder(embedder)  # the copies are embedded by the variant's embedder, whichever it is
+    data = load_task_data("ravdess-distress", emb, settings, DEFAULT_CHANNEL, max_speakers=2)
+    more = augmented(data, emb, settings)
     n = len(data.y)
     assert n < len(more.y) <= 2 * n
     np.testing.assert_array_equal(more.X[:n], data.X)  # the clean clips come first, untouched
