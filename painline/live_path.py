@@ -51,7 +51,7 @@ from analysis.segmentation import CALL_GAP_S
 from analysis.training import TrainConfig
 from painline.config import Settings
 from painline.replay import StreamMessages, chunks, new_sid
-from painline.research import Pooling, fmt, fmt_ci
+from painline.research import Pooling, TaskData, fmt, fmt_ci
 from schema.db import session_scope
 from schema.migrate import upgrade
 from schema.models import Call, Score, Utterance
@@ -545,6 +545,38 @@ LOCO_ROWS = {
 """The leave-one-corpus-out rows, named as the four-languages issue names them, and the live rows they are."""
 
 
+def loco_model(
+    test_task: str,
+    train_tasks: Sequence[str],
+    settings: Settings,
+    *,
+    max_speakers: int | None = None,
+    embedder_name: str = "egemaps",
+    pooling: Pooling | None = None,
+    extra_tasks: Sequence[str] = (),
+    fold_dir: Path | None = None,
+) -> tuple[TaskData, PainModel]:
+    """The held-out corpus's data and the model :func:`run_loco` deploys for it.
+
+    With ``fold_dir`` that model is the fold model ``painline train --loco-threshold --fold-models``
+    keeps there (reused when its settings match, saved otherwise), so the live figures measure the
+    very models the shipped threshold was chosen on, and neither run fits them twice.
+    """
+    from analysis.embedders import get_embedder
+    from painline.research import DEFAULT_CHANNEL, load_task_data, loco_fold_model
+    from painline.workers import embedder_sources
+
+    emb = get_embedder(embedder_name, embedder_sources(settings))
+    test = load_task_data(test_task, emb, settings, DEFAULT_CHANNEL, max_speakers=max_speakers)
+    parts = [load_task_data(t, emb, settings, DEFAULT_CHANNEL, max_speakers=max_speakers) for t in train_tasks]
+    extra = [load_task_data(t, emb, settings, DEFAULT_CHANNEL, max_speakers=max_speakers) for t in extra_tasks]
+    pooling = pooling or Pooling()
+    model = loco_fold_model(
+        [*parts, test], len(parts), emb, DEFAULT_CHANNEL, TrainConfig(), pooling=pooling, extra=extra, fold_dir=fold_dir
+    )
+    return test, model
+
+
 def run_loco(
     test_task: str,
     train_tasks: Sequence[str],
@@ -558,6 +590,7 @@ def run_loco(
     extra_tasks: Sequence[str] = (),
     speaker: bool = True,
     work_dir: Path | None = None,
+    fold_dir: Path | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Leave one corpus out on the live path: train on ``train_tasks`` pooled, play ``test_task``'s calls.
@@ -569,20 +602,22 @@ def run_loco(
     the training speakers only), is deployed twice per half of the test corpus's speakers. Each half's
     deployments are seeded with the other half's clips, unlabelled, as a hotline seeds its population
     from its own callers' recordings before go-live; then the half's calls are played as in
-    :func:`run_protocol` (3 enrolment clips per speaker in the enrolled deployment).
+    :func:`run_protocol` (3 enrolment clips per speaker in the enrolled deployment). ``fold_dir``
+    shares that model with ``painline train --fold-models`` (:func:`loco_model`).
     """
-    from analysis.embedders import get_embedder
-    from painline.research import DEFAULT_CHANNEL, fit_pooled, load_task_data
-    from painline.workers import embedder_sources
-
     started = time.time()
     rng = np.random.default_rng(seed)
-    emb = get_embedder(embedder_name, embedder_sources(settings))
-    test = load_task_data(test_task, emb, settings, DEFAULT_CHANNEL, max_speakers=max_speakers)
-    parts = [load_task_data(t, emb, settings, DEFAULT_CHANNEL, max_speakers=max_speakers) for t in train_tasks]
-    extra = [load_task_data(t, emb, settings, DEFAULT_CHANNEL, max_speakers=max_speakers) for t in extra_tasks]
     pooling = pooling or Pooling()
-    model = fit_pooled(parts, emb, DEFAULT_CHANNEL, TrainConfig(), pooling, extra)
+    test, model = loco_model(
+        test_task,
+        train_tasks,
+        settings,
+        max_speakers=max_speakers,
+        embedder_name=embedder_name,
+        pooling=pooling,
+        extra_tasks=extra_tasks,
+        fold_dir=fold_dir,
+    )
     progress(f"loco {test_task}: trained on {', '.join(train_tasks)} (model {model.version})")
     tally = _Tally()
     with _work_root(work_dir) as root:

@@ -418,9 +418,10 @@ def run_loco(
     embedder: str = "egemaps",
     pooling: Pooling | None = None,
     extra_tasks: Sequence[str] = (),
+    fold_dir: Path | None = None,
 ) -> int:
     """Leave each of ``tasks`` out in turn (trained on the others and ``extra_tasks``); replace those
-    tasks under ``loco``."""
+    tasks under ``loco``. ``fold_dir`` shares the fold models with ``painline train --fold-models``."""
     from painline.live_path import run_loco as loco_protocol
 
     settings = Settings.from_env()
@@ -436,6 +437,7 @@ def run_loco(
             embedder_name=embedder,
             pooling=pooling,
             extra_tasks=extra_tasks,
+            fold_dir=fold_dir,
             progress=lambda m: print(m, flush=True),
         )
         loco[task]["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -585,6 +587,11 @@ def main() -> int:
         action="store_true",
         help="with --live-path: no population seeding before the first call (kept apart, for comparison)",
     )
+    p.add_argument(
+        "--fold-models",
+        type=Path,
+        help="with --loco: keep (and reuse) the fold models in DIR, shared with painline train --fold-models",
+    )
     p.add_argument("--max-speakers", type=int, help="use only the first N speakers of each corpus (quick runs)")
     args = p.parse_args()
     if args.live_path:
@@ -606,6 +613,7 @@ def main() -> int:
             embedder=args.embedder,
             pooling=Pooling.from_args(args),
             extra_tasks=args.extra_task,
+            fold_dir=args.fold_models,
         )
     if args.assemble:
         return assemble(args.assemble, args.out, args.doc)

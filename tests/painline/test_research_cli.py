@@ -217,3 +217,27 @@ def test_vocalisations_join_every_fold_but_never_vote_on_the_threshold(tmp_path:
     reweighted = [a if a != "corpora" else "speakers" for a in args]
     assert train_main([*reweighted, "--fold-models", str(folds), "--out", str(out)]) == 0
     assert all(f.stat().st_mtime_ns != t for f, t in saved.items())
+
+
+def test_the_live_loco_deploys_the_fold_model_painline_train_kept(tmp_path: Path) -> None:
+    """Shared ``--fold-models``: the live LOCO figures measure the models the LOCO threshold was chosen on."""
+    from painline.config import Settings
+    from painline.live_path import loco_model
+    from painline.research import train_main
+
+    out, folds = tmp_path / "vocal.joblib", tmp_path / "folds"
+    args = ["--task", "ravdess-distress", "--task", "nemo-distress", "--extra-task", "nonverbal-distress"]
+    args += ["--max-speakers", "4", "--aligned", "--weighting", "corpora", "--loco-threshold"]
+    assert train_main([*args, "--fold-models", str(folds), "--out", str(out)]) == 0
+    fold = folds / "nemo-distress.joblib"
+    kept, version = fold.stat().st_mtime_ns, PainModel.load(fold).version
+    settings = Settings.from_env()
+    recipe: dict[str, Any] = {"max_speakers": 4, "extra_tasks": ["nonverbal-distress"], "fold_dir": folds}
+    test, model = loco_model(
+        "nemo-distress", ["ravdess-distress"], settings, pooling=Pooling(True, Weighting.CORPORA), **recipe
+    )
+    assert model.version == version and fold.stat().st_mtime_ns == kept
+    assert test.task.name == "nemo-distress" and len(np.unique(test.groups)) == 4
+    # another pooling is another recipe: the live LOCO fits its own fold model and keeps it instead
+    _, other = loco_model("nemo-distress", ["ravdess-distress"], settings, **recipe)
+    assert other.version != version and PainModel.load(fold).version == other.version
