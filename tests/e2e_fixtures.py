@@ -148,10 +148,18 @@ class OfflineScorer:
             self._manifests[corpus] = clips
         return [c for c in self._manifests[corpus] if c.label in labels]
 
-    def features(self, clips: Sequence[Clip]) -> np.ndarray:
+    @property
+    def already_cut(self) -> ChannelConfig:
+        """The channel for audio the VAD has already cut into one utterance, as the worker embeds it:
+        no second VAD pass. Cutting an utterance again frames it in silence and may keep up to the
+        VAD's padding of that silence, which RMS normalisation then weighs in (level features move)."""
+        return dataclasses.replace(self.channel, segment=False)
+
+    def features(self, clips: Sequence[Clip], channel: ChannelConfig | None = None) -> np.ndarray:
         if not clips:
             return np.zeros((0, self.model.dim))
-        return extract(list(clips), self.embedder, self.channel, self.cache, progress=False).astype(np.float64)
+        channel = channel or self.channel
+        return extract(list(clips), self.embedder, channel, self.cache, progress=False).astype(np.float64)
 
     def proba(self, X: np.ndarray, enrolled: np.ndarray | None = None) -> np.ndarray:
         """Population path (training population) or, with ``enrolled`` features, the blended path."""
@@ -190,15 +198,15 @@ class OfflineScorer:
             path = work_dir / f"audio-{i}.wav"
             sf.write(str(path), np.asarray(x, dtype=np.float32), TELEPHONE_RATE, subtype="FLOAT")
             clips.append(Clip(path=path, label="?", speaker_id="?"))
-        already_cut = dataclasses.replace(self.channel, segment=False)
-        X = extract(clips, self.embedder, already_cut, cache=None, progress=False).astype(np.float64)
+        X = extract(clips, self.embedder, self.already_cut, cache=None, progress=False).astype(np.float64)
         if population is not None:
             return self.proba_in_live_order(X, population, enrolled)
         return self.proba(X, enrolled)
 
     def streamed(self, clips: Sequence[Clip], work_dir: Path, vad: VadConfig | None = None) -> Streamed:
         """What the live worker will be given for each clip: the clip framed by silence and cut by the
-        socket's VAD, each utterance embedded through training's preparation.
+        socket's VAD, each utterance embedded through training's preparation less its VAD pass (the
+        utterance is already cut; enrolment and the worker embed it as it is).
 
         Training scores whole corpus clips, leading and trailing room tone included; a call delivers
         VAD-trimmed utterances, and RMS normalisation over less silence leaves the speech quieter.
@@ -218,7 +226,7 @@ class OfflineScorer:
             path = work_dir / f"streamed-{i}.wav"
             sf.write(str(path), np.asarray(x, dtype=np.float32), TELEPHONE_RATE, subtype="FLOAT")
             paths.append(Clip(path=path, label="?", speaker_id="?"))
-        X = self.features(paths)
+        X = self.features(paths, self.already_cut)  # cut once, by the VAD above, as the worker and enrolment do
         return Streamed(self, X, np.asarray(owner, dtype=int), np.asarray(weights), len(clips))
 
 
