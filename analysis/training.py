@@ -348,8 +348,8 @@ def fit_model(
             **metrics,
         },
         "intended_use": "Decision support for triage nurses: flags calls whose voice suggests pain relative "
-        "to the caller's own normal voice. Not a diagnosis; trained on acted and performed speech, not "
-        "clinical pain.",
+        "to the caller's own normal voice. Not a diagnosis; trained on acted speech and performed "
+        "vocalisations, none of it clinical pain.",
     }
     # the version must change when the features do (a codec fix, a new extractor), not only the settings
     card["training_data"] = {

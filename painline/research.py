@@ -347,6 +347,9 @@ def with_threshold(model: PainModel, threshold: LocoThreshold) -> PainModel:
     """``model`` with its threshold replaced; the version changes, since the threshold decides flags."""
     model.card["threshold"] = threshold.card()
     model.card["training"] = {**model.card["training"], "threshold_from": "leave-one-corpus-out"}
+    data = model.card["training_data"]
+    if "reproduce" in data and not data["reproduce"].endswith(" --loco-threshold"):
+        data["reproduce"] += " --loco-threshold"  # the command must rebuild this threshold too
     model.card["model_version"] = model_version(model.card)
     return model
 

@@ -203,7 +203,7 @@ def test_vocalisations_join_every_fold_but_never_vote_on_the_threshold(tmp_path:
     data = card["training_data"]
     assert [c["corpus"] for c in data["corpora"]] == ["ravdess", "nemo", "nonverbal"]
     assert data["extra_tasks"] == ["nonverbal-distress"] and data["weighting"] == "corpora"
-    assert data["reproduce"].endswith("--extra-task nonverbal-distress --aligned --weighting corpora")
+    assert data["reproduce"].endswith("--extra-task nonverbal-distress --aligned --weighting corpora --loco-threshold")
     assert set(card["threshold"]["held_out_specificity"]) == {"ravdess", "nemo"}
     # each fold model heard the vocalisations and the speech corpus that was not held out
     for held, other in (("ravdess", "nemo"), ("nemo", "ravdess")):
