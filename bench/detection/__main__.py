@@ -383,8 +383,14 @@ def loco_section(loco: dict) -> str:
     ]
     for task, r in loco.items():
         cells = [f"{fmt(r[k]['auc'])} {fmt_ci(r[k]['auc_ci'])}" if r.get(k) else "n/a" for k in LOCO_ROWS]
-        lines.append(f"| {task} | {' + '.join(r['trained_on'])} | " + " | ".join(cells) + f" | {r['n_speakers']} |")
+        trained = " + ".join([*r["trained_on"], *(f"{t} (never held out)" for t in r.get("extra_tasks", []))])
+        lines.append(f"| {task} | {trained} | " + " | ".join(cells) + f" | {r['n_speakers']} |")
     lines.append("")
+    poolings = {
+        Pooling(bool(r.get("aligned")), Weighting(r.get("weighting", Weighting.CLIPS.value))) for r in loco.values()
+    }
+    if len(poolings) == 1 and (pooling := poolings.pop()) != Pooling():
+        lines += [f"Each fold model pools its training corpora as `painline train{pooling.flags()}` does.", ""]
     for row, target in LOCO_TARGETS.items():
         got = {task.split("-")[0]: r[row]["auc"] for task, r in loco.items() if r.get(row)}
         missed = [f"{name} {auc:.3f} (by {target - auc:.3f})" for name, auc in got.items() if auc < target]
