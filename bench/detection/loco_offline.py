@@ -65,6 +65,7 @@ from painline.research import (
 from painline.workers import embedder_sources
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "loco_research.json"
+NONVERBAL = "nonverbal-distress"
 DOC = Path(__file__).resolve().parents[2] / "docs" / "detection.md"
 
 AGGREGATIONS = ("mean_logodds", "top_half", "median")
@@ -120,6 +121,19 @@ class Variant:
                 known = "aligned, speakers, corpora, notiming, vocal, adversarial, mlp, augment, nap<k>"
                 raise SystemExit(f"unknown variant option {option!r} in {text!r}: {known}")
         return variant
+
+    @classmethod
+    def of_card(cls, card: dict[str, Any]) -> Variant:
+        """The variant a model was trained as, read from its card: where the shipped model's rows are."""
+        data, training = card.get("training_data", {}), card.get("training", {})
+        return cls(
+            card["embedder"]["name"],
+            Pooling.from_card(data),
+            nap=int(training.get("nap_components", 0)),
+            no_timing=bool(training.get("drop_timing_features", False)),
+            vocal=NONVERBAL in data.get("extra_tasks", []),
+            classifier=str(training.get("classifier", "svm")),
+        )
 
     def __str__(self) -> str:
         options = ["aligned"] if self.pooling.aligned else []
@@ -250,8 +264,6 @@ def loco_fold(
     out["seconds"] = round(time.time() - started, 1)
     return out
 
-
-NONVERBAL = "nonverbal-distress"
 
 AUGMENTS = ("babble_10db", "gain_minus_12db", "gain_plus_12db")
 """The damages a training clip's augmented copy goes through (one each, at random): the robustness
