@@ -444,8 +444,8 @@ def robustness_section(variant: str, per_task: dict[str, Any]) -> str:
         "utterances, caller enrolled from 3 normal clips), with all of the test corpus's audio damaged "
         "before the phone's codec (noise, gain) or after it (lost 20 ms frames); training audio is clean. "
         "Babble is four other speakers of the same corpus at once. Measured by `bench.detection.loco_offline` "
-        "(the live plan on features, without the speaker check or the population's growth during calls: the "
-        "clean row is within 0.025 of the live LOCO table above); an unheard clip is one in which the VAD "
+        "(the live plan on features, without the speaker check or the population's growth during calls, so "
+        "the clean row is not the live LOCO table's: read the changes); an unheard clip is one in which the VAD "
         "found no utterance, so the call "
         "scores without it. AUC (change from clean).\n\n" + "\n".join(lines) + f"\n{ROBUST_END}\n"
     )
